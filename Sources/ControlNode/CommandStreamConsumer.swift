@@ -1,0 +1,140 @@
+import FleetCore
+import Foundation
+import Logging
+import RedisClient
+
+/// Consumes the Redis command stream (`XADD pushfleet:push '*' to t1 payload hello ...`)
+/// through a consumer group, so each entry is handled by one control node.
+///
+/// An entry is acknowledged (XACK) only after its push was accepted; the entry id is the
+/// message id. Entries left pending by a dead control node are claimed with XAUTOCLAIM after
+/// `claimIdle`. An invalid entry is acknowledged and its status records the error.
+struct CommandStreamConsumer: Sendable {
+    let configuration: ControlNodeConfiguration
+    /// A dedicated connection: XREADGROUP BLOCK holds it.
+    let redis: RedisConnection
+    let dispatcher: PushDispatcher
+    let logger: Logger
+    var batchSize = 100
+    var claimIdle: Duration = .seconds(30)
+
+    var keys: FleetKeys { configuration.keys }
+
+    func run() async {
+        redis.start()
+        var readPending = true
+        var lastClaim = ContinuousClock.now
+        while !Task.isCancelled {
+            do {
+                if readPending {
+                    try await createGroup()
+                    // After a (re)start, first finish what this consumer had read before.
+                    readPending = try await readAndHandle(from: "0") > 0
+                    continue
+                }
+                if ContinuousClock.now - lastClaim > claimIdle {
+                    lastClaim = .now
+                    try await claimAbandoned()
+                }
+                _ = try await readAndHandle(from: ">")
+            } catch {
+                logger.warning("command stream read failed", metadata: ["error": "\(error)"])
+                readPending = true
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    private func createGroup() async throws {
+        do {
+            try await redis.send("XGROUP", "CREATE", keys.commandStream, keys.commandGroup, "0", "MKSTREAM")
+        } catch let error as RedisError where error.message.hasPrefix("BUSYGROUP") {
+            // The group exists already.
+        }
+    }
+
+    /// Reads one batch and handles it; returns the number of entries seen.
+    private func readAndHandle(from id: String) async throws -> Int {
+        let reply = try await redis.send(
+            RedisCommand(
+                "XREADGROUP", "GROUP", keys.commandGroup, configuration.consumerName, "COUNT", String(batchSize),
+                "BLOCK", "1000", "STREAMS", keys.commandStream, id
+            )
+        )
+        // [[stream, [[id, [field, value, ...]], ...]]]
+        guard let streams = reply.array, let first = streams.first?.array, first.count == 2, let entries = first[1].array else { return 0 }
+        try await handle(entries)
+        return entries.count
+    }
+
+    private func claimAbandoned() async throws {
+        let reply = try await redis.send(
+            RedisCommand(
+                "XAUTOCLAIM", keys.commandStream, keys.commandGroup, configuration.consumerName,
+                String(Int(claimIdle.components.seconds) * 1000), "0-0", "COUNT", String(batchSize)
+            )
+        )
+        guard let parts = reply.array, parts.count >= 2, let entries = parts[1].array, !entries.isEmpty else { return }
+        logger.info("claimed abandoned command stream entries", metadata: ["count": "\(entries.count)"])
+        try await handle(entries)
+    }
+
+    private func handle(_ entries: [RedisReply]) async throws {
+        for entry in entries {
+            guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
+            // A deleted entry still pending shows as [id, nil].
+            let fields = fieldMap(parts[1])
+            do {
+                let command = try Self.command(from: fields)
+                try command.validate(configuration)
+                let status = try await redis.send("HGET", keys.messageStatus(id), "complete")
+                if status.string != "1" {
+                    _ = try await dispatcher.push(command, id: id)
+                }
+            } catch let error as APIError {
+                logger.info("invalid command stream entry", metadata: ["entry": "\(id)", "error": "\(error.message)"])
+                _ = try await redis.pipeline([
+                    RedisCommand("HSET", keys.messageStatus(id), "error", error.message, "createdAt", String(FleetClock.nowMillis())),
+                    RedisCommand("EXPIRE", keys.messageStatus(id), String(configuration.statusRetention)),
+                ])
+            }
+            try await redis.send("XACK", keys.commandStream, keys.commandGroup, id)
+        }
+    }
+
+    private func fieldMap(_ reply: RedisReply) -> [String: String] {
+        let items = reply.array ?? []
+        var fields: [String: String] = [:]
+        var index = 0
+        while index + 1 < items.count {
+            if let key = items[index].string, let value = items[index + 1].string { fields[key.lowercased()] = value }
+            index += 2
+        }
+        return fields
+    }
+
+    /// Builds a push from stream fields: `to` (comma separated), `topic` or `broadcast 1`;
+    /// `payload` or `payloadBase64`; optional `qos`, `ttl`.
+    static func command(from fields: [String: String]) throws -> PushCommand {
+        let audience: PushCommand.Audience
+        let broadcast = ["1", "true", "yes"].contains(fields["broadcast"]?.lowercased() ?? "")
+        switch (fields["to"], fields["topic"], broadcast) {
+        case (let to?, nil, false):
+            audience = .terminals(to.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        case (nil, let topic?, false): audience = .topic(topic)
+        case (nil, nil, true): audience = .broadcast
+        default: throw APIError.badRequest("give exactly one of to, topic or broadcast")
+        }
+        let payload: [UInt8]
+        switch (fields["payload"], fields["payloadbase64"]) {
+        case (let text?, nil): payload = Array(text.utf8)
+        case (nil, let encoded?):
+            guard let data = Data(base64Encoded: encoded) else { throw APIError.badRequest("payloadBase64 is not valid base64") }
+            payload = Array(data)
+        default: throw APIError.badRequest("give exactly one of payload or payloadBase64")
+        }
+        guard let qos = UInt8(fields["qos"] ?? "1"), qos <= 2 else { throw APIError.badRequest("qos must be 0, 1 or 2") }
+        guard let ttl = Int(fields["ttl"] ?? "86400") else { throw APIError.badRequest("ttl must be a number of seconds") }
+        return PushCommand(audience: audience, payload: payload, qos: qos, ttl: ttl)
+    }
+}

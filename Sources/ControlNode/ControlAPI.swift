@@ -1,0 +1,243 @@
+import FleetCore
+import Foundation
+import Hummingbird
+import RedisClient
+
+/// The v1 HTTP API (see README "HTTP API").
+struct ControlAPI: Sendable {
+    let configuration: ControlNodeConfiguration
+    let redis: RedisConnection
+    let dispatcher: PushDispatcher
+    let credentials: CredentialAuthority
+
+    var keys: FleetKeys { configuration.keys }
+
+    struct CredentialRequest: Decodable {
+        var terminal: String
+        var ttl: Int?
+    }
+
+    struct CredentialResponse: Encodable {
+        var terminal: String
+        var username: String
+        var password: String
+        var expiresAt: Int64
+        var endpoints: [String]
+    }
+
+    struct PushRequest: Decodable {
+        var to: [String]?
+        var topic: String?
+        var broadcast: Bool?
+        var payload: String?
+        var payloadBase64: String?
+        var qos: Int?
+        var ttl: Int?
+        var idempotencyKey: String?
+    }
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        let v1 = router.group("v1")
+        v1.post("credentials") { request, context in try await issueCredential(request, context) }
+        v1.delete("credentials/:terminal") { _, context in try await revokeCredential(context.parameters.require("terminal")) }
+        v1.post("push") { request, context in try await push(request, context) }
+        v1.get("messages/:id") { _, context in try await messageStatus(context.parameters.require("id")) }
+        v1.get("terminals/:id") { _, context in try await terminalStatus(context.parameters.require("id")) }
+        v1.get("nodes") { _, _ in try await nodes() }
+    }
+
+    // MARK: Credentials
+
+    func issueCredential(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let body = try await decode(CredentialRequest.self, from: request)
+        guard TerminalID.isValid(body.terminal) else {
+            throw APIError.badRequest("terminal must be 1-128 characters of A-Z a-z 0-9 _ - . : @")
+        }
+        let ttl = body.ttl ?? configuration.defaultCredentialTTL
+        guard ttl > 0, ttl <= configuration.maximumCredentialTTL else {
+            throw APIError.badRequest("ttl must be between 1 and \(configuration.maximumCredentialTTL) seconds")
+        }
+        let issued = credentials.issue(terminal: body.terminal, ttl: Int64(ttl), nowMillis: FleetClock.nowMillis())
+        let response = CredentialResponse(
+            terminal: body.terminal,
+            username: body.terminal,
+            password: issued.password,
+            expiresAt: issued.expiresAt,
+            endpoints: try await endpoints()
+        )
+        return try json(response, status: .created)
+    }
+
+    private func endpoints() async throws -> [String] {
+        if !configuration.advertisedEndpoints.isEmpty { return configuration.advertisedEndpoints }
+        return try await liveNodes().compactMap { $0.mqtt.map { "mqtt://\($0)" } }.sorted()
+    }
+
+    func revokeCredential(_ terminal: String) async throws -> Response {
+        guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
+        let replies = try await redis.pipeline([
+            RedisCommand("SET", keys.revoked(terminal), String(FleetClock.nowMillis()), "EX", String(configuration.maximumCredentialTTL)),
+            RedisCommand("HGET", keys.route(terminal), "node"),
+        ])
+        _ = try replies[0].throwingError()
+        if let node = replies[1].string, !node.isEmpty {
+            try await redis.send("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .kick, terminals: [terminal]).encoded())
+        }
+        return Response(status: .noContent)
+    }
+
+    // MARK: Push
+
+    func push(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let body = try await decode(PushRequest.self, from: request)
+        let audience: PushCommand.Audience
+        switch (body.to, body.topic, body.broadcast ?? false) {
+        case (let to?, nil, false): audience = .terminals(to)
+        case (nil, let topic?, false): audience = .topic(topic)
+        case (nil, nil, true): audience = .broadcast
+        default: throw APIError.badRequest("give exactly one of \"to\", \"topic\" or \"broadcast\": true")
+        }
+        let payload: [UInt8]
+        switch (body.payload, body.payloadBase64) {
+        case (let text?, nil): payload = Array(text.utf8)
+        case (nil, let encoded?):
+            guard let data = Data(base64Encoded: encoded) else { throw APIError.badRequest("payloadBase64 is not valid base64") }
+            payload = Array(data)
+        default: throw APIError.badRequest("give exactly one of \"payload\" or \"payloadBase64\"")
+        }
+        let qos = body.qos ?? 1
+        guard (0...2).contains(qos) else { throw APIError.badRequest("qos must be 0, 1 or 2") }
+        let command = PushCommand(audience: audience, payload: payload, qos: UInt8(qos), ttl: body.ttl ?? 86_400, idempotencyKey: body.idempotencyKey)
+        try command.validate(configuration)
+        let receipt = try await dispatcher.push(command)
+        return try json(receipt, status: .accepted)
+    }
+
+    // MARK: Status
+
+    func messageStatus(_ id: String) async throws -> Response {
+        let replies = try await redis.pipeline([
+            RedisCommand("HGETALL", keys.messageStatus(id)),
+            RedisCommand("HSCAN", keys.messageTargets(id), "0", "COUNT", "1000"),
+        ])
+        let fields = try hash(replies[0].throwingError())
+        guard !fields.isEmpty else { throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)") }
+        var terminals: [String: String] = [:]
+        if let scan = try replies[1].throwingError().array, scan.count == 2 {
+            for (terminal, state) in try hash(scan[1]) where terminals.count < 1000 { terminals[terminal] = state }
+        }
+        var body: [String: JSONValue] = ["id": .string(id), "terminals": .object(terminals.mapValues { .string($0) })]
+        for name in ["targets", "delivered", "acknowledged", "queued", "expired", "dropped", "qos", "ttl", "createdAt"] {
+            body[name] = .int(Int64(fields[name] ?? "0") ?? 0)
+        }
+        body["kind"] = .string(fields["kind"] ?? "unicast")
+        if let error = fields["error"] { body["error"] = .string(error) }
+        return try json(body, status: .ok)
+    }
+
+    func terminalStatus(_ terminal: String) async throws -> Response {
+        guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
+        let replies = try await redis.pipeline([
+            RedisCommand("HGETALL", keys.route(terminal)),
+            RedisCommand("HKEYS", keys.subscriptions(terminal)),
+            RedisCommand("LLEN", keys.queue(terminal)),
+        ])
+        let route = try hash(replies[0].throwingError())
+        var online = false
+        if let node = route["node"] {
+            online = try await redis.send("EXISTS", keys.node(node)).int == 1
+        }
+        let subscriptions = (try replies[1].throwingError().array ?? []).compactMap(\.string).sorted()
+        let body: [String: JSONValue] = [
+            "terminal": .string(terminal),
+            "online": .bool(online),
+            "node": route["node"].map { .string($0) } ?? .null,
+            "connectedAt": route["connectedAt"].flatMap { Int64($0) }.map { .int($0) } ?? .null,
+            "subscriptions": .array(subscriptions.map { .string($0) }),
+            "queued": .int(try replies[2].throwingError().int ?? 0),
+        ]
+        return try json(body, status: .ok)
+    }
+
+    struct NodeInfo: Encodable {
+        var id: String
+        var mqtt: String?
+        var connections: Int
+        var startedAt: Int64?
+    }
+
+    func liveNodes() async throws -> [NodeInfo] {
+        let ids = (try await redis.send("SMEMBERS", keys.nodes).array ?? []).compactMap(\.string).sorted()
+        let replies = try await redis.pipeline(ids.map { RedisCommand("HGETALL", keys.node($0)) })
+        var nodes: [NodeInfo] = []
+        for (id, reply) in zip(ids, replies) {
+            let fields = try hash(reply.throwingError())
+            guard !fields.isEmpty else { continue }
+            nodes.append(NodeInfo(id: id, mqtt: fields["mqtt"], connections: Int(fields["connections"] ?? "0") ?? 0, startedAt: fields["startedAt"].flatMap { Int64($0) }))
+        }
+        return nodes
+    }
+
+    func nodes() async throws -> Response {
+        try json(["nodes": try await liveNodes()], status: .ok)
+    }
+
+    // MARK: Helpers
+
+    private func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: configuration.maximumPayloadSize * 2 + 64 * 1024)
+        } catch {
+            throw APIError(.contentTooLarge, "payload_too_large", "request body too large")
+        }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch DecodingError.keyNotFound(let key, _) {
+            throw APIError.badRequest("missing field \"\(key.stringValue)\"")
+        } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw APIError.badRequest("field \"\(path)\" has the wrong type")
+        } catch {
+            throw APIError(.badRequest, "invalid_json", "request body is not valid JSON")
+        }
+    }
+
+    private func hash(_ reply: RedisReply) throws -> [String: String] {
+        guard let items = reply.array else { throw RedisError(.unexpectedReply, "expected an array, got \(reply)") }
+        var result: [String: String] = [:]
+        var index = 0
+        while index + 1 < items.count {
+            if let key = items[index].string, let value = items[index + 1].string { result[key] = value }
+            index += 2
+        }
+        return result
+    }
+
+    private func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) throws -> Response {
+        let data = try FleetJSON.encoder.encode(value)
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// A JSON value for responses whose shape varies.
+enum JSONValue: Encodable {
+    case string(String)
+    case int(Int64)
+    case bool(Bool)
+    case array([JSONValue])
+    case object([String: JSONValue])
+    case null
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .string(let v): try container.encode(v)
+        case .int(let v): try container.encode(v)
+        case .bool(let v): try container.encode(v)
+        case .array(let v): try container.encode(v)
+        case .object(let v): try container.encode(v)
+        case .null: try container.encodeNil()
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import FleetCore
+import Hummingbird
+import Logging
+import NIOCore
+import NIOPosix
+import RedisClient
+import ServiceLifecycle
+
+/// A control node: the HTTP API and the command stream consumer, as one `Service`.
+public struct ControlNode: Service {
+    public let configuration: ControlNodeConfiguration
+    private let redis: RedisConnection
+    private let streamRedis: RedisConnection
+    private let dispatcher: PushDispatcher
+    private let logger: Logger
+    private let metrics: @Sendable () -> [UInt8]
+
+    public init(
+        configuration: ControlNodeConfiguration,
+        logger: Logger,
+        metrics: @escaping @Sendable () -> [UInt8] = { [] },
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        self.metrics = metrics
+        self.redis = RedisConnection(configuration: configuration.redis, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
+        var streamConfiguration = configuration.redis
+        streamConfiguration.commandTimeout = .seconds(10)
+        self.streamRedis = RedisConnection(configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
+        self.dispatcher = PushDispatcher(configuration: configuration, redis: redis, logger: logger)
+    }
+
+    /// Builds the HTTP application (also used by tests to serve on port 0).
+    public func makeApplication(onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }) -> some ApplicationProtocol {
+        let router = Router()
+        router.add(middleware: APIMiddleware(apiKey: configuration.apiKey))
+        let redis = self.redis
+        OperationalRoutes.add(to: router, ready: { await redis.isConnected }, metrics: metrics)
+        let api = ControlAPI(
+            configuration: configuration,
+            redis: redis,
+            dispatcher: dispatcher,
+            credentials: CredentialAuthority(secret: configuration.secret)
+        )
+        api.addRoutes(to: router)
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "pushfleet-control"),
+            onServerRunning: onServerRunning,
+            logger: logger
+        )
+    }
+
+    public func run() async throws {
+        redis.start()
+        let app = makeApplication()
+        let consumer = CommandStreamConsumer(configuration: configuration, redis: streamRedis, dispatcher: dispatcher, logger: logger)
+        try await withThrowingDiscardingTaskGroup { group in
+            if configuration.consumeCommandStream {
+                group.addTask { await cancelWhenGracefulShutdown { await consumer.run() } }
+            }
+            try await app.run()
+            group.cancelAll()
+        }
+        await streamRedis.close()
+        await redis.close()
+    }
+}

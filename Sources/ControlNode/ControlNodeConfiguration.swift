@@ -1,0 +1,47 @@
+import FleetCore
+import RedisClient
+
+/// Everything a control node needs to run.
+///
+/// `secret` signs terminal credentials and must be shared with every push node. When `apiKey`
+/// is set, every `/v1` call needs `Authorization: Bearer <apiKey>`; health, readiness and
+/// metrics stay open. Limits protect Redis and the push nodes: a message larger than
+/// `maximumPayloadSize` is refused with 413, a terminal's stored list keeps at most
+/// `offlineQueueCap` entries (older ones are dropped and counted), and message status records
+/// expire after `statusRetention` seconds.
+public struct ControlNodeConfiguration: Sendable {
+    public var redis: RedisConfiguration
+    public var host: String
+    public var port: Int
+    public var secret: String
+    public var apiKey: String?
+    public var keys = FleetKeys()
+    /// Largest payload accepted, in bytes.
+    public var maximumPayloadSize = 128 * 1024
+    /// Most targets in one push.
+    public var maximumTargets = 10_000
+    /// Most entries kept in one terminal's stored list.
+    public var offlineQueueCap = 1_000
+    /// Longest ttl accepted for a message, in seconds.
+    public var maximumTTL = 30 * 86_400
+    /// Seconds message status records are kept.
+    public var statusRetention = 7 * 86_400
+    /// Default and maximum credential lifetimes, in seconds.
+    public var defaultCredentialTTL = 86_400
+    public var maximumCredentialTTL = 365 * 86_400
+    /// MQTT endpoints advertised in credential responses; empty means "the live push nodes".
+    public var advertisedEndpoints: [String] = []
+    /// Consume the Redis command stream.
+    public var consumeCommandStream = true
+    /// This control node's consumer name in the command stream group.
+    public var consumerName: String
+
+    public init(redis: RedisConfiguration, host: String, port: Int, secret: String, apiKey: String? = nil, consumerName: String) {
+        self.redis = redis
+        self.host = host
+        self.port = port
+        self.secret = secret
+        self.apiKey = apiKey
+        self.consumerName = consumerName
+    }
+}

@@ -1,0 +1,62 @@
+import FleetCore
+
+/// A validated push, from the API or the command stream.
+public struct PushCommand: Sendable, Hashable {
+    /// Who receives the message.
+    public enum Audience: Sendable, Hashable {
+        /// Terminals by id: stored for offline terminals when ttl > 0.
+        case terminals([String])
+        /// Every online terminal subscribed to a matching filter.
+        case topic(String)
+        /// Every online terminal (topic `broadcast`).
+        case broadcast
+    }
+
+    public var audience: Audience
+    public var payload: [UInt8]
+    public var qos: UInt8
+    /// Seconds the message waits for offline terminals; 0 = online only.
+    public var ttl: Int
+    public var idempotencyKey: String?
+
+    public init(audience: Audience, payload: [UInt8], qos: UInt8 = 1, ttl: Int = 86_400, idempotencyKey: String? = nil) {
+        self.audience = audience
+        self.payload = payload
+        self.qos = qos
+        self.ttl = ttl
+        self.idempotencyKey = idempotencyKey
+    }
+
+    /// Checks limits; throws ``APIError`` (400 or 413) describing the first problem.
+    func validate(_ configuration: ControlNodeConfiguration) throws {
+        guard qos <= 2 else { throw APIError.badRequest("qos must be 0, 1 or 2") }
+        guard ttl >= 0, ttl <= configuration.maximumTTL else {
+            throw APIError.badRequest("ttl must be between 0 and \(configuration.maximumTTL) seconds")
+        }
+        guard payload.count <= configuration.maximumPayloadSize else {
+            throw APIError(.contentTooLarge, "payload_too_large", "payload of \(payload.count) bytes exceeds \(configuration.maximumPayloadSize)")
+        }
+        switch audience {
+        case .terminals(let ids):
+            guard !ids.isEmpty else { throw APIError.badRequest("\"to\" needs at least one terminal") }
+            guard ids.count <= configuration.maximumTargets else {
+                throw APIError.badRequest("at most \(configuration.maximumTargets) terminals per push")
+            }
+            if let bad = ids.first(where: { !TerminalID.isValid($0) }) {
+                throw APIError.badRequest("invalid terminal id \(bad.debugDescription)")
+            }
+        case .topic(let topic):
+            guard !topic.isEmpty, !topic.contains("+"), !topic.contains("#"), topic.utf8.count <= 1024 else {
+                throw APIError.badRequest("topic must be a non-empty topic name without wildcards")
+            }
+        case .broadcast:
+            break
+        }
+    }
+}
+
+/// What a push returns: the message id and how many terminals it addresses.
+public struct PushReceipt: Sendable, Hashable, Codable {
+    public var id: String
+    public var targets: Int
+}

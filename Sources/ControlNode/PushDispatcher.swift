@@ -1,0 +1,166 @@
+import FleetCore
+import Logging
+import RedisClient
+
+/// Accepts pushes: stores them, records their status and notifies the push nodes.
+///
+/// For terminals and ttl > 0 the message is in every target's Redis list before `push`
+/// returns (invariant 1); the routes are read after storing, in the same pipeline, and each
+/// node holding targets gets one `wake` event per push (invariant 2). A node that is dead or
+/// missed the event does no harm: the terminal finds the message on its next connect.
+public struct PushDispatcher: Sendable {
+    let configuration: ControlNodeConfiguration
+    let redis: RedisConnection
+    let logger: Logger
+
+    var keys: FleetKeys { configuration.keys }
+
+    public init(configuration: ControlNodeConfiguration, redis: RedisConnection, logger: Logger) {
+        self.configuration = configuration
+        self.redis = redis
+        self.logger = logger
+    }
+
+    /// Accepts `command` under `id` (a new id when nil). Throws ``RedisError`` when storage
+    /// fails: then nothing was accepted.
+    public func push(_ command: PushCommand, id givenID: String? = nil) async throws -> PushReceipt {
+        var id = givenID ?? FleetClock.newMessageID()
+        if let key = command.idempotencyKey {
+            let idemKey = keys.idempotency(key)
+            if let existing = try await redis.send("GET", idemKey).string {
+                let status = try await redis.send("HMGET", keys.messageStatus(existing), "complete", "targets").array ?? []
+                if status.first?.string == "1" {
+                    return PushReceipt(id: existing, targets: Int(status.last?.int ?? 0))
+                }
+                id = existing
+            } else {
+                try await redis.send("SET", idemKey, id, "EX", String(configuration.statusRetention))
+            }
+        }
+        switch command.audience {
+        case .terminals(let terminals):
+            return try await pushToTerminals(Array(Set(terminals)).sorted(), command: command, id: id)
+        case .topic(let topic):
+            return try await publishLive(command, topic: topic, id: id, kind: "topic")
+        case .broadcast:
+            return try await publishLive(command, topic: "broadcast", id: id, kind: "broadcast")
+        }
+    }
+
+    private func statusCommands(id: String, command: PushCommand, kind: String, targets: Int) -> [RedisCommand] {
+        let key = keys.messageStatus(id)
+        return [
+            RedisCommand(
+                "HSET", key, "createdAt", String(FleetClock.nowMillis()), "kind", kind, "qos", String(command.qos),
+                "ttl", String(command.ttl), "targets", String(targets), "queued", "0", "delivered", "0",
+                "acknowledged", "0", "expired", "0", "dropped", "0"
+            ),
+            RedisCommand("EXPIRE", key, String(configuration.statusRetention)),
+        ]
+    }
+
+    private func pushToTerminals(_ terminals: [String], command: PushCommand, id: String) async throws -> PushReceipt {
+        let now = FleetClock.nowMillis()
+        let stored = command.ttl > 0
+        let expiresAt = stored ? now + Int64(command.ttl) * 1000 : 0
+        let targetsKey = keys.messageTargets(id)
+        let statusKey = keys.messageStatus(id)
+
+        var commands = statusCommands(id: id, command: command, kind: "unicast", targets: terminals.count)
+        for chunk in terminals.chunked(500) {
+            commands.append(RedisCommand("HSET", [targetsKey] + chunk.flatMap { [$0, MessageState.queued.rawValue] }))
+        }
+        commands.append(RedisCommand("HINCRBY", statusKey, "queued", String(terminals.count)))
+        commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention)))
+        let enqueueStart = commands.count
+        if stored {
+            let ttlMillis = String(Int64(command.ttl) * 1000)
+            for terminal in terminals {
+                let entry = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload).encoded()
+                commands.append(
+                    FleetScripts.enqueue.command(keys: [keys.queue(terminal)], arguments: [entry, String(configuration.offlineQueueCap), ttlMillis])
+                )
+            }
+        }
+        let routeStart = commands.count
+        for terminal in terminals { commands.append(RedisCommand("HGET", keys.route(terminal), "node")) }
+
+        let replies = try await redis.pipeline(commands)
+        if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
+            throw RedisError(.server, failure.description)
+        }
+
+        var followUp: [RedisCommand] = []
+        // Entries the list cap pushed out are dropped for their own message and terminal.
+        if stored {
+            for (offset, terminal) in terminals.enumerated() {
+                for dropped in replies[enqueueStart + offset].array ?? [] {
+                    guard let text = dropped.string, let message = StoredMessage.decode(text) else { continue }
+                    followUp.append(transition(message.id, terminal: terminal, to: .dropped))
+                }
+            }
+        }
+
+        var byNode: [String: [String]] = [:]
+        var offline: [String] = []
+        for (offset, terminal) in terminals.enumerated() {
+            if let node = replies[routeStart + offset].string, !node.isEmpty {
+                byNode[node, default: []].append(terminal)
+            } else {
+                offline.append(terminal)
+            }
+        }
+
+        if stored {
+            for (node, held) in byNode {
+                followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .wake, terminals: held).encoded()))
+            }
+        } else {
+            let message = StoredMessage(id: id, qos: command.qos, expiresAt: 0, topic: "", payload: command.payload)
+            let nodes = Array(byNode.keys)
+            let alive = try await redis.pipeline(nodes.map { RedisCommand("EXISTS", keys.node($0)) })
+            for (node, reply) in zip(nodes, alive) {
+                let held = byNode[node]!
+                guard reply.int == 1 else {
+                    offline += held
+                    continue
+                }
+                // Online-only: each terminal gets the message on its own topic.
+                for terminal in held {
+                    var own = message
+                    own.topic = "push/\(terminal)"
+                    followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .deliver, terminals: [terminal], message: own).encoded()))
+                }
+            }
+            for terminal in offline { followUp.append(transition(id, terminal: terminal, to: .dropped)) }
+        }
+        followUp.append(RedisCommand("HSET", statusKey, "complete", "1"))
+        let results = try await redis.pipeline(followUp)
+        if let failure = results.first(where: { if case .error = $0 { return true } else { return false } }) {
+            logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
+        }
+        return PushReceipt(id: id, targets: terminals.count)
+    }
+
+    private func publishLive(_ command: PushCommand, topic: String, id: String, kind: String) async throws -> PushReceipt {
+        let message = StoredMessage(id: id, qos: command.qos, expiresAt: 0, topic: topic, payload: command.payload)
+        var commands = statusCommands(id: id, command: command, kind: kind, targets: 0)
+        commands.append(RedisCommand("PUBLISH", keys.broadcastChannel, NodeEvent(kind: .deliver, message: message).encoded()))
+        commands.append(RedisCommand("HSET", keys.messageStatus(id), "complete", "1"))
+        let replies = try await redis.pipeline(commands)
+        if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
+            throw RedisError(.server, failure.description)
+        }
+        return PushReceipt(id: id, targets: 0)
+    }
+
+    func transition(_ id: String, terminal: String, to state: MessageState) -> RedisCommand {
+        FleetScripts.transition.command(keys: [keys.messageStatus(id), keys.messageTargets(id)], arguments: [terminal, state.rawValue])
+    }
+}
+
+extension Array {
+    func chunked(_ size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: count, by: size).map { self[$0..<Swift.min($0 + size, count)] }
+    }
+}

@@ -1,0 +1,47 @@
+/// The Redis key and channel layout, shared by every node.
+///
+/// Everything about one terminal carries the hash tag `{t:<id>}` and everything about one
+/// message `{m:<id>}`, so each group lives in one Redis Cluster slot and Lua scripts touching
+/// a group stay single-slot.
+public struct FleetKeys: Sendable, Hashable {
+    /// Prefix of every key and channel (`pushfleet:` by default).
+    public let prefix: String
+
+    public init(prefix: String = "pushfleet:") {
+        self.prefix = prefix
+    }
+
+    /// HASH `node`, `epoch`, `connectedAt`: where the terminal is connected.
+    public func route(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:route" }
+    /// LIST of stored messages (JSON ``StoredMessage``), oldest first.
+    public func queue(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:queue" }
+    /// SET of message ids sent to the terminal but not yet acknowledged (redelivered with DUP).
+    public func sent(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:sent" }
+    /// HASH topic filter -> QoS: the terminal's own MQTT subscriptions.
+    public func subscriptions(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:subs" }
+    /// STRING present while a persistent (clean session off) MQTT session exists.
+    public func session(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:session" }
+    /// STRING unix time: credentials issued at or before it are refused.
+    public func revoked(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:revoked" }
+
+    /// HASH describing a live push node; expires unless the node refreshes it.
+    public func node(_ node: String) -> String { "\(prefix)node:\(node)" }
+    /// SET of node ids ever registered (entries whose ``node(_:)`` key expired are dead).
+    public var nodes: String { "\(prefix)nodes" }
+    /// Pub/sub channel of one push node.
+    public func nodeChannel(_ node: String) -> String { "\(prefix)node:\(node):ch" }
+    /// Pub/sub channel every push node subscribes to (broadcasts and topic pushes).
+    public var broadcastChannel: String { "\(prefix)broadcast" }
+
+    /// HASH of a message's counts and metadata.
+    public func messageStatus(_ id: String) -> String { "\(prefix){m:\(id)}:status" }
+    /// HASH terminal -> state for a message's targets.
+    public func messageTargets(_ id: String) -> String { "\(prefix){m:\(id)}:targets" }
+    /// STRING mapping an API idempotency key to the message id it created.
+    public func idempotency(_ key: String) -> String { "\(prefix)idem:\(key)" }
+
+    /// STREAM of push commands anyone can XADD to.
+    public var commandStream: String { "\(prefix)push" }
+    /// Consumer group of the control nodes on ``commandStream``.
+    public var commandGroup: String { "control" }
+}

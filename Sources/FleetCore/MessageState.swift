@@ -1,0 +1,15 @@
+/// The delivery state of one message for one terminal, as recorded in Redis.
+///
+/// States only move forward: queued -> delivered -> acknowledged, or to expired or dropped.
+public enum MessageState: String, Codable, Sendable, CaseIterable {
+    /// Stored in the terminal's list, not yet sent.
+    case queued
+    /// Written to the terminal's connection (QoS 0 ends here).
+    case delivered
+    /// The terminal acknowledged it (PUBACK).
+    case acknowledged
+    /// Its ttl passed before it was acknowledged.
+    case expired
+    /// Not stored: the terminal was offline for an online-only push, or the list cap pushed it out.
+    case dropped
+}

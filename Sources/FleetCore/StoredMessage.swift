@@ -1,0 +1,84 @@
+import Foundation
+
+/// A push message as stored in a terminal's offline list and sent on node channels.
+///
+/// The JSON text of a stored entry is its identity in the list: a push node removes exactly
+/// that text (LREM) once the terminal acknowledged it.
+public struct StoredMessage: Codable, Hashable, Sendable {
+    /// Message id, assigned once by the control node (or the command stream entry id).
+    public var id: String
+    /// Delivery QoS (0, 1 or 2; 2 is delivered as 1 until QoS 2 lands).
+    public var qos: UInt8
+    /// Expiry as unix milliseconds; 0 means "online only" (never stored).
+    public var expiresAt: Int64
+    /// MQTT topic the terminal receives it on.
+    public var topic: String
+    /// The payload bytes, base64.
+    public var payload: String
+
+    public init(id: String, qos: UInt8, expiresAt: Int64, topic: String, payload: [UInt8]) {
+        self.id = id
+        self.qos = qos
+        self.expiresAt = expiresAt
+        self.topic = topic
+        self.payload = Data(payload).base64EncodedString()
+    }
+
+    /// The payload bytes.
+    public var payloadBytes: [UInt8] { Data(base64Encoded: payload).map(Array.init) ?? [] }
+
+    /// Whether the message expired at `nowMillis`.
+    public func isExpired(nowMillis: Int64) -> Bool { expiresAt > 0 && expiresAt <= nowMillis }
+
+    /// The JSON text stored in Redis.
+    public func encoded() -> String {
+        String(decoding: try! FleetJSON.encoder.encode(self), as: UTF8.self)
+    }
+
+    /// Parses a stored JSON entry.
+    public static func decode(_ text: String) -> StoredMessage? {
+        try? FleetJSON.decoder.decode(StoredMessage.self, from: Data(text.utf8))
+    }
+}
+
+/// An event on a push node's channel or the broadcast channel.
+public struct NodeEvent: Codable, Hashable, Sendable {
+    public enum Kind: String, Codable, Sendable {
+        /// `terminals` have new entries in their stored lists: read and deliver them.
+        case wake
+        /// Deliver `message` now (online-only unicast, broadcast or topic push); not stored.
+        case deliver
+        /// Close the connection of `terminals[0]` if its epoch is `epoch` (takeover, revocation).
+        case kick
+    }
+
+    public var kind: Kind
+    public var terminals: [String]?
+    public var message: StoredMessage?
+    public var epoch: String?
+
+    public init(kind: Kind, terminals: [String]? = nil, message: StoredMessage? = nil, epoch: String? = nil) {
+        self.kind = kind
+        self.terminals = terminals
+        self.message = message
+        self.epoch = epoch
+    }
+
+    public func encoded() -> String {
+        String(decoding: try! FleetJSON.encoder.encode(self), as: UTF8.self)
+    }
+
+    public static func decode(_ bytes: [UInt8]) -> NodeEvent? {
+        try? FleetJSON.decoder.decode(NodeEvent.self, from: Data(bytes))
+    }
+}
+
+/// Shared JSON coders.
+public enum FleetJSON {
+    public static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }()
+    public static let decoder = JSONDecoder()
+}

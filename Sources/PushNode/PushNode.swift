@@ -1,0 +1,166 @@
+import FleetCore
+import Hummingbird
+import Logging
+import MQTTCodec
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import RedisClient
+import ServiceLifecycle
+
+/// A push node: the MQTT listener, the node channel subscriber and the liveness heartbeat,
+/// run as one `Service`.
+///
+/// On graceful shutdown it stops accepting, closes its connections (MQTT 5 terminals get
+/// DISCONNECT 0x8B), removes their routes and its liveness key. Stored messages stay in Redis.
+public final class PushNode: Service, Sendable {
+    public let configuration: PushNodeConfiguration
+    private let context: PushNodeContext
+    private let subscriber: RedisSubscriber
+    private let group: any EventLoopGroup
+    private let boundPort = NIOLockedValueBox<Int?>(nil)
+
+    public init(configuration: PushNodeConfiguration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        var logger = logger
+        logger[metadataKey: "node"] = "\(configuration.nodeID)"
+        self.configuration = configuration
+        self.group = group
+        let redis = RedisConnection(configuration: configuration.redis, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
+        self.context = PushNodeContext(
+            configuration: configuration,
+            redis: redis,
+            registry: SessionRegistry(),
+            credentials: CredentialAuthority(secret: configuration.secret),
+            logger: logger,
+            metrics: PushNodeMetrics()
+        )
+        self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger)
+    }
+
+    /// The MQTT port actually bound (useful with port 0), once running.
+    public var mqttPort: Int? { boundPort.withLockedValue { $0 } }
+
+    /// Number of MQTT sessions this node holds.
+    public var sessionCount: Int { context.registry.count }
+
+    /// Whether Redis (commands and subscriber) is reachable.
+    public func isReady() async -> Bool {
+        let commands = await context.redis.isConnected
+        let subscriber = await subscriber.isConnected
+        return commands && subscriber
+    }
+
+    public func run() async throws {
+        let keys = configuration.keys
+        context.redis.start()
+        subscriber.subscribe([keys.nodeChannel(configuration.nodeID)], sharded: true)
+        subscriber.subscribe([keys.broadcastChannel])
+        subscriber.start()
+
+        let context = self.context
+        let server = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let encoder = MQTTPacketEncoder()
+                    let decoder = MQTTPacketDecoder(maximumPacketSize: context.configuration.maximumPacketSize)
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(decoder),
+                        MessageToByteHandler(encoder),
+                        MQTTConnectionHandler(node: context, encoder: encoder),
+                    ])
+                }
+            }
+            .bind(host: configuration.mqttHost, port: configuration.mqttPort)
+            .get()
+        let port = server.localAddress?.port
+        boundPort.withLockedValue { $0 = port }
+        context.logger.info("push node listening", metadata: ["mqtt": "\(configuration.mqttHost):\(port ?? 0)"])
+
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.consumeEvents() }
+            group.addTask { await self.heartbeat() }
+            try? await gracefulShutdown()
+            context.logger.info("push node shutting down")
+            try? await server.close()
+            for handle in context.registry.all { handle.execute { $0.shutDown() } }
+            try? await Task.sleep(for: .milliseconds(200))
+            _ = try? await context.redis.pipeline([
+                RedisCommand("DEL", keys.node(configuration.nodeID)),
+                RedisCommand("SREM", keys.nodes, configuration.nodeID),
+            ])
+            group.cancelAll()
+        }
+        await subscriber.close()
+        await context.redis.close()
+    }
+
+    /// Dispatches node channel and broadcast channel events to sessions.
+    private func consumeEvents() async {
+        let registry = context.registry
+        for await message in subscriber.messages {
+            if Task.isCancelled { break }
+            guard let event = NodeEvent.decode(Array(message.payload.readableBytesView)) else {
+                context.logger.warning("unreadable node event", metadata: ["channel": "\(message.channel)"])
+                continue
+            }
+            switch event.kind {
+            case .wake:
+                for terminal in event.terminals ?? [] {
+                    registry.handle(for: terminal)?.execute { $0.wake() }
+                }
+            case .kick:
+                guard let terminal = event.terminals?.first else { continue }
+                let epoch = event.epoch ?? ""
+                registry.handle(for: terminal)?.execute { $0.kick(epoch: epoch) }
+            case .deliver:
+                guard let pushed = event.message else { continue }
+                if let terminals = event.terminals {
+                    for terminal in terminals {
+                        registry.handle(for: terminal)?.execute { $0.deliverLive(pushed, tracked: true) }
+                    }
+                } else {
+                    for handle in registry.all { handle.execute { $0.deliverLive(pushed, tracked: false) } }
+                }
+            }
+        }
+    }
+
+    /// Refreshes this node's liveness key until cancelled.
+    private func heartbeat() async {
+        let keys = configuration.keys
+        let ttl = configuration.livenessTTL
+        let interval = max(1, ttl / 3)
+        let started = String(FleetClock.nowMillis())
+        while !Task.isCancelled {
+            let commands = [
+                RedisCommand(
+                    "HSET", keys.node(configuration.nodeID),
+                    "mqtt", "\(configuration.mqttHost):\(mqttPort ?? configuration.mqttPort)",
+                    "startedAt", started,
+                    "connections", String(context.registry.count)
+                ),
+                RedisCommand("EXPIRE", keys.node(configuration.nodeID), String(ttl)),
+                RedisCommand("SADD", keys.nodes, configuration.nodeID),
+            ]
+            do {
+                _ = try await context.redis.pipeline(commands)
+            } catch {
+                context.logger.debug("heartbeat failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(interval))
+        }
+    }
+}
+
+extension PushNode {
+    /// The admin HTTP application: `/healthz`, `/readyz`, `/metrics`.
+    public func makeAdminApplication(host: String, port: Int, metrics: @escaping @Sendable () -> [UInt8], logger: Logger) -> some ApplicationProtocol {
+        let router = Router()
+        OperationalRoutes.add(to: router, ready: { [self] in await self.isReady() }, metrics: metrics)
+        return Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "pushfleet-node"), logger: logger)
+    }
+}

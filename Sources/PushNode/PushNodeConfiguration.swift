@@ -1,0 +1,41 @@
+import FleetCore
+import RedisClient
+
+/// Everything a push node needs to run.
+///
+/// `secret` must be the control nodes' credential secret: push nodes verify credentials with
+/// it locally. `allowAnonymous` admits any client id without a credential and opens the topic
+/// ACL; it is meant for development and conformance testing only.
+public struct PushNodeConfiguration: Sendable {
+    /// Redis connection settings.
+    public var redis: RedisConfiguration
+    /// Address the MQTT listener binds.
+    public var mqttHost: String
+    public var mqttPort: Int
+    /// This node's id: unique in the fleet; names its Redis channel and liveness key.
+    public var nodeID: String
+    /// The shared credential secret.
+    public var secret: String
+    /// Admit clients without credentials.
+    public var allowAnonymous: Bool = false
+    /// Key prefix of every Redis key.
+    public var keys = FleetKeys()
+    /// Largest MQTT packet accepted from a terminal, in bytes.
+    public var maximumPacketSize: Int = 256 * 1024
+    /// Unacknowledged QoS 1 messages per connection; stored messages beyond it wait in Redis.
+    public var inflightWindow: Int = 32
+    /// Seconds a node's liveness key lives without a refresh.
+    public var livenessTTL: Int = 10
+    /// Seconds a connection may stay silent before sending CONNECT.
+    public var connectTimeout: Int = 10
+    /// Topic filters any authenticated terminal may subscribe to besides its own.
+    public var publicTopicFilters: [String] = []
+
+    public init(redis: RedisConfiguration, mqttHost: String, mqttPort: Int, nodeID: String, secret: String) {
+        self.redis = redis
+        self.mqttHost = mqttHost
+        self.mqttPort = mqttPort
+        self.nodeID = nodeID
+        self.secret = secret
+    }
+}

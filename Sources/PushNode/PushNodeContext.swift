@@ -1,0 +1,29 @@
+import FleetCore
+import Logging
+import Metrics
+import RedisClient
+
+/// What every connection handler on a node shares.
+struct PushNodeContext: Sendable {
+    let configuration: PushNodeConfiguration
+    let redis: RedisConnection
+    let registry: SessionRegistry
+    let credentials: CredentialAuthority
+    let logger: Logger
+    let metrics: PushNodeMetrics
+
+    var keys: FleetKeys { configuration.keys }
+    var nodeID: String { configuration.nodeID }
+}
+
+/// Metric names and handles of a push node (dimensions are bounded: never a terminal id).
+struct PushNodeMetrics: Sendable {
+    let connections = Meter(label: "pushfleet_node_connections")
+    let connectsAccepted = Counter(label: "pushfleet_node_connects_total", dimensions: [("result", "accepted")])
+    let connectsRefused = Counter(label: "pushfleet_node_connects_total", dimensions: [("result", "refused")])
+    let delivered = Counter(label: "pushfleet_node_messages_delivered_total")
+    let acknowledged = Counter(label: "pushfleet_node_messages_acknowledged_total")
+    let expired = Counter(label: "pushfleet_node_messages_expired_total")
+    let dropped = Counter(label: "pushfleet_node_messages_dropped_total")
+    let protocolErrors = Counter(label: "pushfleet_node_protocol_errors_total")
+}

@@ -1,0 +1,126 @@
+import CHiredis
+import NIOCore
+
+/// A batch of commands written in one flush; its promise gets one reply per command, in order.
+struct RedisRequest {
+    var commands: [RedisCommand]
+    /// `nil` for fire-and-forget writes on a subscriber connection, whose replies arrive as pushes.
+    var promise: EventLoopPromise<[RedisReply]>?
+}
+
+/// Encodes requests with hiredis and matches hiredis-parsed replies to them in order.
+///
+/// On a subscriber connection every reply is handed to `onPush` instead.
+final class RedisChannelHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = RedisRequest
+    typealias OutboundOut = ByteBuffer
+
+    private struct Pending {
+        var expected: Int
+        var replies: [RedisReply]
+        var promise: EventLoopPromise<[RedisReply]>
+        var timeout: Scheduled<Void>?
+    }
+
+    private let reader: UnsafeMutablePointer<redisReader>
+    private var pending = CircularBuffer<Pending>()
+    private let commandTimeout: TimeAmount
+    private let onPush: ((RedisReply) -> Void)?
+    private var context: ChannelHandlerContext?
+
+    init(commandTimeout: TimeAmount, onPush: ((RedisReply) -> Void)?) {
+        self.reader = redisReaderCreate()
+        self.commandTimeout = commandTimeout
+        self.onPush = onPush
+    }
+
+    deinit {
+        redisReaderFree(reader)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        failAll(RedisError(.connectionClosed, "handler removed"))
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let request = unwrapOutboundIn(data)
+        var buffer = context.channel.allocator.buffer(capacity: 64 * request.commands.count)
+        for command in request.commands { command.encode(into: &buffer) }
+        if let replyPromise = request.promise {
+            if request.commands.isEmpty {
+                replyPromise.succeed([])
+            } else {
+                let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+                let timeout = context.eventLoop.scheduleTask(in: commandTimeout) { handler.value.timedOut() }
+                pending.append(Pending(expected: request.commands.count, replies: [], promise: replyPromise, timeout: timeout))
+            }
+        }
+        context.write(wrapOutboundOut(buffer), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        let fed = buffer.withUnsafeReadableBytes { bytes in
+            redisReaderFeed(reader, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
+        }
+        guard fed == REDIS_OK else { return protocolFailure(context: context) }
+        while true {
+            var raw: UnsafeMutableRawPointer?
+            guard redisReaderGetReply(reader, &raw) == REDIS_OK else { return protocolFailure(context: context) }
+            guard let raw else { return }
+            let pointer = raw.assumingMemoryBound(to: redisReply.self)
+            let reply = RedisReply(hiredis: pointer)
+            freeReplyObject(raw)
+            deliver(reply)
+        }
+    }
+
+    private func deliver(_ reply: RedisReply) {
+        if let onPush {
+            onPush(reply)
+            return
+        }
+        guard !pending.isEmpty else { return }
+        pending[pending.startIndex].replies.append(reply)
+        if pending[pending.startIndex].replies.count == pending[pending.startIndex].expected {
+            let done = pending.removeFirst()
+            done.timeout?.cancel()
+            done.promise.succeed(done.replies)
+        }
+    }
+
+    private func protocolFailure(context: ChannelHandlerContext) {
+        let message = withUnsafeBytes(of: reader.pointee.errstr) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        failAll(RedisError(.protocolError, message))
+        context.close(promise: nil)
+    }
+
+    private func timedOut() {
+        // Replies are matched by position, so after a lost reply the connection is unusable.
+        failAll(RedisError(.timeout, "no reply within \(commandTimeout.nanoseconds / 1_000_000) ms"))
+        context?.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        failAll(RedisError(.connectionClosed, "connection to redis closed"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        failAll(RedisError(.connectionClosed, "\(error)"))
+        context.close(promise: nil)
+    }
+
+    private func failAll(_ error: RedisError) {
+        while let item = pending.popFirst() {
+            item.timeout?.cancel()
+            item.promise.fail(error)
+        }
+    }
+}

@@ -1,0 +1,252 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// A Redis connection that reconnects by itself.
+///
+/// SwiftNIO owns the socket; hiredis only formats commands and parses replies. Every call
+/// hops to the connection's event loop once: a pipeline of N commands is one write and one
+/// flush, and its replies complete one promise. All mutable state lives on `eventLoop`.
+///
+/// After the connection drops, the client reconnects with exponential backoff. On every
+/// (re)connect it authenticates, selects the database, loads the registered scripts and runs
+/// the `onConnect` hooks (a subscriber re-subscribes there) before any queued command.
+public final class RedisConnection: @unchecked Sendable {
+    private enum State {
+        case idle
+        case connecting
+        case connected(any Channel)
+        case waitingToReconnect
+        case closed
+    }
+
+    /// The event loop that owns this connection.
+    public let eventLoop: any EventLoop
+    public let configuration: RedisConfiguration
+    private let logger: Logger
+    private let scripts: [RedisScript]
+    private let onPush: (@Sendable (RedisReply) -> Void)?
+    private var state: State = .idle
+    private var queued: [RedisRequest] = []
+    private var failures = 0
+    private var connectHooks: [@Sendable (RedisConnection) -> [RedisCommand]] = []
+    private var stateHooks: [@Sendable (Bool) -> Void] = []
+
+    /// - Parameters:
+    ///   - scripts: Lua scripts loaded with SCRIPT LOAD on every connect.
+    ///   - onPush: set for a subscriber connection: every reply goes here instead of to a caller.
+    public init(
+        configuration: RedisConfiguration,
+        eventLoop: any EventLoop,
+        logger: Logger,
+        scripts: [RedisScript] = [],
+        onPush: (@Sendable (RedisReply) -> Void)? = nil
+    ) {
+        self.configuration = configuration
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.scripts = scripts
+        self.onPush = onPush
+    }
+
+    /// Starts connecting; safe to call more than once.
+    public func start() {
+        eventLoop.execute {
+            if case .idle = self.state { self.connect() }
+        }
+    }
+
+    /// Whether a connection is up right now.
+    public var isConnected: Bool {
+        get async {
+            (try? await eventLoop.submit { () -> Bool in
+                if case .connected = self.state { return true }
+                return false
+            }.get()) ?? false
+        }
+    }
+
+    /// Registers commands written first on every (re)connect, before queued commands.
+    public func onConnect(_ hook: @escaping @Sendable (RedisConnection) -> [RedisCommand]) {
+        eventLoop.execute {
+            self.connectHooks.append(hook)
+            if case .connected(let channel) = self.state {
+                let commands = hook(self)
+                if !commands.isEmpty { channel.writeAndFlush(RedisRequest(commands: commands, promise: nil), promise: nil) }
+            }
+        }
+    }
+
+    /// Registers a callback told `true` on every connect and `false` on every disconnect.
+    public func onStateChange(_ hook: @escaping @Sendable (Bool) -> Void) {
+        eventLoop.execute { self.stateHooks.append(hook) }
+    }
+
+    /// Closes the connection for good; queued and pending commands fail.
+    public func close() async {
+        let channel: (any Channel)? = try? await eventLoop.submit { () -> (any Channel)? in
+            defer { self.state = .closed }
+            self.failQueued(RedisError(.connectionClosed, "connection closed by the client"))
+            if case .connected(let channel) = self.state { return channel }
+            return nil
+        }.get()
+        try? await channel?.close()
+    }
+
+    /// Sends one command; an error reply is thrown as ``RedisError``.
+    @discardableResult
+    public func send(_ command: RedisCommand) async throws -> RedisReply {
+        try await pipeline([command])[0].throwingError()
+    }
+
+    /// Sends one command built from strings.
+    @discardableResult
+    public func send(_ name: String, _ arguments: String...) async throws -> RedisReply {
+        try await send(RedisCommand(name, arguments))
+    }
+
+    /// Sends commands in one write and returns their replies in order. Error replies are
+    /// returned in place; transport failures throw. An EVALSHA answered with NOSCRIPT is
+    /// re-run with EVAL.
+    public func pipeline(_ commands: [RedisCommand]) async throws -> [RedisReply] {
+        try await pipelineFuture(commands).get()
+    }
+
+    /// ``pipeline(_:)`` as an event-loop future, for callers already on an event loop.
+    public func pipelineFuture(_ commands: [RedisCommand]) -> EventLoopFuture<[RedisReply]> {
+        let promise = eventLoop.makePromise(of: [RedisReply].self)
+        eventLoop.execute { self.submit(RedisRequest(commands: commands, promise: promise)) }
+        return promise.futureResult.flatMap { replies in
+            self.retryingNoScript(commands: commands, replies: replies)
+        }
+    }
+
+    /// Writes commands without waiting for replies (subscriber connections).
+    public func fireAndForget(_ commands: [RedisCommand]) {
+        eventLoop.execute { self.submit(RedisRequest(commands: commands, promise: nil)) }
+    }
+
+    private func retryingNoScript(commands: [RedisCommand], replies: [RedisReply]) -> EventLoopFuture<[RedisReply]> {
+        var retries: [(Int, RedisCommand)] = []
+        for (index, reply) in replies.enumerated() {
+            guard case .error(let message) = reply, message.hasPrefix("NOSCRIPT"),
+                let script = scripts.first(where: { Array($0.sha1.utf8) == commands[index].arguments[1] })
+            else { continue }
+            retries.append((index, script.evalCommand(from: commands[index])))
+        }
+        guard !retries.isEmpty else { return eventLoop.makeSucceededFuture(replies) }
+        let indices = retries.map(\.0)
+        let promise = eventLoop.makePromise(of: [RedisReply].self)
+        submit(RedisRequest(commands: retries.map(\.1), promise: promise))
+        return promise.futureResult.map { retried in
+            var result = replies
+            for (index, reply) in zip(indices, retried) { result[index] = reply }
+            return result
+        }
+    }
+
+    private func submit(_ request: RedisRequest) {
+        switch state {
+        case .connected(let channel):
+            channel.writeAndFlush(request, promise: nil)
+        case .idle, .connecting:
+            if case .idle = state { connect() }
+            guard queued.count < 100_000 else {
+                request.promise?.fail(RedisError(.unavailable, "too many commands queued while connecting"))
+                return
+            }
+            queued.append(request)
+        case .waitingToReconnect:
+            request.promise?.fail(RedisError(.unavailable, "not connected to redis at \(configuration.host):\(configuration.port)"))
+        case .closed:
+            request.promise?.fail(RedisError(.connectionClosed, "connection closed by the client"))
+        }
+    }
+
+    private func connect() {
+        state = .connecting
+        let onPush = self.onPush
+        let timeout = configuration.commandTimeout
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: timeout, onPush: onPush))
+                }
+            }
+            .connect(host: configuration.host, port: configuration.port)
+            .hop(to: eventLoop)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel): self.connected(channel)
+                case .failure(let error): self.connectFailed(error)
+                }
+            }
+    }
+
+    private func connected(_ channel: any Channel) {
+        if case .closed = state {
+            channel.close(promise: nil)
+            return
+        }
+        if failures > 0 { logger.info("redis reconnected", metadata: ["redis.host": "\(configuration.host):\(configuration.port)"]) }
+        failures = 0
+        state = .connected(channel)
+        channel.closeFuture.hop(to: eventLoop).whenComplete { _ in self.disconnected(channel) }
+        var setup: [RedisCommand] = []
+        if let password = configuration.password { setup.append(RedisCommand("AUTH", password)) }
+        if configuration.database != 0 { setup.append(RedisCommand("SELECT", String(configuration.database))) }
+        if onPush == nil {
+            for script in scripts { setup.append(RedisCommand("SCRIPT", "LOAD", script.source)) }
+        }
+        for hook in connectHooks { setup += hook(self) }
+        if !setup.isEmpty {
+            let promise: EventLoopPromise<[RedisReply]>? = onPush == nil ? eventLoop.makePromise() : nil
+            promise?.futureResult.whenSuccess { replies in
+                for case .error(let message) in replies { self.logger.error("redis connection setup failed", metadata: ["error": "\(message)"]) }
+            }
+            channel.write(RedisRequest(commands: setup, promise: promise), promise: nil)
+        }
+        let waiting = queued
+        queued = []
+        for request in waiting { channel.write(request, promise: nil) }
+        channel.flush()
+        for hook in stateHooks { hook(true) }
+    }
+
+    private func connectFailed(_ error: any Error) {
+        if case .closed = state { return }
+        failQueued(RedisError(.unavailable, "cannot connect to redis at \(configuration.host):\(configuration.port): \(error)"))
+        scheduleReconnect(reason: "\(error)")
+    }
+
+    private func disconnected(_ channel: any Channel) {
+        guard case .connected(let current) = state, current === channel else { return }
+        for hook in stateHooks { hook(false) }
+        scheduleReconnect(reason: "connection closed")
+    }
+
+    private func scheduleReconnect(reason: String) {
+        failures += 1
+        state = .waitingToReconnect
+        let exponent = min(failures - 1, 16)
+        let delay = min(configuration.minimumBackoff.nanoseconds << exponent, configuration.maximumBackoff.nanoseconds)
+        if failures == 1 || failures % 20 == 0 {
+            logger.warning(
+                "redis unavailable, reconnecting",
+                metadata: ["redis.host": "\(configuration.host):\(configuration.port)", "reason": "\(reason)", "attempt": "\(failures)"]
+            )
+        }
+        eventLoop.scheduleTask(in: .nanoseconds(delay)) {
+            if case .waitingToReconnect = self.state { self.connect() }
+        }
+    }
+
+    private func failQueued(_ error: RedisError) {
+        let waiting = queued
+        queued = []
+        for request in waiting { request.promise?.fail(error) }
+    }
+}

@@ -1,0 +1,35 @@
+/// An error from the Redis client.
+///
+/// ``Code/server`` carries Redis's own error reply (`NOSCRIPT ...`, `WRONGTYPE ...`).
+/// ``Code/unavailable`` means no connection is up right now (the client keeps reconnecting
+/// with backoff); callers answering users should turn it into "try again later".
+public struct RedisError: Error, Hashable, Sendable, CustomStringConvertible {
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        let name: String
+        /// Redis answered with an error reply.
+        public static let server = Code(name: "server")
+        /// No reply arrived within the command timeout; the connection was reset.
+        public static let timeout = Code(name: "timeout")
+        /// Not connected to Redis (connecting, or waiting to reconnect).
+        public static let unavailable = Code(name: "unavailable")
+        /// The connection closed before the reply arrived.
+        public static let connectionClosed = Code(name: "connectionClosed")
+        /// hiredis could not parse what the server sent.
+        public static let protocolError = Code(name: "protocolError")
+        /// The reply did not have the shape the caller expected.
+        public static let unexpectedReply = Code(name: "unexpectedReply")
+        /// The configuration (URL) is invalid.
+        public static let invalidConfiguration = Code(name: "invalidConfiguration")
+        public var description: String { name }
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "redis \(code): \(message)" }
+}

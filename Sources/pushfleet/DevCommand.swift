@@ -1,0 +1,135 @@
+import ArgumentParser
+import ControlNode
+import FleetCore
+import Foundation
+import Logging
+import NIOPosix
+import PushNode
+import RedisClient
+import ServiceLifecycle
+
+struct DevCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dev",
+        abstract: "Run the whole system on this machine: a private redis-server, one control node, two push nodes.",
+        discussion: "redis-server must be on PATH (scripts/dev installs it). Ctrl-C stops everything."
+    )
+
+    @Option(help: "Control API address (env PUSHFLEET_LISTEN; default 127.0.0.1:8080).")
+    var listen: String?
+
+    @Option(help: "MQTT ports of the two push nodes, comma separated (env PUSHFLEET_MQTT_PORTS; default 1883,1884).")
+    var mqttPorts: String?
+
+    @Option(help: "Credential secret (env PUSHFLEET_SECRET; default: a random one).")
+    var secret: String?
+
+    @Option(help: "Log level (env PUSHFLEET_LOG_LEVEL; default info).")
+    var logLevel: String?
+
+    func run() async throws {
+        Bootstrap.logging(level: Logger.Level(rawValue: logLevel ?? env("LOG_LEVEL") ?? "info") ?? .info)
+        let metrics = Bootstrap.metrics()
+        let logger = Logger(label: "pushfleet.dev")
+        let (host, port) = try parseHostPort(listen ?? env("LISTEN") ?? "127.0.0.1:8080", option: "--listen")
+        let ports = (mqttPorts ?? env("MQTT_PORTS") ?? "1883,1884").split(separator: ",").compactMap { Int($0) }
+        guard ports.count == 2 else { throw ValidationError("--mqtt-ports needs two ports") }
+        let secret = self.secret ?? env("SECRET") ?? FleetClock.newEpoch() + FleetClock.newEpoch()
+
+        let redis = try PrivateRedis.start()
+        defer { redis.stop() }
+        let redisConfiguration = RedisConfiguration(host: "127.0.0.1", port: redis.port)
+
+        var control = ControlNodeConfiguration(redis: redisConfiguration, host: host, port: port, secret: secret, consumerName: "dev-control")
+        control.advertisedEndpoints = ports.map { "mqtt://127.0.0.1:\($0)" }
+        var services: [any Service] = [ControlNode(configuration: control, logger: logger, metrics: metrics)]
+        for (index, mqttPort) in ports.enumerated() {
+            let configuration = PushNodeConfiguration(redis: redisConfiguration, mqttHost: "127.0.0.1", mqttPort: mqttPort, nodeID: "dev-\(index + 1)", secret: secret)
+            services.append(PushNode(configuration: configuration, logger: logger))
+        }
+
+        let demo = CredentialAuthority(secret: secret).issue(terminal: "demo", ttl: 86_400, nowMillis: FleetClock.nowMillis())
+        let api = "http://\(host):\(port)"
+        print(
+            """
+
+            PushFleet is running: redis 127.0.0.1:\(redis.port) (data in \(redis.directory)),
+            control API \(api), push nodes mqtt://127.0.0.1:\(ports[0]) and mqtt://127.0.0.1:\(ports[1]).
+
+            # a credential for terminal "demo" (or mint one: curl -s -X POST \(api)/v1/credentials -d '{"terminal":"demo"}')
+            mosquitto_sub -h 127.0.0.1 -p \(ports[0]) -i demo -u demo -P '\(demo.password)' -t push/demo -q 1 -c -v
+
+            # push with the API, and with redis-cli
+            curl -s -X POST \(api)/v1/push -H 'Content-Type: application/json' -d '{"to":["demo"],"payload":"hello from curl"}'
+            redis-cli -p \(redis.port) XADD pushfleet:push '*' to demo payload 'hello from redis-cli'
+
+            # what happened to a message (use the id the push printed)
+            curl -s \(api)/v1/messages/<id>
+            curl -s \(api)/v1/terminals/demo
+
+            Ctrl-C stops everything.
+
+            """
+        )
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+}
+
+/// A redis-server child process on a free port with its data in a temporary directory.
+struct PrivateRedis {
+    let process: Process
+    let port: Int
+    let directory: String
+
+    static func start() throws -> PrivateRedis {
+        guard let executable = which("redis-server") else {
+            throw ValidationError("redis-server is not on PATH: install it (apt-get install redis-server) or run scripts/dev")
+        }
+        let port = try freePort()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-dev-\(ProcessInfo.processInfo.processIdentifier)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = [
+            "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
+            "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--loglevel", "warning",
+        ]
+        try process.run()
+        // Wait until it accepts connections.
+        for _ in 0..<100 {
+            if canConnect(port: port) { return PrivateRedis(process: process, port: port, directory: directory) }
+            usleep(50_000)
+        }
+        process.terminate()
+        throw ValidationError("redis-server did not start on port \(port)")
+    }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    static func which(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for dir in path.split(separator: ":") + ["/usr/sbin", "/sbin"] {
+            let candidate = "\(dir)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+
+    static func freePort() throws -> Int {
+        let socket = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
+        defer { try? socket.close().wait() }
+        return socket.localAddress?.port ?? 6390
+    }
+
+    static func canConnect(port: Int) -> Bool {
+        let channel = try? ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).wait()
+        try? channel?.close().wait()
+        return channel != nil
+    }
+}

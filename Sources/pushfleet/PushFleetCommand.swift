@@ -1,0 +1,80 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+
+@main
+struct PushFleetCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pushfleet",
+        abstract: "PushFleet: MQTT push to millions of terminals, through Redis.",
+        discussion: "Every option can also be given in the environment as PUSHFLEET_<OPTION> (--redis -> PUSHFLEET_REDIS, --node-id -> PUSHFLEET_NODE_ID); a flag wins over the environment.",
+        subcommands: [DevCommand.self, ControlCommand.self, NodeCommand.self, PushClientCommand.self, CredentialCommand.self]
+    )
+}
+
+/// Options every server command shares.
+struct CommonOptions: ParsableArguments {
+    @Option(help: "Redis URL, redis://[:password@]host:port[/db] (env PUSHFLEET_REDIS; default redis://127.0.0.1:6379).")
+    var redis: String?
+
+    @Option(help: "Shared secret that signs terminal credentials (env PUSHFLEET_SECRET; required).")
+    var secret: String?
+
+    @Option(help: "Prefix of every Redis key and channel (env PUSHFLEET_KEY_PREFIX; default pushfleet:).")
+    var keyPrefix: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env PUSHFLEET_LOG_LEVEL; default info).")
+    var logLevel: String?
+
+    var redisURL: String { redis ?? env("REDIS") ?? "redis://127.0.0.1:6379" }
+    var prefix: String { keyPrefix ?? env("KEY_PREFIX") ?? "pushfleet:" }
+
+    func requiredSecret() throws -> String {
+        guard let secret = secret ?? env("SECRET"), !secret.isEmpty else {
+            throw ValidationError("missing --secret (or PUSHFLEET_SECRET): the credential secret shared by control and push nodes")
+        }
+        return secret
+    }
+
+    func level() throws -> Logger.Level {
+        let text = logLevel ?? env("LOG_LEVEL") ?? "info"
+        guard let level = Logger.Level(rawValue: text) else { throw ValidationError("unknown log level \(text)") }
+        return level
+    }
+}
+
+/// `PUSHFLEET_<name>` from the environment.
+func env(_ name: String) -> String? {
+    ProcessInfo.processInfo.environment["PUSHFLEET_" + name].flatMap { $0.isEmpty ? nil : $0 }
+}
+
+/// Splits `host:port`.
+func parseHostPort(_ text: String, option: String) throws -> (String, Int) {
+    guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+        throw ValidationError("\(option) must be HOST:PORT, got \(text)")
+    }
+    let host = String(text[..<colon])
+    return (host.isEmpty ? "0.0.0.0" : host, port)
+}
+
+/// Process-wide logging and metrics, set up once.
+enum Bootstrap {
+    nonisolated(unsafe) private static var registry: PrometheusCollectorRegistry?
+
+    static func logging(level: Logger.Level) {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+
+    /// Installs the Prometheus metrics backend; returns a renderer of the text format.
+    static func metrics() -> @Sendable () -> [UInt8] {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return { registry.emitToBuffer() }
+    }
+}

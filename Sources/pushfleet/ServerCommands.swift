@@ -1,0 +1,127 @@
+import ArgumentParser
+import ControlNode
+import FleetCore
+import Foundation
+import Logging
+import PushNode
+import RedisClient
+import ServiceLifecycle
+
+struct ControlCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "control",
+        abstract: "Run a control node: HTTP API, credentials, fan-out, command stream consumer."
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "HTTP listen address HOST:PORT (env PUSHFLEET_LISTEN; default 127.0.0.1:8080).")
+    var listen: String?
+
+    @Option(help: "Require 'Authorization: Bearer KEY' on /v1 (env PUSHFLEET_API_KEY; default none).")
+    var apiKey: String?
+
+    @Option(help: "Comma separated MQTT endpoints advertised with credentials (env PUSHFLEET_ENDPOINTS; default: the live push nodes).")
+    var endpoints: String?
+
+    @Option(help: "Consumer name in the command stream group (env PUSHFLEET_CONSUMER; default control-<host>-<pid>).")
+    var consumer: String?
+
+    func run() async throws {
+        Bootstrap.logging(level: try common.level())
+        let metrics = Bootstrap.metrics()
+        let logger = Logger(label: "pushfleet.control")
+        let configuration = try makeConfiguration()
+        let node = ControlNode(configuration: configuration, logger: logger, metrics: metrics)
+        logger.info("control node starting", metadata: ["listen": "\(configuration.host):\(configuration.port)", "redis": "\(common.redisURL)"])
+        let group = ServiceGroup(services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+
+    func makeConfiguration() throws -> ControlNodeConfiguration {
+        let (host, port) = try parseHostPort(listen ?? env("LISTEN") ?? "127.0.0.1:8080", option: "--listen")
+        let name = consumer ?? env("CONSUMER") ?? "control-\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        var configuration = ControlNodeConfiguration(
+            redis: try RedisConfiguration(url: common.redisURL),
+            host: host,
+            port: port,
+            secret: try common.requiredSecret(),
+            apiKey: apiKey ?? env("API_KEY"),
+            consumerName: name
+        )
+        configuration.keys = FleetKeys(prefix: common.prefix)
+        if let endpoints = endpoints ?? env("ENDPOINTS") {
+            configuration.advertisedEndpoints = endpoints.split(separator: ",").map(String.init)
+        }
+        return configuration
+    }
+}
+
+struct NodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "node",
+        abstract: "Run a push node: holds MQTT connections and delivers pushes."
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "MQTT listen address HOST:PORT (env PUSHFLEET_MQTT; default 0.0.0.0:1883).")
+    var mqtt: String?
+
+    @Option(help: "Unique id of this node in the fleet (env PUSHFLEET_NODE_ID; default node-<host>-<pid>).")
+    var nodeId: String?
+
+    @Option(help: "Admin HTTP address HOST:PORT for /healthz, /readyz, /metrics (env PUSHFLEET_ADMIN; default off).")
+    var admin: String?
+
+    @Flag(help: "Admit clients without a credential and open the topic ACL; development and conformance only (env PUSHFLEET_ALLOW_ANONYMOUS=1).")
+    var allowAnonymous = false
+
+    @Option(help: "Largest MQTT packet accepted, in bytes (env PUSHFLEET_MAX_PACKET_SIZE; default 262144).")
+    var maxPacketSize: Int?
+
+    @Option(help: "Unacknowledged QoS 1 messages per connection (env PUSHFLEET_INFLIGHT; default 32).")
+    var inflight: Int?
+
+    @Option(help: "Comma separated topic filters any terminal may subscribe to besides its own (env PUSHFLEET_PUBLIC_TOPICS).")
+    var publicTopics: String?
+
+    func run() async throws {
+        Bootstrap.logging(level: try common.level())
+        let metrics = Bootstrap.metrics()
+        let logger = Logger(label: "pushfleet.node")
+        let configuration = try makeConfiguration()
+        let node = PushNode(configuration: configuration, logger: logger)
+        var services: [any Service] = [node]
+        if let admin = admin ?? env("ADMIN") {
+            let (host, port) = try parseHostPort(admin, option: "--admin")
+            services.append(node.makeAdminApplication(host: host, port: port, metrics: metrics, logger: logger))
+        }
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+
+    func makeConfiguration() throws -> PushNodeConfiguration {
+        let (host, port) = try parseHostPort(mqtt ?? env("MQTT") ?? "0.0.0.0:1883", option: "--mqtt")
+        let id = nodeId ?? env("NODE_ID") ?? "node-\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        guard TerminalID.isValid(id) else { throw ValidationError("--node-id must be 1-128 of A-Z a-z 0-9 _ - . : @") }
+        var configuration = PushNodeConfiguration(
+            redis: try RedisConfiguration(url: common.redisURL),
+            mqttHost: host,
+            mqttPort: port,
+            nodeID: id,
+            secret: try common.requiredSecret()
+        )
+        configuration.keys = FleetKeys(prefix: common.prefix)
+        configuration.allowAnonymous = allowAnonymous || ["1", "true", "yes"].contains(env("ALLOW_ANONYMOUS")?.lowercased() ?? "")
+        if let size = maxPacketSize ?? env("MAX_PACKET_SIZE").flatMap({ Int($0) }) { configuration.maximumPacketSize = size }
+        if let inflight = inflight ?? env("INFLIGHT").flatMap({ Int($0) }) {
+            guard inflight > 0, inflight < 65_535 else { throw ValidationError("--inflight must be 1...65534") }
+            configuration.inflightWindow = inflight
+        }
+        if let topics = publicTopics ?? env("PUBLIC_TOPICS") {
+            configuration.publicTopicFilters = topics.split(separator: ",").map(String.init)
+        }
+        return configuration
+    }
+}
