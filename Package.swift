@@ -104,13 +104,22 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ]
         ),
+        .target(
+            name: "FleetTestSupport",
+            dependencies: ["FleetCore", .product(name: "NIOPosix", package: "swift-nio")],
+            path: "Tests/FleetTestSupport"
+        ),
         .testTarget(
             name: "RedisClientTests",
-            dependencies: ["RedisClient", "FleetCore", .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: ["RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(
             name: "FleetCoreTests",
-            dependencies: ["FleetCore"]
+            dependencies: ["FleetCore", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "ControlNodeTests",
+            dependencies: ["ControlNode", "FleetCore", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
     ]
 )

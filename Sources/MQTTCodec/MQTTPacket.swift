@@ -60,6 +60,8 @@ public enum MQTTPacket: Hashable, Sendable {
     ) throws -> MQTTPacket? {
         var peek = buffer
         guard let first = peek.readInteger(as: UInt8.self) else { return nil }
+        // Check the first byte before waiting for the body, so garbage fails at once.
+        try validateFixedHeader(first, version: version)
         guard let remaining = try peek.mqttReadVariableIntegerIfComplete() else { return nil }
         let headerSize = peek.readerIndex - buffer.readerIndex
         let total = headerSize + Int(remaining)
@@ -79,6 +81,25 @@ public enum MQTTPacket: Hashable, Sendable {
         } catch var error as MQTTCodecError {
             if error.bytes.isEmpty { error.bytes = Array(buffer.readableBytesView.prefix(min(total, 64))) }
             throw error
+        }
+    }
+
+    private static func validateFixedHeader(_ first: UInt8, version: MQTTProtocolVersion) throws {
+        let type = first >> 4
+        let flags = first & 0x0F
+        let expected: UInt8
+        switch type {
+        case 0, 15 where !version.hasProperties:
+            throw MQTTCodecError(.invalidPacketType, "packet type \(type) is not valid in MQTT \(version)", bytes: [first])
+        case 3:
+            return
+        case 6, 8, 10:
+            expected = 2
+        default:
+            expected = 0
+        }
+        guard flags == expected else {
+            throw MQTTCodecError(.invalidFlags, "packet type \(type) with flags 0x\(String(flags, radix: 16))", bytes: [first])
         }
     }
 
@@ -152,7 +173,9 @@ public enum MQTTPacket: Hashable, Sendable {
         // 3.1.1 UNSUBACK has no payload; 5.0 carries one reason code per filter.
         case .unsubAck(let p): try p.write(to: &body, version: version, includeReasonCodes: version.hasProperties)
         case .pingReq, .pingResp: break
-        case .disconnect(let p), .auth(let p): try p.write(to: &body, version: version)
+        case .disconnect(let p): try p.write(to: &body, version: version)
+        // AUTH may leave out the property length only together with a success reason code.
+        case .auth(let p): try p.write(to: &body, version: version, omitEmptyProperties: false)
         }
         guard body.readableBytes <= Int(mqttMaximumVariableInteger) else {
             throw MQTTCodecError(.valueTooLarge, "packet body of \(body.readableBytes) bytes exceeds the MQTT maximum")

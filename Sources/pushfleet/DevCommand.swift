@@ -50,8 +50,7 @@ struct DevCommand: AsyncParsableCommand {
 
         let demo = CredentialAuthority(secret: secret).issue(terminal: "demo", ttl: 86_400, nowMillis: FleetClock.nowMillis())
         let api = "http://\(host):\(port)"
-        print(
-            """
+        let banner = """
 
             PushFleet is running: redis 127.0.0.1:\(redis.port) (data in \(redis.directory)),
             control API \(api), push nodes mqtt://127.0.0.1:\(ports[0]) and mqtt://127.0.0.1:\(ports[1]).
@@ -69,8 +68,9 @@ struct DevCommand: AsyncParsableCommand {
 
             Ctrl-C stops everything.
 
+
             """
-        )
+        FileHandle.standardOutput.write(Data(banner.utf8))
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
     }
@@ -78,7 +78,7 @@ struct DevCommand: AsyncParsableCommand {
 
 /// A redis-server child process on a free port with its data in a temporary directory.
 struct PrivateRedis {
-    let process: Process
+    let process: ChildProcess
     let port: Int
     let directory: String
 
@@ -89,32 +89,28 @@ struct PrivateRedis {
         let port = try freePort()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-dev-\(ProcessInfo.processInfo.processIdentifier)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = [
+        let process = try ChildProcess(executable: executable, arguments: [
             "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
             "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--loglevel", "warning",
-        ]
-        try process.run()
+            "--logfile", directory + "/redis.log",
+        ])
         // Wait until it accepts connections.
         for _ in 0..<100 {
             if canConnect(port: port) { return PrivateRedis(process: process, port: port, directory: directory) }
             usleep(50_000)
         }
-        process.terminate()
+        process.stop()
         throw ValidationError("redis-server did not start on port \(port)")
     }
 
     func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
+        process.stop()
     }
 
     static func which(_ name: String) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-        for dir in path.split(separator: ":") + ["/usr/sbin", "/sbin"] {
+        let directories = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
+        for dir in directories {
             let candidate = "\(dir)/\(name)"
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }

@@ -17,9 +17,9 @@ public struct MQTTDisconnectPacket: Hashable, Sendable {
         return MQTTDisconnectPacket(reasonCode: code, properties: properties)
     }
 
-    func write(to buffer: inout ByteBuffer, version: MQTTProtocolVersion) throws {
+    func write(to buffer: inout ByteBuffer, version: MQTTProtocolVersion, omitEmptyProperties: Bool = true) throws {
         guard version.hasProperties, reasonCode != .success || !properties.isEmpty else { return }
         buffer.writeInteger(reasonCode.rawValue)
-        if !properties.isEmpty { try properties.write(to: &buffer) }
+        if !properties.isEmpty || !omitEmptyProperties { try properties.write(to: &buffer) }
     }
 }

@@ -1,0 +1,116 @@
+@testable import ControlNode
+import FleetCore
+import FleetTestSupport
+import Logging
+import NIOPosix
+import RedisClient
+import Testing
+
+@Suite(.serialized)
+struct PushDispatcherTests {
+    let server: RedisServer
+    let redis: RedisConnection
+    let configuration: ControlNodeConfiguration
+    let keys = FleetKeys()
+
+    init() throws {
+        server = try RedisServer()
+        let redisConfiguration = RedisConfiguration(host: "127.0.0.1", port: server.port)
+        redis = Self.connection(redisConfiguration)
+        var configuration = ControlNodeConfiguration(redis: redisConfiguration, host: "127.0.0.1", port: 0, secret: "s", consumerName: "c1")
+        configuration.offlineQueueCap = 3
+        self.configuration = configuration
+    }
+
+    static func connection(_ configuration: RedisConfiguration) -> RedisConnection {
+        RedisConnection(configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"), scripts: FleetScripts.all)
+    }
+
+    var dispatcher: PushDispatcher { PushDispatcher(configuration: configuration, redis: redis, logger: Logger(label: "test")) }
+
+    func status(_ id: String) async throws -> [String: Int64] {
+        let names = ["targets", "queued", "delivered", "acknowledged", "expired", "dropped"]
+        let values = try await redis.send(RedisCommand("HMGET", [keys.messageStatus(id)] + names)).array ?? []
+        return Dictionary(uniqueKeysWithValues: zip(names, values.map { $0.int ?? -1 }))
+    }
+
+    func queue(_ terminal: String) async throws -> [StoredMessage] {
+        (try await redis.send("LRANGE", keys.queue(terminal), "0", "-1").array ?? []).compactMap { $0.string.flatMap(StoredMessage.decode) }
+    }
+
+    @Test func storesForOfflineTerminalsBeforeReturning() async throws {
+        let receipt = try await dispatcher.push(PushCommand(audience: .terminals(["a", "b", "a"]), payload: Array("hi".utf8)))
+        #expect(receipt.targets == 2)
+        let stored = try await queue("a")
+        #expect(stored.map(\.id) == [receipt.id])
+        #expect(stored.first?.topic == "push/a")
+        #expect(stored.first?.payloadBytes == Array("hi".utf8))
+        #expect(try await queue("b").count == 1)
+        #expect(try await status(receipt.id) == ["targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0])
+        await redis.close()
+    }
+
+    @Test func onlineOnlyPushToOfflineTerminalIsDropped() async throws {
+        let receipt = try await dispatcher.push(PushCommand(audience: .terminals(["x"]), payload: [1], ttl: 0))
+        #expect(try await queue("x").isEmpty)
+        #expect(try await status(receipt.id)["dropped"] == 1)
+        #expect(try await status(receipt.id)["queued"] == 0)
+        await redis.close()
+    }
+
+    @Test func capDropsTheOldestAndCountsIt() async throws {
+        var ids: [String] = []
+        for index in 0..<4 {
+            ids.append(try await dispatcher.push(PushCommand(audience: .terminals(["c"]), payload: [UInt8(index)])).id)
+        }
+        #expect(try await queue("c").map(\.id) == Array(ids.dropFirst()))
+        #expect(try await status(ids[0])["dropped"] == 1)
+        #expect(try await status(ids[0])["queued"] == 0)
+        await redis.close()
+    }
+
+    @Test func idempotencyKeyNeverCreatesASecondMessage() async throws {
+        let command = PushCommand(audience: .terminals(["i"]), payload: [1], idempotencyKey: "order-17")
+        let first = try await dispatcher.push(command)
+        let second = try await dispatcher.push(command)
+        #expect(first.id == second.id)
+        #expect(try await queue("i").count == 1)
+        await redis.close()
+    }
+
+    @Test func wakesTheNodeHoldingTheTerminal() async throws {
+        try await redis.send("HSET", keys.route("on"), "node", "n9", "epoch", "e")
+        let subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        subscriber.subscribe([keys.nodeChannel("n9")], sharded: true)
+        subscriber.start()
+        let reader = Task { () -> NodeEvent? in
+            for await message in subscriber.messages {
+                return NodeEvent.decode(Array(message.payload.readableBytesView))
+            }
+            return nil
+        }
+        // Wait for the subscription, then push.
+        for _ in 0..<100 {
+            if (try await redis.send("PUBSUB", "SHARDNUMSUB", keys.nodeChannel("n9")).array?.last?.int ?? 0) > 0 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        _ = try await dispatcher.push(PushCommand(audience: .terminals(["on", "off"]), payload: [1]))
+        let event = await reader.value
+        #expect(event?.kind == .wake)
+        #expect(event?.terminals == ["on"])
+        await subscriber.close()
+        await redis.close()
+    }
+
+    @Test func validation() throws {
+        #expect(throws: APIError.self) { try PushCommand(audience: .terminals([]), payload: []).validate(configuration) }
+        #expect(throws: APIError.self) { try PushCommand(audience: .terminals(["a/b"]), payload: []).validate(configuration) }
+        #expect(throws: APIError.self) { try PushCommand(audience: .terminals(["a"]), payload: [], qos: 3).validate(configuration) }
+        #expect(throws: APIError.self) { try PushCommand(audience: .terminals(["a"]), payload: [], ttl: -1).validate(configuration) }
+        #expect(throws: APIError.self) { try PushCommand(audience: .topic("a/#"), payload: []).validate(configuration) }
+        let big = [UInt8](repeating: 0, count: configuration.maximumPayloadSize + 1)
+        #expect(throws: APIError.self) { try PushCommand(audience: .broadcast, payload: big).validate(configuration) }
+        try PushCommand(audience: .topic("news/x"), payload: []).validate(configuration)
+        server.stop()
+    }
+}

@@ -1,0 +1,52 @@
+import FleetCore
+import Testing
+
+struct CredentialTests {
+    let authority = CredentialAuthority(secret: "s3cret")
+
+    @Test func issuedCredentialVerifies() throws {
+        let issued = authority.issue(terminal: "t1", ttl: 60, nowMillis: 1_000_000)
+        let verified = try authority.verify(terminal: "t1", password: issued.password, now: 1_000).get()
+        #expect(verified.issuedAt == 1_000_000)
+        #expect(verified.expiresAt == 1_060)
+        #expect(issued.expiresAt == 1_060)
+    }
+
+    @Test func refusals() {
+        let issued = authority.issue(terminal: "t1", ttl: 60, nowMillis: 1_000_000)
+        #expect(authority.verify(terminal: "t2", password: issued.password, now: 1_000) == .failure(.badSignature))
+        #expect(authority.verify(terminal: "t1", password: issued.password, now: 1_060) == .failure(.expired))
+        #expect(CredentialAuthority(secret: "other").verify(terminal: "t1", password: issued.password, now: 1_000) == .failure(.badSignature))
+        #expect(authority.verify(terminal: "t1", password: "nonsense", now: 1_000) == .failure(.malformed))
+        // Extending the expiry breaks the signature.
+        let parts = issued.password.split(separator: ".")
+        let forged = "v1.\(parts[1]).9999999999.\(parts[3])"
+        #expect(authority.verify(terminal: "t1", password: forged, now: 1_000) == .failure(.badSignature))
+    }
+
+    @Test func terminalIDs() {
+        #expect(TerminalID.isValid("phone-42_a.b:c@d"))
+        #expect(!TerminalID.isValid(""))
+        #expect(!TerminalID.isValid("a/b"))
+        #expect(!TerminalID.isValid("a{b}"))
+        #expect(!TerminalID.isValid("a b"))
+        #expect(!TerminalID.isValid(String(repeating: "x", count: 129)))
+    }
+
+    @Test func keysOfOneTerminalShareAHashTag() {
+        let keys = FleetKeys(prefix: "p:")
+        for key in [keys.route("t1"), keys.queue("t1"), keys.sent("t1"), keys.subscriptions("t1"), keys.session("t1"), keys.revoked("t1")] {
+            #expect(key.hasPrefix("p:{t:t1}:"))
+        }
+        #expect(keys.messageStatus("m").hasPrefix("p:{m:m}:"))
+        #expect(keys.messageTargets("m").hasPrefix("p:{m:m}:"))
+    }
+
+    @Test func storedMessageRoundTrip() {
+        let message = StoredMessage(id: "m1", qos: 1, expiresAt: 5, topic: "push/t1", payload: [0, 1, 255])
+        #expect(StoredMessage.decode(message.encoded()) == message)
+        #expect(message.payloadBytes == [0, 1, 255])
+        #expect(message.isExpired(nowMillis: 5))
+        #expect(!message.isExpired(nowMillis: 4))
+    }
+}

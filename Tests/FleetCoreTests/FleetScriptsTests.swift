@@ -1,0 +1,130 @@
+import FleetCore
+import FleetTestSupport
+import Logging
+import NIOPosix
+import RedisClient
+import Testing
+
+/// The Lua scripts against a real redis-server.
+@Suite(.serialized)
+struct FleetScriptsTests {
+    let server: RedisServer
+    let redis: RedisConnection
+    let keys = FleetKeys()
+
+    init() throws {
+        server = try RedisServer()
+        redis = RedisConnection(
+            configuration: RedisConfiguration(host: "127.0.0.1", port: server.port),
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: Logger(label: "test"),
+            scripts: FleetScripts.all
+        )
+    }
+
+    func register(_ terminal: String, node: String, epoch: String, clean: Bool = true, issuedAt: String = "") async throws -> [RedisReply] {
+        let reply = try await redis.send(
+            FleetScripts.register.command(
+                keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal), keys.sent(terminal)],
+                arguments: [node, epoch, "1", clean ? "1" : "0", issuedAt, "10"]
+            )
+        )
+        return reply.array ?? []
+    }
+
+    func unregister(_ terminal: String, epoch: String) async throws -> Int64? {
+        try await redis.send(
+            FleetScripts.unregister.command(keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal)], arguments: [epoch, "1"])
+        ).int
+    }
+
+    @Test func registrationAndCompareAndDelete() async throws {
+        let first = try await register("t1", node: "n1", epoch: "e1")
+        #expect(first.first?.string == "ok")
+        #expect(first[1].string == "")  // no previous route
+        #expect(try await redis.send("HGET", keys.route("t1"), "node").string == "n1")
+
+        // Takeover on another node: the script reports the previous owner.
+        let second = try await register("t1", node: "n2", epoch: "e2")
+        #expect(second[1].string == "n1")
+        #expect(second[2].string == "e1")
+
+        // The old connection's late disconnect must not erase the new route.
+        #expect(try await unregister("t1", epoch: "e1") == 0)
+        #expect(try await redis.send("HGET", keys.route("t1"), "node").string == "n2")
+        #expect(try await unregister("t1", epoch: "e2") == 1)
+        #expect(try await redis.send("EXISTS", keys.route("t1")).int == 0)
+        await redis.close()
+    }
+
+    @Test func registrationReturnsStoredMessagesAndSessionState() async throws {
+        try await redis.send("RPUSH", keys.queue("t2"), "a", "b")
+        try await redis.send("SADD", keys.sent("t2"), "m-a")
+        try await redis.send("HSET", keys.subscriptions("t2"), "news/#", "1")
+        let first = try await register("t2", node: "n1", epoch: "e1", clean: false)
+        #expect(first[3].int == 0)  // no session yet
+        #expect(first[5].array?.compactMap(\.string) == ["a", "b"])
+        #expect(first[6].array?.compactMap(\.string) == ["m-a"])
+        let again = try await register("t2", node: "n1", epoch: "e2", clean: false)
+        #expect(again[3].int == 1)  // session present
+        #expect(again[4].array?.compactMap(\.string) == ["news/#", "1"])
+        let clean = try await register("t2", node: "n1", epoch: "e3", clean: true)
+        #expect(clean[4].array?.isEmpty == true)  // clean start drops subscriptions
+        #expect(clean[5].array?.count == 2)  // ...but never the terminal's messages
+        await redis.close()
+    }
+
+    @Test func revokedCredentialsAreRefused() async throws {
+        try await redis.send("SET", keys.revoked("t3"), "5000")
+        #expect(try await register("t3", node: "n1", epoch: "e1", issuedAt: "4000").first?.string == "revoked")
+        #expect(try await register("t3", node: "n1", epoch: "e1", issuedAt: "5000").first?.string == "revoked")
+        #expect(try await register("t3", node: "n1", epoch: "e1", issuedAt: "5001").first?.string == "ok")
+        #expect(try await register("t3", node: "n1", epoch: "e1", issuedAt: "").first?.string == "ok")  // anonymous
+        await redis.close()
+    }
+
+    @Test func offlineListCapAndExpiry() async throws {
+        let queue = keys.queue("t4")
+        var dropped: [String] = []
+        for index in 1...5 {
+            let reply = try await redis.send(FleetScripts.enqueue.command(keys: [queue], arguments: ["m\(index)", "3", "60000"]))
+            dropped += reply.array?.compactMap(\.string) ?? []
+        }
+        #expect(dropped == ["m1", "m2"])
+        #expect(try await redis.send("LRANGE", queue, "0", "-1").array?.compactMap(\.string) == ["m3", "m4", "m5"])
+        let ttl = try await redis.send("PTTL", queue).int ?? 0
+        #expect(ttl > 50_000 && ttl <= 60_000)
+        // A shorter ttl never shortens the list's life; a longer one extends it.
+        _ = try await redis.send(FleetScripts.enqueue.command(keys: [queue], arguments: ["m6", "3", "1000"]))
+        #expect((try await redis.send("PTTL", queue).int ?? 0) > 50_000)
+        _ = try await redis.send(FleetScripts.enqueue.command(keys: [queue], arguments: ["m7", "3", "120000"]))
+        #expect((try await redis.send("PTTL", queue).int ?? 0) > 100_000)
+        // The key itself expires.
+        _ = try await redis.send(FleetScripts.enqueue.command(keys: [keys.queue("t5")], arguments: ["x", "3", "100"]))
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await redis.send("EXISTS", keys.queue("t5")).int == 0)
+        await redis.close()
+    }
+
+    @Test func transitionsOnlyMoveForwardAndKeepCountsExact() async throws {
+        let status = keys.messageStatus("m1")
+        let targets = keys.messageTargets("m1")
+        try await redis.send("HSET", status, "targets", "3", "queued", "3", "delivered", "0", "acknowledged", "0", "expired", "0", "dropped", "0")
+        try await redis.send("HSET", targets, "a", "queued", "b", "queued", "c", "queued")
+        func move(_ terminal: String, _ state: MessageState) async throws -> Int64? {
+            try await redis.send(FleetScripts.transition.command(keys: [status, targets], arguments: [terminal, state.rawValue])).int
+        }
+        #expect(try await move("a", .delivered) == 1)
+        #expect(try await move("a", .acknowledged) == 1)
+        #expect(try await move("a", .delivered) == 0)  // late duplicate: ignored
+        #expect(try await move("b", .acknowledged) == 1)  // ack without a recorded delivery
+        #expect(try await move("c", .expired) == 1)
+        #expect(try await move("c", .acknowledged) == 0)
+        let fields = try await redis.send("HMGET", status, "queued", "delivered", "acknowledged", "expired", "dropped").array?.compactMap(\.int)
+        #expect(fields == [0, 2, 2, 1, 0])
+        // Unknown message (expired status record): nothing is created.
+        #expect(try await redis.send(FleetScripts.transition.command(keys: [keys.messageStatus("gone"), keys.messageTargets("gone")], arguments: ["a", "delivered"])).int == 0)
+        #expect(try await redis.send("EXISTS", keys.messageTargets("gone")).int == 0)
+        await redis.close()
+    }
+}

@@ -1,0 +1,67 @@
+import MQTTCodec
+import NIOCore
+import NIOEmbedded
+import NIOTestUtils
+import Testing
+
+struct ChannelTests {
+    static let packets: [MQTTPacket] = [
+        .connect(MQTTConnectPacket(clientIdentifier: "t1", cleanStart: false, keepAlive: 30, username: "t1", password: Array("secret".utf8))),
+        .subscribe(MQTTSubscribePacket(packetIdentifier: 1, subscriptions: [.init(topicFilter: "push/t1", options: .init(qos: .atLeastOnce))])),
+        .publish(MQTTPublishPacket(topicName: "push/t1", payload: ByteBuffer(string: String(repeating: "x", count: 300)), qos: .atLeastOnce, packetIdentifier: 9)),
+        .pubAck(MQTTAckPacket(packetIdentifier: 9)),
+        .pingReq,
+        .disconnect(MQTTDisconnectPacket()),
+    ]
+
+    @Test func embeddedChannelRoundTrip() throws {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandlers([ByteToMessageHandler(MQTTPacketDecoder()), MessageToByteHandler(MQTTPacketEncoder())])
+        for packet in Self.packets {
+            try channel.writeOutbound(packet)
+            let bytes = try #require(try channel.readOutbound(as: ByteBuffer.self))
+            try channel.writeInbound(bytes)
+            #expect(try channel.readInbound(as: MQTTPacket.self) == packet)
+        }
+        #expect(try channel.finish().isClean)
+    }
+
+    @Test func decoderLearnsVersion5FromConnect() throws {
+        let connect = MQTTPacket.connect(MQTTConnectPacket(protocolVersion: .v5, clientIdentifier: "t5"))
+        let publish = MQTTPacket.publish(
+            MQTTPublishPacket(topicName: "a", payload: ByteBuffer(string: "p"), qos: .atLeastOnce, packetIdentifier: 3, properties: [.init(.contentType, .string("text/plain"))])
+        )
+        var bytes = ByteBuffer()
+        try connect.write(to: &bytes, version: .v5)
+        try publish.write(to: &bytes, version: .v5)
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(MQTTPacketDecoder()))
+        try channel.writeInbound(bytes)
+        #expect(try channel.readInbound(as: MQTTPacket.self) == connect)
+        #expect(try channel.readInbound(as: MQTTPacket.self) == publish)
+        #expect(try channel.finish().isClean)
+    }
+
+    @Test func chunkingInvariance() throws {
+        var pairs: [(ByteBuffer, [MQTTPacket])] = []
+        for packet in Self.packets {
+            var buffer = ByteBuffer()
+            try packet.write(to: &buffer, version: .v3_1_1)
+            pairs.append((buffer, [packet]))
+        }
+        try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: pairs) { MQTTPacketDecoder() }
+    }
+
+    @Test func topicFilters() {
+        #expect(MQTTTopic.isValidFilter("a/+/c"))
+        #expect(MQTTTopic.isValidFilter("#"))
+        #expect(!MQTTTopic.isValidFilter("a/#/c"))
+        #expect(!MQTTTopic.isValidFilter("a+"))
+        #expect(!MQTTTopic.isValidFilter(""))
+        #expect(MQTTTopic.matches(filter: "a/+/c", topic: "a/b/c"))
+        #expect(MQTTTopic.matches(filter: "a/#", topic: "a"))
+        #expect(MQTTTopic.matches(filter: "a/#", topic: "a/b/c"))
+        #expect(!MQTTTopic.matches(filter: "a/+", topic: "a/b/c"))
+        #expect(!MQTTTopic.matches(filter: "#", topic: "$SYS/x"))
+        #expect(MQTTTopic.matches(filter: "$SYS/#", topic: "$SYS/x"))
+    }
+}
