@@ -1,5 +1,6 @@
 import FleetCore
 import Logging
+import Metrics
 import RedisClient
 
 /// Accepts pushes: stores them, records their status and notifies the push nodes.
@@ -37,14 +38,22 @@ public struct PushDispatcher: Sendable {
                 try await redis.send("SET", idemKey, id, "EX", String(configuration.statusRetention))
             }
         }
+        let receipt: PushReceipt
+        let kind: String
         switch command.audience {
         case .terminals(let terminals):
-            return try await pushToTerminals(Array(Set(terminals)).sorted(), command: command, id: id)
+            kind = "unicast"
+            receipt = try await pushToTerminals(Array(Set(terminals)).sorted(), command: command, id: id)
         case .topic(let topic):
-            return try await publishLive(command, topic: topic, id: id, kind: "topic")
+            kind = "topic"
+            receipt = try await publishLive(command, topic: topic, id: id, kind: kind)
         case .broadcast:
-            return try await publishLive(command, topic: "broadcast", id: id, kind: "broadcast")
+            kind = "broadcast"
+            receipt = try await publishLive(command, topic: "broadcast", id: id, kind: kind)
         }
+        Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", kind)]).increment()
+        Counter(label: "pushfleet_control_push_targets_total").increment(by: receipt.targets)
+        return receipt
     }
 
     private func statusCommands(id: String, command: PushCommand, kind: String, targets: Int) -> [RedisCommand] {

@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""End-to-end test: the real processes behind Debian's haproxy.
+
+Starts redis-server, one control node and two push nodes (the `pushfleet` binary), haproxy in
+front of the push nodes' MQTT ports (round robin) and the control HTTP port, then drives them
+with mosquitto_sub, curl, redis-cli and paho-mqtt. Every port is on 127.0.0.1.
+
+Usage: python3 Tests/e2e/e2e.py --bin .build/debug/pushfleet
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+import paho.mqtt.client as mqtt
+
+SECRET = "e2e-secret"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def wait_for(condition, timeout=10.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Fleet:
+    def __init__(self, binary):
+        self.binary = os.path.abspath(binary)
+        self.dir = tempfile.mkdtemp(prefix="pushfleet-e2e-")
+        self.procs = {}
+        self.redis_port = free_port()
+        self.control_port = free_port()
+        self.node_ports = [free_port(), free_port()]
+        self.admin_ports = [free_port(), free_port()]
+        self.lb_mqtt = free_port()
+        self.lb_http = free_port()
+
+    def log(self, name):
+        return open(os.path.join(self.dir, name + ".log"), "w")
+
+    def start(self, name, args, env=None):
+        full_env = dict(os.environ, **(env or {}))
+        self.procs[name] = subprocess.Popen(args, stdout=self.log(name), stderr=subprocess.STDOUT, env=full_env)
+
+    def start_all(self):
+        self.start("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
+                             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
+        wait_port(self.redis_port)
+        redis = f"redis://127.0.0.1:{self.redis_port}"
+        # Flags and environment both: the control node takes its secret from PUSHFLEET_SECRET.
+        self.start("control", [self.binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{self.control_port}",
+                               "--endpoints", f"mqtt://127.0.0.1:{self.lb_mqtt}"], env={"PUSHFLEET_SECRET": SECRET})
+        for index, port in enumerate(self.node_ports):
+            self.start(f"node{index + 1}", [self.binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{port}",
+                                            "--node-id", f"n{index + 1}", "--secret", SECRET,
+                                            "--admin", f"127.0.0.1:{self.admin_ports[index]}"])
+        cfg = os.path.join(self.dir, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""global
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend mqtt
+    bind 127.0.0.1:{self.lb_mqtt}
+    default_backend pushnodes
+backend pushnodes
+    balance roundrobin
+    server n1 127.0.0.1:{self.node_ports[0]} check inter 1s
+    server n2 127.0.0.1:{self.node_ports[1]} check inter 1s
+frontend api
+    bind 127.0.0.1:{self.lb_http}
+    default_backend control
+backend control
+    server c1 127.0.0.1:{self.control_port} check inter 1s
+""")
+        self.start("haproxy", ["haproxy", "-f", cfg, "-db"])
+        for port in [self.control_port, *self.node_ports, self.lb_mqtt, self.lb_http]:
+            wait_port(port)
+        # Both nodes registered their liveness.
+        wait_for(lambda: len(self.api("GET", "/v1/nodes")[1]["nodes"]) == 2, what="two live nodes")
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def alive(self):
+        return {name: proc.poll() is None for name, proc in self.procs.items()}
+
+    def api(self, method, path, body=None, raw=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(f"http://127.0.0.1:{self.lb_http}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read()
+                return response.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as error:
+            text = error.read()
+            return error.code, json.loads(text) if text else None
+
+    def credential(self, terminal):
+        status, body = self.api("POST", "/v1/credentials", {"terminal": terminal})
+        assert status == 201, (status, body)
+        return body["password"]
+
+    def redis_cli(self, *args):
+        return subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def mosquitto_sub(port, terminal, password, count, extra=()):
+    return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-i", terminal, "-u", terminal,
+                             "-P", password, "-t", f"push/{terminal}", "-q", "1", "-C", str(count), "-W", "20", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def route_node(fleet, terminal):
+    return fleet.redis_cli("HGET", f"pushfleet:{{t:{terminal}}}:route", "node")
+
+
+# ---------------------------------------------------------------- scenarios
+
+def test_push_with_curl_and_redis_cli_reaches_mosquitto_sub(fleet):
+    password = fleet.credential("phone-1")
+    sub = mosquitto_sub(fleet.lb_mqtt, "phone-1", password, 2)
+    wait_for(lambda: route_node(fleet, "phone-1"), what="phone-1 online")
+    curl = subprocess.run(["curl", "-s", "-X", "POST", f"http://127.0.0.1:{fleet.lb_http}/v1/push",
+                           "-H", "Content-Type: application/json",
+                           "-d", json.dumps({"to": ["phone-1"], "payload": "hello from curl"})],
+                          capture_output=True, text=True, check=True)
+    message_id = json.loads(curl.stdout)["id"]
+    fleet.redis_cli("XADD", "pushfleet:push", "*", "to", "phone-1", "payload", "hello from redis-cli")
+    out, _ = sub.communicate(timeout=25)
+    assert out.splitlines() == ["hello from curl", "hello from redis-cli"], out
+    # The PUBACK was recorded.
+    status = wait_for(lambda: (lambda s: s if s[1]["acknowledged"] == 1 else None)(fleet.api("GET", f"/v1/messages/{message_id}")),
+                      what="acknowledged status")
+    assert status[0] == 200
+    body = status[1]
+    assert body["targets"] == 1 and body["delivered"] == 1 and body["queued"] == 0, body
+    assert body["terminals"] == {"phone-1": "acknowledged"}, body
+
+
+def test_offline_terminal_gets_every_message_in_order_on_the_other_node(fleet):
+    password = fleet.credential("tv-7")
+    # Connect to node 1 with clean session off, then leave.
+    first = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.node_ports[0]), "-i", "tv-7", "-u", "tv-7",
+                            "-P", password, "-t", "push/tv-7", "-q", "1", "-c", "-W", "1"], capture_output=True, text=True)
+    assert "not authori" not in first.stdout + first.stderr
+    wait_for(lambda: not route_node(fleet, "tv-7"), what="tv-7 offline")
+    ids = []
+    for index in range(5):
+        status, body = fleet.api("POST", "/v1/push", {"to": ["tv-7"], "payload": f"m{index}", "ttl": 600})
+        assert status == 202, body
+        ids.append(body["id"])
+    status, body = fleet.api("GET", f"/v1/terminals/tv-7")
+    assert body["online"] is False and body["queued"] == 5, body
+    # Reconnect to node 2: everything pushed while away, in order.
+    sub = mosquitto_sub(fleet.node_ports[1], "tv-7", password, 5, extra=("-c",))
+    out, _ = sub.communicate(timeout=25)
+    assert out.splitlines() == [f"m{i}" for i in range(5)], out
+    wait_for(lambda: fleet.api("GET", f"/v1/terminals/tv-7")[1]["queued"] == 0, what="list drained after PUBACKs")
+    for message_id in ids:
+        wait_for(lambda: fleet.api("GET", f"/v1/messages/{message_id}")[1]["acknowledged"] == 1, what="acknowledged")
+
+
+def test_wrong_password_is_not_authorized(fleet):
+    out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.lb_mqtt), "-i", "phone-2", "-u", "phone-2",
+                          "-P", "v1.1.2.bad", "-t", "push/phone-2", "-W", "5"], capture_output=True, text=True)
+    assert "not authori" in (out.stdout + out.stderr).lower(), out
+    # A credential issued to another terminal is refused too.
+    stolen = fleet.credential("phone-3")
+    out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.lb_mqtt), "-i", "phone-2", "-u", "phone-2",
+                          "-P", stolen, "-t", "push/phone-2", "-W", "5"], capture_output=True, text=True)
+    assert "not authori" in (out.stdout + out.stderr).lower(), out
+
+
+def test_second_connection_takes_over_across_nodes(fleet):
+    password = fleet.credential("tab-1")
+    events = {"a_disconnected": False, "b_messages": []}
+
+    a = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tab-1", protocol=mqtt.MQTTv5)
+    a.username_pw_set("tab-1", password)
+    a.on_disconnect = lambda c, u, flags, rc, props: events.__setitem__("a_disconnected", rc)
+    a.connect("127.0.0.1", fleet.node_ports[0])
+    a.loop_start()
+    wait_for(lambda: route_node(fleet, "tab-1") == "n1", what="tab-1 on n1")
+
+    b = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tab-1", protocol=mqtt.MQTTv5)
+    b.username_pw_set("tab-1", password)
+    b.on_message = lambda c, u, m: events["b_messages"].append((m.payload, m.properties))
+    b.connect("127.0.0.1", fleet.node_ports[1])
+    b.loop_start()
+    wait_for(lambda: events["a_disconnected"], what="first connection closed")
+    assert str(events["a_disconnected"]) == "Session taken over", events["a_disconnected"]
+    a.loop_stop()
+    assert route_node(fleet, "tab-1") == "n2"
+    status, body = fleet.api("POST", "/v1/push", {"to": ["tab-1"], "payload": "after takeover"})
+    wait_for(lambda: events["b_messages"], what="message on the new connection")
+    payload, properties = events["b_messages"][0]
+    assert payload == b"after takeover"
+    assert ("message-id", body["id"]) in properties.UserProperty, properties
+    b.loop_stop()
+    b.disconnect()
+
+
+def test_garbage_and_bad_json_get_errors_and_nodes_keep_serving(fleet):
+    for port in fleet.node_ports:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.settimeout(5)
+            assert s.recv(100) == b"", "garbage must close the connection"
+    status, body = fleet.api("POST", "/v1/push", raw=b"{not json")
+    assert status == 400 and body["error"]["code"] == "invalid_json", (status, body)
+    status, body = fleet.api("POST", "/v1/push", {"to": ["x"]})
+    assert status == 400 and body["error"]["code"] == "invalid_request", (status, body)
+    status, body = fleet.api("POST", "/v1/credentials", {"ttl": 5})
+    assert status == 400 and "terminal" in body["error"]["message"], (status, body)
+    status, body = fleet.api("GET", "/v1/messages/unknown")
+    assert status == 404 and body["error"]["code"] == "not_found", (status, body)
+    # Still serving: a fresh terminal gets a push through each node.
+    for index, port in enumerate(fleet.node_ports):
+        terminal = f"after-garbage-{index}"
+        sub = mosquitto_sub(port, terminal, fleet.credential(terminal), 1)
+        wait_for(lambda: route_node(fleet, terminal), what=f"{terminal} online")
+        fleet.api("POST", "/v1/push", {"to": [terminal], "payload": "still here"})
+        out, _ = sub.communicate(timeout=25)
+        assert out.strip() == "still here", out
+    assert all(fleet.alive().values()), fleet.alive()
+
+
+def test_revoked_credential_is_refused_and_disconnected(fleet):
+    password = fleet.credential("revoke-me")
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.lb_mqtt), "-i", "revoke-me", "-u", "revoke-me",
+                            "-P", password, "-t", "push/revoke-me", "-W", "20"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: route_node(fleet, "revoke-me"), what="revoke-me online")
+    status, _ = fleet.api("DELETE", "/v1/credentials/revoke-me")
+    assert status == 204
+    out, _ = sub.communicate(timeout=25)
+    assert "not authori" in out.lower(), out  # the reconnect with the revoked credential is refused
+    # A credential issued after the revocation works.
+    fresh = fleet.credential("revoke-me")
+    sub = mosquitto_sub(fleet.lb_mqtt, "revoke-me", fresh, 1)
+    wait_for(lambda: route_node(fleet, "revoke-me"), what="revoke-me back online")
+    fleet.api("POST", "/v1/push", {"to": ["revoke-me"], "payload": "welcome back"})
+    out, _ = sub.communicate(timeout=25)
+    assert out.strip() == "welcome back", out
+
+
+def test_health_readiness_and_metrics(fleet):
+    status, body = fleet.api("GET", "/readyz")
+    assert status == 200 and body["status"] == "ready", body
+    # Earlier scenarios pushed messages and connected terminals: both kinds of node count them.
+    with urllib.request.urlopen(f"http://127.0.0.1:{fleet.lb_http}/metrics", timeout=5) as response:
+        text = response.read().decode()
+        assert response.status == 200
+        assert 'pushfleet_control_pushes_total{kind="unicast"}' in text, text
+    for port in fleet.admin_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+            assert "pushfleet_node_connects_total" in text, text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            assert response.status == 200
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("-k", default="")
+    args = parser.parse_args()
+    for tool in ["redis-server", "redis-cli", "haproxy", "mosquitto_sub", "curl"]:
+        if not shutil.which(tool):
+            sys.exit(f"e2e: {tool} is not installed")
+    fleet = Fleet(args.bin)
+    failures = 0
+    try:
+        fleet.start_all()
+        tests = [(name, fn) for name, fn in globals().items() if name.startswith("test_") and args.k in name]
+        for name, fn in tests:
+            started = time.time()
+            try:
+                fn(fleet)
+                print(f"PASS {name} ({time.time() - started:.1f}s)", flush=True)
+            except Exception:
+                failures += 1
+                print(f"FAIL {name}", flush=True)
+                traceback.print_exc()
+    finally:
+        fleet.stop_all()
+        if failures:
+            for name in fleet.procs:
+                print(f"---- {name}.log (tail)")
+                with open(os.path.join(fleet.dir, name + ".log")) as f:
+                    print("".join(f.readlines()[-30:]))
+        else:
+            shutil.rmtree(fleet.dir, ignore_errors=True)
+    print(f"e2e: {len(tests) - failures} passed, {failures} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
