@@ -100,6 +100,8 @@ public struct PushDispatcher: Sendable {
         }
 
         var followUp: [RedisCommand] = []
+        // Online-only events: index in `followUp` and the terminals they address.
+        var liveEvents: [(Int, [String])] = []
         // Entries the list cap pushed out are dropped for their own message and terminal.
         if stored {
             for (offset, terminal) in terminals.enumerated() {
@@ -128,18 +130,16 @@ public struct PushDispatcher: Sendable {
             let message = StoredMessage(id: id, qos: command.qos, expiresAt: 0, topic: "", payload: command.payload)
             let nodes = Array(byNode.keys)
             let alive = try await redis.pipeline(nodes.map { RedisCommand("EXISTS", keys.node($0)) })
+            liveEvents.reserveCapacity(nodes.count)
             for (node, reply) in zip(nodes, alive) {
                 let held = byNode[node]!
                 guard reply.int == 1 else {
                     offline += held
                     continue
                 }
-                // Online-only: each terminal gets the message on its own topic.
-                for terminal in held {
-                    var own = message
-                    own.topic = "push/\(terminal)"
-                    followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .deliver, terminals: [terminal], message: own).encoded()))
-                }
+                // One event per node; each terminal gets the message on its own topic.
+                liveEvents.append((followUp.count, held))
+                followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .deliver, terminals: held, message: message).encoded()))
             }
             for terminal in offline { followUp.append(transition(id, terminal: terminal, to: .dropped)) }
         }
@@ -147,6 +147,11 @@ public struct PushDispatcher: Sendable {
         let results = try await redis.pipeline(followUp)
         if let failure = results.first(where: { if case .error = $0 { return true } else { return false } }) {
             logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
+        }
+        // An online-only event no node received is dropped for its terminals.
+        let unheard = liveEvents.filter { results[$0.0].int == 0 }.flatMap(\.1)
+        if !unheard.isEmpty {
+            _ = try await redis.pipeline(unheard.map { transition(id, terminal: $0, to: .dropped) })
         }
         return PushReceipt(id: id, targets: terminals.count)
     }

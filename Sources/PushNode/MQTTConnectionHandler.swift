@@ -53,7 +53,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// Packets that arrived while the session was being registered.
     private var earlyPackets: [MQTTPacket] = []
     /// Live messages that arrived before the stored backlog was delivered.
-    private var earlyDeliveries: [StoredMessage] = []
+    private var earlyDeliveries: [(message: StoredMessage, tracked: Bool)] = []
     private var refilling = false
     private var refillAgain = false
 
@@ -239,7 +239,13 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
         let queue = parts[5].array?.compactMap(\.string) ?? []
         let sent = Set(parts[6].array?.compactMap(\.string) ?? [])
+        let wokenWhileRegistering = refillAgain
+        refillAgain = false
         deliverStored(queue, previouslySent: sent)
+        if wokenWhileRegistering || queue.count >= node.configuration.inflightWindow { refill() }
+        let live = earlyDeliveries
+        earlyDeliveries = []
+        for (message, tracked) in live { deliverLive(message, tracked: tracked) }
 
         let early = earlyPackets
         earlyPackets = []
@@ -425,8 +431,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     /// Told by a `wake` event: the terminal's list has new entries.
     func wake() {
-        guard case .active = phase else { return }
-        refill()
+        switch phase {
+        case .active: refill()
+        // The registration already read the list; entries stored after that are read once it completes.
+        case .registering: refillAgain = true
+        case .awaitingConnect, .closed: break
+        }
     }
 
     private func refill() {
@@ -459,9 +469,26 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     /// Delivers a message that was not stored (online-only unicast, broadcast, topic push)
-    /// if one of the session's subscriptions matches its topic.
+    /// if one of the session's subscriptions matches its topic. Before the stored backlog went
+    /// out, live messages wait (bounded) so they never overtake it.
     func deliverLive(_ message: StoredMessage, tracked: Bool) {
-        guard case .active = phase else { return }
+        switch phase {
+        case .registering:
+            guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
+                node.metrics.dropped.increment()
+                if tracked { node.redis.fireAndForget([transition(message.id, .dropped)]) }
+                return
+            }
+            earlyDeliveries.append((message, tracked))
+            return
+        case .active:
+            break
+        case .awaitingConnect, .closed:
+            return
+        }
+        var message = message
+        // Unicast events name the terminals and leave the topic to each of them.
+        if message.topic.isEmpty { message.topic = "push/\(terminal)" }
         guard let granted = grantedQoS(for: message.topic) else { return }
         let qos = min(granted, message.qos > 0 ? .atLeastOnce : .atMostOnce)
         if qos == .atLeastOnce && inflight.count >= 4 * node.configuration.inflightWindow {

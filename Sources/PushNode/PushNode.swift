@@ -119,9 +119,21 @@ public final class PushNode: Service, Sendable {
             case .deliver:
                 guard let pushed = event.message else { continue }
                 if let terminals = event.terminals {
+                    var gone: [RedisCommand] = []
                     for terminal in terminals {
-                        registry.handle(for: terminal)?.execute { $0.deliverLive(pushed, tracked: true) }
+                        if let handle = registry.handle(for: terminal) {
+                            handle.execute { $0.deliverLive(pushed, tracked: true) }
+                        } else {
+                            // It left between the control node's route read and now: online-only means dropped.
+                            gone.append(
+                                FleetScripts.transition.command(
+                                    keys: [configuration.keys.messageStatus(pushed.id), configuration.keys.messageTargets(pushed.id)],
+                                    arguments: [terminal, MessageState.dropped.rawValue]
+                                )
+                            )
+                        }
                     }
+                    if !gone.isEmpty { context.redis.fireAndForget(gone) }
                 } else {
                     for handle in registry.all { handle.execute { $0.deliverLive(pushed, tracked: false) } }
                 }

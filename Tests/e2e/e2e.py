@@ -156,6 +156,74 @@ def route_node(fleet, terminal):
     return fleet.redis_cli("HGET", f"pushfleet:{{t:{terminal}}}:route", "node")
 
 
+class RawMQTT:
+    """A byte-level MQTT 3.1.1 client, for what real clients hide: DUP flags, withheld PUBACKs,
+    silence past the keepalive, odd CONNECTs."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    @staticmethod
+    def string(text):
+        data = text.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    @staticmethod
+    def packet(first, body):
+        length, encoded = len(body), b""
+        while True:
+            byte, length = length % 128, length // 128
+            encoded += bytes([byte | (0x80 if length else 0)])
+            if not length:
+                return bytes([first]) + encoded + body
+
+    def connect(self, client_id, password=None, keepalive=60, clean=True, level=4):
+        flags = (0x02 if clean else 0) | ((0xC0) if password is not None else 0)
+        body = self.string("MQTT") + bytes([level, flags]) + keepalive.to_bytes(2, "big") + self.string(client_id)
+        if password is not None:
+            body += self.string(client_id) + self.string(password)
+        self.sock.sendall(self.packet(0x10, body))
+        return self.read()
+
+    def read(self):
+        """Returns (first byte, body) of the next packet, or None when the server closed."""
+        while True:
+            if len(self.buffer) >= 2:
+                length, multiplier, index = 0, 1, 1
+                while index < len(self.buffer):
+                    byte = self.buffer[index]
+                    length += (byte & 0x7F) * multiplier
+                    multiplier *= 128
+                    index += 1
+                    if not byte & 0x80:
+                        if len(self.buffer) >= index + length:
+                            packet = (self.buffer[0], self.buffer[index:index + length])
+                            self.buffer = self.buffer[index + length:]
+                            return packet
+                        break
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buffer += data
+
+    def puback(self, packet_id):
+        self.sock.sendall(bytes([0x40, 2]) + packet_id.to_bytes(2, "big"))
+
+    def close(self):
+        self.sock.close()
+
+
+def parse_publish(first, body):
+    topic_length = int.from_bytes(body[:2], "big")
+    topic = body[2:2 + topic_length].decode()
+    qos = (first >> 1) & 3
+    rest = body[2 + topic_length:]
+    packet_id = int.from_bytes(rest[:2], "big") if qos else None
+    payload = rest[2:] if qos else rest
+    return {"topic": topic, "qos": qos, "dup": bool(first & 0x08), "id": packet_id, "payload": payload}
+
+
 # ---------------------------------------------------------------- scenarios
 
 def test_push_with_curl_and_redis_cli_reaches_mosquitto_sub(fleet):
@@ -285,6 +353,77 @@ def test_revoked_credential_is_refused_and_disconnected(fleet):
     assert out.strip() == "welcome back", out
 
 
+def test_unacknowledged_message_is_redelivered_with_dup_after_reconnect(fleet):
+    password = fleet.credential("raw-1")
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("raw-1", password) == (0x20, b"\x00\x00")
+    wait_for(lambda: route_node(fleet, "raw-1"), what="raw-1 online")
+    fleet.api("POST", "/v1/push", {"to": ["raw-1"], "payload": "once", "qos": 1})
+    first = parse_publish(*client.read())
+    assert first["payload"] == b"once" and first["qos"] == 1 and not first["dup"], first
+    client.close()  # no PUBACK
+    wait_for(lambda: not route_node(fleet, "raw-1"), what="raw-1 offline")
+    again = RawMQTT(fleet.node_ports[1])
+    assert again.connect("raw-1", password)[1][1] == 0
+    second = parse_publish(*again.read())
+    assert second["payload"] == b"once" and second["dup"], second
+    again.puback(second["id"])
+    wait_for(lambda: fleet.api("GET", "/v1/terminals/raw-1")[1]["queued"] == 0, what="acknowledged entry removed")
+    again.close()
+
+
+def test_qos0_push_is_delivered_without_packet_id(fleet):
+    password = fleet.credential("raw-0")
+    client = RawMQTT(fleet.node_ports[1])
+    assert client.connect("raw-0", password)[1][1] == 0
+    wait_for(lambda: route_node(fleet, "raw-0"), what="raw-0 online")
+    status, body = fleet.api("POST", "/v1/push", {"to": ["raw-0"], "payload": "fire and forget", "qos": 0})
+    publish = parse_publish(*client.read())
+    assert publish == {"topic": "push/raw-0", "qos": 0, "dup": False, "id": None, "payload": b"fire and forget"}, publish
+    wait_for(lambda: fleet.api("GET", f"/v1/messages/{body['id']}")[1]["delivered"] == 1, what="delivered")
+    assert fleet.api("GET", "/v1/terminals/raw-0")[1]["queued"] == 0
+    client.close()
+
+
+def test_online_only_push_reaches_online_terminals_and_drops_for_offline(fleet):
+    password = fleet.credential("live-1")
+    client = RawMQTT(fleet.lb_mqtt)
+    assert client.connect("live-1", password)[1][1] == 0
+    wait_for(lambda: route_node(fleet, "live-1"), what="live-1 online")
+    status, body = fleet.api("POST", "/v1/push", {"to": ["live-1", "never-seen"], "payload": "now or never", "ttl": 0})
+    assert status == 202 and body["targets"] == 2, body
+    publish = parse_publish(*client.read())
+    assert publish["topic"] == "push/live-1" and publish["payload"] == b"now or never", publish
+    client.puback(publish["id"])
+    final = wait_for(lambda: (lambda b: b if b["acknowledged"] == 1 and b["dropped"] == 1 else None)(fleet.api("GET", f"/v1/messages/{body['id']}")[1]),
+                     what="acknowledged + dropped")
+    assert final["terminals"] == {"live-1": "acknowledged", "never-seen": "dropped"}, final
+    assert fleet.api("GET", "/v1/terminals/never-seen")[1]["queued"] == 0
+    client.close()
+
+
+def test_keepalive_is_enforced_at_one_and_a_half_times(fleet):
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("sleepy", fleet.credential("sleepy"), keepalive=2)[1][1] == 0
+    started = time.time()
+    assert client.read() is None  # silent client: the node closes the connection
+    elapsed = time.time() - started
+    assert 2.9 <= elapsed <= 5.5, elapsed
+    client.close()
+
+
+def test_connack_codes_for_bad_protocol_level_and_client_id(fleet):
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("whatever", level=9) == (0x20, b"\x00\x01")  # unacceptable protocol version
+    assert client.read() is None
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("", password="x", clean=False) == (0x20, b"\x00\x02")  # identifier rejected
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("no/slash", password="x") == (0x20, b"\x00\x02")
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("nocred") == (0x20, b"\x00\x04")  # no credential: bad user name or password
+
+
 def test_health_readiness_and_metrics(fleet):
     status, body = fleet.api("GET", "/readyz")
     assert status == 200 and body["status"] == "ready", body
@@ -299,6 +438,29 @@ def test_health_readiness_and_metrics(fleet):
             assert "pushfleet_node_connects_total" in text, text
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
             assert response.status == 200
+
+
+def test_zz_sigterm_drains_a_push_node(fleet):
+    """Last: it stops node 2."""
+    password = fleet.credential("drain-1")
+    events = {"reason": None}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="drain-1", protocol=mqtt.MQTTv5)
+    client.username_pw_set("drain-1", password)
+    client.on_disconnect = lambda c, u, flags, rc, props: events.__setitem__("reason", rc)
+    client.connect("127.0.0.1", fleet.node_ports[1])
+    client.loop_start()
+    wait_for(lambda: route_node(fleet, "drain-1") == "n2", what="drain-1 on n2")
+    fleet.procs["node2"].send_signal(signal.SIGTERM)
+    wait_for(lambda: events["reason"] is not None, what="DISCONNECT from the draining node")
+    client.loop_stop()
+    assert str(events["reason"]) == "Server shutting down", events["reason"]
+    assert fleet.procs["node2"].wait(timeout=10) == 0
+    wait_for(lambda: not route_node(fleet, "drain-1"), what="route removed")
+    assert [n["id"] for n in fleet.api("GET", "/v1/nodes")[1]["nodes"]] == ["n1"]
+    # Pushes to the drained terminal wait for it.
+    status, body = fleet.api("POST", "/v1/push", {"to": ["drain-1"], "payload": "later"})
+    assert status == 202
+    assert fleet.api("GET", "/v1/terminals/drain-1")[1]["queued"] == 1
 
 
 def main():
