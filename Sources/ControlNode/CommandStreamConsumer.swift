@@ -83,7 +83,7 @@ struct CommandStreamConsumer: Sendable {
         for entry in entries {
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
             // A deleted entry still pending shows as [id, nil].
-            let fields = fieldMap(parts[1])
+            let fields = Dictionary((parts[1].pairs ?? [:]).map { ($0.key.lowercased(), $0.value) }) { first, _ in first }
             do {
                 let command = try Self.command(from: fields)
                 try command.validate(configuration)
@@ -102,39 +102,19 @@ struct CommandStreamConsumer: Sendable {
         }
     }
 
-    private func fieldMap(_ reply: RedisReply) -> [String: String] {
-        let items = reply.array ?? []
-        var fields: [String: String] = [:]
-        var index = 0
-        while index + 1 < items.count {
-            if let key = items[index].string, let value = items[index + 1].string { fields[key.lowercased()] = value }
-            index += 2
-        }
-        return fields
-    }
-
     /// Builds a push from stream fields: `to` (comma separated), `topic` or `broadcast 1`;
     /// `payload` or `payloadBase64`; optional `qos`, `ttl`.
     static func command(from fields: [String: String]) throws -> PushCommand {
-        let audience: PushCommand.Audience
-        let broadcast = ["1", "true", "yes"].contains(fields["broadcast"]?.lowercased() ?? "")
-        switch (fields["to"], fields["topic"], broadcast) {
-        case (let to?, nil, false):
-            audience = .terminals(to.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
-        case (nil, let topic?, false): audience = .topic(topic)
-        case (nil, nil, true): audience = .broadcast
-        default: throw APIError.badRequest("give exactly one of to, topic or broadcast")
-        }
-        let payload: [UInt8]
-        switch (fields["payload"], fields["payloadbase64"]) {
-        case (let text?, nil): payload = Array(text.utf8)
-        case (nil, let encoded?):
-            guard let data = Data(base64Encoded: encoded) else { throw APIError.badRequest("payloadBase64 is not valid base64") }
-            payload = Array(data)
-        default: throw APIError.badRequest("give exactly one of payload or payloadBase64")
-        }
-        guard let qos = UInt8(fields["qos"] ?? "1"), qos <= 2 else { throw APIError.badRequest("qos must be 0, 1 or 2") }
+        guard let qos = Int(fields["qos"] ?? "1") else { throw APIError.badRequest("qos must be 0, 1 or 2") }
         guard let ttl = Int(fields["ttl"] ?? "86400") else { throw APIError.badRequest("ttl must be a number of seconds") }
-        return PushCommand(audience: audience, payload: payload, qos: qos, ttl: ttl)
+        return try PushCommand(
+            to: fields["to"].map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
+            topic: fields["topic"],
+            broadcast: ["1", "true", "yes"].contains(fields["broadcast"]?.lowercased() ?? ""),
+            payload: fields["payload"],
+            payloadBase64: fields["payloadbase64"],
+            qos: qos,
+            ttl: ttl
+        )
     }
 }

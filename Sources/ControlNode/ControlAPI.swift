@@ -90,24 +90,16 @@ struct ControlAPI: Sendable {
 
     func push(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let body = try await decode(PushRequest.self, from: request)
-        let audience: PushCommand.Audience
-        switch (body.to, body.topic, body.broadcast ?? false) {
-        case (let to?, nil, false): audience = .terminals(to)
-        case (nil, let topic?, false): audience = .topic(topic)
-        case (nil, nil, true): audience = .broadcast
-        default: throw APIError.badRequest("give exactly one of \"to\", \"topic\" or \"broadcast\": true")
-        }
-        let payload: [UInt8]
-        switch (body.payload, body.payloadBase64) {
-        case (let text?, nil): payload = Array(text.utf8)
-        case (nil, let encoded?):
-            guard let data = Data(base64Encoded: encoded) else { throw APIError.badRequest("payloadBase64 is not valid base64") }
-            payload = Array(data)
-        default: throw APIError.badRequest("give exactly one of \"payload\" or \"payloadBase64\"")
-        }
-        let qos = body.qos ?? 1
-        guard (0...2).contains(qos) else { throw APIError.badRequest("qos must be 0, 1 or 2") }
-        let command = PushCommand(audience: audience, payload: payload, qos: UInt8(qos), ttl: body.ttl ?? 86_400, idempotencyKey: body.idempotencyKey)
+        let command = try PushCommand(
+            to: body.to,
+            topic: body.topic,
+            broadcast: body.broadcast ?? false,
+            payload: body.payload,
+            payloadBase64: body.payloadBase64,
+            qos: body.qos ?? 1,
+            ttl: body.ttl ?? 86_400,
+            idempotencyKey: body.idempotencyKey
+        )
         try command.validate(configuration)
         let receipt = try await dispatcher.push(command)
         return try json(receipt, status: .accepted)
@@ -204,14 +196,8 @@ struct ControlAPI: Sendable {
     }
 
     private func hash(_ reply: RedisReply) throws -> [String: String] {
-        guard let items = reply.array else { throw RedisError(.unexpectedReply, "expected an array, got \(reply)") }
-        var result: [String: String] = [:]
-        var index = 0
-        while index + 1 < items.count {
-            if let key = items[index].string, let value = items[index + 1].string { result[key] = value }
-            index += 2
-        }
-        return result
+        guard let pairs = reply.pairs else { throw RedisError(.unexpectedReply, "expected an array, got \(reply)") }
+        return pairs
     }
 
     private func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) throws -> Response {

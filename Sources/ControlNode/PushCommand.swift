@@ -1,4 +1,5 @@
 import FleetCore
+import Foundation
 
 /// A validated push, from the API or the command stream.
 public struct PushCommand: Sendable, Hashable {
@@ -23,6 +24,37 @@ public struct PushCommand: Sendable, Hashable {
         self.audience = audience
         self.payload = payload
         self.qos = qos
+        self.ttl = ttl
+        self.idempotencyKey = idempotencyKey
+    }
+
+    /// Builds a push from the fields of an API body or a command stream entry: exactly one of
+    /// `to`, `topic`, `broadcast`, and exactly one of `payload`, `payloadBase64`. Throws 400.
+    init(
+        to: [String]?,
+        topic: String?,
+        broadcast: Bool,
+        payload: String?,
+        payloadBase64: String?,
+        qos: Int,
+        ttl: Int,
+        idempotencyKey: String? = nil
+    ) throws {
+        switch (to, topic, broadcast) {
+        case (let to?, nil, false): audience = .terminals(to)
+        case (nil, let topic?, false): audience = .topic(topic)
+        case (nil, nil, true): audience = .broadcast
+        default: throw APIError.badRequest("give exactly one of \"to\", \"topic\" or \"broadcast\": true")
+        }
+        switch (payload, payloadBase64) {
+        case (let text?, nil): self.payload = Array(text.utf8)
+        case (nil, let encoded?):
+            guard let data = Data(base64Encoded: encoded) else { throw APIError.badRequest("payloadBase64 is not valid base64") }
+            self.payload = Array(data)
+        default: throw APIError.badRequest("give exactly one of \"payload\" or \"payloadBase64\"")
+        }
+        guard (0...2).contains(qos) else { throw APIError.badRequest("qos must be 0, 1 or 2") }
+        self.qos = UInt8(qos)
         self.ttl = ttl
         self.idempotencyKey = idempotencyKey
     }

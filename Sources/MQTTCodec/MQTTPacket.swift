@@ -89,8 +89,10 @@ public enum MQTTPacket: Hashable, Sendable {
         let flags = first & 0x0F
         let expected: UInt8
         switch type {
-        case 0, 15 where !version.hasProperties:
-            throw MQTTCodecError(.invalidPacketType, "packet type \(type) is not valid in MQTT \(version)", bytes: [first])
+        case 0:
+            throw MQTTCodecError(.invalidPacketType, "packet type 0 is reserved", bytes: [first])
+        case 15 where !version.hasProperties:
+            throw MQTTCodecError(.invalidPacketType, "AUTH is not valid in MQTT \(version)", bytes: [first])
         case 3:
             return
         case 6, 8, 10:

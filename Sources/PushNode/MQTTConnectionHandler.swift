@@ -211,14 +211,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
 
         subscriptions = ["push/\(terminal)": .atLeastOnce, "broadcast": .atLeastOnce]
-        if let stored = parts[4].array {
-            var index = 0
-            while index + 1 < stored.count {
-                if let filter = stored[index].string, let qos = stored[index + 1].int.flatMap({ MQTTQoS(rawValue: UInt8(clamping: $0)) }) {
-                    subscriptions[filter] = qos
-                }
-                index += 2
-            }
+        for (filter, qos) in parts[4].pairs ?? [:] {
+            if let qos = UInt8(qos).flatMap(MQTTQoS.init(rawValue:)) { subscriptions[filter] = qos }
         }
 
         var properties: MQTTProperties = []

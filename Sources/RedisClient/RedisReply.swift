@@ -41,6 +41,19 @@ public enum RedisReply: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// An array reply of alternating keys and values (HGETALL, stream entry fields) as a
+    /// dictionary; `nil` for other kinds. Entries that are not text are skipped.
+    public var pairs: [String: String]? {
+        guard let items = array else { return nil }
+        var result: [String: String] = [:]
+        var index = 0
+        while index + 1 < items.count {
+            if let key = items[index].string, let value = items[index + 1].string { result[key] = value }
+            index += 2
+        }
+        return result
+    }
+
     /// Whether this is a null reply.
     public var isNull: Bool { self == .null }
 

@@ -3,7 +3,6 @@ import ControlNode
 import FleetCore
 import Foundation
 import Logging
-import NIOPosix
 import PushNode
 import RedisClient
 import ServiceLifecycle
@@ -36,7 +35,8 @@ struct DevCommand: AsyncParsableCommand {
         guard ports.count == 2 else { throw ValidationError("--mqtt-ports needs two ports") }
         let secret = self.secret ?? env("SECRET") ?? FleetClock.newEpoch() + FleetClock.newEpoch()
 
-        let redis = try PrivateRedis.start()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-dev-\(getpid())").path
+        let redis = try LocalRedisServer(port: LocalRedisServer.ephemeralPort(), directory: directory, appendOnly: true)
         defer { redis.stop() }
         let redisConfiguration = RedisConfiguration(host: "127.0.0.1", port: redis.port)
 
@@ -73,59 +73,5 @@ struct DevCommand: AsyncParsableCommand {
         FileHandle.standardOutput.write(Data(banner.utf8))
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
-    }
-}
-
-/// A redis-server child process on a free port with its data in a temporary directory.
-struct PrivateRedis {
-    let process: ChildProcess
-    let port: Int
-    let directory: String
-
-    static func start() throws -> PrivateRedis {
-        guard let executable = which("redis-server") else {
-            throw ValidationError("redis-server is not on PATH: install it (apt-get install redis-server) or run scripts/dev")
-        }
-        let port = try freePort()
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-dev-\(ProcessInfo.processInfo.processIdentifier)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let process = try ChildProcess(executable: executable, arguments: [
-            "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
-            "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--loglevel", "warning",
-            "--logfile", directory + "/redis.log",
-        ])
-        // Wait until it accepts connections.
-        for _ in 0..<100 {
-            if canConnect(port: port) { return PrivateRedis(process: process, port: port, directory: directory) }
-            usleep(50_000)
-        }
-        process.stop()
-        throw ValidationError("redis-server did not start on port \(port)")
-    }
-
-    func stop() {
-        process.stop()
-    }
-
-    static func which(_ name: String) -> String? {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-        let directories = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
-        for dir in directories {
-            let candidate = "\(dir)/\(name)"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
-        return nil
-    }
-
-    static func freePort() throws -> Int {
-        let socket = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
-        defer { try? socket.close().wait() }
-        return socket.localAddress?.port ?? 6390
-    }
-
-    static func canConnect(port: Int) -> Bool {
-        let channel = try? ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).wait()
-        try? channel?.close().wait()
-        return channel != nil
     }
 }

@@ -69,7 +69,7 @@ struct CommandStreamTests {
         defer { task.cancel() }
         try await waitUntil { try await redis.send("HGET", keys.messageStatus(id), "error").string != nil }
         task.cancel()
-        #expect(try await redis.send("HGET", keys.messageStatus(id), "error").string?.contains("to, topic or broadcast") == true)
+        #expect(try await redis.send("HGET", keys.messageStatus(id), "error").string?.contains("exactly one of \"to\", \"topic\" or \"broadcast\"") == true)
         try await waitUntil { try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int == 0 }
         #expect(try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int == 0)
         await redis.close()

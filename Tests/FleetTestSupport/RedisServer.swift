@@ -2,52 +2,36 @@ import FleetCore
 import Foundation
 import NIOPosix
 
-/// A real redis-server started for a test on a free loopback port, data in a temp dir.
+/// A real redis-server started for a test on a free loopback port, data in a temp dir,
+/// removed (and the server stopped) when the test lets go of it.
 public final class RedisServer: @unchecked Sendable {
-    public let port: Int
-    public let directory: String
-    private let process: ChildProcess
+    private let server: LocalRedisServer
+    public var port: Int { server.port }
+    public var directory: String { server.directory }
 
-    /// Starts redis-server (from PATH) and waits until it accepts connections.
     public init(appendOnly: Bool = false) throws {
-        guard let executable = Self.which("redis-server") else { throw TestSetupError("redis-server is not on PATH") }
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-test-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-test-\(UUID().uuidString)").path
+        var lastError: (any Error)?
         for _ in 0..<5 {
-            let port = try Self.freePort()
-            let process = try ChildProcess(executable: executable, arguments: [
-                "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
-                "--appendonly", appendOnly ? "yes" : "no", "--daemonize", "no", "--logfile", directory + "/redis.log",
-            ])
-            ChildProcessReaper.shared.add(process)
-            for _ in 0..<200 where process.isRunning {
-                // Connecting is not enough: another test's server may hold the port and ours have exited.
-                if Self.canConnect(port: port) && process.isRunning {
-                    self.port = port
-                    self.process = process
-                    return
-                }
-                usleep(25_000)
+            do {
+                server = try LocalRedisServer(port: try Self.freePort(), directory: directory, appendOnly: appendOnly)
+                ChildProcessReaper.shared.add(server.process)
+                return
+            } catch {
+                lastError = error
             }
-            process.stop(signal: SIGKILL)
         }
-        throw TestSetupError("redis-server did not start")
+        throw lastError ?? TestSetupError("redis-server did not start")
     }
 
     /// Stops the server (SIGKILL when `kill`, otherwise SIGTERM) and waits for it.
     public func stop(kill: Bool = false) {
-        process.stop(signal: kill ? SIGKILL : SIGTERM)
+        server.stop(kill: kill)
     }
 
     deinit {
         stop()
         try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    public static func which(_ name: String) -> String? {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-        let directories = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
-        return directories.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 
     /// A port no other test in this process was given, that is free right now.
@@ -59,19 +43,7 @@ public final class RedisServer: @unchecked Sendable {
                 return port
             }
         }
-        return try ephemeralPort()
-    }
-
-    static func ephemeralPort() throws -> Int {
-        let socket = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
-        defer { try? socket.close().wait() }
-        return socket.localAddress!.port!
-    }
-
-    static func canConnect(port: Int) -> Bool {
-        let channel = try? ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).wait()
-        try? channel?.close().wait()
-        return channel != nil
+        return try LocalRedisServer.ephemeralPort()
     }
 }
 

@@ -1,0 +1,63 @@
+import Foundation
+import NIOPosix
+
+/// A redis-server child process on a loopback port with its data in a directory: what
+/// `pushfleet dev` runs, and what the tests start for themselves.
+public final class LocalRedisServer: @unchecked Sendable {
+    public let port: Int
+    public let directory: String
+    /// The child process.
+    public let process: ChildProcess
+
+    /// Starts redis-server (from PATH) on `port` and waits until it accepts connections.
+    /// Throws if it does not come up, or if it exited (the port was taken) even though
+    /// something accepts connections there.
+    public init(port: Int, directory: String, appendOnly: Bool) throws {
+        guard let executable = Self.which("redis-server") else {
+            throw ChildProcessError(message: "redis-server is not on PATH: install it (apt-get install redis-server) or run scripts/dev")
+        }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let process = try ChildProcess(executable: executable, arguments: [
+            "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
+            "--appendonly", appendOnly ? "yes" : "no", "--appendfsync", "everysec", "--daemonize", "no",
+            "--loglevel", "warning", "--logfile", directory + "/redis.log",
+        ])
+        for _ in 0..<200 where process.isRunning {
+            if Self.canConnect(port: port) && process.isRunning {
+                self.port = port
+                self.directory = directory
+                self.process = process
+                return
+            }
+            usleep(25_000)
+        }
+        process.stop(signal: SIGKILL)
+        throw ChildProcessError(message: "redis-server did not start on port \(port) (see \(directory)/redis.log)")
+    }
+
+    /// Stops the server (SIGTERM, or SIGKILL when `kill`) and waits for it to exit.
+    public func stop(kill: Bool = false) {
+        process.stop(signal: kill ? SIGKILL : SIGTERM)
+    }
+
+    /// The first executable called `name` on PATH (or in /usr/sbin, /sbin).
+    public static func which(_ name: String) -> String? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        let directories = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
+        return directories.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// Whether something accepts TCP connections on 127.0.0.1:`port`.
+    public static func canConnect(port: Int) -> Bool {
+        let channel = try? ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).wait()
+        try? channel?.close().wait()
+        return channel != nil
+    }
+
+    /// A port the kernel considers free on 127.0.0.1 right now.
+    public static func ephemeralPort() throws -> Int {
+        let socket = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
+        defer { try? socket.close().wait() }
+        return socket.localAddress?.port ?? 0
+    }
+}
