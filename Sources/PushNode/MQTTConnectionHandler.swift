@@ -353,11 +353,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 commands.append(transition(message.id, .expired))
                 continue
             }
-            if message.qos > 0 && inflight.count >= node.configuration.inflightWindow {
+            // The terminal's own subscription caps the QoS (MQTT 3.1.1 3.8.4); without one
+            // (it unsubscribed from push/<id>) the message waits in Redis.
+            guard let granted = grantedQoS(for: message.topic) else { continue }
+            let qos = min(granted, message.qos > 0 ? .atLeastOnce : .atMostOnce)
+            if qos > .atMostOnce && inflight.count >= node.configuration.inflightWindow {
                 refillAgain = true
                 break
             }
-            let qos: MQTTQoS = message.qos > 0 ? .atLeastOnce : .atMostOnce
             send(message, qos: qos, dup: previouslySent.contains(message.id), entry: entry, tracked: true)
             if qos == .atMostOnce {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))

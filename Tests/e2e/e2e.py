@@ -207,6 +207,11 @@ class RawMQTT:
                 return None
             self.buffer += data
 
+    def subscribe(self, topic_filter, qos, packet_id=1):
+        body = packet_id.to_bytes(2, "big") + self.string(topic_filter) + bytes([qos])
+        self.sock.sendall(self.packet(0x82, body))
+        return self.read()
+
     def puback(self, packet_id):
         self.sock.sendall(bytes([0x40, 2]) + packet_id.to_bytes(2, "big"))
 
@@ -399,6 +404,19 @@ def test_online_only_push_reaches_online_terminals_and_drops_for_offline(fleet):
                      what="acknowledged + dropped")
     assert final["terminals"] == {"live-1": "acknowledged", "never-seen": "dropped"}, final
     assert fleet.api("GET", "/v1/terminals/never-seen")[1]["queued"] == 0
+    client.close()
+
+
+def test_qos0_subscription_caps_the_delivery_qos(fleet):
+    password = fleet.credential("raw-sub0")
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("raw-sub0", password)[1][1] == 0
+    assert client.subscribe("push/raw-sub0", 0) == (0x90, b"\x00\x01\x00")  # granted QoS 0
+    wait_for(lambda: route_node(fleet, "raw-sub0"), what="raw-sub0 online")
+    status, body = fleet.api("POST", "/v1/push", {"to": ["raw-sub0"], "payload": "capped", "qos": 1})
+    publish = parse_publish(*client.read())
+    assert publish["qos"] == 0 and publish["payload"] == b"capped", publish
+    wait_for(lambda: fleet.api("GET", "/v1/terminals/raw-sub0")[1]["queued"] == 0, what="QoS 0 delivery removed the entry")
     client.close()
 
 
