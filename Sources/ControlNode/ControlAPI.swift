@@ -165,7 +165,10 @@ struct ControlAPI: Sendable {
         for (id, reply) in zip(ids, replies) {
             let fields = try hash(reply.throwingError())
             guard !fields.isEmpty else { continue }
-            nodes.append(NodeInfo(id: id, mqtt: fields["mqtt"], connections: Int(fields["connections"] ?? "0") ?? 0, startedAt: fields["startedAt"].flatMap { Int64($0) }))
+            nodes.append(
+                NodeInfo(
+                    id: id, mqtt: fields["mqtt"], connections: Int(fields["connections"] ?? "0") ?? 0,
+                    startedAt: fields["startedAt"].flatMap { Int64($0) }))
         }
         return nodes
     }

@@ -27,7 +27,8 @@ public struct ControlNode: Service {
         self.redis = RedisConnection(configuration: configuration.redis, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
         var streamConfiguration = configuration.redis
         streamConfiguration.commandTimeout = .seconds(10)
-        self.streamRedis = RedisConnection(configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
+        self.streamRedis = RedisConnection(
+            configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
         self.dispatcher = PushDispatcher(configuration: configuration, redis: redis, logger: logger)
     }
 

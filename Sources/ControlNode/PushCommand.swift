@@ -66,7 +66,8 @@ public struct PushCommand: Sendable, Hashable {
             throw APIError.badRequest("ttl must be between 0 and \(configuration.maximumTTL) seconds")
         }
         guard payload.count <= configuration.maximumPayloadSize else {
-            throw APIError(.contentTooLarge, "payload_too_large", "payload of \(payload.count) bytes exceeds \(configuration.maximumPayloadSize)")
+            throw APIError(
+                .contentTooLarge, "payload_too_large", "payload of \(payload.count) bytes exceeds \(configuration.maximumPayloadSize)")
         }
         switch audience {
         case .terminals(let ids):

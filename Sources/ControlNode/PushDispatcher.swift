@@ -85,9 +85,12 @@ public struct PushDispatcher: Sendable {
         if stored {
             let ttlMillis = String(Int64(command.ttl) * 1000)
             for terminal in terminals {
-                let entry = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload).encoded()
+                let entry = StoredMessage(
+                    id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload
+                ).encoded()
                 commands.append(
-                    FleetScripts.enqueue.command(keys: [keys.queue(terminal)], arguments: [entry, String(configuration.offlineQueueCap), ttlMillis])
+                    FleetScripts.enqueue.command(
+                        keys: [keys.queue(terminal)], arguments: [entry, String(configuration.offlineQueueCap), ttlMillis])
                 )
             }
         }
@@ -139,7 +142,9 @@ public struct PushDispatcher: Sendable {
                 }
                 // One event per node; each terminal gets the message on its own topic.
                 liveEvents.append((followUp.count, held))
-                followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .deliver, terminals: held, message: message).encoded()))
+                followUp.append(
+                    RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .deliver, terminals: held, message: message).encoded())
+                )
             }
             for terminal in offline { followUp.append(transition(id, terminal: terminal, to: .dropped)) }
         }

@@ -9,21 +9,24 @@ public final class LocalRedisServer: @unchecked Sendable {
     /// The child process.
     public let process: ChildProcess
 
-    /// Starts redis-server (from PATH) on `port` and waits until it accepts connections.
-    /// Throws if it does not come up, or if it exited (the port was taken) even though
-    /// something accepts connections there.
+    /// Starts redis-server (from PATH) on `port` and waits until its own log says it is ready.
+    /// Throws if it exits first (the port was taken) or does not come up: a successful TCP
+    /// connect alone could reach another process that holds the port.
     public init(port: Int, directory: String, appendOnly: Bool) throws {
         guard let executable = Self.which("redis-server") else {
             throw ChildProcessError(message: "redis-server is not on PATH: install it (apt-get install redis-server) or run scripts/dev")
         }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let process = try ChildProcess(executable: executable, arguments: [
-            "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
-            "--appendonly", appendOnly ? "yes" : "no", "--appendfsync", "everysec", "--daemonize", "no",
-            "--loglevel", "warning", "--logfile", directory + "/redis.log",
-        ])
-        for _ in 0..<200 where process.isRunning {
-            if Self.canConnect(port: port) && process.isRunning {
+        let process = try ChildProcess(
+            executable: executable,
+            arguments: [
+                "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
+                "--appendonly", appendOnly ? "yes" : "no", "--appendfsync", "everysec", "--daemonize", "no",
+                "--loglevel", "notice", "--logfile", directory + "/redis.log",
+            ])
+        let log = directory + "/redis.log"
+        for _ in 0..<400 where process.isRunning {
+            if let text = try? String(contentsOfFile: log, encoding: .utf8), text.contains("Ready to accept connections") {
                 self.port = port
                 self.directory = directory
                 self.process = process
@@ -45,13 +48,6 @@ public final class LocalRedisServer: @unchecked Sendable {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
         let directories = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
         return directories.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }
-
-    /// Whether something accepts TCP connections on 127.0.0.1:`port`.
-    public static func canConnect(port: Int) -> Bool {
-        let channel = try? ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).wait()
-        try? channel?.close().wait()
-        return channel != nil
     }
 
     /// A port the kernel considers free on 127.0.0.1 right now.

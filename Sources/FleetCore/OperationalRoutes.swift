@@ -10,14 +10,17 @@ public enum OperationalRoutes {
         metrics: @escaping @Sendable () -> [UInt8]
     ) {
         router.get("/healthz") { _, _ in
-            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
+            Response(
+                status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"status":"ok"}"#)))
         }
         router.get("/readyz") { _, _ in
             let isReady = await ready()
             return Response(
                 status: isReady ? .ok : .serviceUnavailable,
                 headers: [.contentType: "application/json"],
-                body: .init(byteBuffer: ByteBuffer(string: isReady ? #"{"status":"ready"}"# : #"{"status":"not ready","reason":"redis unavailable"}"#))
+                body: .init(
+                    byteBuffer: ByteBuffer(
+                        string: isReady ? #"{"status":"ready"}"# : #"{"status":"not ready","reason":"redis unavailable"}"#))
             )
         }
         router.get("/metrics") { _, _ in

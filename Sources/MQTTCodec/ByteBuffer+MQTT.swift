@@ -12,13 +12,17 @@ extension ByteBuffer {
 
     @inlinable
     mutating func mqttReadUInt16() throws -> UInt16 {
-        guard let value = readInteger(as: UInt16.self) else { throw MQTTCodecError(.malformedPacket, "packet ends inside a two byte integer") }
+        guard let value = readInteger(as: UInt16.self) else {
+            throw MQTTCodecError(.malformedPacket, "packet ends inside a two byte integer")
+        }
         return value
     }
 
     @inlinable
     mutating func mqttReadUInt32() throws -> UInt32 {
-        guard let value = readInteger(as: UInt32.self) else { throw MQTTCodecError(.malformedPacket, "packet ends inside a four byte integer") }
+        guard let value = readInteger(as: UInt32.self) else {
+            throw MQTTCodecError(.malformedPacket, "packet ends inside a four byte integer")
+        }
         return value
     }
 

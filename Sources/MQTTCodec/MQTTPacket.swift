@@ -66,7 +66,9 @@ public enum MQTTPacket: Hashable, Sendable {
         let headerSize = peek.readerIndex - buffer.readerIndex
         let total = headerSize + Int(remaining)
         guard total <= maximumPacketSize else {
-            throw MQTTCodecError(.packetTooLarge, "packet of \(total) bytes exceeds the maximum of \(maximumPacketSize)", bytes: Array(buffer.readableBytesView.prefix(headerSize)))
+            throw MQTTCodecError(
+                .packetTooLarge, "packet of \(total) bytes exceeds the maximum of \(maximumPacketSize)",
+                bytes: Array(buffer.readableBytesView.prefix(headerSize)))
         }
         guard var body = peek.readSlice(length: Int(remaining)) else { return nil }
         let type = first >> 4

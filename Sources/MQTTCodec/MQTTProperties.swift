@@ -154,7 +154,8 @@ public struct MQTTProperties: Hashable, Sendable, ExpressibleByArrayLiteral {
         var body = ByteBuffer()
         for property in properties {
             guard property.identifier.valueKind == property.value.kind else {
-                throw MQTTCodecError(.protocolViolation, "property 0x\(String(property.identifier.rawValue, radix: 16)) has the wrong value type")
+                throw MQTTCodecError(
+                    .protocolViolation, "property 0x\(String(property.identifier.rawValue, radix: 16)) has the wrong value type")
             }
             body.mqttWriteVariableInteger(property.identifier.rawValue)
             switch property.value {

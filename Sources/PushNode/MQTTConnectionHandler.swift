@@ -171,8 +171,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         guard let context else { return }
         let keys = node.keys
         let command = FleetScripts.register.command(
-            keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal), keys.sent(terminal)],
-            arguments: [node.nodeID, epoch, String(FleetClock.nowMillis()), cleanStart ? "1" : "0", issuedAt, String(node.configuration.inflightWindow)]
+            keys: [
+                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
+                keys.sent(terminal),
+            ],
+            arguments: [
+                node.nodeID, epoch, String(FleetClock.nowMillis()), cleanStart ? "1" : "0", issuedAt,
+                String(node.configuration.inflightWindow),
+            ]
         )
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         node.redis.pipelineFuture([command]).hop(to: context.eventLoop).whenComplete { result in
@@ -263,9 +269,17 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             switch publish.qos {
             case .atMostOnce: break
             case .atLeastOnce:
-                write(.pubAck(MQTTAckPacket(packetIdentifier: publish.packetIdentifier!, reasonCode: version.hasProperties ? .notAuthorized : .success)), flush: true)
+                write(
+                    .pubAck(
+                        MQTTAckPacket(
+                            packetIdentifier: publish.packetIdentifier!, reasonCode: version.hasProperties ? .notAuthorized : .success)),
+                    flush: true)
             case .exactlyOnce:
-                write(.pubRec(MQTTAckPacket(packetIdentifier: publish.packetIdentifier!, reasonCode: version.hasProperties ? .notAuthorized : .success)), flush: true)
+                write(
+                    .pubRec(
+                        MQTTAckPacket(
+                            packetIdentifier: publish.packetIdentifier!, reasonCode: version.hasProperties ? .notAuthorized : .success)),
+                    flush: true)
             }
         case .pubRel(let ack):
             write(.pubComp(MQTTAckPacket(packetIdentifier: ack.packetIdentifier)), flush: true)
@@ -392,7 +406,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         var payload = context?.channel.allocator.buffer(capacity: message.payload.utf8.count) ?? ByteBuffer()
         payload.writeBytes(message.payloadBytes)
-        let publish = MQTTPublishPacket(topicName: message.topic, payload: payload, qos: qos, packetIdentifier: packetID, dup: dup, properties: properties)
+        let publish = MQTTPublishPacket(
+            topicName: message.topic, payload: payload, qos: qos, packetIdentifier: packetID, dup: dup, properties: properties)
         node.metrics.delivered.increment()
         write(.publish(publish), flush: false)
     }

@@ -170,9 +170,12 @@ public final class PushNode: Service, Sendable {
 
 extension PushNode {
     /// The admin HTTP application: `/healthz`, `/readyz`, `/metrics`.
-    public func makeAdminApplication(host: String, port: Int, metrics: @escaping @Sendable () -> [UInt8], logger: Logger) -> some ApplicationProtocol {
+    public func makeAdminApplication(host: String, port: Int, metrics: @escaping @Sendable () -> [UInt8], logger: Logger)
+        -> some ApplicationProtocol
+    {
         let router = Router()
         OperationalRoutes.add(to: router, ready: { [self] in await self.isReady() }, metrics: metrics)
-        return Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "pushfleet-node"), logger: logger)
+        return Application(
+            router: router, configuration: .init(address: .hostname(host, port: port), serverName: "pushfleet-node"), logger: logger)
     }
 }

@@ -108,13 +108,18 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        failAll(RedisError(.connectionClosed, "connection to redis closed"))
+        failAll(RedisError(.connectionClosed, "connection to redis at \(peer(context)) closed"))
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        failAll(RedisError(.connectionClosed, "\(error)"))
+        failAll(RedisError(.connectionClosed, "connection to redis at \(peer(context)): \(error)"))
         context.close(promise: nil)
+    }
+
+    private func peer(_ context: ChannelHandlerContext) -> String {
+        let remote = context.channel.remoteAddress
+        return "\(remote?.ipAddress ?? "?"):\(remote?.port ?? 0) from port \(context.channel.localAddress?.port ?? 0)"
     }
 
     private func failAll(_ error: RedisError) {

@@ -205,7 +205,9 @@ public final class RedisConnection: @unchecked Sendable {
         if !setup.isEmpty {
             let promise: EventLoopPromise<[RedisReply]>? = onPush == nil ? eventLoop.makePromise() : nil
             promise?.futureResult.whenSuccess { replies in
-                for case .error(let message) in replies { self.logger.error("redis connection setup failed", metadata: ["error": "\(message)"]) }
+                for case .error(let message) in replies {
+                    self.logger.error("redis connection setup failed", metadata: ["error": "\(message)"])
+                }
             }
             channel.write(RedisRequest(commands: setup, promise: promise), promise: nil)
         }

@@ -40,11 +40,13 @@ struct DevCommand: AsyncParsableCommand {
         defer { redis.stop() }
         let redisConfiguration = RedisConfiguration(host: "127.0.0.1", port: redis.port)
 
-        var control = ControlNodeConfiguration(redis: redisConfiguration, host: host, port: port, secret: secret, consumerName: "dev-control")
+        var control = ControlNodeConfiguration(
+            redis: redisConfiguration, host: host, port: port, secret: secret, consumerName: "dev-control")
         control.advertisedEndpoints = ports.map { "mqtt://127.0.0.1:\($0)" }
         var services: [any Service] = [ControlNode(configuration: control, logger: logger, metrics: metrics)]
         for (index, mqttPort) in ports.enumerated() {
-            let configuration = PushNodeConfiguration(redis: redisConfiguration, mqttHost: "127.0.0.1", mqttPort: mqttPort, nodeID: "dev-\(index + 1)", secret: secret)
+            let configuration = PushNodeConfiguration(
+                redis: redisConfiguration, mqttHost: "127.0.0.1", mqttPort: mqttPort, nodeID: "dev-\(index + 1)", secret: secret)
             services.append(PushNode(configuration: configuration, logger: logger))
         }
 

@@ -9,7 +9,8 @@ struct PushFleetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pushfleet",
         abstract: "PushFleet: MQTT push to millions of terminals, through Redis.",
-        discussion: "Every option can also be given in the environment as PUSHFLEET_<OPTION> (--redis -> PUSHFLEET_REDIS, --node-id -> PUSHFLEET_NODE_ID); a flag wins over the environment.",
+        discussion:
+            "Every option can also be given in the environment as PUSHFLEET_<OPTION> (--redis -> PUSHFLEET_REDIS, --node-id -> PUSHFLEET_NODE_ID); a flag wins over the environment.",
         subcommands: [DevCommand.self, ControlCommand.self, NodeCommand.self, PushClientCommand.self, CredentialCommand.self]
     )
 }

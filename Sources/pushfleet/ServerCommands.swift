@@ -33,7 +33,8 @@ struct ControlCommand: AsyncParsableCommand {
         let logger = Logger(label: "pushfleet.control")
         let configuration = try makeConfiguration()
         let node = ControlNode(configuration: configuration, logger: logger, metrics: metrics)
-        logger.info("control node starting", metadata: ["listen": "\(configuration.host):\(configuration.port)", "redis": "\(common.redisURL)"])
+        logger.info(
+            "control node starting", metadata: ["listen": "\(configuration.host):\(configuration.port)", "redis": "\(common.redisURL)"])
         let group = ServiceGroup(services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
     }
@@ -74,7 +75,10 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Admin HTTP address HOST:PORT for /healthz, /readyz, /metrics (env PUSHFLEET_ADMIN; default off).")
     var admin: String?
 
-    @Flag(help: "Admit clients without a credential and open the topic ACL; development and conformance only (env PUSHFLEET_ALLOW_ANONYMOUS=1).")
+    @Flag(
+        help:
+            "Admit clients without a credential and open the topic ACL; development and conformance only (env PUSHFLEET_ALLOW_ANONYMOUS=1)."
+    )
     var allowAnonymous = false
 
     @Option(help: "Largest MQTT packet accepted, in bytes (env PUSHFLEET_MAX_PACKET_SIZE; default 262144).")

@@ -1,10 +1,11 @@
-@testable import ControlNode
 import FleetCore
 import FleetTestSupport
 import Logging
 import NIOPosix
 import RedisClient
 import Testing
+
+@testable import ControlNode
 
 @Suite(.serialized)
 struct CommandStreamTests {
@@ -23,7 +24,9 @@ struct CommandStreamTests {
         )
         let connection = PushDispatcherTests.connection(configuration.redis)
         let dispatcher = PushDispatcher(configuration: configuration, redis: connection, logger: Logger(label: name))
-        return CommandStreamConsumer(configuration: configuration, redis: PushDispatcherTests.connection(configuration.redis), dispatcher: dispatcher, logger: Logger(label: name))
+        return CommandStreamConsumer(
+            configuration: configuration, redis: PushDispatcherTests.connection(configuration.redis), dispatcher: dispatcher,
+            logger: Logger(label: name))
     }
 
     /// Polls `condition` (errors count as false) for up to five seconds.
@@ -52,13 +55,17 @@ struct CommandStreamTests {
         for task in running { task.cancel() }
         var stored: [StoredMessage] = []
         for terminal in 0..<4 {
-            stored += (try await redis.send("LRANGE", keys.queue("t\(terminal)"), "0", "-1").array ?? []).compactMap { $0.string.flatMap(StoredMessage.decode) }
+            stored += (try await redis.send("LRANGE", keys.queue("t\(terminal)"), "0", "-1").array ?? []).compactMap {
+                $0.string.flatMap(StoredMessage.decode)
+            }
         }
         #expect(stored.count == 40)
         #expect(Set(stored.map(\.id)) == Set(entryIDs))
         #expect(try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int == 0)
         // Order per terminal is the stream order.
-        let t0 = (try await redis.send("LRANGE", keys.queue("t0"), "0", "-1").array ?? []).compactMap { $0.string.flatMap(StoredMessage.decode) }
+        let t0 = (try await redis.send("LRANGE", keys.queue("t0"), "0", "-1").array ?? []).compactMap {
+            $0.string.flatMap(StoredMessage.decode)
+        }
         #expect(t0.map { String(decoding: $0.payloadBytes, as: UTF8.self) } == stride(from: 0, to: 40, by: 4).map { "m\($0)" })
         await redis.close()
     }
@@ -69,7 +76,9 @@ struct CommandStreamTests {
         defer { task.cancel() }
         try await waitUntil { try await redis.send("HGET", keys.messageStatus(id), "error").string != nil }
         task.cancel()
-        #expect(try await redis.send("HGET", keys.messageStatus(id), "error").string?.contains("exactly one of \"to\", \"topic\" or \"broadcast\"") == true)
+        #expect(
+            try await redis.send("HGET", keys.messageStatus(id), "error").string?.contains(
+                "exactly one of \"to\", \"topic\" or \"broadcast\"") == true)
         try await waitUntil { try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int == 0 }
         #expect(try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int == 0)
         await redis.close()

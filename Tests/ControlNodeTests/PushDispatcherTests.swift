@@ -1,10 +1,11 @@
-@testable import ControlNode
 import FleetCore
 import FleetTestSupport
 import Logging
 import NIOPosix
 import RedisClient
 import Testing
+
+@testable import ControlNode
 
 @Suite(.serialized)
 struct PushDispatcherTests {
@@ -23,7 +24,9 @@ struct PushDispatcherTests {
     }
 
     static func connection(_ configuration: RedisConfiguration) -> RedisConnection {
-        RedisConnection(configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"), scripts: FleetScripts.all)
+        RedisConnection(
+            configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"),
+            scripts: FleetScripts.all)
     }
 
     var dispatcher: PushDispatcher { PushDispatcher(configuration: configuration, redis: redis, logger: Logger(label: "test")) }
@@ -80,7 +83,8 @@ struct PushDispatcherTests {
 
     @Test func wakesTheNodeHoldingTheTerminal() async throws {
         try await redis.send("HSET", keys.route("on"), "node", "n9", "epoch", "e")
-        let subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        let subscriber = RedisSubscriber(
+            configuration: configuration.redis, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
         subscriber.subscribe([keys.nodeChannel("n9")], sharded: true)
         subscriber.start()
         let reader = Task { () -> NodeEvent? in

@@ -16,7 +16,8 @@ struct CredentialTests {
         let issued = authority.issue(terminal: "t1", ttl: 60, nowMillis: 1_000_000)
         #expect(authority.verify(terminal: "t2", password: issued.password, now: 1_000) == .failure(.badSignature))
         #expect(authority.verify(terminal: "t1", password: issued.password, now: 1_060) == .failure(.expired))
-        #expect(CredentialAuthority(secret: "other").verify(terminal: "t1", password: issued.password, now: 1_000) == .failure(.badSignature))
+        #expect(
+            CredentialAuthority(secret: "other").verify(terminal: "t1", password: issued.password, now: 1_000) == .failure(.badSignature))
         #expect(authority.verify(terminal: "t1", password: "nonsense", now: 1_000) == .failure(.malformed))
         // Extending the expiry breaks the signature.
         let parts = issued.password.split(separator: ".")

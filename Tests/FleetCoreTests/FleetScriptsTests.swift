@@ -25,7 +25,10 @@ struct FleetScriptsTests {
     func register(_ terminal: String, node: String, epoch: String, clean: Bool = true, issuedAt: String = "") async throws -> [RedisReply] {
         let reply = try await redis.send(
             FleetScripts.register.command(
-                keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal), keys.sent(terminal)],
+                keys: [
+                    keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal),
+                    keys.queue(terminal), keys.sent(terminal),
+                ],
                 arguments: [node, epoch, "1", clean ? "1" : "0", issuedAt, "10"]
             )
         )
@@ -34,7 +37,8 @@ struct FleetScriptsTests {
 
     func unregister(_ terminal: String, epoch: String) async throws -> Int64? {
         try await redis.send(
-            FleetScripts.unregister.command(keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal)], arguments: [epoch, "1"])
+            FleetScripts.unregister.command(
+                keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal)], arguments: [epoch, "1"])
         ).int
     }
 
@@ -109,7 +113,8 @@ struct FleetScriptsTests {
     @Test func transitionsOnlyMoveForwardAndKeepCountsExact() async throws {
         let status = keys.messageStatus("m1")
         let targets = keys.messageTargets("m1")
-        try await redis.send("HSET", status, "targets", "3", "queued", "3", "delivered", "0", "acknowledged", "0", "expired", "0", "dropped", "0")
+        try await redis.send(
+            "HSET", status, "targets", "3", "queued", "3", "delivered", "0", "acknowledged", "0", "expired", "0", "dropped", "0")
         try await redis.send("HSET", targets, "a", "queued", "b", "queued", "c", "queued")
         func move(_ terminal: String, _ state: MessageState) async throws -> Int64? {
             try await redis.send(FleetScripts.transition.command(keys: [status, targets], arguments: [terminal, state.rawValue])).int
@@ -120,10 +125,15 @@ struct FleetScriptsTests {
         #expect(try await move("b", .acknowledged) == 1)  // ack without a recorded delivery
         #expect(try await move("c", .expired) == 1)
         #expect(try await move("c", .acknowledged) == 0)
-        let fields = try await redis.send("HMGET", status, "queued", "delivered", "acknowledged", "expired", "dropped").array?.compactMap(\.int)
+        let fields = try await redis.send("HMGET", status, "queued", "delivered", "acknowledged", "expired", "dropped").array?.compactMap(
+            \.int)
         #expect(fields == [0, 2, 2, 1, 0])
         // Unknown message (expired status record): nothing is created.
-        #expect(try await redis.send(FleetScripts.transition.command(keys: [keys.messageStatus("gone"), keys.messageTargets("gone")], arguments: ["a", "delivered"])).int == 0)
+        #expect(
+            try await redis.send(
+                FleetScripts.transition.command(
+                    keys: [keys.messageStatus("gone"), keys.messageTargets("gone")], arguments: ["a", "delivered"])
+            ).int == 0)
         #expect(try await redis.send("EXISTS", keys.messageTargets("gone")).int == 0)
         await redis.close()
     }

@@ -31,7 +31,7 @@ public final class RedisServer: @unchecked Sendable {
 
     deinit {
         stop()
-        try? FileManager.default.removeItem(atPath: directory)
+        if ProcessInfo.processInfo.environment["PUSHFLEET_KEEP_TEST_DATA"] == nil { try? FileManager.default.removeItem(atPath: directory) }
     }
 
     /// A port no other test in this process was given, that is free right now.

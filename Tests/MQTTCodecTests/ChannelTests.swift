@@ -6,9 +6,14 @@ import Testing
 
 struct ChannelTests {
     static let packets: [MQTTPacket] = [
-        .connect(MQTTConnectPacket(clientIdentifier: "t1", cleanStart: false, keepAlive: 30, username: "t1", password: Array("secret".utf8))),
-        .subscribe(MQTTSubscribePacket(packetIdentifier: 1, subscriptions: [.init(topicFilter: "push/t1", options: .init(qos: .atLeastOnce))])),
-        .publish(MQTTPublishPacket(topicName: "push/t1", payload: ByteBuffer(string: String(repeating: "x", count: 300)), qos: .atLeastOnce, packetIdentifier: 9)),
+        .connect(
+            MQTTConnectPacket(clientIdentifier: "t1", cleanStart: false, keepAlive: 30, username: "t1", password: Array("secret".utf8))),
+        .subscribe(
+            MQTTSubscribePacket(packetIdentifier: 1, subscriptions: [.init(topicFilter: "push/t1", options: .init(qos: .atLeastOnce))])),
+        .publish(
+            MQTTPublishPacket(
+                topicName: "push/t1", payload: ByteBuffer(string: String(repeating: "x", count: 300)), qos: .atLeastOnce,
+                packetIdentifier: 9)),
         .pubAck(MQTTAckPacket(packetIdentifier: 9)),
         .pingReq,
         .disconnect(MQTTDisconnectPacket()),
@@ -16,7 +21,9 @@ struct ChannelTests {
 
     @Test func embeddedChannelRoundTrip() throws {
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandlers([ByteToMessageHandler(MQTTPacketDecoder()), MessageToByteHandler(MQTTPacketEncoder())])
+        try channel.pipeline.syncOperations.addHandlers([
+            ByteToMessageHandler(MQTTPacketDecoder()), MessageToByteHandler(MQTTPacketEncoder()),
+        ])
         for packet in Self.packets {
             try channel.writeOutbound(packet)
             let bytes = try #require(try channel.readOutbound(as: ByteBuffer.self))
@@ -29,7 +36,9 @@ struct ChannelTests {
     @Test func decoderLearnsVersion5FromConnect() throws {
         let connect = MQTTPacket.connect(MQTTConnectPacket(protocolVersion: .v5, clientIdentifier: "t5"))
         let publish = MQTTPacket.publish(
-            MQTTPublishPacket(topicName: "a", payload: ByteBuffer(string: "p"), qos: .atLeastOnce, packetIdentifier: 3, properties: [.init(.contentType, .string("text/plain"))])
+            MQTTPublishPacket(
+                topicName: "a", payload: ByteBuffer(string: "p"), qos: .atLeastOnce, packetIdentifier: 3,
+                properties: [.init(.contentType, .string("text/plain"))])
         )
         var bytes = ByteBuffer()
         try connect.write(to: &bytes, version: .v5)

@@ -18,7 +18,8 @@ struct GoldenVectorTests {
         Vector(
             name: "CONNECT with user, password, clean session",
             bytes: "10 14 00 04 'MQTT' 04 C2 00 3C 00 02 't1' 00 01 'u' 00 01 'p'",
-            packet: .connect(MQTTConnectPacket(clientIdentifier: "t1", cleanStart: true, keepAlive: 60, username: "u", password: Array("p".utf8))),
+            packet: .connect(
+                MQTTConnectPacket(clientIdentifier: "t1", cleanStart: true, keepAlive: 60, username: "u", password: Array("p".utf8))),
             version: .v3_1_1
         ),
         Vector(
@@ -70,7 +71,8 @@ struct GoldenVectorTests {
         Vector(
             name: "SUBSCRIBE",
             bytes: "82 08 00 01 00 03 'a/#' 01",
-            packet: .subscribe(MQTTSubscribePacket(packetIdentifier: 1, subscriptions: [.init(topicFilter: "a/#", options: .init(qos: .atLeastOnce))])),
+            packet: .subscribe(
+                MQTTSubscribePacket(packetIdentifier: 1, subscriptions: [.init(topicFilter: "a/#", options: .init(qos: .atLeastOnce))])),
             version: .v3_1_1
         ),
         Vector(
@@ -85,7 +87,9 @@ struct GoldenVectorTests {
             packet: .unsubscribe(MQTTUnsubscribePacket(packetIdentifier: 2, topicFilters: ["a/#"])),
             version: .v3_1_1
         ),
-        Vector(name: "UNSUBACK", bytes: "B0 02 00 02", packet: .unsubAck(MQTTSubAckPacket(packetIdentifier: 2, reasonCodes: [])), version: .v3_1_1),
+        Vector(
+            name: "UNSUBACK", bytes: "B0 02 00 02", packet: .unsubAck(MQTTSubAckPacket(packetIdentifier: 2, reasonCodes: [])),
+            version: .v3_1_1),
         Vector(name: "PINGREQ", bytes: "C0 00", packet: .pingReq, version: .v3_1_1),
         Vector(name: "PINGRESP", bytes: "D0 00", packet: .pingResp, version: .v3_1_1),
         Vector(name: "DISCONNECT", bytes: "E0 00", packet: .disconnect(MQTTDisconnectPacket()), version: .v3_1_1),
@@ -96,7 +100,9 @@ struct GoldenVectorTests {
             name: "CONNECT 5.0 with session expiry",
             bytes: "10 14 00 04 'MQTT' 05 02 00 3C 05 11 00 00 0E 10 00 02 't1'",
             packet: .connect(
-                MQTTConnectPacket(protocolVersion: .v5, clientIdentifier: "t1", keepAlive: 60, properties: [.init(.sessionExpiryInterval, .fourByteInteger(3600))])
+                MQTTConnectPacket(
+                    protocolVersion: .v5, clientIdentifier: "t1", keepAlive: 60,
+                    properties: [.init(.sessionExpiryInterval, .fourByteInteger(3600))])
             ),
             version: .v5
         ),
@@ -111,7 +117,9 @@ struct GoldenVectorTests {
             name: "CONNACK 5.0 with properties",
             bytes: "20 0A 00 00 07 24 01 21 00 0A 25 00",
             packet: .connAck(
-                MQTTConnAckPacket(properties: [.init(.maximumQoS, .byte(1)), .init(.receiveMaximum, .twoByteInteger(10)), .init(.retainAvailable, .byte(0))])
+                MQTTConnAckPacket(properties: [
+                    .init(.maximumQoS, .byte(1)), .init(.receiveMaximum, .twoByteInteger(10)), .init(.retainAvailable, .byte(0)),
+                ])
             ),
             version: .v5
         ),
@@ -126,7 +134,8 @@ struct GoldenVectorTests {
             ),
             version: .v5
         ),
-        Vector(name: "PUBACK 5.0 success, short form", bytes: "40 02 00 01", packet: .pubAck(MQTTAckPacket(packetIdentifier: 1)), version: .v5),
+        Vector(
+            name: "PUBACK 5.0 success, short form", bytes: "40 02 00 01", packet: .pubAck(MQTTAckPacket(packetIdentifier: 1)), version: .v5),
         Vector(
             name: "PUBACK 5.0 no matching subscribers",
             bytes: "40 03 00 01 10",
@@ -162,7 +171,9 @@ struct GoldenVectorTests {
             packet: .disconnect(MQTTDisconnectPacket(reasonCode: .sessionTakenOver)),
             version: .v5
         ),
-        Vector(name: "AUTH 5.0 continue", bytes: "F0 02 18 00", packet: .auth(MQTTDisconnectPacket(reasonCode: MQTTReasonCode(0x18))), version: .v5),
+        Vector(
+            name: "AUTH 5.0 continue", bytes: "F0 02 18 00", packet: .auth(MQTTDisconnectPacket(reasonCode: MQTTReasonCode(0x18))),
+            version: .v5),
     ]
 
     @Test(arguments: v311 + v5)

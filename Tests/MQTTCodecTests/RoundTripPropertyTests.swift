@@ -57,13 +57,16 @@ struct RoundTripPropertyTests {
                     username: hasUser ? text(&g) : nil,
                     password: hasUser && Bool.random(using: &g) ? bytes(&g, max: 40) : nil,
                     will: Bool.random(using: &g)
-                        ? .init(topic: topic(&g), payload: ByteBuffer(bytes: bytes(&g, max: 50)), qos: .atLeastOnce, retain: Bool.random(using: &g), properties: properties(&g, version))
+                        ? .init(
+                            topic: topic(&g), payload: ByteBuffer(bytes: bytes(&g, max: 50)), qos: .atLeastOnce,
+                            retain: Bool.random(using: &g), properties: properties(&g, version))
                         : nil,
                     properties: properties(&g, version)
                 )
             )
         case 1:
-            return .connAck(MQTTConnAckPacket(sessionPresent: Bool.random(using: &g), reasonCode: code, properties: properties(&g, version)))
+            return .connAck(
+                MQTTConnAckPacket(sessionPresent: Bool.random(using: &g), reasonCode: code, properties: properties(&g, version)))
         case 2:
             let qos = MQTTQoS(rawValue: UInt8.random(in: 0...2, using: &g))!
             return .publish(
@@ -91,11 +94,15 @@ struct RoundTripPropertyTests {
             }
             return .subscribe(MQTTSubscribePacket(packetIdentifier: id, subscriptions: subscriptions, properties: properties(&g, version)))
         case 8:
-            return .subAck(MQTTSubAckPacket(packetIdentifier: id, reasonCodes: [.grantedQoS1, .success, .v3SubscribeFailure], properties: properties(&g, version)))
+            return .subAck(
+                MQTTSubAckPacket(
+                    packetIdentifier: id, reasonCodes: [.grantedQoS1, .success, .v3SubscribeFailure], properties: properties(&g, version)))
         case 9:
-            return .unsubscribe(MQTTUnsubscribePacket(packetIdentifier: id, topicFilters: [topic(&g), topic(&g)], properties: properties(&g, version)))
+            return .unsubscribe(
+                MQTTUnsubscribePacket(packetIdentifier: id, topicFilters: [topic(&g), topic(&g)], properties: properties(&g, version)))
         case 10:
-            return .unsubAck(MQTTSubAckPacket(packetIdentifier: id, reasonCodes: version.hasProperties ? [.success, .noSubscriptionExisted] : []))
+            return .unsubAck(
+                MQTTSubAckPacket(packetIdentifier: id, reasonCodes: version.hasProperties ? [.success, .noSubscriptionExisted] : []))
         default:
             return .disconnect(MQTTDisconnectPacket(reasonCode: code, properties: properties(&g, version)))
         }

@@ -75,7 +75,8 @@ class Fleet:
     def start_all(self):
         self.start("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
                              "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
-        wait_port(self.redis_port)
+        # Ready by its own log, not just "something accepts on the port".
+        wait_for(lambda: "Ready to accept connections" in open(os.path.join(self.dir, "redis.log")).read(), what="redis-server ready")
         redis = f"redis://127.0.0.1:{self.redis_port}"
         # Flags and environment both: the control node takes its secret from PUSHFLEET_SECRET.
         self.start("control", [self.binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{self.control_port}",
@@ -109,6 +110,7 @@ backend control
         self.start("haproxy", ["haproxy", "-f", cfg, "-db"])
         for port in [self.control_port, *self.node_ports, self.lb_mqtt, self.lb_http]:
             wait_port(port)
+        assert all(self.alive().values()), f"a process exited at start: {self.alive()}"
         # Both nodes registered their liveness.
         wait_for(lambda: len(self.api("GET", "/v1/nodes")[1]["nodes"]) == 2, what="two live nodes")
 

@@ -95,7 +95,9 @@ public struct MQTTConnectPacket: Hashable, Sendable {
             let properties = version.hasProperties ? try MQTTProperties.read(from: &body) : []
             let topic = try body.mqttReadString()
             let payloadLength = Int(try body.mqttReadUInt16())
-            guard let payload = body.readSlice(length: payloadLength) else { throw MQTTCodecError(.malformedPacket, "will payload exceeds the packet") }
+            guard let payload = body.readSlice(length: payloadLength) else {
+                throw MQTTCodecError(.malformedPacket, "will payload exceeds the packet")
+            }
             packet.will = Will(topic: topic, payload: payload, qos: willQoS, retain: willRetain, properties: properties)
         }
         if hasUsername { packet.username = try body.mqttReadString() }

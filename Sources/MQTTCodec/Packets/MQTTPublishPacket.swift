@@ -55,7 +55,9 @@ public struct MQTTPublishPacket: Hashable, Sendable {
             throw MQTTCodecError(.protocolViolation, "empty topic name")
         }
         let payload = body.readSlice(length: body.readableBytes)!
-        return MQTTPublishPacket(topicName: topic, payload: payload, qos: qos, packetIdentifier: packetIdentifier, dup: dup, retain: flags & 0x01 != 0, properties: properties)
+        return MQTTPublishPacket(
+            topicName: topic, payload: payload, qos: qos, packetIdentifier: packetIdentifier, dup: dup, retain: flags & 0x01 != 0,
+            properties: properties)
     }
 
     func write(to buffer: inout ByteBuffer, version: MQTTProtocolVersion) throws {

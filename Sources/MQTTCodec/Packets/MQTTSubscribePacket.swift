@@ -15,7 +15,8 @@ public struct MQTTSubscribePacket: Hashable, Sendable {
         public var retainAsPublished: Bool
         public var retainHandling: RetainHandling
 
-        public init(qos: MQTTQoS, noLocal: Bool = false, retainAsPublished: Bool = false, retainHandling: RetainHandling = .sendOnSubscribe) {
+        public init(qos: MQTTQoS, noLocal: Bool = false, retainAsPublished: Bool = false, retainHandling: RetainHandling = .sendOnSubscribe)
+        {
             self.qos = qos
             self.noLocal = noLocal
             self.retainAsPublished = retainAsPublished
