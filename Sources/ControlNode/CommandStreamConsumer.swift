@@ -16,7 +16,7 @@ struct CommandStreamConsumer: Sendable {
     let dispatcher: PushDispatcher
     let logger: Logger
     var batchSize = 100
-    var claimIdle: Duration = .seconds(30)
+    var claimIdle: Duration { .seconds(configuration.claimIdle) }
 
     var keys: FleetKeys { configuration.keys }
 
@@ -32,7 +32,7 @@ struct CommandStreamConsumer: Sendable {
                     readPending = try await readAndHandle(from: "0") > 0
                     continue
                 }
-                if ContinuousClock.now - lastClaim > claimIdle {
+                if ContinuousClock.now - lastClaim > claimIdle / 2 {
                     lastClaim = .now
                     try await claimAbandoned()
                 }

@@ -31,6 +31,9 @@ public struct ControlNodeConfiguration: Sendable {
     public var maximumCredentialTTL = 365 * 86_400
     /// MQTT endpoints advertised in credential responses; empty means "the live push nodes".
     public var advertisedEndpoints: [String] = []
+    /// Seconds a command stream entry may stay unacknowledged by a consumer before another
+    /// control node claims it (the first is presumed dead).
+    public var claimIdle = 30
     /// Consume the Redis command stream.
     public var consumeCommandStream = true
     /// This control node's consumer name in the command stream group.

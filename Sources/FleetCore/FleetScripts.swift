@@ -43,6 +43,19 @@ public enum FleetScripts {
         """
     )
 
+    /// Writes a live connection's route back after Redis lost it (restart without the data),
+    /// unless another connection registered since.
+    ///
+    /// KEYS: route. ARGV: node, epoch, connectedAt. Returns 1 when written.
+    public static let reassertRoute = RedisScript(
+        """
+        local epoch = redis.call('HGET', KEYS[1], 'epoch')
+        if epoch and epoch ~= ARGV[2] then return 0 end
+        redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'connectedAt', ARGV[3])
+        return 1
+        """
+    )
+
     /// Appends a message to a terminal's list, trims it to the cap and extends its expiry.
     ///
     /// KEYS: queue. ARGV: entry, cap, ttl in milliseconds.
@@ -80,5 +93,5 @@ public enum FleetScripts {
     )
 
     /// Every script, for SCRIPT LOAD on connect.
-    public static let all = [register, unregister, enqueue, transition]
+    public static let all = [register, unregister, reassertRoute, enqueue, transition]
 }

@@ -17,6 +17,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case awaitingConnect
         case registering
         case active
+        /// Node shutdown: no new deliveries; closes once in-flight messages are acknowledged.
+        case draining
         case closed
     }
 
@@ -38,6 +40,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var version = MQTTProtocolVersion.v3_1_1
     private var terminal = ""
     private var epoch = ""
+    private var connectedAt: Int64 = 0
     private var cleanStart = true
     private var keepAlive: TimeAmount = .zero
     private var lastReceived = NIODeadline.now()
@@ -86,11 +89,16 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case .registering:
             guard earlyPackets.count < 64 else { return protocolError("too many packets before CONNACK") }
             earlyPackets.append(packet)
-        case .active:
+        case .active, .draining:
             process(packet)
         case .closed:
             break
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, refillAgain, case .active = phase { refill() }
+        context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -108,7 +116,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         let wasActive: Bool
-        if case .active = phase { wasActive = true } else { wasActive = false }
+        switch phase {
+        case .active, .draining: wasActive = true
+        default: wasActive = false
+        }
         if case .registering = phase { unregisterRoute() }
         phase = .closed
         timer?.cancel()
@@ -161,6 +172,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
         terminal = clientID
         epoch = FleetClock.newEpoch()
+        connectedAt = FleetClock.nowMillis()
         logger[metadataKey: "terminal"] = "\(terminal)"
         keepAlive = .seconds(Int64(connect.keepAlive))
         phase = .registering
@@ -176,7 +188,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 keys.sent(terminal),
             ],
             arguments: [
-                node.nodeID, epoch, String(FleetClock.nowMillis()), cleanStart ? "1" : "0", issuedAt,
+                node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt,
                 String(node.configuration.inflightWindow),
             ]
         )
@@ -207,7 +219,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let oldEpoch = parts[2].string ?? ""
         let sessionPresent = !cleanStart && parts[3].int == 1
         // Takeover: close the previous connection of this terminal wherever it is.
-        let handle = SessionHandle(terminal: terminal, epoch: epoch, handler: NIOLoopBound(self, eventLoop: context!.eventLoop))
+        let handle = SessionHandle(
+            terminal: terminal,
+            epoch: epoch,
+            connectedAt: connectedAt,
+            handler: NIOLoopBound(self, eventLoop: context!.eventLoop)
+        )
         self.handle = handle
         if let previous = node.registry.register(handle) {
             previous.execute { $0.takenOver() }
@@ -242,7 +259,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let wokenWhileRegistering = refillAgain
         refillAgain = false
         deliverStored(queue, previouslySent: sent)
-        if wokenWhileRegistering || queue.count >= node.configuration.inflightWindow { refill() }
+        if wokenWhileRegistering || (refillAgain && inflight.count < node.configuration.inflightWindow) { refill() }
         let live = earlyDeliveries
         earlyDeliveries = []
         for (message, tracked) in live { deliverLive(message, tracked: tracked) }
@@ -348,7 +365,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     // MARK: Delivery
 
-    /// Delivers stored entries in list order, skipping those already in flight.
+    /// Delivers stored entries in list order, skipping those already in flight. When a full
+    /// page was read and some of it left the list (sent at QoS 0, expired), more may be
+    /// waiting behind it: `refillAgain` asks for the next page.
     private func deliverStored(_ entries: [String], previouslySent: Set<String>) {
         var commands: [RedisCommand] = []
         let now = FleetClock.nowMillis()
@@ -366,6 +385,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 commands.append(RedisCommand("SREM", node.keys.sent(terminal), message.id))
                 commands.append(transition(message.id, .expired))
                 continue
+            }
+            // A terminal that does not read: the rest waits in Redis until it drains its socket.
+            if context?.channel.isWritable == false {
+                refillAgain = true
+                break
             }
             // The terminal's own subscription caps the QoS (MQTT 3.1.1 3.8.4); without one
             // (it unsubscribed from push/<id>) the message waits in Redis.
@@ -385,6 +409,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         context?.flush()
         if !commands.isEmpty { node.redis.fireAndForget(commands) }
+        if entries.count >= node.configuration.inflightWindow && commands.contains(where: { $0.name == "LREM" }) {
+            refillAgain = true
+        }
     }
 
     /// Writes one PUBLISH (not flushed) and tracks it when QoS 1.
@@ -438,6 +465,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         if done.tracked { commands.append(transition(done.message.id, .acknowledged)) }
         if !commands.isEmpty { node.redis.fireAndForget(commands) }
+        if case .draining = phase, inflight.isEmpty { return finishDraining() }
         if refillAgain { refill() }
     }
 
@@ -447,7 +475,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case .active: refill()
         // The registration already read the list; entries stored after that are read once it completes.
         case .registering: refillAgain = true
-        case .awaitingConnect, .closed: break
+        case .awaitingConnect, .draining, .closed: break
         }
     }
 
@@ -476,7 +504,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             case .failure(let error):
                 handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
             }
-            if handler.refillAgain && handler.inflight.count < handler.node.configuration.inflightWindow { handler.refill() }
+            let writable = handler.context?.channel.isWritable ?? false
+            if handler.refillAgain, writable, handler.inflight.count < handler.node.configuration.inflightWindow { handler.refill() }
         }
     }
 
@@ -495,7 +524,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             return
         case .active:
             break
-        case .awaitingConnect, .closed:
+        case .awaitingConnect, .draining, .closed:
             return
         }
         var message = message
@@ -503,7 +532,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         if message.topic.isEmpty { message.topic = "push/\(terminal)" }
         guard let granted = grantedQoS(for: message.topic) else { return }
         let qos = min(granted, message.qos > 0 ? .atLeastOnce : .atMostOnce)
-        if qos == .atLeastOnce && inflight.count >= 4 * node.configuration.inflightWindow {
+        // Online-only messages are not kept for a terminal that does not keep up.
+        if context?.channel.isWritable == false || (qos == .atLeastOnce && inflight.count >= 4 * node.configuration.inflightWindow) {
             node.metrics.dropped.increment()
             if tracked { node.redis.fireAndForget([transition(message.id, .dropped)]) }
             return
@@ -525,7 +555,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     /// A newer connection of the same terminal registered: leave without touching the route.
     func takenOver() {
-        guard case .active = phase else { return close() }
+        switch phase {
+        case .active, .draining: break
+        default: return close()
+        }
         logger.info("session taken over")
         if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: .sessionTakenOver)), flush: true) }
         close()
@@ -537,11 +570,21 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         takenOver()
     }
 
-    /// Closes the connection for a node shutdown.
-    func shutDown() {
-        if version.hasProperties, case .active = phase {
-            write(.disconnect(MQTTDisconnectPacket(reasonCode: .serverShuttingDown)), flush: true)
+    /// Node shutdown: stop delivering, let in-flight messages be acknowledged (up to
+    /// `timeout`) so the terminal does not get them twice elsewhere, then DISCONNECT 0x8B
+    /// (MQTT 5) and close. What is not acknowledged stays stored for the next connection.
+    func drain(timeout: TimeAmount) {
+        guard case .active = phase, let context else { return close() }
+        phase = .draining
+        if inflight.isEmpty { return finishDraining() }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: timeout) {
+            if case .draining = loopBound.value.phase { loopBound.value.finishDraining() }
         }
+    }
+
+    private func finishDraining() {
+        if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: .serverShuttingDown)), flush: true) }
         close()
     }
 

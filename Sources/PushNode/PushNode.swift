@@ -52,12 +52,32 @@ public final class PushNode: Service, Sendable {
 
     public func run() async throws {
         let keys = configuration.keys
+        let context = self.context
+        // After Redis comes back: write the routes back if it lost them, and have every session
+        // re-read its list, since wake events published while the subscriber was away are gone.
+        context.redis.onStateChange { connected in
+            guard connected else { return }
+            let sessions = context.registry.all
+            guard !sessions.isEmpty else { return }
+            context.logger.info("redis connected: re-asserting routes", metadata: ["sessions": "\(sessions.count)"])
+            context.redis.fireAndForget(
+                sessions.map {
+                    FleetScripts.reassertRoute.command(
+                        keys: [keys.route($0.terminal)],
+                        arguments: [context.nodeID, $0.epoch, String($0.connectedAt)]
+                    )
+                }
+            )
+        }
+        subscriber.onStateChange { connected in
+            guard connected else { return }
+            for handle in context.registry.all { handle.execute { $0.wake() } }
+        }
         context.redis.start()
         subscriber.subscribe([keys.nodeChannel(configuration.nodeID)], sharded: true)
         subscriber.subscribe([keys.broadcastChannel])
         subscriber.start()
 
-        let context = self.context
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -86,8 +106,8 @@ public final class PushNode: Service, Sendable {
             try? await gracefulShutdown()
             context.logger.info("push node shutting down")
             try? await server.close()
-            for handle in context.registry.all { handle.execute { $0.shutDown() } }
-            try? await Task.sleep(for: .milliseconds(200))
+            await self.drainSessions()
+            // After the routes' compare-and-delete scripts (same connection, in order).
             _ = try? await context.redis.pipeline([
                 RedisCommand("DEL", keys.node(configuration.nodeID)),
                 RedisCommand("SREM", keys.nodes, configuration.nodeID),
@@ -96,6 +116,24 @@ public final class PushNode: Service, Sendable {
         }
         await subscriber.close()
         await context.redis.close()
+    }
+
+    /// Closes every session at `drainRate` per second and waits (bounded) until all are gone.
+    private func drainSessions() async {
+        let sessions = context.registry.all
+        let timeout = TimeAmount.seconds(Int64(configuration.drainTimeout))
+        let batch = max(1, configuration.drainRate / 10)
+        context.logger.info("draining sessions", metadata: ["sessions": "\(sessions.count)", "rate": "\(configuration.drainRate)"])
+        var index = 0
+        while index < sessions.count {
+            for handle in sessions[index..<min(index + batch, sessions.count)] { handle.execute { $0.drain(timeout: timeout) } }
+            index += batch
+            if index < sessions.count { try? await Task.sleep(for: .milliseconds(100)) }
+        }
+        let deadline = ContinuousClock.now + .seconds(configuration.drainTimeout + 1)
+        while context.registry.count > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
     }
 
     /// Dispatches node channel and broadcast channel events to sessions.

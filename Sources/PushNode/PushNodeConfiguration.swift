@@ -28,6 +28,11 @@ public struct PushNodeConfiguration: Sendable {
     public var livenessTTL: Int = 10
     /// Seconds a connection may stay silent before sending CONNECT.
     public var connectTimeout: Int = 10
+    /// Connections closed per second when the node shuts down, so terminals do not all
+    /// reconnect elsewhere at once.
+    public var drainRate: Int = 2_000
+    /// Seconds a closing connection waits for its in-flight messages to be acknowledged.
+    public var drainTimeout: Int = 5
     /// Topic filters any authenticated terminal may subscribe to besides its own.
     public var publicTopicFilters: [String] = []
 

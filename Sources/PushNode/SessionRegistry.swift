@@ -32,6 +32,8 @@ final class SessionRegistry: Sendable {
 struct SessionHandle: Sendable {
     let terminal: String
     let epoch: String
+    /// Unix milliseconds of the registration.
+    let connectedAt: Int64
     let handler: NIOLoopBound<MQTTConnectionHandler>
 
     /// Runs `body` with the handler on the handler's event loop.

@@ -27,6 +27,15 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "Consumer name in the command stream group (env PUSHFLEET_CONSUMER; default control-<host>-<pid>).")
     var consumer: String?
 
+    @Option(help: "Seconds message status records are kept (env PUSHFLEET_STATUS_RETENTION; default 604800).")
+    var statusRetention: Int?
+
+    @Option(help: "Most stored messages per terminal; older ones are dropped and counted (env PUSHFLEET_QUEUE_CAP; default 1000).")
+    var queueCap: Int?
+
+    @Option(help: "Seconds before another control node claims a command stream entry left unacknowledged (env PUSHFLEET_CLAIM_IDLE; default 30).")
+    var claimIdle: Int?
+
     func run() async throws {
         Bootstrap.logging(level: try common.level())
         let metrics = Bootstrap.metrics()
@@ -54,6 +63,9 @@ struct ControlCommand: AsyncParsableCommand {
         if let endpoints = endpoints ?? env("ENDPOINTS") {
             configuration.advertisedEndpoints = endpoints.split(separator: ",").map(String.init)
         }
+        configuration.statusRetention = try positive(statusRetention, env: "STATUS_RETENTION", option: "--status-retention") ?? configuration.statusRetention
+        configuration.offlineQueueCap = try positive(queueCap, env: "QUEUE_CAP", option: "--queue-cap") ?? configuration.offlineQueueCap
+        configuration.claimIdle = try positive(claimIdle, env: "CLAIM_IDLE", option: "--claim-idle") ?? configuration.claimIdle
         return configuration
     }
 }
@@ -89,6 +101,12 @@ struct NodeCommand: AsyncParsableCommand {
 
     @Option(help: "Comma separated topic filters any terminal may subscribe to besides its own (env PUSHFLEET_PUBLIC_TOPICS).")
     var publicTopics: String?
+
+    @Option(help: "Connections closed per second on shutdown (env PUSHFLEET_DRAIN_RATE; default 2000).")
+    var drainRate: Int?
+
+    @Option(help: "Seconds a closing connection waits for in-flight acknowledgements on shutdown (env PUSHFLEET_DRAIN_TIMEOUT; default 5).")
+    var drainTimeout: Int?
 
     func run() async throws {
         Bootstrap.logging(level: try common.level())
@@ -126,6 +144,15 @@ struct NodeCommand: AsyncParsableCommand {
         if let topics = publicTopics ?? env("PUBLIC_TOPICS") {
             configuration.publicTopicFilters = topics.split(separator: ",").map(String.init)
         }
+        configuration.drainRate = try positive(drainRate, env: "DRAIN_RATE", option: "--drain-rate") ?? configuration.drainRate
+        configuration.drainTimeout = try positive(drainTimeout, env: "DRAIN_TIMEOUT", option: "--drain-timeout") ?? configuration.drainTimeout
         return configuration
     }
+}
+
+/// An integer option from the flag or `PUSHFLEET_<env>`, which must be positive.
+func positive(_ flag: Int?, env name: String, option: String) throws -> Int? {
+    guard let value = flag ?? env(name).flatMap({ Int($0) }) else { return nil }
+    guard value > 0 else { throw ValidationError("\(option) must be positive") }
+    return value
 }
