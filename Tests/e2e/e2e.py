@@ -15,138 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
-import urllib.error
 import urllib.request
 
 import paho.mqtt.client as mqtt
 
-SECRET = "e2e-secret"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
-
-
-def wait_for(condition, timeout=10.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Fleet:
-    def __init__(self, binary):
-        self.binary = os.path.abspath(binary)
-        self.dir = tempfile.mkdtemp(prefix="pushfleet-e2e-")
-        self.procs = {}
-        self.redis_port = free_port()
-        self.control_port = free_port()
-        self.node_ports = [free_port(), free_port()]
-        self.admin_ports = [free_port(), free_port()]
-        self.lb_mqtt = free_port()
-        self.lb_http = free_port()
-
-    def log(self, name):
-        return open(os.path.join(self.dir, name + ".log"), "w")
-
-    def start(self, name, args, env=None):
-        full_env = dict(os.environ, **(env or {}))
-        self.procs[name] = subprocess.Popen(args, stdout=self.log(name), stderr=subprocess.STDOUT, env=full_env)
-
-    def start_all(self):
-        self.start("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
-                             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
-        # Ready by its own log, not just "something accepts on the port".
-        wait_for(lambda: "Ready to accept connections" in open(os.path.join(self.dir, "redis.log")).read(), what="redis-server ready")
-        redis = f"redis://127.0.0.1:{self.redis_port}"
-        # Flags and environment both: the control node takes its secret from PUSHFLEET_SECRET.
-        self.start("control", [self.binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{self.control_port}",
-                               "--endpoints", f"mqtt://127.0.0.1:{self.lb_mqtt}"], env={"PUSHFLEET_SECRET": SECRET})
-        for index, port in enumerate(self.node_ports):
-            self.start(f"node{index + 1}", [self.binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{port}",
-                                            "--node-id", f"n{index + 1}", "--secret", SECRET,
-                                            "--admin", f"127.0.0.1:{self.admin_ports[index]}"])
-        cfg = os.path.join(self.dir, "haproxy.cfg")
-        with open(cfg, "w") as f:
-            f.write(f"""global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend mqtt
-    bind 127.0.0.1:{self.lb_mqtt}
-    default_backend pushnodes
-backend pushnodes
-    balance roundrobin
-    server n1 127.0.0.1:{self.node_ports[0]} check inter 1s
-    server n2 127.0.0.1:{self.node_ports[1]} check inter 1s
-frontend api
-    bind 127.0.0.1:{self.lb_http}
-    default_backend control
-backend control
-    server c1 127.0.0.1:{self.control_port} check inter 1s
-""")
-        self.start("haproxy", ["haproxy", "-f", cfg, "-db"])
-        for port in [self.control_port, *self.node_ports, self.lb_mqtt, self.lb_http]:
-            wait_port(port)
-        assert all(self.alive().values()), f"a process exited at start: {self.alive()}"
-        # Both nodes registered their liveness.
-        wait_for(lambda: len(self.api("GET", "/v1/nodes")[1]["nodes"]) == 2, what="two live nodes")
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def alive(self):
-        return {name: proc.poll() is None for name, proc in self.procs.items()}
-
-    def api(self, method, path, body=None, raw=None):
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(f"http://127.0.0.1:{self.lb_http}{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                text = response.read()
-                return response.status, json.loads(text) if text else None
-        except urllib.error.HTTPError as error:
-            text = error.read()
-            return error.code, json.loads(text) if text else None
-
-    def credential(self, terminal):
-        status, body = self.api("POST", "/v1/credentials", {"terminal": terminal})
-        assert status == 201, (status, body)
-        return body["password"]
-
-    def redis_cli(self, *args):
-        return subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], check=True, capture_output=True, text=True).stdout.strip()
-
+from fleet import Fleet, RawMQTT, parse_publish, wait_for
 
 def mosquitto_sub(port, terminal, password, count, extra=()):
     return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-i", terminal, "-u", terminal,
@@ -156,79 +31,6 @@ def mosquitto_sub(port, terminal, password, count, extra=()):
 
 def route_node(fleet, terminal):
     return fleet.redis_cli("HGET", f"pushfleet:{{t:{terminal}}}:route", "node")
-
-
-class RawMQTT:
-    """A byte-level MQTT 3.1.1 client, for what real clients hide: DUP flags, withheld PUBACKs,
-    silence past the keepalive, odd CONNECTs."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-
-    @staticmethod
-    def string(text):
-        data = text.encode()
-        return len(data).to_bytes(2, "big") + data
-
-    @staticmethod
-    def packet(first, body):
-        length, encoded = len(body), b""
-        while True:
-            byte, length = length % 128, length // 128
-            encoded += bytes([byte | (0x80 if length else 0)])
-            if not length:
-                return bytes([first]) + encoded + body
-
-    def connect(self, client_id, password=None, keepalive=60, clean=True, level=4):
-        flags = (0x02 if clean else 0) | ((0xC0) if password is not None else 0)
-        body = self.string("MQTT") + bytes([level, flags]) + keepalive.to_bytes(2, "big") + self.string(client_id)
-        if password is not None:
-            body += self.string(client_id) + self.string(password)
-        self.sock.sendall(self.packet(0x10, body))
-        return self.read()
-
-    def read(self):
-        """Returns (first byte, body) of the next packet, or None when the server closed."""
-        while True:
-            if len(self.buffer) >= 2:
-                length, multiplier, index = 0, 1, 1
-                while index < len(self.buffer):
-                    byte = self.buffer[index]
-                    length += (byte & 0x7F) * multiplier
-                    multiplier *= 128
-                    index += 1
-                    if not byte & 0x80:
-                        if len(self.buffer) >= index + length:
-                            packet = (self.buffer[0], self.buffer[index:index + length])
-                            self.buffer = self.buffer[index + length:]
-                            return packet
-                        break
-            data = self.sock.recv(65536)
-            if not data:
-                return None
-            self.buffer += data
-
-    def subscribe(self, topic_filter, qos, packet_id=1):
-        body = packet_id.to_bytes(2, "big") + self.string(topic_filter) + bytes([qos])
-        self.sock.sendall(self.packet(0x82, body))
-        return self.read()
-
-    def puback(self, packet_id):
-        self.sock.sendall(bytes([0x40, 2]) + packet_id.to_bytes(2, "big"))
-
-    def close(self):
-        self.sock.close()
-
-
-def parse_publish(first, body):
-    topic_length = int.from_bytes(body[:2], "big")
-    topic = body[2:2 + topic_length].decode()
-    qos = (first >> 1) & 3
-    rest = body[2 + topic_length:]
-    packet_id = int.from_bytes(rest[:2], "big") if qos else None
-    payload = rest[2:] if qos else rest
-    return {"topic": topic, "qos": qos, "dup": bool(first & 0x08), "id": packet_id, "payload": payload}
 
 
 # ---------------------------------------------------------------- scenarios
@@ -493,9 +295,14 @@ def main():
             sys.exit(f"e2e: {tool} is not installed")
     fleet = Fleet(args.bin)
     failures = 0
+    tests = [(name, fn) for name, fn in globals().items() if name.startswith("test_") and args.k in name]
     try:
-        fleet.start_all()
-        tests = [(name, fn) for name, fn in globals().items() if name.startswith("test_") and args.k in name]
+        try:
+            fleet.start_all()
+        except Exception:
+            failures = len(tests)
+            traceback.print_exc()
+            raise
         for name, fn in tests:
             started = time.time()
             try:

@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Fault suite: real processes are killed under load and every accepted message is accounted for.
+
+Each scenario starts its own fleet (redis-server with AOF, two control nodes, two push nodes,
+haproxy in front of both), connects terminals through haproxy (paho-mqtt, MQTT 5, reconnecting
+on their own), pushes at a steady rate, injects one fault, then waits for delivery and prints:
+accepted, delivered, lost, duplicated, and whether the message status counts agree with what
+the terminals counted.
+
+  python3 Tests/e2e/fault.py --bin .build/debug/pushfleet                    # CI size
+  python3 Tests/e2e/fault.py --bin ... --terminals 2000 --rate 500 --seconds 60   # larger
+
+Scenarios: push-node-kill, control-node-kill, redis-restart, rolling-restart, slow-terminal.
+"""
+import argparse
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import defaultdict
+
+import paho.mqtt.client as mqtt
+
+from fleet import Fleet, RawMQTT, wait_for
+
+
+class Terminals:
+    """Terminals that count what they receive, by message id (MQTT 5 user property)."""
+
+    def __init__(self, fleet, count, prefix):
+        self.fleet = fleet
+        self.ids = [f"{prefix}-{i}" for i in range(count)]
+        self.received = defaultdict(list)  # terminal -> [message ids in arrival order]
+        self.lock = threading.Lock()
+        self.clients = []
+        self.disconnects = 0
+
+    def start(self):
+        for terminal in self.ids:
+            password = self.fleet.credential(terminal)
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=terminal, protocol=mqtt.MQTTv5)
+            client.username_pw_set(terminal, password)
+            client.reconnect_delay_set(min_delay=0.2, max_delay=1)
+            client.on_message = self._on_message(terminal)
+            client.on_disconnect = self._on_disconnect
+            client.connect_async("127.0.0.1", self.fleet.lb_mqtt, keepalive=10)
+            client.loop_start()
+            self.clients.append(client)
+        wait_for(lambda: self.fleet.redis_cli("EVAL", ONLINE_COUNT, "0", *self.ids) == str(len(self.ids)),
+                 timeout=30, what="all terminals online")
+
+    def _on_message(self, terminal):
+        def handler(client, userdata, message):
+            ids = [value for key, value in (message.properties.UserProperty or []) if key == "message-id"]
+            with self.lock:
+                self.received[terminal].append(ids[0] if ids else message.payload.decode())
+        return handler
+
+    def _on_disconnect(self, *args):
+        with self.lock:
+            self.disconnects += 1
+
+    def stop(self):
+        for client in self.clients:
+            client.disconnect()
+            client.loop_stop()
+
+    def snapshot(self):
+        with self.lock:
+            return {t: list(ids) for t, ids in self.received.items()}
+
+
+ONLINE_COUNT = """
+local n = 0
+for _, t in ipairs(ARGV) do
+  if redis.call('EXISTS', 'pushfleet:{t:' .. t .. '}:route') == 1 then n = n + 1 end
+end
+return n
+"""
+
+
+ROUTES_ON_NODE = """
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('HGET', 'pushfleet:{t:' .. ARGV[i] .. '}:route', 'node') == ARGV[1] then n = n + 1 end
+end
+return n
+"""
+
+
+class Load:
+    """Pushes one message to a random terminal every 1/rate seconds, through the API (with an
+    idempotency key, retried until it is accepted or refused for good) or the command stream."""
+
+    def __init__(self, fleet, terminals, rate, via="api"):
+        self.fleet, self.terminals, self.rate, self.via = fleet, terminals, rate, via
+        self.accepted = {}  # message id -> terminal
+        self.refused = 0  # 503 answers (retried)
+        self.running = False
+        self.thread = None
+        self.redis = None
+
+    def start(self):
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+
+    def _run(self):
+        sequence = 0
+        next_at = time.time()
+        while self.running:
+            terminal = random.choice(self.terminals)
+            sequence += 1
+            if self.via == "api":
+                self._push_api(terminal, sequence)
+            else:
+                self._push_stream(terminal, sequence)
+            next_at += 1.0 / self.rate
+            time.sleep(max(0.0, next_at - time.time()))
+
+    def _push_api(self, terminal, sequence):
+        key = str(uuid.uuid4())
+        for _ in range(100):
+            try:
+                status, body = self.fleet.api("POST", "/v1/push", {"to": [terminal], "payload": f"m{sequence}", "qos": 1,
+                                                                   "ttl": 600, "idempotencyKey": key})
+            except OSError:
+                status, body = None, None
+            if status == 202:
+                self.accepted[body["id"]] = terminal
+                return
+            if status == 503:
+                self.refused += 1
+            time.sleep(0.1)
+
+    def _push_stream(self, terminal, sequence):
+        for _ in range(100):
+            try:
+                if self.redis is None:
+                    self.redis = socket.create_connection(("127.0.0.1", self.fleet.redis_port), timeout=5)
+                args = ["XADD", "pushfleet:push", "*", "to", terminal, "payload", f"m{sequence}", "ttl", "600"]
+                self.redis.sendall(resp(args))
+                reply = self.redis.recv(1024).decode()
+                if reply.startswith("$"):
+                    self.accepted[reply.split("\r\n")[1]] = terminal
+                    return
+            except OSError:
+                self.redis = None
+            time.sleep(0.1)
+
+
+def resp(args):
+    out = f"*{len(args)}\r\n"
+    for arg in args:
+        out += f"${len(arg.encode())}\r\n{arg}\r\n"
+    return out.encode()
+
+
+def account(fleet, load, terminals, settle):
+    """Waits up to `settle` seconds for every accepted message, then counts."""
+    def missing():
+        got = terminals.snapshot()
+        seen = {(t, m) for t, ids in got.items() for m in ids}
+        return [m for m, t in load.accepted.items() if (t, m) not in seen]
+    deadline = time.time() + settle
+    while missing() and time.time() < deadline:
+        time.sleep(0.5)
+    got = terminals.snapshot()
+    received = sum(len(ids) for ids in got.values())
+    unique = {(t, m) for t, ids in got.items() for m in ids}
+    delivered = sum(1 for m, t in load.accepted.items() if (t, m) in unique)
+    duplicated = received - len(unique)
+    # Status records: each message has one target, which must show acknowledged.
+    time.sleep(1)
+    disagree = 0
+    for message_id, terminal in load.accepted.items():
+        status, body = fleet.api("GET", f"/v1/messages/{message_id}")
+        if status != 200 or body["acknowledged"] != 1 or body["terminals"].get(terminal) != "acknowledged":
+            disagree += 1
+    return {"accepted": len(load.accepted), "delivered": delivered, "lost": len(load.accepted) - delivered,
+            "duplicated": duplicated, "status_disagree": disagree, "refused_503": load.refused,
+            "reconnects": terminals.disconnects}
+
+
+def run_with_load(args, name, fault, via="api", control_args=(), node_args=()):
+    fleet = Fleet(args.bin, controls=2, nodes=2, control_args=control_args, node_args=node_args)
+    try:
+        fleet.start_all()
+        terminals = Terminals(fleet, args.terminals, name)
+        terminals.start()
+        load = Load(fleet, terminals.ids, args.rate, via=via)
+        load.start()
+        time.sleep(args.seconds / 3)
+        fault(fleet)
+        time.sleep(args.seconds * 2 / 3)
+        load.stop()
+        result = account(fleet, load, terminals, settle=30)
+        terminals.stop()
+        return result
+    finally:
+        fleet.stop_all()
+
+
+def push_node_kill(args):
+    def fault(fleet):
+        held = fleet.redis_cli("EVAL", ROUTES_ON_NODE, "0", "n1", *[f"kill-{i}" for i in range(args.terminals)])
+        assert int(held) > 0, "no terminal on the node to kill"
+        fleet.kill("node1", signal.SIGKILL)
+    return run_with_load(args, "kill", fault)
+
+
+def control_node_kill(args):
+    def fault(fleet):
+        fleet.kill("control1", signal.SIGKILL)
+    # Entries the dead consumer had read are claimed after 2 s of idleness.
+    return run_with_load(args, "ctl", fault, via="stream", control_args=["--claim-idle", "2"])
+
+
+def redis_restart(args):
+    def fault(fleet):
+        fleet.kill("redis", signal.SIGTERM)  # AOF is written on shutdown
+        time.sleep(2)
+        fleet.start_redis()
+    return run_with_load(args, "redis", fault)
+
+
+def rolling_restart(args):
+    def fault(fleet):
+        for node in ["node1", "node2"]:
+            assert fleet.kill(node, signal.SIGTERM) == 0
+            fleet.restart(node)
+            time.sleep(2)
+    return run_with_load(args, "roll", fault)
+
+
+def slow_terminal(args):
+    """A terminal that never reads while large messages are pushed to it: node memory stays bounded."""
+    fleet = Fleet(args.bin, controls=1, nodes=1)
+    try:
+        fleet.start_all()
+        client = RawMQTT(fleet.node_ports[0])
+        assert client.connect("sloth", fleet.credential("sloth"), keepalive=0)[1][1] == 0
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        wait_for(lambda: fleet.redis_cli("EXISTS", "pushfleet:{t:sloth}:route") == "1", what="sloth online")
+        before = fleet.rss_kib("node1")
+        payload = "x" * 60_000
+        pushed = 0
+        for index in range(args.slow_messages):
+            qos, ttl = (0, 0) if index % 2 else (1, 600)
+            status, _ = fleet.api("POST", "/v1/push", {"to": ["sloth"], "payload": payload, "qos": qos, "ttl": ttl})
+            pushed += status == 202
+        time.sleep(2)
+        after = fleet.rss_kib("node1")
+        queued = fleet.api("GET", "/v1/terminals/sloth")[1]["queued"]
+        client.close()
+        return {"accepted": pushed, "pushed_mib": round(pushed * 60_000 / 2**20, 1), "rss_before_mib": round(before / 1024, 1),
+                "rss_after_mib": round(after / 1024, 1), "growth_mib": round((after - before) / 1024, 1), "still_queued": queued}
+    finally:
+        fleet.stop_all()
+
+
+SCENARIOS = {
+    "push-node-kill": (push_node_kill, lambda r: r["lost"] == 0 and r["status_disagree"] == 0),
+    "control-node-kill": (control_node_kill, lambda r: r["lost"] == 0 and r["status_disagree"] == 0),
+    "redis-restart": (redis_restart, lambda r: r["lost"] == 0 and r["status_disagree"] == 0),
+    "rolling-restart": (rolling_restart, lambda r: r["lost"] == 0 and r["duplicated"] == 0 and r["status_disagree"] == 0),
+    "slow-terminal": (slow_terminal, lambda r: r["growth_mib"] < 64 and r["accepted"] > 0),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("--terminals", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=25, help="pushes per second")
+    parser.add_argument("--seconds", type=float, default=9, help="load duration per scenario")
+    parser.add_argument("--slow-messages", type=int, default=400)
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
+    args = parser.parse_args()
+    failed = []
+    rows = []
+    for name in args.scenarios:
+        run, ok = SCENARIOS[name]
+        started = time.time()
+        try:
+            result = run(args)
+            passed = ok(result)
+        except Exception:
+            traceback.print_exc()
+            result, passed = {"error": "see traceback"}, False
+        rows.append((name, passed, time.time() - started, result))
+        print(f"{'PASS' if passed else 'FAIL'} {name}: {result}", flush=True)
+        if not passed:
+            failed.append(name)
+    print()
+    print(f"{'scenario':<18} {'result':<6} {'secs':>5}  figures")
+    for name, passed, seconds, result in rows:
+        figures = "  ".join(f"{k}={v}" for k, v in result.items())
+        print(f"{name:<18} {'ok' if passed else 'FAIL':<6} {seconds:>5.0f}  {figures}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Shared harness for the end-to-end and fault tests: a PushFleet on 127.0.0.1 as real
+processes (redis-server, control nodes, push nodes, haproxy) and small MQTT helpers."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+SECRET = "e2e-secret"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def wait_for(condition, timeout=10.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Fleet:
+    """redis-server (AOF), `controls` control nodes and `nodes` push nodes, haproxy in front of
+    both (MQTT round robin, API round robin), all on 127.0.0.1. Processes keep their command
+    lines so a test can kill and restart them."""
+
+    def __init__(self, binary, controls=1, nodes=2, control_args=(), node_args=()):
+        self.binary = os.path.abspath(binary)
+        self.dir = tempfile.mkdtemp(prefix="pushfleet-e2e-")
+        self.procs = {}
+        self.commands = {}
+        self.redis_port = free_port()
+        self.control_ports = [free_port() for _ in range(controls)]
+        self.control_port = self.control_ports[0]
+        self.node_ports = [free_port() for _ in range(nodes)]
+        self.admin_ports = [free_port() for _ in range(nodes)]
+        self.lb_mqtt = free_port()
+        self.lb_http = free_port()
+        self.control_args = list(control_args)
+        self.node_args = list(node_args)
+
+    def start(self, name, args, env=None):
+        self.commands[name] = (args, env)
+        full_env = dict(os.environ, **(env or {}))
+        log = open(os.path.join(self.dir, name + ".log"), "a")
+        self.procs[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+
+    def restart(self, name):
+        """Starts `name` again with the command line it had."""
+        args, env = self.commands[name]
+        self.start(name, args, env)
+
+    def kill(self, name, sig=signal.SIGKILL, wait=True):
+        self.procs[name].send_signal(sig)
+        if wait:
+            return self.procs[name].wait(timeout=30)
+
+    def start_redis(self):
+        self.start("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
+                             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                             "--logfile", os.path.join(self.dir, "redis-server.log")])
+        # Ready by its own log, not just "something accepts on the port".
+        wait_for(lambda: os.path.exists(os.path.join(self.dir, "redis-server.log")) and
+                 open(os.path.join(self.dir, "redis-server.log")).read().count("Ready to accept connections") >
+                 getattr(self, "_redis_starts", 0), what="redis-server ready")
+        self._redis_starts = getattr(self, "_redis_starts", 0) + 1
+
+    def start_all(self):
+        self.start_redis()
+        redis = f"redis://127.0.0.1:{self.redis_port}"
+        for index, port in enumerate(self.control_ports):
+            # Flags and environment both: the control node takes its secret from PUSHFLEET_SECRET.
+            self.start(f"control{index + 1}", [self.binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{port}",
+                                               "--endpoints", f"mqtt://127.0.0.1:{self.lb_mqtt}",
+                                               "--consumer", f"c{index + 1}", *self.control_args],
+                       env={"PUSHFLEET_SECRET": SECRET})
+        for index, port in enumerate(self.node_ports):
+            self.start(f"node{index + 1}", [self.binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{port}",
+                                            "--node-id", f"n{index + 1}", "--secret", SECRET,
+                                            "--admin", f"127.0.0.1:{self.admin_ports[index]}", *self.node_args])
+        nodes = "\n".join(f"    server n{i + 1} 127.0.0.1:{p} check inter 500ms fall 1 rise 1" for i, p in enumerate(self.node_ports))
+        controls = "\n".join(f"    server c{i + 1} 127.0.0.1:{p} check inter 500ms fall 1 rise 1" for i, p in enumerate(self.control_ports))
+        cfg = os.path.join(self.dir, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(f"""global
+    maxconn 9000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    option redispatch
+    retries 3
+frontend mqtt
+    bind 127.0.0.1:{self.lb_mqtt}
+    default_backend pushnodes
+backend pushnodes
+    balance roundrobin
+{nodes}
+frontend api
+    bind 127.0.0.1:{self.lb_http}
+    default_backend control
+backend control
+    balance roundrobin
+{controls}
+""")
+        self.start("haproxy", ["haproxy", "-f", cfg, "-db"])
+        for port in [*self.control_ports, *self.node_ports, self.lb_mqtt, self.lb_http]:
+            wait_port(port)
+        assert all(self.alive().values()), f"a process exited at start: {self.alive()}"
+        wait_for(lambda: len(self.api("GET", "/v1/nodes")[1]["nodes"]) == len(self.node_ports), what="live push nodes")
+        self.wait_balanced()
+
+    def wait_balanced(self, timeout=15.0):
+        """Connects a probe terminal through haproxy until every push node has answered, so
+        haproxy's health checks have marked them all up."""
+        password = self.credential("lb-probe")
+        seen = set()
+        deadline = time.time() + timeout
+        while len(seen) < len(self.node_ports) and time.time() < deadline:
+            probe = RawMQTT(self.lb_mqtt)
+            if probe.connect("lb-probe", password) == (0x20, b"\x00\x00"):
+                seen.add(self.redis_cli("HGET", "pushfleet:{t:lb-probe}:route", "node"))
+            probe.close()
+            time.sleep(0.1)
+        assert len(seen) == len(self.node_ports), f"haproxy reached only {seen}"
+
+    def stop_all(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def alive(self):
+        return {name: proc.poll() is None for name, proc in self.procs.items()}
+
+    def api(self, method, path, body=None, raw=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(f"http://127.0.0.1:{self.lb_http}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read()
+                return response.status, json.loads(text) if text else None
+        except urllib.error.HTTPError as error:
+            text = error.read()
+            return error.code, json.loads(text) if text else None
+
+    def credential(self, terminal):
+        status, body = self.api("POST", "/v1/credentials", {"terminal": terminal})
+        assert status == 201, (status, body)
+        return body["password"]
+
+    def rss_kib(self, name):
+        with open(f"/proc/{self.procs[name].pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def redis_cli(self, *args):
+        return subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+class RawMQTT:
+    """A byte-level MQTT 3.1.1 client, for what real clients hide: DUP flags, withheld PUBACKs,
+    silence past the keepalive, odd CONNECTs."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    @staticmethod
+    def string(text):
+        data = text.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    @staticmethod
+    def packet(first, body):
+        length, encoded = len(body), b""
+        while True:
+            byte, length = length % 128, length // 128
+            encoded += bytes([byte | (0x80 if length else 0)])
+            if not length:
+                return bytes([first]) + encoded + body
+
+    def connect(self, client_id, password=None, keepalive=60, clean=True, level=4):
+        flags = (0x02 if clean else 0) | ((0xC0) if password is not None else 0)
+        body = self.string("MQTT") + bytes([level, flags]) + keepalive.to_bytes(2, "big") + self.string(client_id)
+        if password is not None:
+            body += self.string(client_id) + self.string(password)
+        self.sock.sendall(self.packet(0x10, body))
+        return self.read()
+
+    def read(self):
+        """Returns (first byte, body) of the next packet, or None when the server closed."""
+        while True:
+            if len(self.buffer) >= 2:
+                length, multiplier, index = 0, 1, 1
+                while index < len(self.buffer):
+                    byte = self.buffer[index]
+                    length += (byte & 0x7F) * multiplier
+                    multiplier *= 128
+                    index += 1
+                    if not byte & 0x80:
+                        if len(self.buffer) >= index + length:
+                            packet = (self.buffer[0], self.buffer[index:index + length])
+                            self.buffer = self.buffer[index + length:]
+                            return packet
+                        break
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buffer += data
+
+    def subscribe(self, topic_filter, qos, packet_id=1):
+        body = packet_id.to_bytes(2, "big") + self.string(topic_filter) + bytes([qos])
+        self.sock.sendall(self.packet(0x82, body))
+        return self.read()
+
+    def puback(self, packet_id):
+        self.sock.sendall(bytes([0x40, 2]) + packet_id.to_bytes(2, "big"))
+
+    def close(self):
+        self.sock.close()
+
+
+def parse_publish(first, body):
+    topic_length = int.from_bytes(body[:2], "big")
+    topic = body[2:2 + topic_length].decode()
+    qos = (first >> 1) & 3
+    rest = body[2 + topic_length:]
+    packet_id = int.from_bytes(rest[:2], "big") if qos else None
+    payload = rest[2:] if qos else rest
+    return {"topic": topic, "qos": qos, "dup": bool(first & 0x08), "id": packet_id, "payload": payload}
+
+
