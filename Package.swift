@@ -119,6 +119,10 @@ let package = Package(
             dependencies: ["FleetCore", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(
+            name: "PushNodeTests",
+            dependencies: ["PushNode", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "ControlNodeTests",
             dependencies: ["ControlNode", "FleetCore", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),

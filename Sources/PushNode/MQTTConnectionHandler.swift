@@ -176,7 +176,18 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         logger[metadataKey: "terminal"] = "\(terminal)"
         keepAlive = .seconds(Int64(connect.keepAlive))
         phase = .registering
-        register(issuedAt: issuedAt, assignedID: assigned)
+        guard let limiter = node.connectLimiter else { return register(issuedAt: issuedAt, assignedID: assigned) }
+        guard let delay = limiter.admit() else {
+            node.metrics.connectsThrottled.increment()
+            return refuse(.v3ServerUnavailable, v5: .connectionRateExceeded)
+        }
+        guard delay > .zero, let context else { return register(issuedAt: issuedAt, assignedID: assigned) }
+        node.metrics.connectsThrottled.increment()
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let (issued, assignedID) = (issuedAt, assigned)
+        context.eventLoop.scheduleTask(in: delay) {
+            if case .registering = loopBound.value.phase { loopBound.value.register(issuedAt: issued, assignedID: assignedID) }
+        }
     }
 
     private func register(issuedAt: String, assignedID: String?) {
@@ -207,6 +218,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             return refuse(.v3ServerUnavailable, v5: .serverUnavailable)
         case .success(let reply):
             guard let array = reply.array, let status = array.first?.string else {
+                logger.warning("unexpected session registration reply", metadata: ["reply": "\(reply)"])
                 return refuse(.v3ServerUnavailable, v5: .serverUnavailable)
             }
             guard status == "ok", array.count == 7 else {

@@ -32,7 +32,8 @@ public final class PushNode: Service, Sendable {
             registry: SessionRegistry(),
             credentials: CredentialAuthority(secret: configuration.secret),
             logger: logger,
-            metrics: PushNodeMetrics()
+            metrics: PushNodeMetrics(),
+            connectLimiter: ConnectRateLimiter(rate: configuration.maximumConnectRate)
         )
         self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger)
     }

@@ -24,7 +24,11 @@ public struct PushNodeConfiguration: Sendable {
     public var maximumPacketSize: Int = 256 * 1024
     /// Unacknowledged QoS 1 messages per connection; stored messages beyond it wait in Redis.
     public var inflightWindow: Int = 32
-    /// Seconds a node's liveness key lives without a refresh.
+    /// Session registrations per second this node starts at most (0: no limit); CONNECTs
+    /// beyond it wait, up to 10 s, then are refused.
+    public var maximumConnectRate: Int = 20_000
+    /// Seconds a node's liveness key lives without a refresh: after a crash its terminals
+    /// count as offline within this time.
     public var livenessTTL: Int = 10
     /// Seconds a connection may stay silent before sending CONNECT.
     public var connectTimeout: Int = 10

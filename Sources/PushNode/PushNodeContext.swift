@@ -11,6 +11,7 @@ struct PushNodeContext: Sendable {
     let credentials: CredentialAuthority
     let logger: Logger
     let metrics: PushNodeMetrics
+    let connectLimiter: ConnectRateLimiter?
 
     var keys: FleetKeys { configuration.keys }
     var nodeID: String { configuration.nodeID }
@@ -21,6 +22,7 @@ struct PushNodeMetrics: Sendable {
     let connections = Meter(label: "pushfleet_node_connections")
     let connectsAccepted = Counter(label: "pushfleet_node_connects_total", dimensions: [("result", "accepted")])
     let connectsRefused = Counter(label: "pushfleet_node_connects_total", dimensions: [("result", "refused")])
+    let connectsThrottled = Counter(label: "pushfleet_node_connects_throttled_total")
     let delivered = Counter(label: "pushfleet_node_messages_delivered_total")
     let acknowledged = Counter(label: "pushfleet_node_messages_acknowledged_total")
     let expired = Counter(label: "pushfleet_node_messages_expired_total")

@@ -4,7 +4,8 @@ import NIOCore
 /// A batch of commands written in one flush; its promise gets one reply per command, in order.
 struct RedisRequest {
     var commands: [RedisCommand]
-    /// `nil` for fire-and-forget writes on a subscriber connection, whose replies arrive as pushes.
+    /// `nil` for fire-and-forget writes: their replies are read and dropped (on a subscriber
+    /// connection, replies arrive as pushes instead).
     var promise: EventLoopPromise<[RedisReply]>?
 }
 
@@ -19,7 +20,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private struct Pending {
         var expected: Int
         var replies: [RedisReply]
-        var promise: EventLoopPromise<[RedisReply]>
+        /// nil for fire-and-forget requests: their replies are dropped (errors logged by the caller's choice).
+        var promise: EventLoopPromise<[RedisReply]>?
         var timeout: Scheduled<Void>?
     }
 
@@ -52,14 +54,14 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         let request = unwrapOutboundIn(data)
         var buffer = context.channel.allocator.buffer(capacity: 64 * request.commands.count)
         for command in request.commands { command.encode(into: &buffer) }
-        if let replyPromise = request.promise {
-            if request.commands.isEmpty {
-                replyPromise.succeed([])
-            } else {
-                let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-                let timeout = context.eventLoop.scheduleTask(in: commandTimeout) { handler.value.timedOut() }
-                pending.append(Pending(expected: request.commands.count, replies: [], promise: replyPromise, timeout: timeout))
-            }
+        // Replies match requests by position, so every request on a command connection takes
+        // its place in the queue, even one whose replies nobody waits for.
+        if onPush == nil && !request.commands.isEmpty {
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let timeout = context.eventLoop.scheduleTask(in: commandTimeout) { handler.value.timedOut() }
+            pending.append(Pending(expected: request.commands.count, replies: [], promise: request.promise, timeout: timeout))
+        } else {
+            request.promise?.succeed([])
         }
         context.write(wrapOutboundOut(buffer), promise: promise)
     }
@@ -91,7 +93,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         if pending[pending.startIndex].replies.count == pending[pending.startIndex].expected {
             let done = pending.removeFirst()
             done.timeout?.cancel()
-            done.promise.succeed(done.replies)
+            done.promise?.succeed(done.replies)
         }
     }
 
@@ -125,7 +127,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private func failAll(_ error: RedisError) {
         while let item = pending.popFirst() {
             item.timeout?.cancel()
-            item.promise.fail(error)
+            item.promise?.fail(error)
         }
     }
 }

@@ -6,7 +6,8 @@ import NIOPosix
 ///
 /// SwiftNIO owns the socket; hiredis only formats commands and parses replies. Every call
 /// hops to the connection's event loop once: a pipeline of N commands is one write and one
-/// flush, and its replies complete one promise. All mutable state lives on `eventLoop`.
+/// flush, and its replies complete one promise; requests from one event loop tick share a
+/// flush. All mutable state lives on `eventLoop`.
 ///
 /// After the connection drops, the client reconnects with exponential backoff. On every
 /// (re)connect it authenticates, selects the database, loads the registered scripts and runs
@@ -29,6 +30,7 @@ public final class RedisConnection: @unchecked Sendable {
     private var state: State = .idle
     private var queued: [RedisRequest] = []
     private var failures = 0
+    private var flushScheduled = false
     private var connectHooks: [@Sendable (RedisConnection) -> [RedisCommand]] = []
     private var stateHooks: [@Sendable (Bool) -> Void] = []
 
@@ -121,9 +123,25 @@ public final class RedisConnection: @unchecked Sendable {
         }
     }
 
-    /// Writes commands without waiting for replies (subscriber connections).
+    /// Writes commands without waiting for their replies; error replies and failures are logged.
     public func fireAndForget(_ commands: [RedisCommand]) {
-        eventLoop.execute { self.submit(RedisRequest(commands: commands, promise: nil)) }
+        eventLoop.execute {
+            guard self.onPush == nil else { return self.submit(RedisRequest(commands: commands, promise: nil)) }
+            let promise = self.eventLoop.makePromise(of: [RedisReply].self)
+            promise.futureResult.whenComplete { result in
+                switch result {
+                case .success(let replies):
+                    for (command, reply) in zip(commands, replies) {
+                        if case .error(let message) = reply {
+                            self.logger.warning("redis command failed", metadata: ["command": "\(command.name)", "error": "\(message)"])
+                        }
+                    }
+                case .failure(let error):
+                    self.logger.debug("redis commands not sent", metadata: ["error": "\(error)", "commands": "\(commands.count)"])
+                }
+            }
+            self.submit(RedisRequest(commands: commands, promise: promise))
+        }
     }
 
     private func retryingNoScript(commands: [RedisCommand], replies: [RedisReply]) -> EventLoopFuture<[RedisReply]> {
@@ -148,7 +166,16 @@ public final class RedisConnection: @unchecked Sendable {
     private func submit(_ request: RedisRequest) {
         switch state {
         case .connected(let channel):
-            channel.writeAndFlush(request, promise: nil)
+            // Requests submitted in one event loop tick leave in one flush (one syscall):
+            // during a reconnect storm many sessions' registrations share a write.
+            channel.write(request, promise: nil)
+            if !flushScheduled {
+                flushScheduled = true
+                eventLoop.execute {
+                    self.flushScheduled = false
+                    if case .connected(let current) = self.state { current.flush() }
+                }
+            }
         case .idle, .connecting:
             if case .idle = state { connect() }
             guard queued.count < 100_000 else {

@@ -33,7 +33,9 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "Most stored messages per terminal; older ones are dropped and counted (env PUSHFLEET_QUEUE_CAP; default 1000).")
     var queueCap: Int?
 
-    @Option(help: "Seconds before another control node claims a command stream entry left unacknowledged (env PUSHFLEET_CLAIM_IDLE; default 30).")
+    @Option(
+        help:
+            "Seconds before another control node claims a command stream entry left unacknowledged (env PUSHFLEET_CLAIM_IDLE; default 30).")
     var claimIdle: Int?
 
     func run() async throws {
@@ -63,7 +65,8 @@ struct ControlCommand: AsyncParsableCommand {
         if let endpoints = endpoints ?? env("ENDPOINTS") {
             configuration.advertisedEndpoints = endpoints.split(separator: ",").map(String.init)
         }
-        configuration.statusRetention = try positive(statusRetention, env: "STATUS_RETENTION", option: "--status-retention") ?? configuration.statusRetention
+        configuration.statusRetention =
+            try positive(statusRetention, env: "STATUS_RETENTION", option: "--status-retention") ?? configuration.statusRetention
         configuration.offlineQueueCap = try positive(queueCap, env: "QUEUE_CAP", option: "--queue-cap") ?? configuration.offlineQueueCap
         configuration.claimIdle = try positive(claimIdle, env: "CLAIM_IDLE", option: "--claim-idle") ?? configuration.claimIdle
         return configuration
@@ -101,6 +104,18 @@ struct NodeCommand: AsyncParsableCommand {
 
     @Option(help: "Comma separated topic filters any terminal may subscribe to besides its own (env PUSHFLEET_PUBLIC_TOPICS).")
     var publicTopics: String?
+
+    @Option(
+        help:
+            "Session registrations per second at most; more CONNECTs wait up to 10 s, then are refused; 0 = no limit (env PUSHFLEET_MAX_CONNECT_RATE; default 20000)."
+    )
+    var maxConnectRate: Int?
+
+    @Option(
+        help:
+            "Seconds the node's liveness key lives without a refresh; after a crash its terminals count as offline within it (env PUSHFLEET_LIVENESS_TTL; default 10)."
+    )
+    var livenessTtl: Int?
 
     @Option(help: "Connections closed per second on shutdown (env PUSHFLEET_DRAIN_RATE; default 2000).")
     var drainRate: Int?
@@ -144,8 +159,14 @@ struct NodeCommand: AsyncParsableCommand {
         if let topics = publicTopics ?? env("PUBLIC_TOPICS") {
             configuration.publicTopicFilters = topics.split(separator: ",").map(String.init)
         }
+        if let rate = maxConnectRate ?? env("MAX_CONNECT_RATE").flatMap({ Int($0) }) {
+            guard rate >= 0 else { throw ValidationError("--max-connect-rate must be 0 or more") }
+            configuration.maximumConnectRate = rate
+        }
+        configuration.livenessTTL = try positive(livenessTtl, env: "LIVENESS_TTL", option: "--liveness-ttl") ?? configuration.livenessTTL
         configuration.drainRate = try positive(drainRate, env: "DRAIN_RATE", option: "--drain-rate") ?? configuration.drainRate
-        configuration.drainTimeout = try positive(drainTimeout, env: "DRAIN_TIMEOUT", option: "--drain-timeout") ?? configuration.drainTimeout
+        configuration.drainTimeout =
+            try positive(drainTimeout, env: "DRAIN_TIMEOUT", option: "--drain-timeout") ?? configuration.drainTimeout
         return configuration
     }
 }

@@ -64,6 +64,25 @@ struct RedisConnectionTests {
         await connection.close()
     }
 
+    @Test func fireAndForgetRepliesNeverReachAnotherCaller() async throws {
+        // Interleave commands nobody waits for with pipelines that wait: each pipeline must get
+        // exactly its own replies.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<200 {
+                connection.fireAndForget([RedisCommand("INCR", "ignored"), RedisCommand("SADD", "set", String(index))])
+                group.addTask {
+                    let replies = try await connection.pipeline([
+                        RedisCommand("SET", "k\(index)", "v\(index)"), RedisCommand("GET", "k\(index)"),
+                    ])
+                    #expect(replies == [.status("OK"), .bulkString(ByteBuffer(string: "v\(index)"))])
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await connection.send("GET", "ignored").string == "200")
+        await connection.close()
+    }
+
     @Test func scriptFallsBackToEvalAfterScriptFlush() async throws {
         let script = RedisScript("return redis.call('INCRBY', KEYS[1], ARGV[1])")
         let scripted = RedisConnection(

@@ -10,7 +10,8 @@ the terminals counted.
   python3 Tests/e2e/fault.py --bin .build/debug/pushfleet                    # CI size
   python3 Tests/e2e/fault.py --bin ... --terminals 2000 --rate 500 --seconds 60   # larger
 
-Scenarios: push-node-kill, control-node-kill, redis-restart, rolling-restart, slow-terminal.
+Scenarios: push-node-kill, control-node-kill, redis-restart, rolling-restart, slow-terminal,
+reconnect-storm.
 """
 import argparse
 import random
@@ -267,12 +268,50 @@ def slow_terminal(args):
         fleet.stop_all()
 
 
+def reconnect_storm(args):
+    """Many terminals CONNECT at the same instant to a node whose connect rate is limited:
+    every one is served (the limiter delays registrations instead of refusing them), and each
+    gets the message stored for it while it was away."""
+    fleet = Fleet(args.bin, controls=1, nodes=1, node_args=["--max-connect-rate", str(args.storm_rate)])
+    try:
+        fleet.start_all()
+        ids = [f"storm-{i}" for i in range(args.storm)]
+        passwords = {t: fleet.credential(t) for t in ids}
+        for t in ids:
+            assert fleet.api("POST", "/v1/push", {"to": [t], "payload": f"for {t}"})[0] == 202
+        started = time.time()
+        clients = []
+        for t in ids:
+            client = RawMQTT(fleet.node_ports[0])
+            body = RawMQTT.string("MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big") + RawMQTT.string(t) + RawMQTT.string(t) + RawMQTT.string(passwords[t])
+            client.sock.sendall(RawMQTT.packet(0x10, body))
+            clients.append((t, client))
+        accepted = served = 0
+        for t, client in clients:
+            try:
+                connack = client.read()
+                accepted += connack == (0x20, b"\x00\x00")
+                publish = client.read() if connack == (0x20, b"\x00\x00") else None
+                served += publish is not None and publish[1].endswith(f"for {t}".encode())
+            except OSError as error:
+                print(f"{t}: {error}; route={fleet.redis_cli('HGETALL', f'pushfleet:{{t:{t}}}:route')!r} "
+                      f"queued={fleet.redis_cli('LLEN', f'pushfleet:{{t:{t}}}:queue')}", flush=True)
+        elapsed = time.time() - started
+        for _, client in clients:
+            client.close()
+        return {"terminals": args.storm, "connect_rate_limit": args.storm_rate, "accepted": accepted,
+                "got_stored_message": served, "seconds": round(elapsed, 2)}
+    finally:
+        fleet.stop_all()
+
+
 SCENARIOS = {
     "push-node-kill": (push_node_kill, lambda r: r["lost"] == 0 and r["status_disagree"] == 0),
     "control-node-kill": (control_node_kill, lambda r: r["lost"] == 0 and r["status_disagree"] == 0),
     "redis-restart": (redis_restart, lambda r: r["lost"] == 0 and r["status_disagree"] == 0),
     "rolling-restart": (rolling_restart, lambda r: r["lost"] == 0 and r["duplicated"] == 0 and r["status_disagree"] == 0),
     "slow-terminal": (slow_terminal, lambda r: r["growth_mib"] < 64 and r["accepted"] > 0),
+    "reconnect-storm": (reconnect_storm, lambda r: r["accepted"] == r["terminals"] == r["got_stored_message"]),
 }
 
 
@@ -283,6 +322,8 @@ def main():
     parser.add_argument("--rate", type=float, default=25, help="pushes per second")
     parser.add_argument("--seconds", type=float, default=9, help="load duration per scenario")
     parser.add_argument("--slow-messages", type=int, default=400)
+    parser.add_argument("--storm", type=int, default=1500, help="terminals in the reconnect storm")
+    parser.add_argument("--storm-rate", type=int, default=500, help="the node's --max-connect-rate in the storm")
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
     args = parser.parse_args()
     failed = []
