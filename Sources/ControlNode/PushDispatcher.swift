@@ -28,14 +28,13 @@ public struct PushDispatcher: Sendable {
         var id = givenID ?? FleetClock.newMessageID()
         if let key = command.idempotencyKey {
             let idemKey = keys.idempotency(key)
-            if let existing = try await redis.send("GET", idemKey).string {
+            let claimed = try await redis.send("SET", idemKey, id, "NX", "EX", String(configuration.statusRetention))
+            if claimed.isNull, let existing = try await redis.send("GET", idemKey).string {
                 let status = try await redis.send("HMGET", keys.messageStatus(existing), "complete", "targets").array ?? []
                 if status.first?.string == "1" {
                     return PushReceipt(id: existing, targets: Int(status.last?.int ?? 0))
                 }
-                id = existing
-            } else {
-                try await redis.send("SET", idemKey, id, "EX", String(configuration.statusRetention))
+                id = existing  // an earlier attempt failed part way: finish it under its id
             }
         }
         let receipt: PushReceipt
@@ -43,7 +42,10 @@ public struct PushDispatcher: Sendable {
         switch command.audience {
         case .terminals(let terminals):
             kind = "unicast"
-            receipt = try await pushToTerminals(Array(Set(terminals)).sorted(), command: command, id: id)
+            // A status record without `complete` is an earlier attempt that failed part way
+            // (a retried API call, a claimed stream entry): finish it, never start a second one.
+            let earlier = try await redis.send("HGET", keys.messageStatus(id), "expiresAt").int
+            receipt = try await pushToTerminals(Array(Set(terminals)).sorted(), command: command, id: id, earlierExpiresAt: earlier)
         case .topic(let topic):
             kind = "topic"
             receipt = try await publishLive(command, topic: topic, id: id, kind: kind)
@@ -68,19 +70,28 @@ public struct PushDispatcher: Sendable {
         ]
     }
 
-    private func pushToTerminals(_ terminals: [String], command: PushCommand, id: String) async throws -> PushReceipt {
+    /// - Parameter earlierExpiresAt: set when an earlier attempt of this message created its
+    ///   status: the status is kept, the entries are rebuilt byte for byte (same expiry) and
+    ///   appended only where they are missing.
+    private func pushToTerminals(_ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?) async throws
+        -> PushReceipt
+    {
         let now = FleetClock.nowMillis()
         let stored = command.ttl > 0
-        let expiresAt = stored ? now + Int64(command.ttl) * 1000 : 0
+        let expiresAt = earlierExpiresAt ?? (stored ? now + Int64(command.ttl) * 1000 : 0)
         let targetsKey = keys.messageTargets(id)
         let statusKey = keys.messageStatus(id)
 
-        var commands = statusCommands(id: id, command: command, kind: "unicast", targets: terminals.count)
-        for chunk in terminals.chunked(500) {
-            commands.append(RedisCommand("HSET", [targetsKey] + chunk.flatMap { [$0, MessageState.queued.rawValue] }))
+        var commands: [RedisCommand] = []
+        if earlierExpiresAt == nil {
+            commands = statusCommands(id: id, command: command, kind: "unicast", targets: terminals.count)
+            commands.append(RedisCommand("HSET", statusKey, "expiresAt", String(expiresAt)))
+            for chunk in terminals.chunked(500) {
+                commands.append(RedisCommand("HSET", [targetsKey] + chunk.flatMap { [$0, MessageState.queued.rawValue] }))
+            }
+            commands.append(RedisCommand("HINCRBY", statusKey, "queued", String(terminals.count)))
+            commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention)))
         }
-        commands.append(RedisCommand("HINCRBY", statusKey, "queued", String(terminals.count)))
-        commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention)))
         let enqueueStart = commands.count
         if stored {
             let ttlMillis = String(Int64(command.ttl) * 1000)
@@ -90,7 +101,9 @@ public struct PushDispatcher: Sendable {
                 ).encoded()
                 commands.append(
                     FleetScripts.enqueue.command(
-                        keys: [keys.queue(terminal)], arguments: [entry, String(configuration.offlineQueueCap), ttlMillis])
+                        keys: [keys.queue(terminal)],
+                        arguments: [entry, String(configuration.offlineQueueCap), ttlMillis, earlierExpiresAt == nil ? "0" : "1"]
+                    )
                 )
             }
         }

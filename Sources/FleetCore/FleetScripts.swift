@@ -58,10 +58,12 @@ public enum FleetScripts {
 
     /// Appends a message to a terminal's list, trims it to the cap and extends its expiry.
     ///
-    /// KEYS: queue. ARGV: entry, cap, ttl in milliseconds.
+    /// KEYS: queue. ARGV: entry, cap, ttl in milliseconds, dedupe ("1": skip if the exact
+    /// entry is already in the list, for a retried push).
     /// Returns the entries pushed out by the cap (oldest first).
     public static let enqueue = RedisScript(
         """
+        if ARGV[4] == '1' and redis.call('LPOS', KEYS[1], ARGV[1]) then return {} end
         local n = redis.call('RPUSH', KEYS[1], ARGV[1])
         local cap = tonumber(ARGV[2])
         local dropped = {}

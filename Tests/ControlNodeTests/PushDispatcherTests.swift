@@ -81,6 +81,23 @@ struct PushDispatcherTests {
         await redis.close()
     }
 
+    @Test func handlingTheSameMessageAgainStoresNothingTwice() async throws {
+        // A claimed stream entry or a retried API call runs the push again under its id.
+        let command = PushCommand(audience: .terminals(["r1", "r2"]), payload: [7])
+        _ = try await dispatcher.push(command, id: "1-0")
+        try await redis.send("HDEL", keys.messageStatus("1-0"), "complete")  // as if it had died before the end
+        _ = try await dispatcher.push(command, id: "1-0")
+        #expect(try await queue("r1").map(\.id) == ["1-0"])
+        #expect(try await queue("r2").map(\.id) == ["1-0"])
+        #expect(try await status("1-0") == ["targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0])
+        // An entry the first attempt never stored is added by the second.
+        try await redis.send("DEL", keys.queue("r2"))
+        _ = try await dispatcher.push(command, id: "1-0")
+        #expect(try await queue("r2").map(\.id) == ["1-0"])
+        #expect(try await queue("r1").count == 1)
+        await redis.close()
+    }
+
     @Test func wakesTheNodeHoldingTheTerminal() async throws {
         try await redis.send("HSET", keys.route("on"), "node", "n9", "epoch", "e")
         let subscriber = RedisSubscriber(
