@@ -30,11 +30,16 @@ public struct PushDispatcher: Sendable {
             let idemKey = keys.idempotency(key)
             let claimed = try await redis.send("SET", idemKey, id, "NX", "EX", String(configuration.statusRetention))
             if claimed.isNull, let existing = try await redis.send("GET", idemKey).string {
-                let status = try await redis.send("HMGET", keys.messageStatus(existing), "complete", "targets").array ?? []
-                if status.first?.string == "1" {
-                    return PushReceipt(id: existing, targets: Int(status.last?.int ?? 0))
+                // Another call with this key is running or failed part way. Give a running one
+                // time to finish; then finish it ourselves under its id.
+                for attempt in 0..<20 {
+                    let status = try await redis.send("HMGET", keys.messageStatus(existing), "complete", "targets").array ?? []
+                    if status.first?.string == "1" {
+                        return PushReceipt(id: existing, targets: Int(status.last?.int ?? 0))
+                    }
+                    if attempt < 19 { try await Task.sleep(for: .milliseconds(100)) }
                 }
-                id = existing  // an earlier attempt failed part way: finish it under its id
+                id = existing
             }
         }
         let receipt: PushReceipt

@@ -188,11 +188,4 @@ public enum MQTTPacket: Hashable, Sendable {
         buffer.mqttWriteVariableInteger(UInt32(body.readableBytes))
         buffer.writeImmutableBuffer(body)
     }
-
-    /// The encoded size of the packet, fixed header included.
-    public func encodedSize(version: MQTTProtocolVersion) throws -> Int {
-        var buffer = ByteBuffer()
-        try write(to: &buffer, version: version)
-        return buffer.readableBytes
-    }
 }

@@ -81,6 +81,19 @@ struct PushDispatcherTests {
         await redis.close()
     }
 
+    @Test func concurrentCallsWithOneIdempotencyKeyMakeOneMessage() async throws {
+        let command = PushCommand(audience: .terminals(["cc"]), payload: [1], idempotencyKey: "same")
+        let dispatcher = self.dispatcher
+        let ids = try await withThrowingTaskGroup(of: String.self) { group in
+            for _ in 0..<8 { group.addTask { try await dispatcher.push(command).id } }
+            return try await group.reduce(into: Set<String>()) { $0.insert($1) }
+        }
+        #expect(ids.count == 1)
+        #expect(try await queue("cc").count == 1)
+        #expect(try await status(ids.first!)["queued"] == 1)
+        await redis.close()
+    }
+
     @Test func handlingTheSameMessageAgainStoresNothingTwice() async throws {
         // A claimed stream entry or a retried API call runs the push again under its id.
         let command = PushCommand(audience: .terminals(["r1", "r2"]), payload: [7])

@@ -244,7 +244,7 @@ def rolling_restart(args):
 
 def slow_terminal(args):
     """A terminal that never reads while large messages are pushed to it: node memory stays bounded."""
-    fleet = Fleet(args.bin, controls=1, nodes=1)
+    fleet = Fleet(args.bin, controls=2, nodes=2)
     try:
         fleet.start_all()
         client = RawMQTT(fleet.node_ports[0])
@@ -272,7 +272,7 @@ def reconnect_storm(args):
     """Many terminals CONNECT at the same instant to a node whose connect rate is limited:
     every one is served (the limiter delays registrations instead of refusing them), and each
     gets the message stored for it while it was away."""
-    fleet = Fleet(args.bin, controls=1, nodes=1, node_args=["--max-connect-rate", str(args.storm_rate)])
+    fleet = Fleet(args.bin, controls=2, nodes=2, node_args=["--max-connect-rate", str(args.storm_rate)])
     try:
         fleet.start_all()
         ids = [f"storm-{i}" for i in range(args.storm)]
