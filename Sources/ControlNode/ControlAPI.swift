@@ -41,6 +41,7 @@ struct ControlAPI: Sendable {
         v1.post("credentials") { request, context in try await issueCredential(request, context) }
         v1.delete("credentials/:terminal") { _, context in try await revokeCredential(context.parameters.require("terminal")) }
         v1.post("push") { request, context in try await push(request, context) }
+        v1.post("push/batch") { request, context in try await pushBatch(request, context) }
         v1.get("messages/:id") { _, context in try await messageStatus(context.parameters.require("id")) }
         v1.get("terminals/:id") { _, context in try await terminalStatus(context.parameters.require("id")) }
         v1.get("nodes") { _, _ in try await nodes() }
@@ -49,7 +50,7 @@ struct ControlAPI: Sendable {
     // MARK: Credentials
 
     func issueCredential(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        let body = try await decode(CredentialRequest.self, from: request)
+        let body = try await decode(CredentialRequest.self, from: request, limit: 64 * 1024)
         guard TerminalID.isValid(body.terminal) else {
             throw APIError.badRequest("terminal must be 1-128 characters of A-Z a-z 0-9 _ - . : @")
         }
@@ -89,7 +90,63 @@ struct ControlAPI: Sendable {
     // MARK: Push
 
     func push(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        let body = try await decode(PushRequest.self, from: request)
+        let body = try await decode(PushRequest.self, from: request, limit: configuration.maximumPayloadSize * 2 + 64 * 1024)
+        let receipt = try await dispatcher.push(try command(from: body))
+        return try json(receipt, status: .accepted)
+    }
+
+    struct BatchRequest: Decodable {
+        var messages: [PushRequest]
+    }
+
+    /// One result per message of a batch, in order: a receipt or an error.
+    struct BatchResult: Encodable {
+        struct ErrorBody: Encodable {
+            var code: String
+            var message: String
+        }
+        var id: String?
+        var targets: Int?
+        var error: ErrorBody?
+    }
+
+    /// `POST /v1/push/batch`: up to `maximumBatchSize` independent pushes. Each is validated
+    /// and accepted on its own (the answer lists a receipt or an error per message, in order);
+    /// they are stored concurrently, so their Redis commands share writes.
+    func pushBatch(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
+        let limit = min(configuration.maximumBatchSize * (configuration.maximumPayloadSize * 2 + 1024), 64 << 20)
+        let body = try await decode(BatchRequest.self, from: request, limit: limit)
+        guard !body.messages.isEmpty, body.messages.count <= configuration.maximumBatchSize else {
+            throw APIError.badRequest("\"messages\" needs 1 to \(configuration.maximumBatchSize) pushes")
+        }
+        let dispatcher = self.dispatcher
+        let commands: [Result<PushCommand, APIError>] = body.messages.map { message in
+            Result { try command(from: message) }.mapError { APIError.from($0) }
+        }
+        var results = [BatchResult](repeating: BatchResult(), count: commands.count)
+        try await withThrowingTaskGroup(of: (Int, BatchResult).self) { group in
+            for (index, command) in commands.enumerated() {
+                switch command {
+                case .failure(let error):
+                    results[index].error = .init(code: error.code, message: error.message)
+                case .success(let command):
+                    group.addTask {
+                        do {
+                            let receipt = try await dispatcher.push(command)
+                            return (index, BatchResult(id: receipt.id, targets: receipt.targets))
+                        } catch {
+                            let apiError = APIError.from(error)
+                            return (index, BatchResult(error: .init(code: apiError.code, message: apiError.message)))
+                        }
+                    }
+                }
+            }
+            for try await (index, result) in group { results[index] = result }
+        }
+        return try json(["results": results], status: .accepted)
+    }
+
+    private func command(from body: PushRequest) throws -> PushCommand {
         let command = try PushCommand(
             to: body.to,
             topic: body.topic,
@@ -101,8 +158,7 @@ struct ControlAPI: Sendable {
             idempotencyKey: body.idempotencyKey
         )
         try command.validate(configuration)
-        let receipt = try await dispatcher.push(command)
-        return try json(receipt, status: .accepted)
+        return command
     }
 
     // MARK: Status
@@ -179,10 +235,10 @@ struct ControlAPI: Sendable {
 
     // MARK: Helpers
 
-    private func decode<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
+    private func decode<T: Decodable>(_ type: T.Type, from request: Request, limit: Int) async throws -> T {
         let buffer: ByteBuffer
         do {
-            buffer = try await request.body.collect(upTo: configuration.maximumPayloadSize * 2 + 64 * 1024)
+            buffer = try await request.body.collect(upTo: limit)
         } catch {
             throw APIError(.contentTooLarge, "payload_too_large", "request body too large")
         }

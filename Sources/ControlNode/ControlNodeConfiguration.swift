@@ -18,6 +18,8 @@ public struct ControlNodeConfiguration: Sendable {
     public var keys = FleetKeys()
     /// Largest payload accepted, in bytes.
     public var maximumPayloadSize = 128 * 1024
+    /// Most pushes in one `POST /v1/push/batch`.
+    public var maximumBatchSize = 1_000
     /// Most targets in one push.
     public var maximumTargets = 10_000
     /// Most entries kept in one terminal's stored list.

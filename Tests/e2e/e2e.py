@@ -224,6 +224,29 @@ def test_qos0_subscription_caps_the_delivery_qos(fleet):
     client.close()
 
 
+def test_batch_push_accepts_each_message_on_its_own(fleet):
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("batch-1", fleet.credential("batch-1"))[1][1] == 0
+    wait_for(lambda: route_node(fleet, "batch-1"), what="batch-1 online")
+    status, body = fleet.api("POST", "/v1/push/batch", {"messages": [
+        {"to": ["batch-1"], "payload": "one"},
+        {"to": ["batch-2"], "payload": "two", "ttl": 600},
+        {"to": ["batch-1"], "payload": "bad", "qos": 5},
+        {"to": ["batch-1"]},
+    ]})
+    assert status == 202, body
+    results = body["results"]
+    assert [("id" in r, r.get("targets")) for r in results[:2]] == [(True, 1), (True, 1)], results
+    assert results[2]["error"]["code"] == "invalid_request" and "qos" in results[2]["error"]["message"], results
+    assert results[3]["error"]["code"] == "invalid_request", results
+    publish = parse_publish(*client.read())
+    assert publish["payload"] == b"one", publish
+    assert fleet.api("GET", "/v1/terminals/batch-2")[1]["queued"] == 1
+    status, body = fleet.api("POST", "/v1/push/batch", {"messages": []})
+    assert status == 400 and body["error"]["code"] == "invalid_request", body
+    client.close()
+
+
 def test_keepalive_is_enforced_at_one_and_a_half_times(fleet):
     client = RawMQTT(fleet.node_ports[0])
     assert client.connect("sleepy", fleet.credential("sleepy"), keepalive=2)[1][1] == 0
