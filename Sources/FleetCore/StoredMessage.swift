@@ -7,7 +7,7 @@ import Foundation
 public struct StoredMessage: Codable, Hashable, Sendable {
     /// Message id, assigned once by the control node (or the command stream entry id).
     public var id: String
-    /// Delivery QoS (0, 1 or 2; 2 is delivered as 1 until QoS 2 lands).
+    /// Delivery QoS (0, 1 or 2), capped by the terminal's subscription.
     public var qos: UInt8
     /// Expiry as unix milliseconds; 0 means "online only" (never stored).
     public var expiresAt: Int64

@@ -29,6 +29,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var entry: String?
         /// Whether the message has a per-terminal status record.
         var tracked: Bool
+        /// The QoS it was sent with (the message's, capped by the subscription).
+        var qos: MQTTQoS
+        /// QoS 2 only: PUBREC arrived and PUBREL was sent; waiting for PUBCOMP.
+        var released = false
     }
 
     private let node: PushNodeContext
@@ -253,7 +257,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var properties: MQTTProperties = []
         if version.hasProperties {
             if let assignedID { properties.append(.assignedClientIdentifier, .string(assignedID)) }
-            properties.append(.maximumQoS, .byte(1))
+            properties.append(.maximumQoS, .byte(2))
             properties.append(.retainAvailable, .byte(0))
             properties.append(.maximumPacketSize, .fourByteInteger(UInt32(node.configuration.maximumPacketSize)))
             properties.append(.sharedSubscriptionAvailable, .byte(0))
@@ -314,6 +318,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             write(.pubComp(MQTTAckPacket(packetIdentifier: ack.packetIdentifier)), flush: true)
         case .pubAck(let ack):
             acknowledged(ack.packetIdentifier)
+        case .pubRec(let ack):
+            received(ack)
+        case .pubComp(let ack):
+            completed(ack.packetIdentifier)
         case .subscribe(let subscribe):
             subscribeReceived(subscribe)
         case .unsubscribe(let unsubscribe):
@@ -324,7 +332,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             close()
         case .connect:
             protocolError("second CONNECT")
-        case .pubRec, .pubComp, .connAck, .subAck, .unsubAck, .pingResp, .auth:
+        case .connAck, .subAck, .unsubAck, .pingResp, .auth:
             protocolError("unexpected packet type \(packet.typeCode)")
         }
     }
@@ -355,7 +363,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 codes.append(version.hasProperties ? .notAuthorized : .v3SubscribeFailure)
                 continue
             }
-            let granted = min(subscription.options.qos, .atLeastOnce)
+            let granted = subscription.options.qos
             subscriptions[filter] = granted
             record += [filter, String(granted.rawValue)]
             codes.append(MQTTReasonCode(granted.rawValue))
@@ -406,7 +414,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             // The terminal's own subscription caps the QoS (MQTT 3.1.1 3.8.4); without one
             // (it unsubscribed from push/<id>) the message waits in Redis.
             guard let granted = grantedQoS(for: message.topic) else { continue }
-            let qos = min(granted, message.qos > 0 ? .atLeastOnce : .atMostOnce)
+            let qos = min(granted, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atLeastOnce)
             if qos > .atMostOnce && inflight.count >= node.configuration.inflightWindow {
                 refillAgain = true
                 break
@@ -432,7 +440,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         if qos != .atMostOnce {
             let id = allocatePacketID()
             packetID = id
-            inflight[id] = Inflight(message: message, entry: entry, tracked: tracked)
+            inflight[id] = Inflight(message: message, entry: entry, tracked: tracked, qos: qos)
             inflightIDs.insert(message.id)
         }
         var properties: MQTTProperties = []
@@ -466,9 +474,43 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         )
     }
 
-    private func acknowledged(_ packetID: UInt16) {
-        guard let done = inflight.removeValue(forKey: packetID) else { return }
+    /// QoS 2, first half: the terminal has the message (PUBREC). It counts as acknowledged
+    /// and leaves Redis now; the packet id stays taken until PUBCOMP.
+    private func received(_ ack: MQTTAckPacket) {
+        guard var pending = inflight[ack.packetIdentifier], pending.qos == .exactlyOnce, !pending.released else {
+            return protocolError("PUBREC for packet \(ack.packetIdentifier), which awaits no PUBREC")
+        }
+        pending.released = true
+        inflight[ack.packetIdentifier] = pending
+        write(.pubRel(MQTTAckPacket(packetIdentifier: ack.packetIdentifier)), flush: true)
+        // A refusing reason code (MQTT 5, >= 0x80) still ends the exchange: the terminal
+        // will not take this message, so it is not kept for redelivery.
+        recordAcknowledged(pending)
+    }
+
+    /// QoS 2, second half: PUBCOMP frees the packet id.
+    private func completed(_ packetID: UInt16) {
+        guard let done = inflight[packetID], done.released else {
+            return protocolError("PUBCOMP for packet \(packetID), which awaits no PUBCOMP")
+        }
+        inflight[packetID] = nil
         inflightIDs.remove(done.message.id)
+        if case .draining = phase, inflight.isEmpty { return finishDraining() }
+        if refillAgain { refill() }
+    }
+
+    private func acknowledged(_ packetID: UInt16) {
+        // A PUBACK for a packet id not in flight at QoS 1 (a late duplicate) is ignored.
+        guard let done = inflight[packetID], done.qos == .atLeastOnce else { return }
+        inflight[packetID] = nil
+        inflightIDs.remove(done.message.id)
+        recordAcknowledged(done)
+        if case .draining = phase, inflight.isEmpty { return finishDraining() }
+        if refillAgain { refill() }
+    }
+
+    /// Removes an acknowledged message from Redis and records its state.
+    private func recordAcknowledged(_ done: Inflight) {
         node.metrics.acknowledged.increment()
         var commands: [RedisCommand] = []
         if let entry = done.entry {
@@ -477,8 +519,6 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         if done.tracked { commands.append(transition(done.message.id, .acknowledged)) }
         if !commands.isEmpty { node.redis.fireAndForget(commands) }
-        if case .draining = phase, inflight.isEmpty { return finishDraining() }
-        if refillAgain { refill() }
     }
 
     /// Told by a `wake` event: the terminal's list has new entries.
@@ -543,9 +583,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         // Unicast events name the terminals and leave the topic to each of them.
         if message.topic.isEmpty { message.topic = "push/\(terminal)" }
         guard let granted = grantedQoS(for: message.topic) else { return }
-        let qos = min(granted, message.qos > 0 ? .atLeastOnce : .atMostOnce)
+        let qos = min(granted, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atLeastOnce)
         // Online-only messages are not kept for a terminal that does not keep up.
-        if context?.channel.isWritable == false || (qos == .atLeastOnce && inflight.count >= 4 * node.configuration.inflightWindow) {
+        if context?.channel.isWritable == false || (qos > .atMostOnce && inflight.count >= 4 * node.configuration.inflightWindow) {
             node.metrics.dropped.increment()
             if tracked { node.redis.fireAndForget([transition(message.id, .dropped)]) }
             return

@@ -247,6 +247,26 @@ def test_batch_push_accepts_each_message_on_its_own(fleet):
     client.close()
 
 
+def test_qos2_push_goes_through_pubrec_pubrel_pubcomp(fleet):
+    client = RawMQTT(fleet.node_ports[1])
+    assert client.connect("q2-1", fleet.credential("q2-1"))[1][1] == 0
+    assert client.subscribe("push/q2-1", 2) == (0x90, b"\x00\x01\x02")  # granted QoS 2
+    wait_for(lambda: route_node(fleet, "q2-1"), what="q2-1 online")
+    status, body = fleet.api("POST", "/v1/push", {"to": ["q2-1"], "payload": "exactly once", "qos": 2})
+    publish = parse_publish(*client.read())
+    assert publish["qos"] == 2 and publish["payload"] == b"exactly once", publish
+    client.sock.sendall(bytes([0x50, 2]) + publish["id"].to_bytes(2, "big"))  # PUBREC
+    assert client.read() == (0x62, publish["id"].to_bytes(2, "big"))  # PUBREL
+    client.sock.sendall(bytes([0x70, 2]) + publish["id"].to_bytes(2, "big"))  # PUBCOMP
+    wait_for(lambda: fleet.api("GET", f"/v1/messages/{body['id']}")[1]["acknowledged"] == 1, what="acknowledged at PUBREC")
+    assert fleet.api("GET", "/v1/terminals/q2-1")[1]["queued"] == 0
+    # A QoS 1 push to the same terminal still flows after the packet id was released.
+    fleet.api("POST", "/v1/push", {"to": ["q2-1"], "payload": "then once more", "qos": 1})
+    follow = parse_publish(*client.read())
+    assert follow["qos"] == 1 and follow["payload"] == b"then once more", follow
+    client.close()
+
+
 def test_keepalive_is_enforced_at_one_and_a_half_times(fleet):
     client = RawMQTT(fleet.node_ports[0])
     assert client.connect("sleepy", fleet.credential("sleepy"), keepalive=2)[1][1] == 0
