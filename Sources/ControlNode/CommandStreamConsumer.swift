@@ -87,10 +87,8 @@ struct CommandStreamConsumer: Sendable {
             do {
                 let command = try Self.command(from: fields)
                 try command.validate(configuration)
-                let status = try await redis.send("HGET", keys.messageStatus(id), "complete")
-                if status.string != "1" {
-                    _ = try await dispatcher.push(command, id: id)
-                }
+                // A push already completed under this id (handled before, not acknowledged) returns at once.
+                _ = try await dispatcher.push(command, id: id)
             } catch let error as APIError {
                 logger.info("invalid command stream entry", metadata: ["entry": "\(id)", "error": "\(error.message)"])
                 _ = try await redis.pipeline([

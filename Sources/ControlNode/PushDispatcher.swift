@@ -26,6 +26,9 @@ public struct PushDispatcher: Sendable {
     /// fails: then nothing was accepted.
     public func push(_ command: PushCommand, id givenID: String? = nil) async throws -> PushReceipt {
         var id = givenID ?? FleetClock.newMessageID()
+        // Only a given id (a stream entry) or an idempotency key seen before can have an
+        // earlier attempt; a fresh id costs no extra round trip.
+        var mayHaveEarlierAttempt = givenID != nil
         if let key = command.idempotencyKey {
             let idemKey = keys.idempotency(key)
             let claimed = try await redis.send("SET", idemKey, id, "NX", "EX", String(configuration.statusRetention))
@@ -40,17 +43,24 @@ public struct PushDispatcher: Sendable {
                     if attempt < 19 { try await Task.sleep(for: .milliseconds(100)) }
                 }
                 id = existing
+                mayHaveEarlierAttempt = true
             }
+        }
+        // A status record with `complete` is a finished push: answer with it. One without is an
+        // earlier attempt that failed part way: finish it under its id, never start a second one.
+        var earlierExpiresAt: Int64?
+        if mayHaveEarlierAttempt {
+            let status = try await redis.send("HMGET", keys.messageStatus(id), "complete", "targets", "expiresAt").array ?? []
+            if status.first?.string == "1" { return PushReceipt(id: id, targets: Int(status[1].int ?? 0)) }
+            earlierExpiresAt = status.count == 3 ? status[2].int : nil
         }
         let receipt: PushReceipt
         let kind: String
         switch command.audience {
         case .terminals(let terminals):
             kind = "unicast"
-            // A status record without `complete` is an earlier attempt that failed part way
-            // (a retried API call, a claimed stream entry): finish it, never start a second one.
-            let earlier = try await redis.send("HGET", keys.messageStatus(id), "expiresAt").int
-            receipt = try await pushToTerminals(Array(Set(terminals)).sorted(), command: command, id: id, earlierExpiresAt: earlier)
+            receipt = try await pushToTerminals(
+                Array(Set(terminals)).sorted(), command: command, id: id, earlierExpiresAt: earlierExpiresAt)
         case .topic(let topic):
             kind = "topic"
             receipt = try await publishLive(command, topic: topic, id: id, kind: kind)

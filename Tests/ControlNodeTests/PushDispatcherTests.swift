@@ -103,11 +103,16 @@ struct PushDispatcherTests {
         #expect(try await queue("r1").map(\.id) == ["1-0"])
         #expect(try await queue("r2").map(\.id) == ["1-0"])
         #expect(try await status("1-0") == ["targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0])
-        // An entry the first attempt never stored is added by the second.
+        // An entry an unfinished attempt never stored is added by the next one.
         try await redis.send("DEL", keys.queue("r2"))
+        try await redis.send("HDEL", keys.messageStatus("1-0"), "complete")
         _ = try await dispatcher.push(command, id: "1-0")
         #expect(try await queue("r2").map(\.id) == ["1-0"])
         #expect(try await queue("r1").count == 1)
+        // A completed push is not redone: it answers with its receipt.
+        try await redis.send("DEL", keys.queue("r2"))
+        #expect(try await dispatcher.push(command, id: "1-0") == PushReceipt(id: "1-0", targets: 2))
+        #expect(try await queue("r2").isEmpty)
         await redis.close()
     }
 
