@@ -107,7 +107,11 @@ let package = Package(
         ),
         .target(
             name: "FleetTestSupport",
-            dependencies: ["FleetCore", .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: [
+                "FleetCore", "RedisClient",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/FleetTestSupport"
         ),
         .testTarget(

@@ -15,17 +15,17 @@ struct CommandStreamTests {
 
     init() throws {
         server = try RedisServer()
-        redis = PushDispatcherTests.connection(RedisConfiguration(host: "127.0.0.1", port: server.port))
+        redis = server.connection(scripts: FleetScripts.all)
     }
 
     func consumer(_ name: String) -> CommandStreamConsumer {
         let configuration = ControlNodeConfiguration(
-            redis: RedisConfiguration(host: "127.0.0.1", port: server.port), host: "127.0.0.1", port: 0, secret: "s", consumerName: name
+            redis: server.configuration, host: "127.0.0.1", port: 0, secret: "s", consumerName: name
         )
-        let connection = PushDispatcherTests.connection(configuration.redis)
+        let connection = server.connection(scripts: FleetScripts.all)
         let dispatcher = PushDispatcher(configuration: configuration, redis: connection, logger: Logger(label: name))
         return CommandStreamConsumer(
-            configuration: configuration, redis: PushDispatcherTests.connection(configuration.redis), dispatcher: dispatcher,
+            configuration: configuration, redis: server.connection(scripts: FleetScripts.all), dispatcher: dispatcher,
             logger: Logger(label: name))
     }
 

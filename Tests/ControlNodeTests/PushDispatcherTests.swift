@@ -16,17 +16,11 @@ struct PushDispatcherTests {
 
     init() throws {
         server = try RedisServer()
-        let redisConfiguration = RedisConfiguration(host: "127.0.0.1", port: server.port)
-        redis = Self.connection(redisConfiguration)
-        var configuration = ControlNodeConfiguration(redis: redisConfiguration, host: "127.0.0.1", port: 0, secret: "s", consumerName: "c1")
+        redis = server.connection(scripts: FleetScripts.all)
+        var configuration = ControlNodeConfiguration(
+            redis: server.configuration, host: "127.0.0.1", port: 0, secret: "s", consumerName: "c1")
         configuration.offlineQueueCap = 3
         self.configuration = configuration
-    }
-
-    static func connection(_ configuration: RedisConfiguration) -> RedisConnection {
-        RedisConnection(
-            configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"),
-            scripts: FleetScripts.all)
     }
 
     var dispatcher: PushDispatcher { PushDispatcher(configuration: configuration, redis: redis, logger: Logger(label: "test")) }

@@ -14,12 +14,7 @@ struct FleetScriptsTests {
 
     init() throws {
         server = try RedisServer()
-        redis = RedisConnection(
-            configuration: RedisConfiguration(host: "127.0.0.1", port: server.port),
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-            logger: Logger(label: "test"),
-            scripts: FleetScripts.all
-        )
+        redis = server.connection(scripts: FleetScripts.all)
     }
 
     func register(_ terminal: String, node: String, epoch: String, clean: Bool = true, issuedAt: String = "") async throws -> [RedisReply] {

@@ -1,6 +1,8 @@
 import FleetCore
 import Foundation
+import Logging
 import NIOPosix
+import RedisClient
 
 /// A real redis-server started for a test on a free loopback port, data in a temp dir,
 /// removed (and the server stopped) when the test lets go of it.
@@ -27,6 +29,16 @@ public final class RedisServer: @unchecked Sendable {
     /// Stops the server (SIGKILL when `kill`, otherwise SIGTERM) and waits for it.
     public func stop(kill: Bool = false) {
         server.stop(kill: kill)
+    }
+
+    /// The configuration that reaches this server.
+    public var configuration: RedisConfiguration { RedisConfiguration(host: "127.0.0.1", port: port) }
+
+    /// A new client connection to this server.
+    public func connection(scripts: [RedisScript] = []) -> RedisConnection {
+        RedisConnection(
+            configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"),
+            scripts: scripts)
     }
 
     deinit {

@@ -12,11 +12,7 @@ struct RedisConnectionTests {
 
     init() throws {
         server = try RedisServer()
-        connection = RedisConnection(
-            configuration: RedisConfiguration(host: "127.0.0.1", port: server.port),
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-            logger: Logger(label: "test")
-        )
+        connection = server.connection()
     }
 
     @Test func commandsAndReplyKinds() async throws {
@@ -85,12 +81,7 @@ struct RedisConnectionTests {
 
     @Test func scriptFallsBackToEvalAfterScriptFlush() async throws {
         let script = RedisScript("return redis.call('INCRBY', KEYS[1], ARGV[1])")
-        let scripted = RedisConnection(
-            configuration: RedisConfiguration(host: "127.0.0.1", port: server.port),
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-            logger: Logger(label: "test"),
-            scripts: [script]
-        )
+        let scripted = server.connection(scripts: [script])
         #expect(try await scripted.send(script.command(keys: ["s"], arguments: ["2"])).int == 2)
         try await scripted.send("SCRIPT", "FLUSH")
         #expect(try await scripted.send(script.command(keys: ["s"], arguments: ["3"])).int == 5)
@@ -101,11 +92,7 @@ struct RedisConnectionTests {
     @Test func reconnectsAfterRedisKillsTheConnection() async throws {
         try await connection.send("SET", "before", "1")
         // CLIENT KILL TYPE normal closes every normal connection, ours included.
-        let killer = RedisConnection(
-            configuration: RedisConfiguration(host: "127.0.0.1", port: server.port),
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-            logger: Logger(label: "test")
-        )
+        let killer = server.connection()
         try await killer.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         var value: String?
         for _ in 0..<100 where value == nil {
@@ -135,7 +122,7 @@ struct RedisConnectionTests {
 
     @Test func subscriberYieldsMessagesAndShardedMessages() async throws {
         let subscriber = RedisSubscriber(
-            configuration: RedisConfiguration(host: "127.0.0.1", port: server.port),
+            configuration: server.configuration,
             eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
             logger: Logger(label: "test")
         )

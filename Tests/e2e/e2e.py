@@ -19,9 +19,8 @@ import time
 import traceback
 import urllib.request
 
-import paho.mqtt.client as mqtt
 
-from fleet import Fleet, RawMQTT, parse_publish, wait_for
+from fleet import Fleet, RawMQTT, mqtt5_client, parse_publish, wait_for
 
 def mosquitto_sub(port, terminal, password, count, extra=()):
     return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-i", terminal, "-u", terminal,
@@ -91,21 +90,10 @@ def test_wrong_password_is_not_authorized(fleet):
 
 
 def test_second_connection_takes_over_across_nodes(fleet):
-    password = fleet.credential("tab-1")
     events = {"a_disconnected": False, "b_messages": []}
-
-    a = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tab-1", protocol=mqtt.MQTTv5)
-    a.username_pw_set("tab-1", password)
-    a.on_disconnect = lambda c, u, flags, rc, props: events.__setitem__("a_disconnected", rc)
-    a.connect("127.0.0.1", fleet.node_ports[0])
-    a.loop_start()
+    a = mqtt5_client(fleet, "tab-1", fleet.node_ports[0], on_disconnect=lambda rc: events.__setitem__("a_disconnected", rc))
     wait_for(lambda: route_node(fleet, "tab-1") == "n1", what="tab-1 on n1")
-
-    b = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tab-1", protocol=mqtt.MQTTv5)
-    b.username_pw_set("tab-1", password)
-    b.on_message = lambda c, u, m: events["b_messages"].append((m.payload, m.properties))
-    b.connect("127.0.0.1", fleet.node_ports[1])
-    b.loop_start()
+    b = mqtt5_client(fleet, "tab-1", fleet.node_ports[1], on_message=lambda m: events["b_messages"].append((m.payload, m.properties)))
     wait_for(lambda: events["a_disconnected"], what="first connection closed")
     assert str(events["a_disconnected"]) == "Session taken over", events["a_disconnected"]
     a.loop_stop()
@@ -307,13 +295,8 @@ def test_health_readiness_and_metrics(fleet):
 
 def test_zz_sigterm_drains_a_push_node(fleet):
     """Last: it stops node 2."""
-    password = fleet.credential("drain-1")
     events = {"reason": None}
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="drain-1", protocol=mqtt.MQTTv5)
-    client.username_pw_set("drain-1", password)
-    client.on_disconnect = lambda c, u, flags, rc, props: events.__setitem__("reason", rc)
-    client.connect("127.0.0.1", fleet.node_ports[1])
-    client.loop_start()
+    client = mqtt5_client(fleet, "drain-1", fleet.node_ports[1], on_disconnect=lambda rc: events.__setitem__("reason", rc))
     wait_for(lambda: route_node(fleet, "drain-1") == "n2", what="drain-1 on n2")
     fleet.procs["node2"].send_signal(signal.SIGTERM)
     wait_for(lambda: events["reason"] is not None, what="DISCONNECT from the draining node")

@@ -188,6 +188,21 @@ backend control
         return subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def mqtt5_client(fleet, terminal, port, on_disconnect=None, on_message=None):
+    """A paho MQTT 5 client for `terminal`, with a fresh credential, connected to `port` and
+    running its network loop."""
+    import paho.mqtt.client as mqtt
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=terminal, protocol=mqtt.MQTTv5)
+    client.username_pw_set(terminal, fleet.credential(terminal))
+    if on_disconnect:
+        client.on_disconnect = lambda c, u, flags, rc, props: on_disconnect(rc)
+    if on_message:
+        client.on_message = lambda c, u, message: on_message(message)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
 class RawMQTT:
     """A byte-level MQTT 3.1.1 client, for what real clients hide: DUP flags, withheld PUBACKs,
     silence past the keepalive, odd CONNECTs."""
