@@ -51,6 +51,7 @@ let package = Package(
                 "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -86,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "pushfleet",
             dependencies: [
-                "PushNode", "ControlNode", "FleetCore", "RedisClient",
+                "PushNode", "ControlNode", "FleetCore", "RedisClient", "MQTTCodec",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -21,6 +21,8 @@ public struct FleetKeys: Sendable, Hashable {
     public func subscriptions(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:subs" }
     /// STRING present while a persistent (clean session off) MQTT session exists.
     public func session(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:session" }
+    /// SET of MQTT packet ids of QoS 2 PUBLISHes received from the terminal and awaiting PUBREL.
+    public func released(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:rel" }
     /// STRING unix time: credentials issued at or before it are refused.
     public func revoked(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:revoked" }
 
@@ -32,6 +34,17 @@ public struct FleetKeys: Sendable, Hashable {
     public func nodeChannel(_ node: String) -> String { "\(prefix)node:\(node):ch" }
     /// Pub/sub channel every push node subscribes to (broadcasts and topic pushes).
     public var broadcastChannel: String { "\(prefix)broadcast" }
+
+    /// SET of the topic filters an owner (a push node id, or ``SubscriptionIndex/storedOwner``)
+    /// has subscriptions for: the fleet's routing table for terminal publishes.
+    public func index(_ owner: String) -> String { "\(prefix)index:\(owner)" }
+    /// Pub/sub channel announcing changes to the ``index(_:)`` sets (JSON ``IndexChange``).
+    public var indexChannel: String { "\(prefix)index" }
+    /// SET of terminals with a persistent session subscribed to `filter`: their messages are
+    /// stored while they are away.
+    public func storedSubscribers(_ filter: String) -> String { "\(prefix)psubs:\(filter)" }
+    /// HASH topic -> retained message (JSON ``StoredMessage``).
+    public var retained: String { "\(prefix)retained" }
 
     /// HASH of a message's counts and metadata.
     public func messageStatus(_ id: String) -> String { "\(prefix){m:\(id)}:status" }

@@ -4,12 +4,15 @@ import RedisClient
 public enum FleetScripts {
     /// Registers a session and reads what it needs, atomically.
     ///
-    /// KEYS: route, session, subscriptions, revoked, queue, sent.
+    /// KEYS: route, session, subscriptions, revoked, queue, sent, released.
     /// ARGV: node, epoch, connectedAt, cleanStart (0/1), issuedAt ("" skips the revocation
-    /// check), queue read limit.
-    /// Returns `{"revoked"}` or `{"ok", oldNode, oldEpoch, sessionPresent, subs, queue, sent}`.
-    /// Reading the queue in the same script as writing the route closes the race with a
-    /// control node that stores a message and then reads the route.
+    /// check), queue read limit, persistent (0/1: the session outlives the connection).
+    /// Returns `{"revoked"}` or `{"ok", oldNode, oldEpoch, sessionPresent, subs, queue, sent,
+    /// discardedFilters, released}`. Reading the queue in the same script as writing the
+    /// route closes the race with a control node that stores a message and then reads the
+    /// route. A clean start discards the old session: its subscriptions (returned, so the
+    /// node can leave the offline index) and the messages stored for them; pushes addressed
+    /// to the terminal stay.
     public static let register = RedisScript(
         """
         local rev = redis.call('GET', KEYS[4])
@@ -17,28 +20,47 @@ public enum FleetScripts {
         local old = redis.call('HMGET', KEYS[1], 'node', 'epoch')
         redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'connectedAt', ARGV[3])
         local present = 0
+        local discarded = {}
         if ARGV[4] == '1' then
-          redis.call('DEL', KEYS[2], KEYS[3])
+          discarded = redis.call('HKEYS', KEYS[3])
+          redis.call('DEL', KEYS[2], KEYS[3], KEYS[7])
+          for _, entry in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
+            if string.find(entry, '"session":true', 1, true) then redis.call('LREM', KEYS[5], 1, entry) end
+          end
         else
           present = redis.call('EXISTS', KEYS[2])
+        end
+        if ARGV[7] == '1' then
           redis.call('SET', KEYS[2], '1')
+          redis.call('PERSIST', KEYS[3])
+          redis.call('PERSIST', KEYS[7])
         end
         local subs = redis.call('HGETALL', KEYS[3])
         local queue = redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[6]) - 1)
         local sent = redis.call('SMEMBERS', KEYS[6])
-        return {'ok', old[1] or '', old[2] or '', present, subs, queue, sent}
+        local released = redis.call('SMEMBERS', KEYS[7])
+        return {'ok', old[1] or '', old[2] or '', present, subs, queue, sent, discarded, released}
         """
     )
 
-    /// Removes a route only if it still belongs to the connection that is ending.
+    /// Removes a route only if it still belongs to the connection that is ending, and ends or
+    /// keeps the session.
     ///
-    /// KEYS: route, session, subscriptions. ARGV: epoch, cleanStart (0/1).
+    /// KEYS: route, session, subscriptions, released. ARGV: epoch, session expiry in seconds
+    /// (0: the session ends now).
     /// Returns 1 when the route was removed.
     public static let unregister = RedisScript(
         """
         if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
         redis.call('DEL', KEYS[1])
-        if ARGV[2] == '1' then redis.call('DEL', KEYS[2], KEYS[3]) end
+        local expiry = tonumber(ARGV[2])
+        if expiry == 0 then
+          redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+        else
+          redis.call('SET', KEYS[2], '1', 'EX', expiry)
+          redis.call('EXPIRE', KEYS[3], expiry)
+          redis.call('EXPIRE', KEYS[4], expiry)
+        end
         return 1
         """
     )
@@ -94,6 +116,94 @@ public enum FleetScripts {
         """
     )
 
+    /// Adds filters to or removes them from one owner's index set and announces what changed.
+    ///
+    /// KEYS: the owner's index set. ARGV: index channel, owner, operation (`+`, `-`, or `=`
+    /// to replace the whole set), filters. Returns the number of filters changed.
+    public static let indexUpdate = RedisScript(
+        """
+        local changed = {}
+        if ARGV[3] == '=' then
+          redis.call('DEL', KEYS[1])
+          for i = 4, #ARGV do
+            redis.call('SADD', KEYS[1], ARGV[i])
+            changed[#changed + 1] = ARGV[i]
+          end
+        else
+          for i = 4, #ARGV do
+            local n
+            if ARGV[3] == '+' then n = redis.call('SADD', KEYS[1], ARGV[i]) else n = redis.call('SREM', KEYS[1], ARGV[i]) end
+            if n == 1 then changed[#changed + 1] = ARGV[i] end
+          end
+          if #changed == 0 then return 0 end
+        end
+        redis.call('PUBLISH', ARGV[1], cjson.encode({owner = ARGV[2], op = ARGV[3], filters = changed}))
+        return #changed
+        """
+    )
+
+    /// Adds a persistent session to (or removes it from) the stored-subscriber sets of some
+    /// filters, keeping the stored owner's index set and its announcements in step: a filter
+    /// is in the index while at least one persistent session subscribes to it.
+    ///
+    /// KEYS: the stored owner's index set, then one stored-subscriber set per filter.
+    /// ARGV: index channel, terminal, operation (`+` or `-`), then the filters in KEYS order.
+    public static let storedSubscriptions = RedisScript(
+        """
+        local changed = {}
+        for i = 2, #KEYS do
+          local filter = ARGV[i + 2]
+          if ARGV[3] == '+' then
+            redis.call('SADD', KEYS[i], ARGV[2])
+            if redis.call('SADD', KEYS[1], filter) == 1 then changed[#changed + 1] = filter end
+          else
+            redis.call('SREM', KEYS[i], ARGV[2])
+            if redis.call('SCARD', KEYS[i]) == 0 and redis.call('SREM', KEYS[1], filter) == 1 then
+              changed[#changed + 1] = filter
+            end
+          end
+        end
+        if #changed > 0 then
+          redis.call('PUBLISH', ARGV[1], cjson.encode({owner = '*', op = ARGV[3], filters = changed}))
+        end
+        return #changed
+        """
+    )
+
+    /// Stores a published message for a persistent session that is not connected.
+    ///
+    /// KEYS: session, route, queue. ARGV: entry, cap, ttl in milliseconds.
+    /// Returns -1 when the session no longer exists (the caller drops it from the filter's
+    /// set), 0 when the terminal is connected (its node delivers the message live), 1 when
+    /// stored.
+    public static let storeForSubscriber = RedisScript(
+        """
+        if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+        if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+        local n = redis.call('RPUSH', KEYS[3], ARGV[1])
+        local cap = tonumber(ARGV[2])
+        if n > cap then redis.call('LPOP', KEYS[3], n - cap) end
+        local ttl = tonumber(ARGV[3])
+        if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+        return 1
+        """
+    )
+
+    /// Drops the index set of a node whose liveness key expired, and announces it.
+    ///
+    /// KEYS: the node's liveness key, its index set. ARGV: index channel, node id.
+    /// Returns 1 when the node was dead and had filters.
+    public static let sweepNode = RedisScript(
+        """
+        if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+        redis.call('DEL', KEYS[2])
+        redis.call('PUBLISH', ARGV[1], cjson.encode({owner = ARGV[2], op = '='}))
+        return 1
+        """
+    )
+
     /// Every script, for SCRIPT LOAD on connect.
-    public static let all = [register, unregister, reassertRoute, enqueue, transition]
+    public static let all = [
+        register, unregister, reassertRoute, enqueue, transition, indexUpdate, storedSubscriptions, storeForSubscriber, sweepNode,
+    ]
 }

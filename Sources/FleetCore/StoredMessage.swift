@@ -16,6 +16,22 @@ public struct StoredMessage: Codable, Hashable, Sendable {
     /// The payload bytes, base64.
     public var payload: String
 
+    // A message a terminal published (or its will) carries what MQTT forwards with it.
+    /// The publishing terminal; nil for pushes from the control API (which get a `message-id`
+    /// user property instead of forwarded ones).
+    public var origin: String?
+    /// The publisher's RETAIN flag (for "retain as published" and retained delivery).
+    public var retain: Bool?
+    /// Stored for a persistent session's subscription (discarded when that session starts clean).
+    public var session: Bool?
+    /// MQTT 5 payload format indicator, content type, response topic, correlation data
+    /// (base64) and user properties, forwarded unchanged.
+    public var format: UInt8?
+    public var contentType: String?
+    public var responseTopic: String?
+    public var correlation: String?
+    public var user: [[String]]?
+
     public init(id: String, qos: UInt8, expiresAt: Int64, topic: String, payload: [UInt8]) {
         self.id = id
         self.qos = qos
@@ -23,6 +39,9 @@ public struct StoredMessage: Codable, Hashable, Sendable {
         self.topic = topic
         self.payload = Data(payload).base64EncodedString()
     }
+
+    /// Whether a terminal published it (MQTT forwarding rules apply).
+    public var isForwarded: Bool { origin != nil }
 
     /// The payload bytes.
     public var payloadBytes: [UInt8] { Data(base64Encoded: payload).map(Array.init) ?? [] }
@@ -50,18 +69,24 @@ public struct NodeEvent: Codable, Hashable, Sendable {
         case deliver
         /// Close the connection of `terminals[0]` if its epoch is `epoch` (takeover, revocation).
         case kick
+        /// A terminal publish routed to this node: deliver `message` as `target` says.
+        case publish
     }
 
     public var kind: Kind
     public var terminals: [String]?
     public var message: StoredMessage?
     public var epoch: String?
+    public var target: NodeTarget?
 
-    public init(kind: Kind, terminals: [String]? = nil, message: StoredMessage? = nil, epoch: String? = nil) {
+    public init(
+        kind: Kind, terminals: [String]? = nil, message: StoredMessage? = nil, epoch: String? = nil, target: NodeTarget? = nil
+    ) {
         self.kind = kind
         self.terminals = terminals
         self.message = message
         self.epoch = epoch
+        self.target = target
     }
 
     public func encoded() -> String {

@@ -21,4 +21,10 @@ public enum TerminalID {
             }
         }
     }
+
+    /// A valid terminal id standing for a client id that is not one (anonymous mode takes
+    /// any MQTT client id): `~` and the id's UTF-8 bytes in hex.
+    public static func escaped(_ clientID: String) -> String {
+        "~" + clientID.utf8.map { byte in (byte < 16 ? "0" : "") + String(byte, radix: 16) }.joined()
+    }
 }

@@ -22,7 +22,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case closed
     }
 
-    /// A QoS 1 message written to the terminal and not yet acknowledged.
+    /// A QoS 1 or 2 message written to the terminal and not yet acknowledged.
     private struct Inflight {
         var message: StoredMessage
         /// The stored JSON entry, or nil for messages that were never stored.
@@ -47,20 +47,47 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var connectedAt: Int64 = 0
     private var cleanStart = true
     private var keepAlive: TimeAmount = .zero
+    private var connectProperties: MQTTProperties = []
     private var lastReceived = NIODeadline.now()
     private var timer: RepeatedTask?
     private var connectDeadline: Scheduled<Void>?
     private var handle: SessionHandle?
 
-    /// Topic filter -> granted QoS, including the automatic `push/<id>` and `broadcast`.
-    private var subscriptions: [String: MQTTQoS] = [:]
+    /// A QoS 1 or 2 PUBLISH from the terminal whose routing has not finished: its PUBACK /
+    /// PUBREC goes out when it and every earlier one are done (MQTT 4.6 ordering).
+    private struct InboundPublish {
+        var packetID: UInt16
+        var qos: MQTTQoS
+        var reasonCode: MQTTReasonCode?
+    }
+
+    /// Topic filter -> subscription, including the automatic `push/<id>` and `broadcast`.
+    private var subscriptions: [String: Subscription] = [:]
+    /// Whether the session outlives the connection, and for how many seconds after it.
+    private var sessionExpiry: UInt32 = 0
+    private var persistentAtConnect = false
+    private var will: StoredMessage?
+    private var willDelay: UInt32 = 0
+    /// A DISCONNECT arrived: no will unless it asked for one (MQTT 5 reason 0x04).
+    private var disconnected = false
+    private var wasTakenOver = false
+    /// What the client accepts (MQTT 5 CONNECT properties).
+    private var clientReceiveMaximum = Int(UInt16.max)
+    private var clientMaximumPacketSize = Int.max
+    private var clientTopicAliasMaximum: UInt16 = 0
+    private var inboundAliases: [UInt16: String] = [:]
+    private var outboundAliases: [String: UInt16] = [:]
+    private var inboundPending: [InboundPublish] = []
+    /// QoS 2 packet ids received, PUBREC sent, waiting for PUBREL.
+    private var awaitingRelease: Set<UInt16> = []
     private var inflight: [UInt16: Inflight] = [:]
     private var inflightIDs: Set<String> = []
     private var nextPacketID: UInt16 = 1
     /// Packets that arrived while the session was being registered.
     private var earlyPackets: [MQTTPacket] = []
-    /// Live messages that arrived before the stored backlog was delivered.
-    private var earlyDeliveries: [(message: StoredMessage, tracked: Bool)] = []
+    /// Live messages that arrived before the stored backlog was delivered (`shared` is the
+    /// shared filter a routed publish is for, `tracked` whether a push has a status record).
+    private var earlyDeliveries: [(message: StoredMessage, tracked: Bool, routed: Bool, shared: String?)] = []
     private var refilling = false
     private var refillAgain = false
 
@@ -130,7 +157,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         connectDeadline?.cancel()
         if wasActive {
             node.metrics.connections.decrement()
+            leaveLocalIndex()
             unregisterRoute()
+            publishWill()
         }
         if let handle { node.registry.remove(handle) }
         context.fireChannelInactive()
@@ -147,6 +176,25 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         version = connect.protocolVersion
         encoder.version = version
         cleanStart = connect.cleanStart
+        connectProperties = connect.properties
+        let maximumExpiry = UInt32(clamping: node.configuration.maximumSessionExpiry)
+        if version.hasProperties {
+            let properties = connect.properties
+            // Enhanced authentication (AUTH exchanges) is not offered.
+            if properties[.authenticationMethod] != nil { return refuse(.v3NotAuthorized, v5: .badAuthenticationMethod) }
+            if let value = properties.integer(.receiveMaximum) {
+                guard value > 0 else { return refuse(.v3ServerUnavailable, v5: .protocolError) }
+                clientReceiveMaximum = Int(value)
+            }
+            if let value = properties.integer(.maximumPacketSize) {
+                guard value > 0 else { return refuse(.v3ServerUnavailable, v5: .protocolError) }
+                clientMaximumPacketSize = Int(value)
+            }
+            clientTopicAliasMaximum = UInt16(clamping: properties.integer(.topicAliasMaximum) ?? 0)
+            sessionExpiry = min(properties.integer(.sessionExpiryInterval) ?? 0, maximumExpiry)
+        } else {
+            sessionExpiry = connect.cleanStart ? 0 : maximumExpiry
+        }
 
         var clientID = connect.clientIdentifier
         var assigned: String?
@@ -157,7 +205,13 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             clientID = "auto-" + FleetClock.newEpoch()
             assigned = clientID
         }
-        guard TerminalID.isValid(clientID) else { return refuse(.v3IdentifierRejected, v5: .clientIdentifierNotValid) }
+        if !TerminalID.isValid(clientID) {
+            // Any client id MQTT allows is taken in anonymous mode, under a key-safe name.
+            guard node.configuration.allowAnonymous, clientID.utf8.count <= 256 else {
+                return refuse(.v3IdentifierRejected, v5: .clientIdentifierNotValid)
+            }
+            clientID = TerminalID.escaped(clientID)
+        }
 
         var issuedAt = ""
         if let password = connect.passwordString, !password.isEmpty {
@@ -175,6 +229,13 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
 
         terminal = clientID
+        persistentAtConnect = sessionExpiry > 0
+        if let will = connect.will {
+            self.will = StoredMessage(
+                published: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties,
+                origin: clientID)
+            willDelay = will.properties.integer(.willDelayInterval) ?? 0
+        }
         epoch = FleetClock.newEpoch()
         connectedAt = FleetClock.nowMillis()
         logger[metadataKey: "terminal"] = "\(terminal)"
@@ -200,11 +261,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let command = FleetScripts.register.command(
             keys: [
                 keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
-                keys.sent(terminal),
+                keys.sent(terminal), keys.released(terminal),
             ],
             arguments: [
                 node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt,
-                String(node.configuration.inflightWindow),
+                String(window), sessionExpiry > 0 ? "1" : "0",
             ]
         )
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -225,7 +286,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 logger.warning("unexpected session registration reply", metadata: ["reply": "\(reply)"])
                 return refuse(.v3ServerUnavailable, v5: .serverUnavailable)
             }
-            guard status == "ok", array.count == 7 else {
+            guard status == "ok", array.count == 9 else {
                 logger.info("credential revoked")
                 return refuse(.v3NotAuthorized, v5: .notAuthorized)
             }
@@ -249,20 +310,36 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             node.redis.fireAndForget([RedisCommand("SPUBLISH", node.keys.nodeChannel(oldNode), kick.encoded())])
         }
 
-        subscriptions = ["push/\(terminal)": .atLeastOnce, "broadcast": .atLeastOnce]
-        for (filter, qos) in parts[4].pairs ?? [:] {
-            if let qos = UInt8(qos).flatMap(MQTTQoS.init(rawValue:)) { subscriptions[filter] = qos }
+        // A clean start ended the old session: its filters leave the offline index.
+        let discarded = parts[7].array?.compactMap(\.string).filter { SharedFilter($0) == nil } ?? []
+        var commands: [RedisCommand] = []
+        if !discarded.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: discarded)) }
+        awaitingRelease = Set(parts[8].array?.compactMap { $0.string.flatMap(UInt16.init) } ?? [])
+
+        subscriptions = ["push/\(terminal)": Subscription(qos: .atLeastOnce), "broadcast": Subscription(qos: .atLeastOnce)]
+        var indexed: [String] = []
+        var restored: [String] = []
+        for (filter, encoded) in parts[4].pairs ?? [:] {
+            guard let subscription = Subscription(encoded: encoded) else { continue }
+            subscriptions[filter] = subscription
+            if joinLocalIndex(filter) { indexed.append(filter) }
+            if SharedFilter(filter) == nil { restored.append(filter) }
         }
+        if !indexed.isEmpty { commands.append(node.indexUpdateCommand(adding: true, filters: indexed)) }
+        if sessionExpiry > 0, !restored.isEmpty {
+            commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: true, filters: restored))
+        }
+        if !commands.isEmpty { node.redis.fireAndForget(commands) }
 
         var properties: MQTTProperties = []
         if version.hasProperties {
             if let assignedID { properties.append(.assignedClientIdentifier, .string(assignedID)) }
-            properties.append(.maximumQoS, .byte(2))
-            properties.append(.retainAvailable, .byte(0))
+            if let requested = connectProperties.integer(.sessionExpiryInterval), requested != sessionExpiry {
+                properties.append(.sessionExpiryInterval, .fourByteInteger(sessionExpiry))
+            }
+            properties.append(.receiveMaximum, .twoByteInteger(UInt16(clamping: node.configuration.receiveMaximum)))
             properties.append(.maximumPacketSize, .fourByteInteger(UInt32(node.configuration.maximumPacketSize)))
-            properties.append(.sharedSubscriptionAvailable, .byte(0))
-            properties.append(.subscriptionIdentifierAvailable, .byte(0))
-            properties.append(.topicAliasMaximum, .twoByteInteger(0))
+            properties.append(.topicAliasMaximum, .twoByteInteger(UInt16(clamping: node.configuration.topicAliasMaximum)))
         }
         write(.connAck(MQTTConnAckPacket(sessionPresent: sessionPresent, reasonCode: .success, properties: properties)), flush: false)
         phase = .active
@@ -275,10 +352,16 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let wokenWhileRegistering = refillAgain
         refillAgain = false
         deliverStored(queue, previouslySent: sent)
-        if wokenWhileRegistering || (refillAgain && inflight.count < node.configuration.inflightWindow) { refill() }
+        if wokenWhileRegistering || (refillAgain && inflight.count < window) { refill() }
         let live = earlyDeliveries
         earlyDeliveries = []
-        for (message, tracked) in live { deliverLive(message, tracked: tracked) }
+        for early in live {
+            if early.routed {
+                deliverPublished(early.message, shared: early.shared)
+            } else {
+                deliverLive(early.message, tracked: early.tracked)
+            }
+        }
 
         let early = earlyPackets
         earlyPackets = []
@@ -298,24 +381,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private func process(_ packet: MQTTPacket) {
         switch packet {
         case .publish(let publish):
-            // Terminal publishes are not routed yet: refuse them as the ACL would.
-            switch publish.qos {
-            case .atMostOnce: break
-            case .atLeastOnce:
-                write(
-                    .pubAck(
-                        MQTTAckPacket(
-                            packetIdentifier: publish.packetIdentifier!, reasonCode: version.hasProperties ? .notAuthorized : .success)),
-                    flush: true)
-            case .exactlyOnce:
-                write(
-                    .pubRec(
-                        MQTTAckPacket(
-                            packetIdentifier: publish.packetIdentifier!, reasonCode: version.hasProperties ? .notAuthorized : .success)),
-                    flush: true)
-            }
+            publishReceived(publish)
         case .pubRel(let ack):
-            write(.pubComp(MQTTAckPacket(packetIdentifier: ack.packetIdentifier)), flush: true)
+            released(ack.packetIdentifier)
         case .pubAck(let ack):
             acknowledged(ack.packetIdentifier)
         case .pubRec(let ack):
@@ -328,8 +396,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             unsubscribeReceived(unsubscribe)
         case .pingReq:
             write(.pingResp, flush: true)
-        case .disconnect:
-            close()
+        case .disconnect(let disconnect):
+            disconnectReceived(disconnect)
         case .connect:
             protocolError("second CONNECT")
         case .connAck, .subAck, .unsubAck, .pingResp, .auth:
@@ -338,49 +406,301 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     private func protocolError(_ reason: String) {
+        disconnect(.protocolError, reason)
+    }
+
+    /// Ends the connection for a client's mistake: MQTT 5 gets DISCONNECT with the reason.
+    private func disconnect(_ code: MQTTReasonCode, _ reason: String) {
         node.metrics.protocolErrors.increment()
-        logger.info("protocol error", metadata: ["reason": "\(reason)"])
-        if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: .protocolError)), flush: true) }
+        logger.info("closing the connection", metadata: ["reason": "\(reason)", "code": "\(code)"])
+        if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: code)), flush: true) }
         close()
     }
 
-    private func mayAccess(_ filter: String) -> Bool {
-        if node.configuration.allowAnonymous { return true }
-        if filter == "push/\(terminal)" || filter == "broadcast" { return true }
-        return node.configuration.publicTopicFilters.contains(filter)
+    /// Unacknowledged QoS 1/2 messages towards the terminal at most: ours, or less if the
+    /// client's receive maximum says so.
+    private var window: Int { min(node.configuration.inflightWindow, clientReceiveMaximum) }
+
+    private func disconnectReceived(_ disconnect: MQTTDisconnectPacket) {
+        if let requested = disconnect.properties.integer(.sessionExpiryInterval) {
+            // A session that ends with the connection cannot be made to outlive it (MQTT 5 3.14.2.2.2).
+            guard sessionExpiry > 0 || requested == 0 else { return protocolError("session expiry set on DISCONNECT after 0 on CONNECT") }
+            sessionExpiry = min(requested, UInt32(clamping: node.configuration.maximumSessionExpiry))
+        }
+        disconnected = true
+        if disconnect.reasonCode != .disconnectWithWill { will = nil }
+        close()
     }
 
+    // MARK: Terminal publishes
+
+    private func publishReceived(_ publish: MQTTPublishPacket) {
+        var topic = publish.topicName
+        if version.hasProperties, let alias = publish.properties.integer(.topicAlias) {
+            guard alias > 0, alias <= node.configuration.topicAliasMaximum else {
+                return disconnect(.topicAliasInvalid, "topic alias \(alias)")
+            }
+            if topic.isEmpty {
+                guard let known = inboundAliases[UInt16(alias)] else { return disconnect(.protocolError, "unknown topic alias \(alias)") }
+                topic = known
+            } else {
+                inboundAliases[UInt16(alias)] = topic
+            }
+        }
+        guard let packetID = publish.packetIdentifier else { return route(publish, topic: topic, packetID: nil) }
+        if publish.qos == .exactlyOnce, awaitingRelease.contains(packetID) {
+            // The terminal resent a QoS 2 PUBLISH it already handed over: acknowledge, do not route again.
+            return write(.pubRec(MQTTAckPacket(packetIdentifier: packetID)), flush: true)
+        }
+        if inboundPending.count + awaitingRelease.count >= node.configuration.receiveMaximum {
+            guard !version.hasProperties else { return disconnect(.receiveMaximumExceeded, "receive maximum exceeded") }
+        }
+        route(publish, topic: topic, packetID: packetID)
+    }
+
+    private func route(_ publish: MQTTPublishPacket, topic: String, packetID: UInt16?) {
+        node.metrics.published.increment()
+        var refusal: MQTTReasonCode?
+        if !node.acl.mayPublish(topic, terminal: terminal) {
+            refusal = .notAuthorized
+        } else if version.hasProperties, publish.properties.integer(.payloadFormatIndicator) == 1,
+            String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
+        {
+            refusal = .payloadFormatInvalid
+        }
+        if let refusal {
+            node.metrics.publishesRefused.increment()
+            logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(refusal)"])
+            guard let packetID else { return }
+            // MQTT 3.1.1 cannot refuse a PUBLISH: it is acknowledged and dropped.
+            let code: MQTTReasonCode = version.hasProperties ? refusal : .success
+            inboundPending.append(InboundPublish(packetID: packetID, qos: publish.qos, reasonCode: code))
+            return flushInboundAcks()
+        }
+        let message = StoredMessage(
+            published: topic, payload: publish.payload, qos: publish.qos, retain: publish.retain, properties: publish.properties,
+            origin: terminal)
+        guard let packetID, let context else {
+            _ = node.route(message)
+            return
+        }
+        inboundPending.append(InboundPublish(packetID: packetID, qos: publish.qos))
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        node.route(message).hop(to: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            guard let index = handler.inboundPending.firstIndex(where: { $0.packetID == packetID && $0.reasonCode == nil }) else { return }
+            switch result {
+            case .success:
+                handler.inboundPending[index].reasonCode = .success
+            case .failure(let error):
+                handler.logger.warning("routing a publish failed", metadata: ["error": "\(error)"])
+                // Not accepted: MQTT 5 says so; a 3.1.1 client learns it by the connection closing
+                // and sends the message again.
+                guard handler.version.hasProperties else { return handler.close() }
+                handler.inboundPending[index].reasonCode = .implementationSpecificError
+            }
+            handler.flushInboundAcks()
+        }
+    }
+
+    /// Writes the PUBACK / PUBREC of every finished inbound publish at the head of the queue.
+    private func flushInboundAcks() {
+        var wrote = false
+        while let first = inboundPending.first, let code = first.reasonCode {
+            inboundPending.removeFirst()
+            let ack = MQTTAckPacket(packetIdentifier: first.packetID, reasonCode: code)
+            if first.qos == .exactlyOnce {
+                // A refusing PUBREC ends the exchange; a successful one waits for PUBREL.
+                if code.rawValue < 0x80 {
+                    awaitingRelease.insert(first.packetID)
+                    if sessionExpiry > 0 {
+                        node.redis.fireAndForget([RedisCommand("SADD", node.keys.released(terminal), String(first.packetID))])
+                    }
+                }
+                write(.pubRec(ack), flush: false)
+            } else {
+                write(.pubAck(ack), flush: false)
+            }
+            wrote = true
+        }
+        if wrote { context?.flush() }
+    }
+
+    private func released(_ packetID: UInt16) {
+        let known = awaitingRelease.remove(packetID) != nil
+        if known, sessionExpiry > 0 {
+            node.redis.fireAndForget([RedisCommand("SREM", node.keys.released(terminal), String(packetID))])
+        }
+        let code: MQTTReasonCode = known || !version.hasProperties ? .success : .packetIdentifierNotFound
+        write(.pubComp(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code)), flush: true)
+    }
+
+    /// Publishes the will (after its delay, unless the session came back on any node by then).
+    private func publishWill() {
+        guard let will else { return }
+        self.will = nil
+        guard node.acl.mayPublish(will.topic, terminal: terminal) else { return }
+        // The will waits no longer than the session lives; a takeover continues the session,
+        // so a delayed will is not sent then.
+        let delay = min(willDelay, sessionExpiry)
+        let node = self.node
+        guard delay > 0 else {
+            node.metrics.willsPublished.increment()
+            _ = node.route(will)
+            return
+        }
+        guard !wasTakenOver, let context else { return }
+        let routeKey = node.keys.route(terminal)
+        context.eventLoop.scheduleTask(in: .seconds(Int64(delay))) {
+            node.redis.pipelineFuture([RedisCommand("EXISTS", routeKey)]).whenSuccess { replies in
+                guard replies.first?.int == 0 else { return }
+                node.metrics.willsPublished.increment()
+                _ = node.route(will)
+            }
+        }
+    }
+
+    // MARK: Subscriptions
+
     private func subscribeReceived(_ subscribe: MQTTSubscribePacket) {
+        var identifier: UInt32?
+        if version.hasProperties, let value = subscribe.properties.integer(.subscriptionIdentifier) {
+            guard value > 0 else { return disconnect(.protocolError, "subscription identifier 0") }
+            identifier = value
+        }
         var codes: [MQTTReasonCode] = []
         var record: [String] = []
-        for subscription in subscribe.subscriptions {
-            let filter = subscription.topicFilter
-            guard MQTTTopic.isValidFilter(filter) else {
+        var indexed: [String] = []
+        var stored: [String] = []
+        var retained: [(filter: String, subscription: Subscription)] = []
+        for requested in subscribe.subscriptions {
+            let filter = requested.topicFilter
+            let shared = SharedFilter(filter)
+            guard
+                filter.hasPrefix("$share/") ? shared.map({ MQTTTopic.isValidFilter($0.filter) }) ?? false : MQTTTopic.isValidFilter(filter)
+            else {
                 codes.append(version.hasProperties ? .topicFilterInvalid : .v3SubscribeFailure)
                 continue
             }
-            guard mayAccess(filter) else {
+            if shared != nil && requested.options.noLocal && version.hasProperties {
+                return disconnect(.protocolError, "no local on a shared subscription")
+            }
+            guard node.acl.maySubscribe(filter, terminal: terminal) else {
                 codes.append(version.hasProperties ? .notAuthorized : .v3SubscribeFailure)
                 continue
             }
-            let granted = subscription.options.qos
-            subscriptions[filter] = granted
-            record += [filter, String(granted.rawValue)]
-            codes.append(MQTTReasonCode(granted.rawValue))
+            let subscription = Subscription(
+                qos: requested.options.qos, noLocal: requested.options.noLocal, retainAsPublished: requested.options.retainAsPublished,
+                identifier: identifier)
+            let isNew = subscriptions.updateValue(subscription, forKey: filter) == nil
+            if isAutomatic(filter) {
+                codes.append(MQTTReasonCode(subscription.qos.rawValue))
+                continue
+            }
+            if isNew, joinLocalIndex(filter) { indexed.append(filter) }
+            record += [filter, subscription.encoded]
+            if sessionExpiry > 0 && shared == nil { stored.append(filter) }
+            switch requested.options.retainHandling {
+            case .sendOnSubscribe where shared == nil: retained.append((filter, subscription))
+            case .sendOnSubscribeIfNew where shared == nil && isNew: retained.append((filter, subscription))
+            default: break
+            }
+            codes.append(MQTTReasonCode(subscription.qos.rawValue))
         }
-        if !record.isEmpty {
-            node.redis.fireAndForget([RedisCommand("HSET", [node.keys.subscriptions(terminal)] + record)])
+        var commands: [RedisCommand] = []
+        if !indexed.isEmpty { commands.append(node.indexUpdateCommand(adding: true, filters: indexed)) }
+        if !record.isEmpty { commands.append(RedisCommand("HSET", [node.keys.subscriptions(terminal)] + record)) }
+        if !stored.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: true, filters: stored)) }
+        let suback = MQTTPacket.subAck(MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes))
+        guard !commands.isEmpty, let context else { return write(suback, flush: true) }
+        // SUBACK once the fleet index has the filters, so a publish sent after it finds them.
+        let retainedFor = retained
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            if case .failure(let error) = result {
+                handler.logger.warning("recording subscriptions failed", metadata: ["error": "\(error)"])
+            }
+            handler.write(suback, flush: true)
+            if !retainedFor.isEmpty { handler.sendRetained(for: retainedFor) }
         }
-        write(.subAck(MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes)), flush: true)
+    }
+
+    /// Sends the retained messages matching new subscriptions. A filter without wildcards is
+    /// one HGET; a wildcard filter reads the whole retained hash (its cost grows with the
+    /// number of retained topics; see README).
+    private func sendRetained(for requested: [(filter: String, subscription: Subscription)]) {
+        guard let context else { return }
+        let wildcard = requested.contains { $0.filter.contains("+") || $0.filter.contains("#") }
+        let command =
+            wildcard
+            ? RedisCommand("HVALS", node.keys.retained)
+            : RedisCommand("HMGET", [node.keys.retained] + requested.map(\.filter))
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture([command]).hop(to: context.eventLoop).whenSuccess { replies in
+            let handler = loopBound.value
+            guard case .active = handler.phase else { return }
+            let now = FleetClock.nowMillis()
+            for entry in replies.first?.array?.compactMap(\.string) ?? [] {
+                guard let message = StoredMessage.decode(entry), !message.isExpired(nowMillis: now) else { continue }
+                var best: Subscription?
+                var identifiers: [UInt32] = []
+                for (filter, subscription) in requested where MQTTTopic.matches(filter: filter, topic: message.topic) {
+                    if best == nil || subscription.qos > best!.qos { best = subscription }
+                    if let id = subscription.identifier { identifiers.append(id) }
+                }
+                guard let best else { continue }
+                let qos = min(best.qos, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atMostOnce)
+                guard qos == .atMostOnce || handler.inflight.count < handler.window else { continue }
+                handler.send(
+                    message, delivery: Delivery(qos: qos, retain: true, subscriptionIdentifiers: identifiers), dup: false, entry: nil,
+                    tracked: false)
+            }
+            handler.context?.flush()
+        }
     }
 
     private func unsubscribeReceived(_ unsubscribe: MQTTUnsubscribePacket) {
         var codes: [MQTTReasonCode] = []
+        var unindexed: [String] = []
+        var stored: [String] = []
         for filter in unsubscribe.topicFilters {
-            codes.append(subscriptions.removeValue(forKey: filter) == nil ? .noSubscriptionExisted : .success)
+            guard subscriptions.removeValue(forKey: filter) != nil else {
+                codes.append(.noSubscriptionExisted)
+                continue
+            }
+            codes.append(.success)
+            if isAutomatic(filter) { continue }
+            if leaveLocalIndex(filter) { unindexed.append(filter) }
+            if sessionExpiry > 0 && SharedFilter(filter) == nil { stored.append(filter) }
         }
-        node.redis.fireAndForget([RedisCommand("HDEL", [node.keys.subscriptions(terminal)] + unsubscribe.topicFilters)])
+        var commands = [RedisCommand("HDEL", [node.keys.subscriptions(terminal)] + unsubscribe.topicFilters)]
+        if !unindexed.isEmpty { commands.append(node.indexUpdateCommand(adding: false, filters: unindexed)) }
+        if !stored.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: stored)) }
+        node.redis.fireAndForget(commands)
         write(.unsubAck(MQTTSubAckPacket(packetIdentifier: unsubscribe.packetIdentifier, reasonCodes: codes)), flush: true)
+    }
+
+    /// `push/<id>` and `broadcast`: every session has them; pushes reach them without the index.
+    private func isAutomatic(_ filter: String) -> Bool {
+        filter == "push/\(terminal)" || filter == "broadcast"
+    }
+
+    private var member: LocalSubscriptions.Member { LocalSubscriptions.Member(terminal: terminal, epoch: epoch) }
+
+    /// Adds a filter to the node's local index; true when the fleet index must learn it.
+    private func joinLocalIndex(_ filter: String) -> Bool {
+        node.local.add(member, filter: filter)
+    }
+
+    private func leaveLocalIndex(_ filter: String) -> Bool {
+        node.local.remove(member, filter: filter)
+    }
+
+    /// Takes all of this connection's subscriptions out of the node's index.
+    private func leaveLocalIndex() {
+        let unindexed = subscriptions.keys.filter { !isAutomatic($0) && leaveLocalIndex($0) }
+        if !unindexed.isEmpty { node.redis.fireAndForget([node.indexUpdateCommand(adding: false, filters: unindexed)]) }
     }
 
     // MARK: Delivery
@@ -403,7 +723,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 node.metrics.expired.increment()
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
                 commands.append(RedisCommand("SREM", node.keys.sent(terminal), message.id))
-                commands.append(transition(message.id, .expired))
+                if !message.isForwarded { commands.append(transition(message.id, .expired)) }
                 continue
             }
             // A terminal that does not read: the rest waits in Redis until it drains its socket.
@@ -411,52 +731,106 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 refillAgain = true
                 break
             }
-            // The terminal's own subscription caps the QoS (MQTT 3.1.1 3.8.4); without one
-            // (it unsubscribed from push/<id>) the message waits in Redis.
-            guard let granted = grantedQoS(for: message.topic) else { continue }
-            let qos = min(granted, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atLeastOnce)
-            if qos > .atMostOnce && inflight.count >= node.configuration.inflightWindow {
+            guard let delivery = delivery(for: message, shared: nil) else {
+                // A message stored for a subscription the session no longer has (or its own,
+                // under no local) is discarded; a push waits for the terminal to subscribe to
+                // push/<id> again.
+                if message.session == true { commands.append(RedisCommand("LREM", queueKey, "1", entry)) }
+                continue
+            }
+            if delivery.qos > .atMostOnce && inflight.count >= window {
                 refillAgain = true
                 break
             }
-            send(message, qos: qos, dup: previouslySent.contains(message.id), entry: entry, tracked: true)
-            if qos == .atMostOnce {
+            guard send(message, delivery: delivery, dup: previouslySent.contains(message.id), entry: entry, tracked: !message.isForwarded)
+            else {
+                commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                if !message.isForwarded { commands.append(transition(message.id, .dropped)) }
+                continue
+            }
+            if delivery.qos == .atMostOnce {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
             } else {
                 commands.append(RedisCommand("SADD", node.keys.sent(terminal), message.id))
             }
-            commands.append(transition(message.id, .delivered))
+            if !message.isForwarded { commands.append(transition(message.id, .delivered)) }
         }
         context?.flush()
         if !commands.isEmpty { node.redis.fireAndForget(commands) }
-        if entries.count >= node.configuration.inflightWindow && commands.contains(where: { $0.name == "LREM" }) {
+        if entries.count >= window && commands.contains(where: { $0.name == "LREM" }) {
             refillAgain = true
         }
     }
 
-    /// Writes one PUBLISH (not flushed) and tracks it when QoS 1.
-    private func send(_ message: StoredMessage, qos: MQTTQoS, dup: Bool, entry: String?, tracked: Bool) {
-        var packetID: UInt16?
-        if qos != .atMostOnce {
-            let id = allocatePacketID()
-            packetID = id
-            inflight[id] = Inflight(message: message, entry: entry, tracked: tracked, qos: qos)
-            inflightIDs.insert(message.id)
+    /// How `message` goes to this session, or nil when no subscription takes it. Overlapping
+    /// subscriptions deliver once, at the highest QoS, with every subscription identifier
+    /// (MQTT 5 3.3.4); a shared subscription delivers on its own.
+    private func delivery(for message: StoredMessage, shared: String?) -> Delivery? {
+        let published = MQTTQoS(rawValue: min(message.qos, 2)) ?? .atLeastOnce
+        let retained = message.retain == true
+        if let shared {
+            guard let subscription = subscriptions[shared] else { return nil }
+            return Delivery(
+                qos: min(subscription.qos, published), retain: subscription.retainAsPublished && retained,
+                subscriptionIdentifiers: subscription.identifier.map { [$0] } ?? [])
         }
-        var properties: MQTTProperties = []
-        if version.hasProperties {
-            properties.append(.userProperty, .stringPair("message-id", message.id))
-            if message.expiresAt > 0 {
-                let remaining = max(1, (message.expiresAt - FleetClock.nowMillis() + 999) / 1000)
-                properties.append(.messageExpiryInterval, .fourByteInteger(UInt32(clamping: remaining)))
+        var best: MQTTQoS?
+        var retain = false
+        var identifiers: [UInt32] = []
+        for (filter, subscription) in subscriptions where !filter.hasPrefix("$share/") {
+            guard MQTTTopic.matches(filter: filter, topic: message.topic) else { continue }
+            if subscription.noLocal && message.origin == terminal { continue }
+            best = max(best ?? subscription.qos, subscription.qos)
+            if subscription.retainAsPublished && retained { retain = true }
+            if let identifier = subscription.identifier { identifiers.append(identifier) }
+        }
+        guard let best else { return nil }
+        return Delivery(qos: min(best, published), retain: retain, subscriptionIdentifiers: identifiers)
+    }
+
+    /// Writes one PUBLISH (not flushed) and tracks it when QoS 1 or 2. Returns false when it
+    /// is larger than the client's maximum packet size: such a message is discarded as if it
+    /// had been sent (MQTT 5 3.1.2.11.4).
+    @discardableResult
+    private func send(_ message: StoredMessage, delivery: Delivery, dup: Bool, entry: String?, tracked: Bool) -> Bool {
+        let properties =
+            version.hasProperties
+            ? message.outboundProperties(subscriptionIdentifiers: delivery.subscriptionIdentifiers, nowMillis: FleetClock.nowMillis())
+            : []
+        let bytes = message.payloadBytes
+        var payload = context?.channel.allocator.buffer(capacity: bytes.count) ?? ByteBuffer()
+        payload.writeBytes(bytes)
+        var publish = MQTTPublishPacket(
+            topicName: message.topic, payload: payload, qos: delivery.qos, packetIdentifier: delivery.qos == .atMostOnce ? nil : 1,
+            dup: dup, retain: delivery.retain, properties: properties)
+        if clientMaximumPacketSize < Int.max {
+            var scratch = ByteBuffer()
+            try? MQTTPacket.publish(publish).write(to: &scratch, version: version)
+            guard scratch.readableBytes <= clientMaximumPacketSize else {
+                node.metrics.dropped.increment()
+                logger.debug("message over the client's maximum packet size discarded", metadata: ["message": "\(message.id)"])
+                return false
             }
         }
-        var payload = context?.channel.allocator.buffer(capacity: message.payload.utf8.count) ?? ByteBuffer()
-        payload.writeBytes(message.payloadBytes)
-        let publish = MQTTPublishPacket(
-            topicName: message.topic, payload: payload, qos: qos, packetIdentifier: packetID, dup: dup, properties: properties)
+        if clientTopicAliasMaximum > 0 {
+            if let alias = outboundAliases[message.topic] {
+                publish.topicName = ""
+                publish.properties.append(.topicAlias, .twoByteInteger(alias))
+            } else if outboundAliases.count < Int(clientTopicAliasMaximum) {
+                let alias = UInt16(outboundAliases.count + 1)
+                outboundAliases[message.topic] = alias
+                publish.properties.append(.topicAlias, .twoByteInteger(alias))
+            }
+        }
+        if delivery.qos != .atMostOnce {
+            let id = allocatePacketID()
+            publish.packetIdentifier = id
+            inflight[id] = Inflight(message: message, entry: entry, tracked: tracked, qos: delivery.qos)
+            inflightIDs.insert(message.id)
+        }
         node.metrics.delivered.increment()
         write(.publish(publish), flush: false)
+        return true
     }
 
     private func allocatePacketID() -> UInt16 {
@@ -540,7 +914,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         refilling = true
         refillAgain = false
         let commands = [
-            RedisCommand("LRANGE", node.keys.queue(terminal), "0", String(node.configuration.inflightWindow - 1)),
+            RedisCommand("LRANGE", node.keys.queue(terminal), "0", String(window - 1)),
             RedisCommand("SMEMBERS", node.keys.sent(terminal)),
         ]
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -557,7 +931,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
             }
             let writable = handler.context?.channel.isWritable ?? false
-            if handler.refillAgain, writable, handler.inflight.count < handler.node.configuration.inflightWindow { handler.refill() }
+            if handler.refillAgain, writable, handler.inflight.count < handler.window { handler.refill() }
         }
     }
 
@@ -572,7 +946,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 if tracked { node.redis.fireAndForget([transition(message.id, .dropped)]) }
                 return
             }
-            earlyDeliveries.append((message, tracked))
+            earlyDeliveries.append((message, tracked, false, nil))
             return
         case .active:
             break
@@ -582,25 +956,72 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var message = message
         // Unicast events name the terminals and leave the topic to each of them.
         if message.topic.isEmpty { message.topic = "push/\(terminal)" }
-        guard let granted = grantedQoS(for: message.topic) else { return }
-        let qos = min(granted, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atLeastOnce)
+        guard let delivery = delivery(for: message, shared: nil) else { return }
         // Online-only messages are not kept for a terminal that does not keep up.
-        if context?.channel.isWritable == false || (qos > .atMostOnce && inflight.count >= 4 * node.configuration.inflightWindow) {
+        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && inflight.count >= liveLimit) {
             node.metrics.dropped.increment()
             if tracked { node.redis.fireAndForget([transition(message.id, .dropped)]) }
             return
         }
-        send(message, qos: qos, dup: false, entry: nil, tracked: tracked)
+        let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked)
         context?.flush()
-        if tracked { node.redis.fireAndForget([transition(message.id, .delivered)]) }
+        if tracked { node.redis.fireAndForget([transition(message.id, sent ? .delivered : .dropped)]) }
     }
 
-    private func grantedQoS(for topic: String) -> MQTTQoS? {
-        var best: MQTTQoS?
-        for (filter, qos) in subscriptions where MQTTTopic.matches(filter: filter, topic: topic) {
-            best = max(best ?? qos, qos)
+    /// Unacknowledged messages beyond the stored window that live messages may add: a little
+    /// slack for pushes, none past a receive maximum the client set.
+    private var liveLimit: Int {
+        clientReceiveMaximum < Int(UInt16.max) ? window : 4 * window
+    }
+
+    /// Delivers a message a terminal published, routed here by the fleet index (`shared`:
+    /// the shared subscription this session was picked for). For a persistent session a QoS
+    /// 1/2 message is written to Redis while in flight, so a reconnect on any node gets it
+    /// again; when the session cannot take it now it waits there instead of being dropped.
+    func deliverPublished(_ message: StoredMessage, shared: String?) {
+        switch phase {
+        case .registering:
+            guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
+                node.metrics.dropped.increment()
+                return
+            }
+            earlyDeliveries.append((message, false, true, shared))
+            return
+        case .active:
+            break
+        case .awaitingConnect, .draining, .closed:
+            return
         }
-        return best
+        guard let delivery = delivery(for: message, shared: shared) else { return }
+        let keep = sessionExpiry > 0 && delivery.qos > .atMostOnce && shared == nil
+        var entry: String?
+        var commands: [RedisCommand] = []
+        if keep {
+            var stored = message
+            stored.session = true
+            entry = stored.encoded()
+            let ttl =
+                message.expiresAt > 0
+                ? max(1, message.expiresAt - FleetClock.nowMillis()) : Int64(node.configuration.maximumSessionExpiry) * 1000
+            commands.append(
+                FleetScripts.enqueue.command(
+                    keys: [node.keys.queue(terminal)], arguments: [entry!, String(node.configuration.offlineQueueCap), String(ttl), "0"]))
+        }
+        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && inflight.count >= liveLimit) {
+            if keep {
+                // Read back in order by the next refill.
+                node.redis.fireAndForget(commands)
+                refillAgain = true
+            } else {
+                node.metrics.dropped.increment()
+            }
+            return
+        }
+        if keep { commands.append(RedisCommand("SADD", node.keys.sent(terminal), message.id)) }
+        if send(message, delivery: delivery, dup: false, entry: entry, tracked: false), !commands.isEmpty {
+            node.redis.fireAndForget(commands)
+        }
+        context?.flush()
     }
 
     // MARK: Lifecycle
@@ -612,6 +1033,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         default: return close()
         }
         logger.info("session taken over")
+        wasTakenOver = true
         if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: .sessionTakenOver)), flush: true) }
         close()
     }
@@ -656,15 +1078,24 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// Removes the route (if still this connection's) and ends or keeps the session. A
+    /// persistent session whose expiry was lowered to 0 on DISCONNECT also leaves the
+    /// stored-subscriber sets.
     private func unregisterRoute() {
         guard !terminal.isEmpty else { return }
         let keys = node.keys
-        node.redis.fireAndForget([
-            FleetScripts.unregister.command(
-                keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal)],
-                arguments: [epoch, cleanStart ? "1" : "0"]
-            )
-        ])
+        let command = FleetScripts.unregister.command(
+            keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.released(terminal)],
+            arguments: [epoch, String(sessionExpiry)]
+        )
+        let filters = subscriptions.keys.filter { !isAutomatic($0) && SharedFilter($0) == nil }
+        guard persistentAtConnect, sessionExpiry == 0, !filters.isEmpty else { return node.redis.fireAndForget([command]) }
+        let node = self.node
+        let terminal = self.terminal
+        node.redis.pipelineFuture([command]).whenSuccess { replies in
+            guard replies.first?.int == 1 else { return }
+            node.redis.fireAndForget([node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: filters)])
+        }
     }
 
     private func write(_ packet: MQTTPacket, flush: Bool) {

@@ -33,7 +33,11 @@ public final class PushNode: Service, Sendable {
             credentials: CredentialAuthority(secret: configuration.secret),
             logger: logger,
             metrics: PushNodeMetrics(),
-            connectLimiter: ConnectRateLimiter(rate: configuration.maximumConnectRate)
+            connectLimiter: ConnectRateLimiter(rate: configuration.maximumConnectRate),
+            index: SubscriptionIndex(),
+            local: LocalSubscriptions(),
+            acl: TopicACL(
+                subscribe: configuration.publicTopicFilters, publish: configuration.publishTopicFilters, open: configuration.allowAnonymous)
         )
         self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger)
     }
@@ -58,6 +62,11 @@ public final class PushNode: Service, Sendable {
         // re-read its list, since wake events published while the subscriber was away are gone.
         context.redis.onStateChange { connected in
             guard connected else { return }
+            // This node's index set is exactly its sessions' filters (empty after a restart).
+            context.redis.fireAndForget([
+                FleetScripts.indexUpdate.command(
+                    keys: [keys.index(context.nodeID)], arguments: [keys.indexChannel, context.nodeID, "="] + context.local.filters)
+            ])
             let sessions = context.registry.all
             guard !sessions.isEmpty else { return }
             context.logger.info("redis connected: re-asserting routes", metadata: ["sessions": "\(sessions.count)"])
@@ -72,11 +81,13 @@ public final class PushNode: Service, Sendable {
         }
         subscriber.onStateChange { connected in
             guard connected else { return }
+            // Changes announced while the subscriber was away are gone: read the index again.
+            Task { await Self.loadIndex(context) }
             for handle in context.registry.all { handle.execute { $0.wake() } }
         }
         context.redis.start()
         subscriber.subscribe([keys.nodeChannel(configuration.nodeID)], sharded: true)
-        subscriber.subscribe([keys.broadcastChannel])
+        subscriber.subscribe([keys.broadcastChannel, keys.indexChannel])
         subscriber.start()
 
         let server = try await ServerBootstrap(group: group)
@@ -137,11 +148,34 @@ public final class PushNode: Service, Sendable {
         }
     }
 
-    /// Dispatches node channel and broadcast channel events to sessions.
+    /// Reads every owner's index set into the node's copy of the fleet index.
+    private static func loadIndex(_ context: PushNodeContext) async {
+        let keys = context.keys
+        do {
+            let nodes = try await context.redis.send("SMEMBERS", keys.nodes).array?.compactMap(\.string) ?? []
+            let owners = Array(Set(nodes).subtracting([context.nodeID])) + [SubscriptionIndex.storedOwner]
+            let replies = try await context.redis.pipeline(owners.map { RedisCommand("SMEMBERS", keys.index($0)) })
+            for (owner, reply) in zip(owners, replies) {
+                context.index.replace(owner: owner, filters: reply.array?.compactMap(\.string) ?? [])
+            }
+            context.logger.debug("fleet index loaded", metadata: ["owners": "\(context.index.summary)"])
+        } catch {
+            context.logger.warning("reading the fleet index failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Dispatches node channel, broadcast channel and index channel events.
     private func consumeEvents() async {
         let registry = context.registry
+        let indexChannel = configuration.keys.indexChannel
         for await message in subscriber.messages {
             if Task.isCancelled { break }
+            if message.channel == indexChannel {
+                guard let change = IndexChange.decode(Array(message.payload.readableBytesView)) else { continue }
+                // This node's own entries come from its sessions, applied when they change.
+                if change.owner != context.nodeID { context.index.apply(change) }
+                continue
+            }
             guard let event = NodeEvent.decode(Array(message.payload.readableBytesView)) else {
                 context.logger.warning("unreadable node event", metadata: ["channel": "\(message.channel)"])
                 continue
@@ -155,6 +189,9 @@ public final class PushNode: Service, Sendable {
                 guard let terminal = event.terminals?.first else { continue }
                 let epoch = event.epoch ?? ""
                 registry.handle(for: terminal)?.execute { $0.kick(epoch: epoch) }
+            case .publish:
+                guard let published = event.message, let target = event.target else { continue }
+                context.deliverLocally(published, target: target)
             case .deliver:
                 guard let pushed = event.message else { continue }
                 if let terminals = event.terminals {
@@ -198,7 +235,15 @@ public final class PushNode: Service, Sendable {
                 RedisCommand("SADD", keys.nodes, configuration.nodeID),
             ]
             do {
-                _ = try await context.redis.pipeline(commands)
+                let replies = try await context.redis.pipeline(commands + [RedisCommand("SMEMBERS", keys.nodes)])
+                // A node that died keeps its index set: drop it, so publishes stop going its way.
+                let others = (replies.last?.array?.compactMap(\.string) ?? []).filter { $0 != configuration.nodeID }
+                if !others.isEmpty {
+                    context.redis.fireAndForget(
+                        others.map {
+                            FleetScripts.sweepNode.command(keys: [keys.node($0), keys.index($0)], arguments: [keys.indexChannel, $0])
+                        })
+                }
             } catch {
                 context.logger.debug("heartbeat failed", metadata: ["error": "\(error)"])
             }

@@ -37,8 +37,24 @@ public struct PushNodeConfiguration: Sendable {
     public var drainRate: Int = 2_000
     /// Seconds a closing connection waits for its in-flight messages to be acknowledged.
     public var drainTimeout: Int = 5
-    /// Topic filters any authenticated terminal may subscribe to besides its own.
+    /// Topic filters any authenticated terminal may subscribe to besides `push/<its id>` and
+    /// `broadcast` (`%c` stands for the terminal id).
     public var publicTopicFilters: [String] = []
+    /// Topic filters terminals may publish to (`%c` stands for the terminal id); none by default.
+    public var publishTopicFilters: [String] = []
+    /// Longest a persistent session is kept after its connection ends, in seconds: MQTT 5
+    /// session expiry intervals are capped to it, and MQTT 3.1.1 clean-session-off sessions
+    /// use it.
+    public var maximumSessionExpiry: Int = 7 * 24 * 3600
+    /// Entries a terminal's stored list keeps at most (oldest dropped first), for messages
+    /// stored for persistent sessions' subscriptions.
+    public var offlineQueueCap: Int = 1_000
+    /// QoS 1 and 2 PUBLISHes a terminal may have unacknowledged towards the node (MQTT 5
+    /// receive maximum; exceeding it gets DISCONNECT 0x93).
+    public var receiveMaximum: Int = 64
+    /// Topic aliases a terminal may use towards the node (MQTT 5), and the node uses towards it
+    /// at most.
+    public var topicAliasMaximum: Int = 32
 
     public init(redis: RedisConfiguration, mqttHost: String, mqttPort: Int, nodeID: String, secret: String) {
         self.redis = redis

@@ -12,6 +12,11 @@ struct PushNodeContext: Sendable {
     let logger: Logger
     let metrics: PushNodeMetrics
     let connectLimiter: ConnectRateLimiter?
+    /// The fleet's routing table for terminal publishes.
+    let index: SubscriptionIndex
+    /// This node's sessions' subscriptions.
+    let local: LocalSubscriptions
+    let acl: TopicACL
 
     var keys: FleetKeys { configuration.keys }
     var nodeID: String { configuration.nodeID }
@@ -28,4 +33,9 @@ struct PushNodeMetrics: Sendable {
     let expired = Counter(label: "pushfleet_node_messages_expired_total")
     let dropped = Counter(label: "pushfleet_node_messages_dropped_total")
     let protocolErrors = Counter(label: "pushfleet_node_protocol_errors_total")
+    let published = Counter(label: "pushfleet_node_terminal_publishes_total")
+    let publishesRefused = Counter(label: "pushfleet_node_terminal_publishes_refused_total")
+    let routed = Counter(label: "pushfleet_node_publishes_routed_total")
+    let storedForSessions = Counter(label: "pushfleet_node_messages_stored_for_sessions_total")
+    let willsPublished = Counter(label: "pushfleet_node_wills_published_total")
 }

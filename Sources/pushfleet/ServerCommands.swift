@@ -3,6 +3,7 @@ import ControlNode
 import FleetCore
 import Foundation
 import Logging
+import MQTTCodec
 import PushNode
 import RedisClient
 import ServiceLifecycle
@@ -102,8 +103,35 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Unacknowledged QoS 1 messages per connection (env PUSHFLEET_INFLIGHT; default 32).")
     var inflight: Int?
 
-    @Option(help: "Comma separated topic filters any terminal may subscribe to besides its own (env PUSHFLEET_PUBLIC_TOPICS).")
+    @Option(
+        help:
+            "Comma separated topic filters any terminal may subscribe to besides push/<id> and broadcast; %c stands for the terminal id (env PUSHFLEET_PUBLIC_TOPICS)."
+    )
     var publicTopics: String?
+
+    @Option(
+        help:
+            "Comma separated topic filters terminals may publish to, routed to every matching subscriber in the fleet; %c stands for the terminal id; default none (env PUSHFLEET_PUBLISH_TOPICS)."
+    )
+    var publishTopics: String?
+
+    @Option(
+        help:
+            "Longest a persistent session outlives its connection, in seconds: caps MQTT 5 session expiry, and is the expiry of MQTT 3.1.1 clean-session-off sessions (env PUSHFLEET_SESSION_EXPIRY_MAX; default 604800)."
+    )
+    var sessionExpiryMax: Int?
+
+    @Option(
+        help:
+            "Messages kept per terminal for persistent sessions' subscriptions, oldest dropped first (env PUSHFLEET_QUEUE_CAP; default 1000)."
+    )
+    var queueCap: Int?
+
+    @Option(help: "Unacknowledged QoS 1/2 PUBLISHes a client may send (MQTT 5 receive maximum) (env PUSHFLEET_RECEIVE_MAX; default 64).")
+    var receiveMax: Int?
+
+    @Option(help: "Topic aliases a client may use (MQTT 5); 0 turns them off (env PUSHFLEET_TOPIC_ALIAS_MAX; default 32).")
+    var topicAliasMax: Int?
 
     @Option(
         help:
@@ -158,6 +186,23 @@ struct NodeCommand: AsyncParsableCommand {
         }
         if let topics = publicTopics ?? env("PUBLIC_TOPICS") {
             configuration.publicTopicFilters = topics.split(separator: ",").map(String.init)
+        }
+        if let topics = publishTopics ?? env("PUBLISH_TOPICS") {
+            configuration.publishTopicFilters = topics.split(separator: ",").map(String.init)
+        }
+        for filter in configuration.publicTopicFilters + configuration.publishTopicFilters where !MQTTTopic.isValidFilter(filter) {
+            throw ValidationError("'\(filter)' is not a valid MQTT topic filter")
+        }
+        configuration.maximumSessionExpiry =
+            try positive(sessionExpiryMax, env: "SESSION_EXPIRY_MAX", option: "--session-expiry-max") ?? configuration.maximumSessionExpiry
+        configuration.offlineQueueCap = try positive(queueCap, env: "QUEUE_CAP", option: "--queue-cap") ?? configuration.offlineQueueCap
+        if let value = try positive(receiveMax, env: "RECEIVE_MAX", option: "--receive-max") {
+            guard value <= 65_535 else { throw ValidationError("--receive-max must be 1...65535") }
+            configuration.receiveMaximum = value
+        }
+        if let value = topicAliasMax ?? env("TOPIC_ALIAS_MAX").flatMap({ Int($0) }) {
+            guard (0...65_535).contains(value) else { throw ValidationError("--topic-alias-max must be 0...65535") }
+            configuration.topicAliasMaximum = value
         }
         if let rate = maxConnectRate ?? env("MAX_CONNECT_RATE").flatMap({ Int($0) }) {
             guard rate >= 0 else { throw ValidationError("--max-connect-rate must be 0 or more") }

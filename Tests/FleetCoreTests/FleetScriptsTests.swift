@@ -22,18 +22,19 @@ struct FleetScriptsTests {
             FleetScripts.register.command(
                 keys: [
                     keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal),
-                    keys.queue(terminal), keys.sent(terminal),
+                    keys.queue(terminal), keys.sent(terminal), keys.released(terminal),
                 ],
-                arguments: [node, epoch, "1", clean ? "1" : "0", issuedAt, "10"]
+                arguments: [node, epoch, "1", clean ? "1" : "0", issuedAt, "10", clean ? "0" : "1"]
             )
         )
         return reply.array ?? []
     }
 
-    func unregister(_ terminal: String, epoch: String) async throws -> Int64? {
+    func unregister(_ terminal: String, epoch: String, expiry: Int = 0) async throws -> Int64? {
         try await redis.send(
             FleetScripts.unregister.command(
-                keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal)], arguments: [epoch, "1"])
+                keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.released(terminal)],
+                arguments: [epoch, String(expiry)])
         ).int
     }
 
@@ -67,9 +68,82 @@ struct FleetScriptsTests {
         let again = try await register("t2", node: "n1", epoch: "e2", clean: false)
         #expect(again[3].int == 1)  // session present
         #expect(again[4].array?.compactMap(\.string) == ["news/#", "1"])
+        // A message stored for the session's subscription, and one pushed to the terminal.
+        let forSession = StoredMessage(id: "s1", qos: 1, expiresAt: 0, topic: "news/a", payload: [1])
+        var marked = forSession
+        marked.session = true
+        try await redis.send("RPUSH", keys.queue("t2"), marked.encoded())
+        #expect(try await unregister("t2", epoch: "e2", expiry: 100) == 1)
+        #expect(try await redis.send("TTL", keys.session("t2")).int ?? 0 > 90)
         let clean = try await register("t2", node: "n1", epoch: "e3", clean: true)
         #expect(clean[4].array?.isEmpty == true)  // clean start drops subscriptions
-        #expect(clean[5].array?.count == 2)  // ...but never the terminal's messages
+        #expect(clean[7].array?.compactMap(\.string) == ["news/#"])  // ...and reports them
+        #expect(clean[5].array?.compactMap(\.string) == ["a", "b"])  // ...and the session's messages, never the terminal's
+        #expect(try await unregister("t2", epoch: "e3") == 1)
+        #expect(try await redis.send("EXISTS", keys.session("t2")).int == 0)
+        await redis.close()
+    }
+
+    @Test func indexUpdatesAnnounceOnlyChanges() async throws {
+        let subscriber = RedisSubscriber(
+            configuration: server.configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        let channel = keys.indexChannel
+        subscriber.subscribe([channel])
+        subscriber.start()
+        while !(await subscriber.isConnected) { try await Task.sleep(for: .milliseconds(10)) }
+        try await Task.sleep(for: .milliseconds(50))
+        func update(_ owner: String, _ op: String, _ filters: String...) async throws -> Int64? {
+            try await redis.send(
+                FleetScripts.indexUpdate.command(keys: [keys.index(owner)], arguments: [channel, owner, op] + filters)
+            ).int
+        }
+        #expect(try await update("n1", "+", "a/#", "b") == 2)
+        #expect(try await update("n1", "+", "a/#") == 0)  // already there: nothing announced
+        #expect(try await update("n1", "-", "b", "zzz") == 1)
+        #expect(try await redis.send("SMEMBERS", keys.index("n1")).array?.compactMap(\.string) == ["a/#"])
+        #expect(try await update("n1", "=") == 0)
+        #expect(try await redis.send("EXISTS", keys.index("n1")).int == 0)
+        var announced: [IndexChange] = []
+        for await message in subscriber.messages {
+            announced.append(try #require(IndexChange.decode(Array(message.payload.readableBytesView))))
+            if announced.count == 3 { break }
+        }
+        #expect(
+            announced == [
+                IndexChange(owner: "n1", operation: .add, filters: ["a/#", "b"]),
+                IndexChange(owner: "n1", operation: .remove, filters: ["b"]),
+                IndexChange(owner: "n1", operation: .reset, filters: []),
+            ])
+        await subscriber.close()
+        await redis.close()
+    }
+
+    @Test func storedSubscribersAndOfflineStorage() async throws {
+        func stored(_ terminal: String, _ op: String, _ filters: [String]) async throws -> Int64? {
+            try await redis.send(
+                FleetScripts.storedSubscriptions.command(
+                    keys: [keys.index(SubscriptionIndex.storedOwner)] + filters.map(keys.storedSubscribers),
+                    arguments: [keys.indexChannel, terminal, op] + filters)
+            ).int
+        }
+        #expect(try await stored("p1", "+", ["x/+", "y"]) == 2)
+        #expect(try await stored("p2", "+", ["x/+"]) == 0)  // the filter is already indexed
+        #expect(try await stored("p1", "-", ["x/+", "y"]) == 1)  // y had only p1; x/+ still has p2
+        #expect(try await redis.send("SMEMBERS", keys.index("*")).array?.compactMap(\.string) == ["x/+"])
+
+        func store(_ terminal: String) async throws -> Int64? {
+            try await redis.send(
+                FleetScripts.storeForSubscriber.command(
+                    keys: [keys.session(terminal), keys.route(terminal), keys.queue(terminal)], arguments: ["m", "10", "60000"])
+            ).int
+        }
+        #expect(try await store("p2") == -1)  // no session
+        try await redis.send("SET", keys.session("p2"), "1")
+        try await redis.send("HSET", keys.route("p2"), "node", "n1")
+        #expect(try await store("p2") == 0)  // connected: delivered live
+        try await redis.send("DEL", keys.route("p2"))
+        #expect(try await store("p2") == 1)
+        #expect(try await redis.send("LRANGE", keys.queue("p2"), "0", "-1").array?.compactMap(\.string) == ["m"])
         await redis.close()
     }
 
