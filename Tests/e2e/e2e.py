@@ -20,7 +20,7 @@ import traceback
 import urllib.request
 
 
-from fleet import Fleet, RawMQTT, mqtt5_client, parse_publish, wait_for
+from fleet import Fleet, RawMQTT, mqtt5_client, parse_publish, run_suite, wait_for
 
 def mosquitto_sub(port, terminal, password, count, extra=()):
     return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-i", terminal, "-u", terminal,
@@ -319,36 +319,8 @@ def main():
     for tool in ["redis-server", "redis-cli", "haproxy", "mosquitto_sub", "curl"]:
         if not shutil.which(tool):
             sys.exit(f"e2e: {tool} is not installed")
-    fleet = Fleet(args.bin)
-    failures = 0
-    tests = [(name, fn) for name, fn in globals().items() if name.startswith("test_") and args.k in name]
-    try:
-        try:
-            fleet.start_all()
-        except Exception:
-            failures = len(tests)
-            traceback.print_exc()
-            raise
-        for name, fn in tests:
-            started = time.time()
-            try:
-                fn(fleet)
-                print(f"PASS {name} ({time.time() - started:.1f}s)", flush=True)
-            except Exception:
-                failures += 1
-                print(f"FAIL {name}", flush=True)
-                traceback.print_exc()
-    finally:
-        fleet.stop_all()
-        if failures:
-            for name in fleet.procs:
-                print(f"---- {name}.log (tail)")
-                with open(os.path.join(fleet.dir, name + ".log")) as f:
-                    print("".join(f.readlines()[-30:]))
-        else:
-            shutil.rmtree(fleet.dir, ignore_errors=True)
-    print(f"e2e: {len(tests) - failures} passed, {failures} failed")
-    sys.exit(1 if failures else 0)
+    tests = [(name, fn, "main") for name, fn in globals().items() if name.startswith("test_") and args.k in name]
+    run_suite("e2e", tests, {"main": Fleet(args.bin)})
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
 
@@ -225,13 +227,49 @@ class RawMQTT:
             if not length:
                 return bytes([first]) + encoded + body
 
-    def connect(self, client_id, password=None, keepalive=60, clean=True, level=4):
+    @staticmethod
+    def varint(value):
+        encoded = b""
+        while True:
+            byte, value = value % 128, value // 128
+            encoded += bytes([byte | (0x80 if value else 0)])
+            if not value:
+                return encoded
+
+    @classmethod
+    def properties(cls, raw=b""):
+        """An MQTT 5 property block: its length, then the already encoded properties."""
+        return cls.varint(len(raw)) + raw
+
+    def connect(self, client_id, password=None, keepalive=60, clean=True, level=4, will=None, props=b"", will_props=b""):
+        """`will` is (topic, payload bytes, qos, retain); `props`/`will_props` are encoded MQTT 5
+        properties (level 5 only)."""
+        self.level = level
         flags = (0x02 if clean else 0) | ((0xC0) if password is not None else 0)
-        body = self.string("MQTT") + bytes([level, flags]) + keepalive.to_bytes(2, "big") + self.string(client_id)
+        if will:
+            flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
+        body = self.string("MQTT") + bytes([level, flags]) + keepalive.to_bytes(2, "big")
+        if level == 5:
+            body += self.properties(props)
+        body += self.string(client_id)
+        if will:
+            if level == 5:
+                body += self.properties(will_props)
+            body += self.string(will[0]) + len(will[1]).to_bytes(2, "big") + will[1]
         if password is not None:
             body += self.string(client_id) + self.string(password)
         self.sock.sendall(self.packet(0x10, body))
         return self.read()
+
+    def publish(self, topic, payload, qos=0, packet_id=None, dup=False, retain=False, props=b""):
+        first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+        body = self.string(topic) + (packet_id.to_bytes(2, "big") if qos else b"")
+        if getattr(self, "level", 4) == 5:
+            body += self.properties(props)
+        self.sock.sendall(self.packet(first, body + payload))
+
+    def send(self, first, body):
+        self.sock.sendall(self.packet(first, body))
 
     def read(self):
         """Returns (first byte, body) of the next packet, or None when the server closed."""
@@ -255,7 +293,8 @@ class RawMQTT:
             self.buffer += data
 
     def subscribe(self, topic_filter, qos, packet_id=1):
-        body = packet_id.to_bytes(2, "big") + self.string(topic_filter) + bytes([qos])
+        body = packet_id.to_bytes(2, "big") + (self.properties() if getattr(self, "level", 4) == 5 else b"")
+        body += self.string(topic_filter) + bytes([qos])
         self.sock.sendall(self.packet(0x82, body))
         return self.read()
 
@@ -266,13 +305,59 @@ class RawMQTT:
         self.sock.close()
 
 
-def parse_publish(first, body):
+def parse_publish(first, body, level=4):
+    """A PUBLISH's fields; with level 5 also its raw property bytes."""
     topic_length = int.from_bytes(body[:2], "big")
     topic = body[2:2 + topic_length].decode()
     qos = (first >> 1) & 3
     rest = body[2 + topic_length:]
     packet_id = int.from_bytes(rest[:2], "big") if qos else None
-    payload = rest[2:] if qos else rest
-    return {"topic": topic, "qos": qos, "dup": bool(first & 0x08), "id": packet_id, "payload": payload}
+    rest = rest[2:] if qos else rest
+    props = b""
+    if level == 5:
+        length, multiplier, index = 0, 1, 0
+        while True:
+            byte = rest[index]
+            length += (byte & 0x7F) * multiplier
+            multiplier *= 128
+            index += 1
+            if not byte & 0x80:
+                break
+        props, rest = rest[index:index + length], rest[index + length:]
+    return {"topic": topic, "qos": qos, "dup": bool(first & 0x08), "retain": bool(first & 0x01), "id": packet_id,
+            "payload": rest, "props": props}
 
 
+
+
+def run_suite(label, tests, fleets):
+    """Runs `tests` ([(name, fn)]), each with the fleet its `fleet_for(name)` picks out of
+    `fleets` (name -> Fleet, started lazily), prints PASS/FAIL lines and a summary, prints the
+    process logs on failure and exits non-zero if anything failed."""
+    started_fleets = {}
+    failures = 0
+    try:
+        for name, fn, fleet_name in tests:
+            started = time.time()
+            try:
+                if fleet_name not in started_fleets:
+                    started_fleets[fleet_name] = fleets[fleet_name]
+                    fleets[fleet_name].start_all()
+                fn(started_fleets[fleet_name])
+                print(f"PASS {name} ({time.time() - started:.1f}s)", flush=True)
+            except Exception:
+                failures += 1
+                print(f"FAIL {name}", flush=True)
+                traceback.print_exc()
+    finally:
+        for fleet in started_fleets.values():
+            fleet.stop_all()
+            if failures:
+                for name in fleet.procs:
+                    print(f"---- {name}.log (tail)")
+                    with open(os.path.join(fleet.dir, name + ".log")) as f:
+                        print("".join(f.readlines()[-30:]))
+            else:
+                shutil.rmtree(fleet.dir, ignore_errors=True)
+    print(f"{label}: {len(tests) - failures} passed, {failures} failed")
+    sys.exit(1 if failures else 0)
