@@ -176,7 +176,8 @@ def test_qos0_push_is_delivered_without_packet_id(fleet):
     wait_for(lambda: route_node(fleet, "raw-0"), what="raw-0 online")
     status, body = fleet.api("POST", "/v1/push", {"to": ["raw-0"], "payload": "fire and forget", "qos": 0})
     publish = parse_publish(*client.read())
-    assert publish == {"topic": "push/raw-0", "qos": 0, "dup": False, "id": None, "payload": b"fire and forget"}, publish
+    assert publish == {"topic": "push/raw-0", "qos": 0, "dup": False, "retain": False, "id": None, "payload": b"fire and forget",
+                       "props": b""}, publish
     wait_for(lambda: fleet.api("GET", f"/v1/messages/{body['id']}")[1]["delivered"] == 1, what="delivered")
     assert fleet.api("GET", "/v1/terminals/raw-0")[1]["queued"] == 0
     client.close()
