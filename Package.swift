@@ -121,11 +121,11 @@ let package = Package(
         ),
         .testTarget(
             name: "FleetCoreTests",
-            dependencies: ["FleetCore", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: ["FleetCore", "MQTTCodec", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
         ),
         .testTarget(
             name: "PushNodeTests",
-            dependencies: ["PushNode", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["PushNode", "FleetCore", "MQTTCodec", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "ControlNodeTests",
