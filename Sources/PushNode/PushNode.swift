@@ -5,6 +5,7 @@ import MQTTCodec
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import RedisClient
 import ServiceLifecycle
 
@@ -19,6 +20,7 @@ public final class PushNode: Service, Sendable {
     private let subscriber: RedisSubscriber
     private let group: any EventLoopGroup
     private let boundPort = NIOLockedValueBox<Int?>(nil)
+    private let boundListenerPorts = NIOLockedValueBox<[Int]>([])
 
     public init(configuration: PushNodeConfiguration, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         var logger = logger
@@ -44,6 +46,20 @@ public final class PushNode: Service, Sendable {
 
     /// The MQTT port actually bound (useful with port 0), once running.
     public var mqttPort: Int? { boundPort.withLockedValue { $0 } }
+
+    /// The ports bound for `configuration.listeners`, in order, once running.
+    public var listenerPorts: [Int] { boundListenerPorts.withLockedValue { $0 } }
+
+    private func makeTLSContext() throws -> NIOSSLContext? {
+        guard configuration.listeners.contains(where: \.transport.usesTLS) else { return nil }
+        guard let certificate = configuration.tlsCertificatePath, let key = configuration.tlsKeyPath else {
+            throw PushNodeError("a TLS listener needs --tls-cert and --tls-key")
+        }
+        let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
+        let privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
+        let tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(privateKey))
+        return try NIOSSLContext(configuration: tls)
+    }
 
     /// Number of MQTT sessions this node holds.
     public var sessionCount: Int { context.registry.count }
@@ -90,34 +106,37 @@ public final class PushNode: Service, Sendable {
         subscriber.subscribe([keys.broadcastChannel, keys.indexChannel])
         subscriber.start()
 
-        let server = try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 4096)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let encoder = MQTTPacketEncoder()
-                    let decoder = MQTTPacketDecoder(maximumPacketSize: context.configuration.maximumPacketSize)
-                    try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(decoder),
-                        MessageToByteHandler(encoder),
-                        MQTTConnectionHandler(node: context, encoder: encoder),
-                    ])
+        let tls = try makeTLSContext()
+        var servers: [any Channel] = []
+        let tcp = MQTTListener(.tcp, host: configuration.mqttHost, port: configuration.mqttPort)
+        for listener in [tcp] + configuration.listeners {
+            let transport = listener.transport
+            let server = try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.maxMessagesPerRead, value: 16)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.configureMQTTPipeline(transport: transport, tls: tls, node: context)
+                    }
                 }
-            }
-            .bind(host: configuration.mqttHost, port: configuration.mqttPort)
-            .get()
-        let port = server.localAddress?.port
+                .bind(host: listener.host, port: listener.port)
+                .get()
+            servers.append(server)
+            context.logger.info(
+                "push node listening", metadata: ["listener": "\(transport.rawValue)://\(listener.host):\(server.localAddress?.port ?? 0)"])
+        }
+        let port = servers[0].localAddress?.port
         boundPort.withLockedValue { $0 = port }
-        context.logger.info("push node listening", metadata: ["mqtt": "\(configuration.mqttHost):\(port ?? 0)"])
+        boundListenerPorts.withLockedValue { $0 = servers.dropFirst().map { $0.localAddress?.port ?? 0 } }
 
         await withDiscardingTaskGroup { group in
             group.addTask { await self.consumeEvents() }
             group.addTask { await self.heartbeat() }
             try? await gracefulShutdown()
             context.logger.info("push node shutting down")
-            try? await server.close()
+            for server in servers { try? await server.close() }
             await self.drainSessions()
             // After the routes' compare-and-delete scripts (same connection, in order).
             _ = try? await context.redis.pipeline([
@@ -262,4 +281,10 @@ extension PushNode {
         return Application(
             router: router, configuration: .init(address: .hostname(host, port: port), serverName: "pushfleet-node"), logger: logger)
     }
+}
+
+/// A push node configuration that cannot work.
+public struct PushNodeError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ description: String) { self.description = description }
 }

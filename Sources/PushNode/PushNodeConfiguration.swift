@@ -12,6 +12,11 @@ public struct PushNodeConfiguration: Sendable {
     /// Address the MQTT listener binds.
     public var mqttHost: String
     public var mqttPort: Int
+    /// More listeners: MQTT over TLS, WebSocket, WebSocket over TLS.
+    public var listeners: [MQTTListener] = []
+    /// PEM files of the certificate chain and private key for TLS listeners.
+    public var tlsCertificatePath: String?
+    public var tlsKeyPath: String?
     /// This node's id: unique in the fleet; names its Redis channel and liveness key.
     public var nodeID: String
     /// The shared credential secret.

@@ -91,6 +91,21 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Admin HTTP address HOST:PORT for /healthz, /readyz, /metrics (env PUSHFLEET_ADMIN; default off).")
     var admin: String?
 
+    @Option(help: "MQTT over WebSocket listener HOST:PORT, path /mqtt, subprotocol mqtt (env PUSHFLEET_WS; default off).")
+    var ws: String?
+
+    @Option(help: "MQTT over TLS listener HOST:PORT; needs --tls-cert and --tls-key (env PUSHFLEET_TLS; default off).")
+    var tls: String?
+
+    @Option(help: "MQTT over WebSocket over TLS listener HOST:PORT, path /mqtt (env PUSHFLEET_WSS; default off).")
+    var wss: String?
+
+    @Option(help: "PEM certificate chain for the TLS listeners (env PUSHFLEET_TLS_CERT).")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key for the TLS listeners (env PUSHFLEET_TLS_KEY).")
+    var tlsKey: String?
+
     @Flag(
         help:
             "Admit clients without a credential and open the topic ACL; development and conformance only (env PUSHFLEET_ALLOW_ANONYMOUS=1)."
@@ -178,6 +193,18 @@ struct NodeCommand: AsyncParsableCommand {
             secret: try common.requiredSecret()
         )
         configuration.keys = FleetKeys(prefix: common.prefix)
+        for (transport, flag, name) in [(MQTTListener.Transport.webSocket, ws, "WS"), (.tls, tls, "TLS"), (.secureWebSocket, wss, "WSS")] {
+            guard let address = flag ?? env(name) else { continue }
+            let (listenHost, listenPort) = try parseHostPort(address, option: "--\(name.lowercased())")
+            configuration.listeners.append(MQTTListener(transport, host: listenHost, port: listenPort))
+        }
+        configuration.tlsCertificatePath = tlsCert ?? env("TLS_CERT")
+        configuration.tlsKeyPath = tlsKey ?? env("TLS_KEY")
+        if configuration.listeners.contains(where: { $0.transport == .tls || $0.transport == .secureWebSocket }),
+            configuration.tlsCertificatePath == nil || configuration.tlsKeyPath == nil
+        {
+            throw ValidationError("--tls and --wss need --tls-cert and --tls-key")
+        }
         configuration.allowAnonymous = allowAnonymous || ["1", "true", "yes"].contains(env("ALLOW_ANONYMOUS")?.lowercased() ?? "")
         if let size = maxPacketSize ?? env("MAX_PACKET_SIZE").flatMap({ Int($0) }) { configuration.maximumPacketSize = size }
         if let inflight = inflight ?? env("INFLIGHT").flatMap({ Int($0) }) {

@@ -61,7 +61,8 @@ class Fleet:
         self.lb_mqtt = free_port()
         self.lb_http = free_port()
         self.control_args = list(control_args)
-        self.node_args = list(node_args)
+        # A list, or a function of the node's index returning one (per-node ports).
+        self.node_args = node_args if callable(node_args) else list(node_args)
 
     def start(self, name, args, env=None):
         self.commands[name] = (args, env)
@@ -99,9 +100,10 @@ class Fleet:
                                                "--consumer", f"c{index + 1}", *self.control_args],
                        env={"PUSHFLEET_SECRET": SECRET})
         for index, port in enumerate(self.node_ports):
+            extra = self.node_args(index) if callable(self.node_args) else self.node_args
             self.start(f"node{index + 1}", [self.binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{port}",
                                             "--node-id", f"n{index + 1}", "--secret", SECRET,
-                                            "--admin", f"127.0.0.1:{self.admin_ports[index]}", *self.node_args])
+                                            "--admin", f"127.0.0.1:{self.admin_ports[index]}", *extra])
         nodes = "\n".join(f"    server n{i + 1} 127.0.0.1:{p} check inter 500ms fall 1 rise 1" for i, p in enumerate(self.node_ports))
         controls = "\n".join(f"    server c{i + 1} 127.0.0.1:{p} check inter 500ms fall 1 rise 1" for i, p in enumerate(self.control_ports))
         cfg = os.path.join(self.dir, "haproxy.cfg")
@@ -188,6 +190,26 @@ backend control
 
     def redis_cli(self, *args):
         return subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_certificates(directory):
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost, signed by it.
+    Returns (ca.pem, server.pem, server.key)."""
+    def path(name):
+        return os.path.join(directory, name)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", path("ca.key"), "-out", path("ca.pem"),
+            "-days", "2", "-subj", "/CN=pushfleet test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", path("server.key"), "-out", path("server.csr"),
+            "-subj", "/CN=127.0.0.1")
+    with open(path("san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", path("server.csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"),
+            "-CAcreateserial", "-out", path("server.pem"), "-days", "2", "-extfile", path("san.ext"))
+    return path("ca.pem"), path("server.pem"), path("server.key")
 
 
 def mqtt5_client(fleet, terminal, port, on_disconnect=None, on_message=None):

@@ -15,14 +15,17 @@ import queue
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleet import SECRET, Fleet, RawMQTT, parse_publish, run_suite, wait_for
+from fleet import Fleet, RawMQTT, free_port, make_certificates, parse_publish, run_suite, wait_for
 
 
 class Client:
@@ -30,7 +33,7 @@ class Client:
     and PUBACK reason codes, the DISCONNECT reason."""
 
     def __init__(self, port, client_id, v5=False, clean=True, session_expiry=None, will=None, username=None,
-                 password=None, connect_props=None, keepalive=60):
+                 password=None, connect_props=None, keepalive=60, transport="tcp", ca=None):
         self.messages = queue.Queue()
         self.subacks = {}
         self.pubacks = {}
@@ -39,7 +42,12 @@ class Client:
         self.v5 = v5
         protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
-                                  clean_session=None if v5 else clean, reconnect_on_failure=False)
+                                  clean_session=None if v5 else clean, reconnect_on_failure=False,
+                                  transport="websockets" if transport in ("ws", "wss") else "tcp")
+        if transport in ("ws", "wss"):
+            self.client.ws_set_options(path="/mqtt")
+        if transport in ("tls", "wss"):
+            self.client.tls_set(ca_certs=ca)
         if username:
             self.client.username_pw_set(username, password)
         if will:
@@ -532,6 +540,49 @@ def test_mosquitto_clients_through_haproxy_round_robin(fleet):
         assert out.strip() == "via lb", out
 
 
+# ------------------------------------------------------------- transports
+
+def test_websocket_and_tls_clients_share_routing_and_sessions_with_tcp_clients(fleet):
+    (n1, n2), ports, ca = fleet.node_ports, fleet.transport_ports, fleet.ca
+    ws = Client(ports["ws"][0], "ws-sub", v5=True, transport="ws")
+    ws.subscribe(("tr/#", 1))
+    secure = Client(ports["wss"][1], "wss-sub", transport="wss", ca=ca)
+    secure.subscribe(("tr/#", 1))
+    mosquitto = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(ports["tls"][1]), "--cafile", ca,
+                                  "-i", "tls-sub", "-t", "tr/#", "-q", "1", "-C", "1", "-W", "15"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: fleet.redis_cli("EXISTS", "pushfleet:{t:tls-sub}:route") == "1", what="mosquitto_sub over TLS")
+    settle()
+    pub = Client(n2, "tr-pub")
+    pub.publish("tr/x", b"everywhere", qos=1)
+    assert ws.expect(1)[0].payload == b"everywhere"
+    assert secure.expect(1)[0].payload == b"everywhere"
+    out, _ = mosquitto.communicate(timeout=20)
+    assert out.strip() == "everywhere", out
+    # A persistent session started over WebSocket continues over TLS on the other node.
+    ws.close()
+    first = Client(ports["ws"][0], "tr-persist", transport="ws", clean=False)
+    first.subscribe(("tr/p", 1))
+    first.close()
+    time.sleep(0.2)
+    pub.publish("tr/p", b"kept", qos=1)
+    again = Client(ports["tls"][1], "tr-persist", transport="tls", ca=ca, clean=False)
+    assert again.connack[0] is True
+    assert again.expect(1)[0].payload == b"kept"
+    for client in (secure, pub, again):
+        client.close()
+
+
+def test_websocket_listener_refuses_other_paths_and_plain_http(fleet):
+    port = fleet.transport_ports["ws"][0]
+    for path, status in (("/", 404), ("/mqtt", 400)):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+            raise AssertionError(f"{path} answered 200")
+        except urllib.error.HTTPError as error:
+            assert error.code == status, (path, error.code)
+
+
 # ------------------------------------------------------------- topic ACL (credentials fleet)
 
 def test_acl_subscribe_and_publish_rules(fleet):
@@ -569,8 +620,17 @@ def main():
     for tool in ["redis-server", "redis-cli", "haproxy", "mosquitto_sub", "mosquitto_pub"]:
         if not shutil.which(tool):
             sys.exit(f"mqtt: {tool} is not installed")
+    ca, certificate, key = make_certificates(tempfile.mkdtemp(prefix="pushfleet-certs-"))
+    transport_ports = {name: [free_port(), free_port()] for name in ("ws", "tls", "wss")}
+
+    def anonymous_node(index):
+        return ["--allow-anonymous", "--tls-cert", certificate, "--tls-key", key,
+                *[arg for name, ports in transport_ports.items() for arg in (f"--{name}", f"127.0.0.1:{ports[index]}")]]
+
+    anonymous = Fleet(args.bin, node_args=anonymous_node)
+    anonymous.transport_ports, anonymous.ca = transport_ports, ca
     fleets = {
-        "anonymous": Fleet(args.bin, node_args=["--allow-anonymous"]),
+        "anonymous": anonymous,
         "acl": Fleet(args.bin, node_args=["--public-topics", "news/#,chat/#,dev/+/up", "--publish-topics", "chat/+,dev/%c/up"]),
     }
     tests = [(name, fn, "acl" if name.startswith("test_acl") else "anonymous")
