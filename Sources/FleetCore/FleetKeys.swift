@@ -23,6 +23,9 @@ public struct FleetKeys: Sendable, Hashable {
     public func session(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:session" }
     /// SET of MQTT packet ids of QoS 2 PUBLISHes received from the terminal and awaiting PUBREL.
     public func released(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:rel" }
+    /// SET of MQTT packet ids of QoS 2 messages to the terminal whose PUBREL was sent and whose
+    /// PUBCOMP has not come (persistent sessions: PUBREL is sent again on reconnect).
+    public func releasing(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:releasing" }
     /// STRING unix time: credentials issued at or before it are refused.
     public func revoked(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:revoked" }
 

@@ -4,11 +4,11 @@ import RedisClient
 public enum FleetScripts {
     /// Registers a session and reads what it needs, atomically.
     ///
-    /// KEYS: route, session, subscriptions, revoked, queue, sent, released.
+    /// KEYS: route, session, subscriptions, revoked, queue, sent, released, releasing.
     /// ARGV: node, epoch, connectedAt, cleanStart (0/1), issuedAt ("" skips the revocation
     /// check), queue read limit, persistent (0/1: the session outlives the connection).
     /// Returns `{"revoked"}` or `{"ok", oldNode, oldEpoch, sessionPresent, subs, queue, sent,
-    /// discardedFilters, released}`. Reading the queue in the same script as writing the
+    /// discardedFilters, released, releasing}`. Reading the queue in the same script as writing the
     /// route closes the race with a control node that stores a message and then reads the
     /// route. A clean start discards the old session: its subscriptions (returned, so the
     /// node can leave the offline index) and the messages stored for them; pushes addressed
@@ -23,7 +23,7 @@ public enum FleetScripts {
         local discarded = {}
         if ARGV[4] == '1' then
           discarded = redis.call('HKEYS', KEYS[3])
-          redis.call('DEL', KEYS[2], KEYS[3], KEYS[7])
+          redis.call('DEL', KEYS[2], KEYS[3], KEYS[7], KEYS[8])
           for _, entry in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
             if string.find(entry, '"session":true', 1, true) then redis.call('LREM', KEYS[5], 1, entry) end
           end
@@ -34,19 +34,21 @@ public enum FleetScripts {
           redis.call('SET', KEYS[2], '1')
           redis.call('PERSIST', KEYS[3])
           redis.call('PERSIST', KEYS[7])
+          redis.call('PERSIST', KEYS[8])
         end
         local subs = redis.call('HGETALL', KEYS[3])
         local queue = redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[6]) - 1)
         local sent = redis.call('SMEMBERS', KEYS[6])
         local released = redis.call('SMEMBERS', KEYS[7])
-        return {'ok', old[1] or '', old[2] or '', present, subs, queue, sent, discarded, released}
+        local releasing = redis.call('SMEMBERS', KEYS[8])
+        return {'ok', old[1] or '', old[2] or '', present, subs, queue, sent, discarded, released, releasing}
         """
     )
 
     /// Removes a route only if it still belongs to the connection that is ending, and ends or
     /// keeps the session.
     ///
-    /// KEYS: route, session, subscriptions, released. ARGV: epoch, session expiry in seconds
+    /// KEYS: route, session, subscriptions, released, releasing. ARGV: epoch, session expiry in seconds
     /// (0: the session ends now).
     /// Returns 1 when the route was removed.
     public static let unregister = RedisScript(
@@ -55,11 +57,12 @@ public enum FleetScripts {
         redis.call('DEL', KEYS[1])
         local expiry = tonumber(ARGV[2])
         if expiry == 0 then
-          redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+          redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
         else
           redis.call('SET', KEYS[2], '1', 'EX', expiry)
           redis.call('EXPIRE', KEYS[3], expiry)
           redis.call('EXPIRE', KEYS[4], expiry)
+          redis.call('EXPIRE', KEYS[5], expiry)
         end
         return 1
         """

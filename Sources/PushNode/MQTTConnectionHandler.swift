@@ -261,7 +261,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let command = FleetScripts.register.command(
             keys: [
                 keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
-                keys.sent(terminal), keys.released(terminal),
+                keys.sent(terminal), keys.released(terminal), keys.releasing(terminal),
             ],
             arguments: [
                 node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt,
@@ -286,7 +286,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 logger.warning("unexpected session registration reply", metadata: ["reply": "\(reply)"])
                 return refuse(.v3ServerUnavailable, v5: .serverUnavailable)
             }
-            guard status == "ok", array.count == 9 else {
+            guard status == "ok", array.count == 10 else {
                 logger.info("credential revoked")
                 return refuse(.v3NotAuthorized, v5: .notAuthorized)
             }
@@ -315,6 +315,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var commands: [RedisCommand] = []
         if !discarded.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: discarded)) }
         awaitingRelease = Set(parts[8].array?.compactMap { $0.string.flatMap(UInt16.init) } ?? [])
+        let releasing = parts[9].array?.compactMap { $0.string.flatMap(UInt16.init) } ?? []
 
         subscriptions = ["push/\(terminal)": Subscription(qos: .atLeastOnce), "broadcast": Subscription(qos: .atLeastOnce)]
         var indexed: [String] = []
@@ -342,6 +343,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             properties.append(.topicAliasMaximum, .twoByteInteger(UInt16(clamping: node.configuration.topicAliasMaximum)))
         }
         write(.connAck(MQTTConnAckPacket(sessionPresent: sessionPresent, reasonCode: .success, properties: properties)), flush: false)
+        // A resumed session's QoS 2 messages that were received but not completed: PUBREL again
+        // with their packet ids (MQTT 4.4).
+        if sessionPresent {
+            for packetID in releasing where packetID != 0 {
+                let placeholder = StoredMessage(id: "pubrel:\(packetID)", qos: 2, expiresAt: 0, topic: "", payload: [])
+                inflight[packetID] = Inflight(message: placeholder, entry: nil, tracked: false, qos: .exactlyOnce, released: true)
+                write(.pubRel(MQTTAckPacket(packetIdentifier: packetID)), flush: false)
+            }
+        }
         phase = .active
         node.metrics.connectsAccepted.increment()
         node.metrics.connections.increment()
@@ -848,18 +858,32 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         )
     }
 
-    /// QoS 2, first half: the terminal has the message (PUBREC). It counts as acknowledged
-    /// and leaves Redis now; the packet id stays taken until PUBCOMP.
+    /// QoS 2, first half: the terminal has the message (PUBREC); PUBREL goes out and the
+    /// packet id stays taken until PUBCOMP.
     private func received(_ ack: MQTTAckPacket) {
         guard var pending = inflight[ack.packetIdentifier], pending.qos == .exactlyOnce, !pending.released else {
             return protocolError("PUBREC for packet \(ack.packetIdentifier), which awaits no PUBREC")
         }
+        if ack.reasonCode.rawValue >= 0x80 {
+            // The terminal refused the message (MQTT 5): the exchange ends here, without
+            // PUBREL, and the message is not kept for redelivery.
+            inflight[ack.packetIdentifier] = nil
+            inflightIDs.remove(pending.message.id)
+            recordAcknowledged(pending)
+            if refillAgain { refill() }
+            return
+        }
         pending.released = true
         inflight[ack.packetIdentifier] = pending
         write(.pubRel(MQTTAckPacket(packetIdentifier: ack.packetIdentifier)), flush: true)
-        // A refusing reason code (MQTT 5, >= 0x80) still ends the exchange: the terminal
-        // will not take this message, so it is not kept for redelivery.
+        guard sessionExpiry > 0 else { return }
+        // A persistent session keeps the exchange: the message leaves Redis now and a
+        // reconnect (on any node) sends PUBREL again. A clean session's client forgets its
+        // half of the exchange on reconnect, and many clients hand a QoS 2 message to the
+        // application only on PUBREL: the message stays stored until PUBCOMP, so it is sent
+        // again rather than lost.
         recordAcknowledged(pending)
+        node.redis.fireAndForget([RedisCommand("SADD", node.keys.releasing(terminal), String(ack.packetIdentifier))])
     }
 
     /// QoS 2, second half: PUBCOMP frees the packet id.
@@ -869,6 +893,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         inflight[packetID] = nil
         inflightIDs.remove(done.message.id)
+        if sessionExpiry > 0 {
+            node.redis.fireAndForget([RedisCommand("SREM", node.keys.releasing(terminal), String(packetID))])
+        } else {
+            recordAcknowledged(done)
+        }
         if case .draining = phase, inflight.isEmpty { return finishDraining() }
         if refillAgain { refill() }
     }
@@ -1085,7 +1114,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         guard !terminal.isEmpty else { return }
         let keys = node.keys
         let command = FleetScripts.unregister.command(
-            keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.released(terminal)],
+            keys: [
+                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.released(terminal),
+                keys.releasing(terminal),
+            ],
             arguments: [epoch, String(sessionExpiry)]
         )
         let filters = subscriptions.keys.filter { !isAutomatic($0) && SharedFilter($0) == nil }

@@ -22,7 +22,7 @@ struct FleetScriptsTests {
             FleetScripts.register.command(
                 keys: [
                     keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal),
-                    keys.queue(terminal), keys.sent(terminal), keys.released(terminal),
+                    keys.queue(terminal), keys.sent(terminal), keys.released(terminal), keys.releasing(terminal),
                 ],
                 arguments: [node, epoch, "1", clean ? "1" : "0", issuedAt, "10", clean ? "0" : "1"]
             )
@@ -33,7 +33,10 @@ struct FleetScriptsTests {
     func unregister(_ terminal: String, epoch: String, expiry: Int = 0) async throws -> Int64? {
         try await redis.send(
             FleetScripts.unregister.command(
-                keys: [keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.released(terminal)],
+                keys: [
+                    keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.released(terminal),
+                    keys.releasing(terminal),
+                ],
                 arguments: [epoch, String(expiry)])
         ).int
     }

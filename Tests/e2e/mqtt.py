@@ -377,6 +377,34 @@ def test_unacknowledged_messages_are_redelivered_with_dup_on_the_other_node(flee
     pub.close()
 
 
+def test_pubrel_is_sent_again_after_a_reconnect_on_the_other_node(fleet):
+    n1, n2 = fleet.node_ports
+    raw = RawMQTT(n1)
+    assert raw.connect("pubrel-1", clean=False) == (0x20, b"\x00\x00")
+    assert raw.subscribe("pubrel/t", 2)[0] == 0x90
+    settle()
+    pub = Client(n2, "pubrel-pub")
+    pub.publish("pubrel/t", b"exactly once", qos=2)
+    publish = parse_publish(*raw.read())
+    assert (publish["payload"], publish["qos"]) == (b"exactly once", 2)
+    packet_id = publish["id"].to_bytes(2, "big")
+    raw.send(0x50, packet_id)  # PUBREC
+    assert raw.read() == (0x62, packet_id)  # PUBREL
+    raw.close()  # before PUBCOMP
+    time.sleep(0.2)
+    again = RawMQTT(n2)
+    assert again.connect("pubrel-1", clean=False) == (0x20, b"\x01\x00")
+    assert again.read() == (0x62, packet_id)  # PUBREL again, same packet id, no second PUBLISH
+    again.send(0x70, packet_id)  # PUBCOMP
+    again.sock.settimeout(1.0)
+    try:
+        assert again.read() is None, "more than PUBREL came"
+    except TimeoutError:
+        pass
+    again.close()
+    pub.close()
+
+
 def test_session_expiry_ends_the_session(fleet):
     n1, n2 = fleet.node_ports
     short = Client(n1, "expiry-1", v5=True, clean=True, session_expiry=1)
