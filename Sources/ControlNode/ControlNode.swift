@@ -12,6 +12,9 @@ public struct ControlNode: Service {
     private let redis: RedisConnection
     private let streamRedis: RedisConnection
     private let dispatcher: PushDispatcher
+    /// The fleet index, for topic pushes, kept current from the index channel.
+    private let index = SubscriptionIndex()
+    private let subscriber: RedisSubscriber
     private let logger: Logger
     private let metrics: @Sendable () -> [UInt8]
 
@@ -29,7 +32,8 @@ public struct ControlNode: Service {
         streamConfiguration.commandTimeout = .seconds(10)
         self.streamRedis = RedisConnection(
             configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
-        self.dispatcher = PushDispatcher(configuration: configuration, redis: redis, logger: logger)
+        self.dispatcher = PushDispatcher(configuration: configuration, redis: redis, logger: logger, index: index)
+        self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger)
     }
 
     /// Builds the HTTP application (also used by tests to serve on port 0).
@@ -55,14 +59,35 @@ public struct ControlNode: Service {
 
     public func run() async throws {
         redis.start()
+        let (index, redis, keys, logger) = (self.index, self.redis, configuration.keys, self.logger)
+        subscriber.onStateChange { connected in
+            guard connected else { return }
+            // Changes announced while the subscriber was away are gone: read the index again.
+            Task {
+                do {
+                    try await index.load(from: redis, keys: keys)
+                } catch {
+                    logger.warning("reading the fleet index failed", metadata: ["error": "\(error)"])
+                }
+            }
+        }
+        subscriber.subscribe([keys.indexChannel])
+        subscriber.start()
         let app = makeApplication()
         let consumer = CommandStreamConsumer(configuration: configuration, redis: streamRedis, dispatcher: dispatcher, logger: logger)
+        let subscriber = self.subscriber
         try await withThrowingDiscardingTaskGroup { group in
+            group.addTask {
+                for await message in subscriber.messages {
+                    if let change = IndexChange.decode(Array(message.payload.readableBytesView)) { index.apply(change) }
+                }
+            }
             if configuration.consumeCommandStream {
                 group.addTask { await cancelWhenGracefulShutdown { await consumer.run() } }
             }
             try await app.run()
             group.cancelAll()
+            await subscriber.close()
         }
         await streamRedis.close()
         await redis.close()

@@ -24,6 +24,9 @@ public struct ControlNodeConfiguration: Sendable {
     public var maximumTargets = 10_000
     /// Most entries kept in one terminal's stored list.
     public var offlineQueueCap = 1_000
+    /// Lifetime in seconds of a message stored without an expiry of its own (push nodes use
+    /// their longest session expiry for the same).
+    public var maximumStoredLifetime = 7 * 24 * 3600
     /// Longest ttl accepted for a message, in seconds.
     public var maximumTTL = 30 * 86_400
     /// Seconds message status records are kept.

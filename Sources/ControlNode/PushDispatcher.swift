@@ -13,13 +13,22 @@ public struct PushDispatcher: Sendable {
     let configuration: ControlNodeConfiguration
     let redis: RedisConnection
     let logger: Logger
+    /// Routes topic pushes through the fleet index, like a terminal's publish.
+    let router: TopicRouter
 
     var keys: FleetKeys { configuration.keys }
 
-    public init(configuration: ControlNodeConfiguration, redis: RedisConnection, logger: Logger) {
+    /// - Parameter index: the control node's copy of the fleet index (kept current by
+    ///   ``ControlNode``); topic pushes reach the subscribers it knows.
+    public init(
+        configuration: ControlNodeConfiguration, redis: RedisConnection, logger: Logger, index: SubscriptionIndex = SubscriptionIndex()
+    ) {
         self.configuration = configuration
         self.redis = redis
         self.logger = logger
+        self.router = TopicRouter(
+            redis: redis, keys: configuration.keys, index: index, queueCap: configuration.offlineQueueCap,
+            storedLifetime: configuration.maximumStoredLifetime)
     }
 
     /// Accepts `command` under `id` (a new id when nil). Throws ``RedisError`` when storage
@@ -63,7 +72,7 @@ public struct PushDispatcher: Sendable {
                 Array(Set(terminals)).sorted(), command: command, id: id, earlierExpiresAt: earlierExpiresAt)
         case .topic(let topic):
             kind = "topic"
-            receipt = try await publishLive(command, topic: topic, id: id, kind: kind)
+            receipt = try await publishToTopic(command, topic: topic, id: id)
         case .broadcast:
             kind = "broadcast"
             receipt = try await publishLive(command, topic: "broadcast", id: id, kind: kind)
@@ -194,6 +203,26 @@ public struct PushDispatcher: Sendable {
             _ = try await redis.pipeline(unheard.map { transition(id, terminal: $0, to: .dropped) })
         }
         return PushReceipt(id: id, targets: terminals.count)
+    }
+
+    /// A topic push goes where a terminal's publish on that topic would: to the nodes with
+    /// matching subscriptions and, with ttl > 0 and QoS > 0, into the lists of absent
+    /// persistent sessions subscribed to it (expiring with the ttl). Its status counts no
+    /// targets: the subscribers are not known in advance.
+    private func publishToTopic(_ command: PushCommand, topic: String, id: String) async throws -> PushReceipt {
+        let expiresAt = command.ttl > 0 ? FleetClock.nowMillis() + Int64(command.ttl) * 1000 : 0
+        let message = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: topic, payload: command.payload)
+        let replies = try await redis.pipeline(statusCommands(id: id, command: command, kind: "topic", targets: 0))
+        if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
+            throw RedisError(.server, failure.description)
+        }
+        let outcome = try await router.route(message, storeForAbsent: command.ttl > 0 && command.qos > 0).get()
+        _ = try await redis.send(
+            RedisCommand(
+                "HSET", keys.messageStatus(id), "complete", "1", "nodes", String(outcome.nodes), "storedForSessions", String(outcome.stored)
+            )
+        )
+        return PushReceipt(id: id, targets: 0)
     }
 
     private func publishLive(_ command: PushCommand, topic: String, id: String, kind: String) async throws -> PushReceipt {

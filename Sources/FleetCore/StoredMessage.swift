@@ -43,6 +43,10 @@ public struct StoredMessage: Codable, Hashable, Sendable {
     /// Whether a terminal published it (MQTT forwarding rules apply).
     public var isForwarded: Bool { origin != nil }
 
+    /// Whether the terminal's delivery is recorded in the message's status: a push addressed to
+    /// it (not a terminal's publish, not a topic push stored for a persistent session).
+    public var hasStatus: Bool { origin == nil && session != true }
+
     /// The payload bytes.
     public var payloadBytes: [UInt8] { Data(base64Encoded: payload).map(Array.init) ?? [] }
 

@@ -733,7 +733,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 node.metrics.expired.increment()
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
                 commands.append(RedisCommand("SREM", node.keys.sent(terminal), message.id))
-                if !message.isForwarded { commands.append(transition(message.id, .expired)) }
+                if message.hasStatus { commands.append(transition(message.id, .expired)) }
                 continue
             }
             // A terminal that does not read: the rest waits in Redis until it drains its socket.
@@ -752,10 +752,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 refillAgain = true
                 break
             }
-            guard send(message, delivery: delivery, dup: previouslySent.contains(message.id), entry: entry, tracked: !message.isForwarded)
+            guard send(message, delivery: delivery, dup: previouslySent.contains(message.id), entry: entry, tracked: message.hasStatus)
             else {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
-                if !message.isForwarded { commands.append(transition(message.id, .dropped)) }
+                if message.hasStatus { commands.append(transition(message.id, .dropped)) }
                 continue
             }
             if delivery.qos == .atMostOnce {
@@ -763,7 +763,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             } else {
                 commands.append(RedisCommand("SADD", node.keys.sent(terminal), message.id))
             }
-            if !message.isForwarded { commands.append(transition(message.id, .delivered)) }
+            if message.hasStatus { commands.append(transition(message.id, .delivered)) }
         }
         context?.flush()
         if !commands.isEmpty { node.redis.fireAndForget(commands) }

@@ -28,18 +28,27 @@ public final class PushNode: Service, Sendable {
         self.configuration = configuration
         self.group = group
         let redis = RedisConnection(configuration: configuration.redis, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
+        let (index, local, registry, metrics) = (SubscriptionIndex(), LocalSubscriptions(), SessionRegistry(), PushNodeMetrics())
+        let router = TopicRouter(
+            redis: redis, keys: configuration.keys, index: index, queueCap: configuration.offlineQueueCap,
+            storedLifetime: configuration.maximumSessionExpiry, localNode: configuration.nodeID,
+            deliverLocally: { message, target in
+                PushNodeContext.deliver(message, target: target, local: local, registry: registry, metrics: metrics)
+            }
+        )
         self.context = PushNodeContext(
             configuration: configuration,
             redis: redis,
-            registry: SessionRegistry(),
+            registry: registry,
             credentials: CredentialAuthority(secret: configuration.secret),
             logger: logger,
-            metrics: PushNodeMetrics(),
+            metrics: metrics,
             connectLimiter: ConnectRateLimiter(rate: configuration.maximumConnectRate),
-            index: SubscriptionIndex(),
-            local: LocalSubscriptions(),
+            index: index,
+            local: local,
             acl: TopicACL(
-                subscribe: configuration.publicTopicFilters, publish: configuration.publishTopicFilters, open: configuration.allowAnonymous)
+                subscribe: configuration.publicTopicFilters, publish: configuration.publishTopicFilters, open: configuration.allowAnonymous),
+            router: router
         )
         self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger)
     }
@@ -167,16 +176,10 @@ public final class PushNode: Service, Sendable {
         }
     }
 
-    /// Reads every owner's index set into the node's copy of the fleet index.
+    /// Reads every other owner's index set into the node's copy of the fleet index.
     private static func loadIndex(_ context: PushNodeContext) async {
-        let keys = context.keys
         do {
-            let nodes = try await context.redis.send("SMEMBERS", keys.nodes).array?.compactMap(\.string) ?? []
-            let owners = Array(Set(nodes).subtracting([context.nodeID])) + [SubscriptionIndex.storedOwner]
-            let replies = try await context.redis.pipeline(owners.map { RedisCommand("SMEMBERS", keys.index($0)) })
-            for (owner, reply) in zip(owners, replies) {
-                context.index.replace(owner: owner, filters: reply.array?.compactMap(\.string) ?? [])
-            }
+            try await context.index.load(from: context.redis, keys: context.keys, excluding: context.nodeID)
             context.logger.debug("fleet index loaded", metadata: ["owners": "\(context.index.summary)"])
         } catch {
             context.logger.warning("reading the fleet index failed", metadata: ["error": "\(error)"])

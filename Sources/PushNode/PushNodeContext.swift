@@ -17,6 +17,7 @@ struct PushNodeContext: Sendable {
     /// This node's sessions' subscriptions.
     let local: LocalSubscriptions
     let acl: TopicACL
+    let router: TopicRouter
 
     var keys: FleetKeys { configuration.keys }
     var nodeID: String { configuration.nodeID }

@@ -33,6 +33,16 @@ def wait_port(port, timeout=20.0):
     raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
+def http_status(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
 def wait_for(condition, timeout=10.0, what="condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -134,6 +144,9 @@ backend control
         for port in [*self.control_ports, *self.node_ports, self.lb_mqtt, self.lb_http]:
             wait_port(port)
         assert all(self.alive().values()), f"a process exited at start: {self.alive()}"
+        # Ready: Redis commands and the subscriber (node channel, index channel) connected.
+        for port in self.admin_ports:
+            wait_for(lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200, what=f"push node admin {port} ready")
         wait_for(lambda: len(self.api("GET", "/v1/nodes")[1]["nodes"]) == len(self.node_ports), what="live push nodes")
         self.wait_balanced()
 

@@ -206,6 +206,29 @@ def test_shared_subscription_is_balanced_across_nodes_and_delivers_each_message_
         client.close()
 
 
+def test_topic_push_from_the_api_reaches_subscribers_and_waits_for_absent_persistent_sessions(fleet):
+    n1, n2 = fleet.node_ports
+    away = Client(n2, "alert-away", v5=True, clean=True, session_expiry=600)
+    away.subscribe(("alerts/#", 1))
+    away.close()
+    online = Client(n1, "alert-online", v5=True)
+    online.subscribe(("alerts/+", 1))
+    settle()
+    status, body = fleet.api("POST", "/v1/push", {"topic": "alerts/fire", "payload": "run", "qos": 1, "ttl": 60})
+    assert status == 202, body
+    message = online.expect(1)[0]
+    assert message.payload == b"run" and ("message-id", body["id"]) in message.properties.UserProperty
+    status, _ = fleet.api("POST", "/v1/push", {"topic": "alerts/drill", "payload": "live only", "qos": 1, "ttl": 0})
+    assert status == 202
+    assert online.expect(1)[0].payload == b"live only"
+    back = Client(n1, "alert-away", v5=True, clean=False, session_expiry=600)
+    got = back.expect(1)[0]
+    assert (got.topic, got.payload) == ("alerts/fire", b"run")  # the ttl 0 push was not kept
+    back.expect_none()
+    back.close()
+    online.close()
+
+
 # ------------------------------------------------------------- retained messages
 
 def test_retained_message_reaches_a_new_subscriber_on_the_other_node_and_empty_payload_clears_it(fleet):

@@ -1,0 +1,142 @@
+import NIOCore
+import RedisClient
+
+/// Routes a message published on a topic (a terminal's PUBLISH, a will, a topic push from
+/// the control API) to every matching subscriber in the fleet.
+///
+/// The fleet index names the nodes with a matching subscription: each gets one SPUBLISH on
+/// its channel per message (a push node hands its own share to `deliverLocally` instead).
+/// Persistent sessions subscribed to a matching filter are looked up in Redis and the message
+/// is stored for those that are not connected. The returned future succeeds once Redis has
+/// taken all of it: that is when a message counts as accepted.
+public struct TopicRouter: Sendable {
+    public let redis: RedisConnection
+    public let keys: FleetKeys
+    public let index: SubscriptionIndex
+    /// Entries a terminal's list keeps at most.
+    public let queueCap: Int
+    /// Lifetime in seconds of a stored message without an expiry of its own.
+    public let storedLifetime: Int
+    /// The push node this router runs in, and how it delivers to its own sessions.
+    public let localNode: String?
+    public let deliverLocally: (@Sendable (StoredMessage, NodeTarget) -> Void)?
+
+    public init(
+        redis: RedisConnection, keys: FleetKeys, index: SubscriptionIndex, queueCap: Int, storedLifetime: Int, localNode: String? = nil,
+        deliverLocally: (@Sendable (StoredMessage, NodeTarget) -> Void)? = nil
+    ) {
+        self.redis = redis
+        self.keys = keys
+        self.index = index
+        self.queueCap = queueCap
+        self.storedLifetime = storedLifetime
+        self.localNode = localNode
+        self.deliverLocally = deliverLocally
+    }
+
+    /// What routing one message did.
+    public struct Outcome: Sendable, Equatable {
+        /// Nodes the message went to (this node included).
+        public var nodes = 0
+        /// Absent persistent sessions it was stored for.
+        public var stored = 0
+    }
+
+    /// Routes `message`. `storeForAbsent` false keeps it from absent persistent sessions
+    /// (QoS 0, or a push with ttl 0).
+    public func route(_ message: StoredMessage, storeForAbsent: Bool) -> EventLoopFuture<Outcome> {
+        var commands: [RedisCommand] = []
+        var outcome = Outcome()
+        if message.retain == true {
+            if message.payload.isEmpty {
+                commands.append(RedisCommand("HDEL", keys.retained, message.topic))
+            } else {
+                commands.append(RedisCommand("HSET", keys.retained, message.topic, message.encoded()))
+            }
+        }
+        let route = index.route(topic: message.topic)
+        outcome.nodes = route.nodes.count
+        for (owner, target) in route.nodes {
+            if owner == localNode, let deliverLocally {
+                deliverLocally(message, target)
+            } else {
+                let event = NodeEvent(kind: .publish, message: message, target: target)
+                commands.append(RedisCommand("SPUBLISH", keys.nodeChannel(owner), event.encoded()))
+            }
+        }
+        let storedFilters = storeForAbsent ? route.storedFilters : []
+        for filter in storedFilters { commands.append(RedisCommand("SMEMBERS", keys.storedSubscribers(filter))) }
+        guard !commands.isEmpty else { return redis.eventLoop.makeSucceededFuture(outcome) }
+        return redis.pipelineFuture(commands).flatMap { replies in
+            do {
+                for reply in replies { _ = try reply.throwingError() }
+            } catch {
+                return redis.eventLoop.makeFailedFuture(error)
+            }
+            guard !storedFilters.isEmpty else { return redis.eventLoop.makeSucceededFuture(outcome) }
+            // terminal -> the matching filters it holds (a terminal matching twice is stored once).
+            var subscribers: [String: [String]] = [:]
+            for (filter, reply) in zip(storedFilters, replies.suffix(storedFilters.count)) {
+                for terminal in reply.array?.compactMap(\.string) ?? [] { subscribers[terminal, default: []].append(filter) }
+            }
+            return store(message, for: subscribers).map { stored in
+                outcome.stored = stored
+                return outcome
+            }
+        }
+    }
+
+    private func store(_ message: StoredMessage, for subscribers: [String: [String]]) -> EventLoopFuture<Int> {
+        guard !subscribers.isEmpty else { return redis.eventLoop.makeSucceededFuture(0) }
+        var stored = message
+        stored.session = true
+        let entry = stored.encoded()
+        let ttl = message.expiresAt > 0 ? max(1, message.expiresAt - FleetClock.nowMillis()) : Int64(storedLifetime) * 1000
+        let terminals = Array(subscribers.keys)
+        let commands = terminals.map { terminal in
+            FleetScripts.storeForSubscriber.command(
+                keys: [keys.session(terminal), keys.route(terminal), keys.queue(terminal)],
+                arguments: [entry, String(queueCap), String(ttl)]
+            )
+        }
+        return redis.pipelineFuture(commands).flatMapThrowing { replies in
+            var gone: [RedisCommand] = []
+            var count = 0
+            for (terminal, reply) in zip(terminals, replies) {
+                switch try reply.throwingError().int {
+                case -1:
+                    // The session expired: it leaves the filters' stored-subscriber sets.
+                    gone.append(storedSubscriptionsCommand(terminal: terminal, adding: false, filters: subscribers[terminal] ?? []))
+                case 1:
+                    count += 1
+                default:
+                    break
+                }
+            }
+            if !gone.isEmpty { redis.fireAndForget(gone) }
+            return count
+        }
+    }
+
+    /// The command adding a persistent session to (or removing it from) the stored-subscriber
+    /// sets of `filters`.
+    public func storedSubscriptionsCommand(terminal: String, adding: Bool, filters: [String]) -> RedisCommand {
+        FleetScripts.storedSubscriptions.command(
+            keys: [keys.index(SubscriptionIndex.storedOwner)] + filters.map(keys.storedSubscribers),
+            arguments: [keys.indexChannel, terminal, adding ? "+" : "-"] + filters
+        )
+    }
+}
+
+extension SubscriptionIndex {
+    /// Reads every owner's index set (push nodes in the fleet's node set, and the stored
+    /// owner) into this copy, except `excluding` (a push node's own, which it keeps itself).
+    public func load(from redis: RedisConnection, keys: FleetKeys, excluding: String? = nil) async throws {
+        let nodes = try await redis.send("SMEMBERS", keys.nodes).array?.compactMap(\.string) ?? []
+        let owners = Array(Set(nodes).subtracting([excluding].compactMap { $0 })) + [SubscriptionIndex.storedOwner]
+        let replies = try await redis.pipeline(owners.map { RedisCommand("SMEMBERS", keys.index($0)) })
+        for (owner, reply) in zip(owners, replies) {
+            replace(owner: owner, filters: try reply.throwingError().array?.compactMap(\.string) ?? [])
+        }
+    }
+}
