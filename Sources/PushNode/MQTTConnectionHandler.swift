@@ -66,6 +66,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// Whether the session outlives the connection, and for how many seconds after it.
     private var sessionExpiry: UInt32 = 0
     private var persistentAtConnect = false
+    private var drainReason = MQTTReasonCode.serverShuttingDown
+    /// Keep alive the node imposed (MQTT 5 server keep alive), if any.
+    private var serverKeepAlive: UInt16?
     private var will: StoredMessage?
     private var willDelay: UInt32 = 0
     /// A DISCONNECT arrived: no will unless it asked for one (MQTT 5 reason 0x04).
@@ -239,7 +242,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         epoch = FleetClock.newEpoch()
         connectedAt = FleetClock.nowMillis()
         logger[metadataKey: "terminal"] = "\(terminal)"
-        keepAlive = .seconds(Int64(connect.keepAlive))
+        var keepAliveSeconds = connect.keepAlive
+        let maximumKeepAlive = node.configuration.maximumKeepAlive
+        if version.hasProperties, maximumKeepAlive > 0, keepAliveSeconds == 0 || Int(keepAliveSeconds) > maximumKeepAlive {
+            // MQTT 5 lets the server set the keep alive (CONNACK server keep alive); a 3.1.1
+            // client cannot be told, so it keeps its own.
+            keepAliveSeconds = UInt16(clamping: maximumKeepAlive)
+            serverKeepAlive = keepAliveSeconds
+        }
+        keepAlive = .seconds(Int64(keepAliveSeconds))
         phase = .registering
         guard let limiter = node.connectLimiter else { return register(issuedAt: issuedAt, assignedID: assigned) }
         guard let delay = limiter.admit() else {
@@ -338,6 +349,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             if let requested = connectProperties.integer(.sessionExpiryInterval), requested != sessionExpiry {
                 properties.append(.sessionExpiryInterval, .fourByteInteger(sessionExpiry))
             }
+            if let serverKeepAlive { properties.append(.serverKeepAlive, .twoByteInteger(serverKeepAlive)) }
             properties.append(.receiveMaximum, .twoByteInteger(UInt16(clamping: node.configuration.receiveMaximum)))
             properties.append(.maximumPacketSize, .fourByteInteger(UInt32(node.configuration.maximumPacketSize)))
             properties.append(.topicAliasMaximum, .twoByteInteger(UInt16(clamping: node.configuration.topicAliasMaximum)))
@@ -1073,12 +1085,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         takenOver()
     }
 
-    /// Node shutdown: stop delivering, let in-flight messages be acknowledged (up to
-    /// `timeout`) so the terminal does not get them twice elsewhere, then DISCONNECT 0x8B
-    /// (MQTT 5) and close. What is not acknowledged stays stored for the next connection.
-    func drain(timeout: TimeAmount) {
+    /// Node shutdown (or shedding load): stop delivering, let in-flight messages be
+    /// acknowledged (up to `timeout`) so the terminal does not get them twice elsewhere, then
+    /// DISCONNECT with `reason` (MQTT 5: 0x8B server shutting down, 0x9C use another server)
+    /// and close. What is not acknowledged stays stored for the next connection.
+    func drain(timeout: TimeAmount, reason: MQTTReasonCode = .serverShuttingDown) {
         guard case .active = phase, let context else { return close() }
         phase = .draining
+        drainReason = reason
         if inflight.isEmpty { return finishDraining() }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         context.eventLoop.scheduleTask(in: timeout) {
@@ -1087,7 +1101,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     private func finishDraining() {
-        if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: .serverShuttingDown)), flush: true) }
+        if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: drainReason)), flush: true) }
         close()
     }
 

@@ -158,6 +158,26 @@ public final class PushNode: Service, Sendable {
         await context.redis.close()
     }
 
+    /// Closes up to `count` sessions at `drainRate` per second with DISCONNECT 0x9C "use another
+    /// server" (MQTT 5), each after its in-flight messages are acknowledged: after push nodes
+    /// were added, shedding from the busy ones lets the load balancer spread the terminals.
+    /// Returns the number of sessions asked to leave.
+    public func shed(count: Int) async -> Int {
+        let sessions = context.registry.all.prefix(max(0, count))
+        let timeout = TimeAmount.seconds(Int64(configuration.drainTimeout))
+        let batch = max(1, configuration.drainRate / 10)
+        context.logger.info("shedding sessions", metadata: ["sessions": "\(sessions.count)"])
+        var index = sessions.startIndex
+        while index < sessions.endIndex {
+            for handle in sessions[index..<min(index + batch, sessions.endIndex)] {
+                handle.execute { $0.drain(timeout: timeout, reason: .useAnotherServer) }
+            }
+            index += batch
+            if index < sessions.endIndex { try? await Task.sleep(for: .milliseconds(100)) }
+        }
+        return sessions.count
+    }
+
     /// Closes every session at `drainRate` per second and waits (bounded) until all are gone.
     private func drainSessions() async {
         let sessions = context.registry.all
@@ -281,6 +301,19 @@ extension PushNode {
     {
         let router = Router()
         OperationalRoutes.add(to: router, ready: { [self] in await self.isReady() }, metrics: metrics)
+        // Operators only: the admin port belongs on an internal network.
+        router.post("/v1/shed") { [self] request, _ -> Response in
+            guard let count = request.uri.queryParameters.get("count", as: Int.self), count > 0 else {
+                return Response(
+                    status: .badRequest, headers: [.contentType: "application/json"],
+                    body: .init(
+                        byteBuffer: ByteBuffer(string: #"{"error":{"code":"bad_request","message":"count must be a positive integer"}}"#)))
+            }
+            let shed = await self.shed(count: count)
+            return Response(
+                status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: #"{"shed":\#(shed)}"#))
+            )
+        }
         return Application(
             router: router, configuration: .init(address: .hostname(host, port: port), serverName: "pushfleet-node"), logger: logger)
     }

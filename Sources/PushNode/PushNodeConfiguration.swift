@@ -35,6 +35,9 @@ public struct PushNodeConfiguration: Sendable {
     /// Seconds a node's liveness key lives without a refresh: after a crash its terminals
     /// count as offline within this time.
     public var livenessTTL: Int = 10
+    /// Longest keep alive an MQTT 5 client gets, in seconds (0: the client's own). A client
+    /// asking for none or for more is told this one (CONNACK server keep alive).
+    public var maximumKeepAlive: Int = 0
     /// Seconds a connection may stay silent before sending CONNECT.
     public var connectTimeout: Int = 10
     /// Connections closed per second when the node shuts down, so terminals do not all

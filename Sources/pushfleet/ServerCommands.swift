@@ -150,6 +150,12 @@ struct NodeCommand: AsyncParsableCommand {
 
     @Option(
         help:
+            "Longest keep alive, in seconds, an MQTT 5 client gets: one asking for none or more is told this one; 0 = the client's own (env PUSHFLEET_MAX_KEEPALIVE; default 0)."
+    )
+    var maxKeepalive: Int?
+
+    @Option(
+        help:
             "Session registrations per second at most; more CONNECTs wait up to 10 s, then are refused; 0 = no limit (env PUSHFLEET_MAX_CONNECT_RATE; default 20000)."
     )
     var maxConnectRate: Int?
@@ -226,6 +232,10 @@ struct NodeCommand: AsyncParsableCommand {
         if let value = try positive(receiveMax, env: "RECEIVE_MAX", option: "--receive-max") {
             guard value <= 65_535 else { throw ValidationError("--receive-max must be 1...65535") }
             configuration.receiveMaximum = value
+        }
+        if let value = maxKeepalive ?? env("MAX_KEEPALIVE").flatMap({ Int($0) }) {
+            guard (0...65_535).contains(value) else { throw ValidationError("--max-keepalive must be 0...65535") }
+            configuration.maximumKeepAlive = value
         }
         if let value = topicAliasMax ?? env("TOPIC_ALIAS_MAX").flatMap({ Int($0) }) {
             guard (0...65_535).contains(value) else { throw ValidationError("--topic-alias-max must be 0...65535") }

@@ -11,6 +11,7 @@ real one hides what is checked (DUP flags, withheld acknowledgements, property b
 Usage: python3 Tests/e2e/mqtt.py --bin .build/debug/pushfleet [-k NAME]
 """
 import argparse
+import json
 import queue
 import shutil
 import subprocess
@@ -634,6 +635,25 @@ def test_websocket_listener_refuses_other_paths_and_plain_http(fleet):
             assert error.code == status, (path, error.code)
 
 
+def test_server_keep_alive_caps_mqtt5_clients(fleet):
+    forever = Client(fleet.node_ports[0], "ka-forever", v5=True, keepalive=0)
+    assert forever.connack[2].ServerKeepAlive == 600  # the fleet runs with --max-keepalive 600
+    modest = Client(fleet.node_ports[1], "ka-modest", v5=True, keepalive=60)
+    assert not hasattr(modest.connack[2], "ServerKeepAlive")
+    forever.close()
+    modest.close()
+
+
+def test_shed_asks_clients_to_use_another_server(fleet):
+    shed = Client(fleet.node_ports[0], "shed-1", v5=True)
+    request = urllib.request.Request(f"http://127.0.0.1:{fleet.admin_ports[0]}/v1/shed?count=1000", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read())["shed"] >= 1
+    wait_for(lambda: shed.disconnect_reason is not None, what="DISCONNECT")
+    assert shed.disconnect_reason == 0x9C, hex(shed.disconnect_reason)
+    shed.client.loop_stop()
+
+
 # ------------------------------------------------------------- topic ACL (credentials fleet)
 
 def test_acl_subscribe_and_publish_rules(fleet):
@@ -675,7 +695,7 @@ def main():
     transport_ports = {name: [free_port(), free_port()] for name in ("ws", "tls", "wss")}
 
     def anonymous_node(index):
-        return ["--allow-anonymous", "--tls-cert", certificate, "--tls-key", key,
+        return ["--allow-anonymous", "--max-keepalive", "600", "--tls-cert", certificate, "--tls-key", key,
                 *[arg for name, ports in transport_ports.items() for arg in (f"--{name}", f"127.0.0.1:{ports[index]}")]]
 
     anonymous = Fleet(args.bin, node_args=anonymous_node)
