@@ -173,21 +173,30 @@ public enum FleetScripts {
         """
     )
 
-    /// Stores a published message for a persistent session that is not connected.
+    /// Stores a published message for a persistent session that is not connected, or whose
+    /// node did not get the message (its channel had no listener: the node died).
     ///
-    /// KEYS: session, route, queue. ARGV: entry, cap, ttl in milliseconds.
+    /// KEYS: session, route, queue. ARGV: entry, cap, ttl in milliseconds, then the ids of the
+    /// nodes the message reached.
     /// Returns -1 when the session no longer exists (the caller drops it from the filter's
-    /// set), 0 when the terminal is connected (its node delivers the message live), 1 when
-    /// stored.
+    /// set), 0 when the terminal's node got the message (it delivers it live), 1 when stored,
+    /// or the id of the node the terminal is connected to when stored for a terminal whose
+    /// node did not get the message (the caller wakes it there).
     public static let storeForSubscriber = RedisScript(
         """
         if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-        if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+        local node = redis.call('HGET', KEYS[2], 'node')
+        if node then
+          for i = 4, #ARGV do
+            if ARGV[i] == node then return 0 end
+          end
+        end
         local n = redis.call('RPUSH', KEYS[3], ARGV[1])
         local cap = tonumber(ARGV[2])
         if n > cap then redis.call('LPOP', KEYS[3], n - cap) end
         local ttl = tonumber(ARGV[3])
         if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+        if node then return node end
         return 1
         """
     )

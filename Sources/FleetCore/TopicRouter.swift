@@ -56,12 +56,17 @@ public struct TopicRouter: Sendable {
         }
         let route = index.route(topic: message.topic)
         outcome.nodes = route.nodes.count
+        var reached: [String] = []
+        var published: [String] = []  // nodes in the order of their SPUBLISH commands
+        let publishStart = commands.count
         for (owner, target) in route.nodes {
             if owner == localNode, let deliverLocally {
                 deliverLocally(message, target)
+                reached.append(owner)
             } else {
                 let event = NodeEvent(kind: .publish, message: message, target: target)
                 commands.append(RedisCommand("SPUBLISH", keys.nodeChannel(owner), event.encoded()))
+                published.append(owner)
             }
         }
         let storedFilters = storeForAbsent ? route.storedFilters : []
@@ -74,19 +79,24 @@ public struct TopicRouter: Sendable {
                 return redis.eventLoop.makeFailedFuture(error)
             }
             guard !storedFilters.isEmpty else { return redis.eventLoop.makeSucceededFuture(outcome) }
+            // A node whose channel had no listener is gone: its persistent sessions get the
+            // message stored like absent ones (DESIGN invariant 2).
+            for (offset, owner) in published.enumerated() where (replies[publishStart + offset].int ?? 0) > 0 {
+                reached.append(owner)
+            }
             // terminal -> the matching filters it holds (a terminal matching twice is stored once).
             var subscribers: [String: [String]] = [:]
             for (filter, reply) in zip(storedFilters, replies.suffix(storedFilters.count)) {
                 for terminal in reply.array?.compactMap(\.string) ?? [] { subscribers[terminal, default: []].append(filter) }
             }
-            return store(message, for: subscribers).map { stored in
+            return store(message, for: subscribers, reached: reached).map { stored in
                 outcome.stored = stored
                 return outcome
             }
         }
     }
 
-    private func store(_ message: StoredMessage, for subscribers: [String: [String]]) -> EventLoopFuture<Int> {
+    private func store(_ message: StoredMessage, for subscribers: [String: [String]], reached: [String]) -> EventLoopFuture<Int> {
         guard !subscribers.isEmpty else { return redis.eventLoop.makeSucceededFuture(0) }
         var stored = message
         stored.session = true
@@ -96,24 +106,33 @@ public struct TopicRouter: Sendable {
         let commands = terminals.map { terminal in
             FleetScripts.storeForSubscriber.command(
                 keys: [keys.session(terminal), keys.route(terminal), keys.queue(terminal)],
-                arguments: [entry, String(queueCap), String(ttl)]
+                arguments: [entry, String(queueCap), String(ttl)] + reached
             )
         }
         return redis.pipelineFuture(commands).flatMapThrowing { replies in
-            var gone: [RedisCommand] = []
+            var follow: [RedisCommand] = []
+            var wake: [String: [String]] = [:]
             var count = 0
             for (terminal, reply) in zip(terminals, replies) {
-                switch try reply.throwingError().int {
-                case -1:
+                switch try reply.throwingError() {
+                case .bulkString(let node):
+                    // Stored for a terminal connected to a node the message did not reach
+                    // (it subscribed there a moment ago): that node reads it from the list.
+                    wake[String(buffer: node), default: []].append(terminal)
+                    count += 1
+                case .integer(-1):
                     // The session expired: it leaves the filters' stored-subscriber sets.
-                    gone.append(storedSubscriptionsCommand(terminal: terminal, adding: false, filters: subscribers[terminal] ?? []))
-                case 1:
+                    follow.append(storedSubscriptionsCommand(terminal: terminal, adding: false, filters: subscribers[terminal] ?? []))
+                case .integer(1):
                     count += 1
                 default:
                     break
                 }
             }
-            if !gone.isEmpty { redis.fireAndForget(gone) }
+            for (node, held) in wake {
+                follow.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .wake, terminals: held).encoded()))
+            }
+            if !follow.isEmpty { redis.fireAndForget(follow) }
             return count
         }
     }

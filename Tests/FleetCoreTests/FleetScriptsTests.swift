@@ -134,19 +134,22 @@ struct FleetScriptsTests {
         #expect(try await stored("p1", "-", ["x/+", "y"]) == 1)  // y had only p1; x/+ still has p2
         #expect(try await redis.send("SMEMBERS", keys.index("*")).array?.compactMap(\.string) == ["x/+"])
 
-        func store(_ terminal: String) async throws -> Int64? {
+        func store(_ terminal: String) async throws -> RedisReply {
             try await redis.send(
                 FleetScripts.storeForSubscriber.command(
-                    keys: [keys.session(terminal), keys.route(terminal), keys.queue(terminal)], arguments: ["m", "10", "60000"])
-            ).int
+                    keys: [keys.session(terminal), keys.route(terminal), keys.queue(terminal)],
+                    arguments: ["m", "10", "60000", "n1", "n3"])
+            )
         }
-        #expect(try await store("p2") == -1)  // no session
+        #expect(try await store("p2").int == -1)  // no session
         try await redis.send("SET", keys.session("p2"), "1")
         try await redis.send("HSET", keys.route("p2"), "node", "n1")
-        #expect(try await store("p2") == 0)  // connected: delivered live
+        #expect(try await store("p2").int == 0)  // connected to a node the message reached: delivered live
+        try await redis.send("HSET", keys.route("p2"), "node", "n2")
+        #expect(try await store("p2").string == "n2")  // its node did not get the message: stored, wake n2
         try await redis.send("DEL", keys.route("p2"))
-        #expect(try await store("p2") == 1)
-        #expect(try await redis.send("LRANGE", keys.queue("p2"), "0", "-1").array?.compactMap(\.string) == ["m"])
+        #expect(try await store("p2").int == 1)  // not connected
+        #expect(try await redis.send("LRANGE", keys.queue("p2"), "0", "-1").array?.compactMap(\.string) == ["m", "m"])
         await redis.close()
     }
 

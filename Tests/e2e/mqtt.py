@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleet import Fleet, RawMQTT, free_port, make_certificates, parse_publish, run_suite, wait_for
+from fleet import Fleet, RawMQTT, free_port, http_status, make_certificates, parse_publish, run_suite, wait_for
 
 
 class Client:
@@ -652,6 +652,27 @@ def test_shed_asks_clients_to_use_another_server(fleet):
     wait_for(lambda: shed.disconnect_reason is not None, what="DISCONNECT")
     assert shed.disconnect_reason == 0x9C, hex(shed.disconnect_reason)
     shed.client.loop_stop()
+
+
+def test_zz_persistent_subscriber_of_a_killed_node_gets_what_was_published_meanwhile(fleet):
+    n1, n2 = fleet.node_ports
+    raw = RawMQTT(n2)
+    assert raw.connect("crash-sub", clean=False) == (0x20, b"\x00\x00")
+    assert raw.subscribe("crash/t", 1)[0] == 0x90
+    settle()
+    fleet.kill("node2")  # SIGKILL: the session's route still names n2
+    pub = Client(n1, "crash-pub")
+    assert pub.publish("crash/t", b"while you were down", qos=1) == 0
+    raw.close()
+    again = RawMQTT(n1)
+    assert again.connect("crash-sub", clean=False) == (0x20, b"\x01\x00")
+    message = parse_publish(*again.read())
+    assert message["payload"] == b"while you were down", message
+    again.puback(message["id"])
+    again.close()
+    pub.close()
+    fleet.restart("node2")
+    wait_for(lambda: http_status(f"http://127.0.0.1:{fleet.admin_ports[1]}/readyz") == 200, what="node2 back")
 
 
 # ------------------------------------------------------------- topic ACL (credentials fleet)
