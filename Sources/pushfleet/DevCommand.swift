@@ -45,12 +45,16 @@ struct DevCommand: AsyncParsableCommand {
         control.advertisedEndpoints = ports.map { "mqtt://127.0.0.1:\($0)" }
         var services: [any Service] = [ControlNode(configuration: control, logger: logger, metrics: metrics)]
         for (index, mqttPort) in ports.enumerated() {
-            let configuration = PushNodeConfiguration(
+            var configuration = PushNodeConfiguration(
                 redis: redisConfiguration, mqttHost: "127.0.0.1", mqttPort: mqttPort, nodeID: "dev-\(index + 1)", secret: secret)
+            // Terminals may talk to each other on chat/<room>, across the two nodes.
+            configuration.publicTopicFilters = ["chat/#"]
+            configuration.publishTopicFilters = ["chat/+"]
             services.append(PushNode(configuration: configuration, logger: logger))
         }
 
         let demo = CredentialAuthority(secret: secret).issue(terminal: "demo", ttl: 86_400, nowMillis: FleetClock.nowMillis())
+        let other = CredentialAuthority(secret: secret).issue(terminal: "demo2", ttl: 86_400, nowMillis: FleetClock.nowMillis())
         let api = "http://\(host):\(port)"
         let banner = """
 
@@ -58,11 +62,14 @@ struct DevCommand: AsyncParsableCommand {
             control API \(api), push nodes mqtt://127.0.0.1:\(ports[0]) and mqtt://127.0.0.1:\(ports[1]).
 
             # a credential for terminal "demo" (or mint one: curl -s -X POST \(api)/v1/credentials -d '{"terminal":"demo"}')
-            mosquitto_sub -h 127.0.0.1 -p \(ports[0]) -i demo -u demo -P '\(demo.password)' -t push/demo -q 1 -c -v
+            mosquitto_sub -h 127.0.0.1 -p \(ports[0]) -i demo -u demo -P '\(demo.password)' -t push/demo -t 'chat/#' -q 1 -c -v
 
             # push with the API, and with redis-cli
             curl -s -X POST \(api)/v1/push -H 'Content-Type: application/json' -d '{"to":["demo"],"payload":"hello from curl"}'
             redis-cli -p \(redis.port) XADD pushfleet:push '*' to demo payload 'hello from redis-cli'
+
+            # another terminal, on the other push node, publishing to a chat room demo subscribes to
+            mosquitto_pub -h 127.0.0.1 -p \(ports[1]) -i demo2 -u demo2 -P '\(other.password)' -t chat/lobby -m 'hello from demo2' -q 1
 
             # what happened to a message (use the id the push printed)
             curl -s \(api)/v1/messages/<id>
