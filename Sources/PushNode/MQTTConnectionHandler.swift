@@ -59,6 +59,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var packetID: UInt16
         var qos: MQTTQoS
         var reasonCode: MQTTReasonCode?
+        var reasonString: String?
     }
 
     /// Topic filter -> subscription, including the automatic `push/<id>` and `broadcast`.
@@ -81,6 +82,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var inboundAliases: [UInt16: String] = [:]
     private var outboundAliases: [String: UInt16] = [:]
     private var inboundPending: [InboundPublish] = []
+    /// QoS 1/2 messages routed to a session that does not outlive its connection, waiting for
+    /// room in the window (the client's receive maximum) or a writable socket; bounded.
+    private var waiting = CircularBuffer<(message: StoredMessage, shared: String?)>()
     /// QoS 2 packet ids received, PUBREC sent, waiting for PUBREL.
     private var awaitingRelease: Set<UInt16> = []
     private var inflight: [UInt16: Inflight] = [:]
@@ -131,7 +135,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, refillAgain, case .active = phase { refill() }
+        if context.channel.isWritable, case .active = phase {
+            sendWaiting()
+            if refillAgain { refill() }
+        }
         context.fireChannelWritabilityChanged()
     }
 
@@ -140,7 +147,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             node.metrics.protocolErrors.increment()
             logger.info("closing connection after a bad packet", metadata: ["error": "\(error)"])
             if version.hasProperties, case .active = phase {
-                write(.disconnect(MQTTDisconnectPacket(reasonCode: error.reasonCode)), flush: true)
+                write(serverDisconnect(error.reasonCode, "\(error)"), flush: true)
             }
         } else {
             logger.debug("connection error", metadata: ["error": "\(error)"])
@@ -184,7 +191,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         if version.hasProperties {
             let properties = connect.properties
             // Enhanced authentication (AUTH exchanges) is not offered.
-            if properties[.authenticationMethod] != nil { return refuse(.v3NotAuthorized, v5: .badAuthenticationMethod) }
+            if properties[.authenticationMethod] != nil {
+                return refuse(.v3NotAuthorized, v5: .badAuthenticationMethod, reason: "enhanced authentication is not offered")
+            }
             if let value = properties.integer(.receiveMaximum) {
                 guard value > 0 else { return refuse(.v3ServerUnavailable, v5: .protocolError) }
                 clientReceiveMaximum = Int(value)
@@ -225,10 +234,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             case .success(let verified): issuedAt = String(verified.issuedAt)
             case .failure(let failure):
                 logger.info("credential refused", metadata: ["terminal": "\(clientID)", "reason": "\(failure)"])
-                return refuse(.v3NotAuthorized, v5: .notAuthorized)
+                return refuse(.v3NotAuthorized, v5: .notAuthorized, reason: "credential refused")
             }
         } else if !node.configuration.allowAnonymous {
-            return refuse(.v3BadUserNameOrPassword, v5: .badUserNameOrPassword)
+            return refuse(.v3BadUserNameOrPassword, v5: .badUserNameOrPassword, reason: "a credential is required as the password")
         }
 
         terminal = clientID
@@ -299,7 +308,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             guard status == "ok", array.count == 10 else {
                 logger.info("credential revoked")
-                return refuse(.v3NotAuthorized, v5: .notAuthorized)
+                return refuse(.v3NotAuthorized, v5: .notAuthorized, reason: "credential revoked")
             }
             parts = array
         }
@@ -391,11 +400,23 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         context?.flush()
     }
 
-    private func refuse(_ v3: MQTTReasonCode, v5: MQTTReasonCode) {
+    /// Refuses the CONNECT; MQTT 5 clients also get `reason` as the reason string.
+    private func refuse(_ v3: MQTTReasonCode, v5: MQTTReasonCode, reason: String? = nil) {
         node.metrics.connectsRefused.increment()
         let code = version.hasProperties ? v5 : v3
-        write(.connAck(MQTTConnAckPacket(sessionPresent: false, reasonCode: code)), flush: true)
+        var properties: MQTTProperties = []
+        if version.hasProperties, let reason { properties.append(.reasonString, .string(reason)) }
+        write(.connAck(MQTTConnAckPacket(sessionPresent: false, reasonCode: code, properties: properties)), flush: true)
         close()
+    }
+
+    /// Whether the client accepts reason strings on acknowledgements (MQTT 5 request problem
+    /// information; CONNACK and DISCONNECT carry them regardless).
+    private var wantsProblemInformation: Bool { version.hasProperties && connectProperties.integer(.requestProblemInformation) != 0 }
+
+    /// A DISCONNECT from the server, with a reason string.
+    private func serverDisconnect(_ code: MQTTReasonCode, _ reason: String) -> MQTTPacket {
+        .disconnect(MQTTDisconnectPacket(reasonCode: code, properties: [MQTTProperty(.reasonString, .string(reason))]))
     }
 
     // MARK: Packets from an active session
@@ -435,7 +456,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private func disconnect(_ code: MQTTReasonCode, _ reason: String) {
         node.metrics.protocolErrors.increment()
         logger.info("closing the connection", metadata: ["reason": "\(reason)", "code": "\(code)"])
-        if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: code)), flush: true) }
+        if version.hasProperties { write(serverDisconnect(code, reason), flush: true) }
         close()
     }
 
@@ -496,7 +517,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             guard let packetID else { return }
             // MQTT 3.1.1 cannot refuse a PUBLISH: it is acknowledged and dropped.
             let code: MQTTReasonCode = version.hasProperties ? refusal : .success
-            inboundPending.append(InboundPublish(packetID: packetID, qos: publish.qos, reasonCode: code))
+            let why = refusal == .notAuthorized ? "not allowed to publish to \(topic)" : "payload is not valid UTF-8"
+            inboundPending.append(
+                InboundPublish(packetID: packetID, qos: publish.qos, reasonCode: code, reasonString: wantsProblemInformation ? why : nil))
             return flushInboundAcks()
         }
         let message = StoredMessage(
@@ -530,7 +553,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var wrote = false
         while let first = inboundPending.first, let code = first.reasonCode {
             inboundPending.removeFirst()
-            let ack = MQTTAckPacket(packetIdentifier: first.packetID, reasonCode: code)
+            var ack = MQTTAckPacket(packetIdentifier: first.packetID, reasonCode: code)
+            if let reason = first.reasonString { ack.properties.append(.reasonString, .string(reason)) }
             if first.qos == .exactlyOnce {
                 // A refusing PUBREC ends the exchange; a successful one waits for PUBREL.
                 if code.rawValue < 0x80 {
@@ -595,6 +619,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var indexed: [String] = []
         var stored: [String] = []
         var retained: [(filter: String, subscription: Subscription)] = []
+        var refused: [String] = []
         for requested in subscribe.subscriptions {
             let filter = requested.topicFilter
             let shared = SharedFilter(filter)
@@ -609,6 +634,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             guard node.acl.maySubscribe(filter, terminal: terminal) else {
                 codes.append(version.hasProperties ? .notAuthorized : .v3SubscribeFailure)
+                refused.append(filter)
                 continue
             }
             let subscription = Subscription(
@@ -633,7 +659,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         if !indexed.isEmpty { commands.append(node.indexUpdateCommand(adding: true, filters: indexed)) }
         if !record.isEmpty { commands.append(RedisCommand("HSET", [node.keys.subscriptions(terminal)] + record)) }
         if !stored.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: true, filters: stored)) }
-        let suback = MQTTPacket.subAck(MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes))
+        var subackProperties: MQTTProperties = []
+        if wantsProblemInformation, !refused.isEmpty {
+            subackProperties.append(.reasonString, .string("not allowed to subscribe to " + refused.joined(separator: ", ")))
+        }
+        let suback = MQTTPacket.subAck(
+            MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes, properties: subackProperties))
         guard !commands.isEmpty, let context else { return write(suback, flush: true) }
         // SUBACK once the fleet index has the filters, so a publish sent after it finds them.
         let retainedFor = retained
@@ -882,6 +913,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             inflight[ack.packetIdentifier] = nil
             inflightIDs.remove(pending.message.id)
             recordAcknowledged(pending)
+            sendWaiting()
             if refillAgain { refill() }
             return
         }
@@ -911,6 +943,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             recordAcknowledged(done)
         }
         if case .draining = phase, inflight.isEmpty { return finishDraining() }
+        sendWaiting()
         if refillAgain { refill() }
     }
 
@@ -921,6 +954,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         inflightIDs.remove(done.message.id)
         recordAcknowledged(done)
         if case .draining = phase, inflight.isEmpty { return finishDraining() }
+        sendWaiting()
         if refillAgain { refill() }
     }
 
@@ -1009,6 +1043,18 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         if tracked { node.redis.fireAndForget([transition(message.id, sent ? .delivered : .dropped)]) }
     }
 
+    /// Sends waiting routed messages while the window has room and the socket takes them.
+    private func sendWaiting() {
+        guard !waiting.isEmpty, case .active = phase else { return }
+        var sent = false
+        while let first = waiting.first, inflight.count < window, context?.channel.isWritable == true {
+            waiting.removeFirst()
+            guard let delivery = delivery(for: first.message, shared: first.shared) else { continue }
+            sent = send(first.message, delivery: delivery, dup: false, entry: nil, tracked: false) || sent
+        }
+        if sent { context?.flush() }
+    }
+
     /// Unacknowledged messages beyond the stored window that live messages may add: a little
     /// slack for pushes, none past a receive maximum the client set.
     private var liveLimit: Int {
@@ -1035,6 +1081,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         guard let delivery = delivery(for: message, shared: shared) else { return }
         let keep = sessionExpiry > 0 && delivery.qos > .atMostOnce && shared == nil
+        if !keep, delivery.qos > .atMostOnce, !waiting.isEmpty || context?.channel.isWritable == false || inflight.count >= window {
+            // Behind the ones already waiting, in order; beyond the cap the message is dropped.
+            guard waiting.count < node.configuration.offlineQueueCap else {
+                node.metrics.dropped.increment()
+                return
+            }
+            waiting.append((message, shared))
+            return
+        }
         var entry: String?
         var commands: [RedisCommand] = []
         if keep {
@@ -1075,7 +1130,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         logger.info("session taken over")
         wasTakenOver = true
-        if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: .sessionTakenOver)), flush: true) }
+        if version.hasProperties { write(serverDisconnect(.sessionTakenOver, "another connection took over this session"), flush: true) }
         close()
     }
 
@@ -1101,7 +1156,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     private func finishDraining() {
-        if version.hasProperties { write(.disconnect(MQTTDisconnectPacket(reasonCode: drainReason)), flush: true) }
+        if version.hasProperties {
+            let reason = drainReason == .useAnotherServer ? "this node sheds load: connect again" : "this node is shutting down"
+            write(serverDisconnect(drainReason, reason), flush: true)
+        }
         close()
     }
 
@@ -1114,7 +1172,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             if NIODeadline.now() - handler.lastReceived > limit {
                 handler.logger.info("keepalive expired")
                 if handler.version.hasProperties {
-                    handler.write(.disconnect(MQTTDisconnectPacket(reasonCode: .keepAliveTimeout)), flush: true)
+                    handler.write(handler.serverDisconnect(.keepAliveTimeout, "nothing received for 1.5 x the keep alive"), flush: true)
                 }
                 handler.close()
             }

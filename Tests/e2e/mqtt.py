@@ -38,6 +38,7 @@ class Client:
         self.messages = queue.Queue()
         self.subacks = {}
         self.pubacks = {}
+        self.ack_properties = {}  # mid -> properties of its SUBACK / PUBACK
         self.disconnect_reason = None
         self.connack = None
         self.v5 = v5
@@ -56,8 +57,8 @@ class Client:
             self.client.will_set(topic, payload, qos=1, properties=props)
         self.client.on_connect = self._on_connect
         self.client.on_message = lambda c, u, m: self.messages.put(m)
-        self.client.on_subscribe = lambda c, u, mid, codes, props: self.subacks.__setitem__(mid, [int(x.value) for x in codes])
-        self.client.on_publish = lambda c, u, mid, code, props: self.pubacks.__setitem__(mid, int(code.value))
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
         self.client.on_disconnect = self._on_disconnect
         self.connected = threading.Event()
         kwargs = {}
@@ -74,6 +75,14 @@ class Client:
         self.connack = (flags.session_present, int(code.value), props)
         self.connected.set()
 
+    def _on_subscribe(self, client, userdata, mid, codes, props):
+        self.ack_properties[mid] = props
+        self.subacks[mid] = [int(x.value) for x in codes]
+
+    def _on_publish(self, client, userdata, mid, code, props):
+        self.ack_properties[mid] = props
+        self.pubacks[mid] = int(code.value)
+
     def _on_disconnect(self, client, userdata, flags, code, props):
         self.disconnect_reason = int(code.value)
 
@@ -81,11 +90,13 @@ class Client:
         """Each subscription: (filter, qos) or (filter, SubscribeOptions). Returns the SUBACK codes."""
         result, mid = self.client.subscribe(list(subscriptions), properties=props)
         assert result == mqtt.MQTT_ERR_SUCCESS
+        self.last_mid = mid
         return wait_for(lambda: self.subacks.get(mid), what="SUBACK")
 
     def publish(self, topic, payload, qos=0, retain=False, props=None):
         """Publishes and, for QoS 1/2, waits for the acknowledgement; returns its reason code."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        self.last_mid = info.mid
         if qos:
             info.wait_for_publish(10)
             return wait_for(lambda: info.mid in self.pubacks and (self.pubacks[info.mid],), what="PUBACK")[0]
@@ -508,6 +519,31 @@ def test_receive_maximum_exceeded_gets_disconnect_0x93(fleet):
     raw.close()
 
 
+def test_client_receive_maximum_limits_unacknowledged_deliveries(fleet):
+    n1, n2 = fleet.node_ports
+    raw = RawMQTT(n1)
+    assert raw.connect("recv-client", level=5, props=b"\x21\x00\x02")[1][1] == 0  # receive maximum 2
+    raw.send(0x82, b"\x00\x01\x00" + RawMQTT.string("rm/t") + b"\x01")
+    assert raw.read()[0] == 0x90
+    settle()
+    pub = Client(n2, "recv-pub")
+    for index in range(5):
+        pub.publish("rm/t", str(index).encode(), qos=1)
+    first = [parse_publish(*raw.read(), level=5) for _ in range(2)]
+    assert [p["payload"] for p in first] == [b"0", b"1"]
+    raw.sock.settimeout(0.7)
+    try:
+        extra = raw.read()
+        raise AssertionError(f"a third unacknowledged PUBLISH came: {extra}")
+    except TimeoutError:
+        pass
+    raw.sock.settimeout(10)
+    raw.puback(first[0]["id"])
+    assert parse_publish(*raw.read(), level=5)["payload"] == b"2"
+    raw.close()
+    pub.close()
+
+
 def test_maximum_packet_size_both_ways(fleet):
     n1, n2 = fleet.node_ports
     small = Client(n1, "maxpkt-sub", v5=True, connect_props=props(PacketTypes.CONNECT, MaximumPacketSize=100))
@@ -549,6 +585,7 @@ def test_topic_aliases_both_ways(fleet):
     sender.publish("alias/x", b"bad", props=b"\x23" + (1000).to_bytes(2, "big"))
     disconnect = sender.read()
     assert disconnect[0] == 0xE0 and disconnect[1][:1] == b"\x94", disconnect
+    assert b"\x1f" in disconnect[1] and b"topic alias 1000" in disconnect[1], disconnect  # with a reason string
     sender.close()
     receiver.close()
 
@@ -685,12 +722,14 @@ def test_acl_subscribe_and_publish_rules(fleet):
                               ("dev/+/up", 1)) == [1, 1, 1, 1, 1]
     # Refused (MQTT 5: 0x87): someone else's push topic, everything, more than a public filter covers.
     assert listener.subscribe(("push/other", 1), ("#", 1), ("dev/other/#", 1)) == [0x87, 0x87, 0x87]
+    assert listener.ack_properties[listener.last_mid].ReasonString == "not allowed to subscribe to push/other, #, dev/other/#"
     v3 = RawMQTT(n2)
     assert v3.connect("acl-v3", fleet.credential("acl-v3")) == (0x20, b"\x00\x00")
     assert v3.subscribe("secret/#", 1) == (0x90, b"\x00\x01\x80")  # MQTT 3.1.1: 0x80
     talker = Client(n2, "acl-talk", v5=True, username="acl-talk", password=fleet.credential("acl-talk"))
     settle()
     assert talker.publish("news/sport/x", b"nope", qos=1) == 0x87  # subscribable, not publishable
+    assert talker.ack_properties[talker.last_mid].ReasonString == "not allowed to publish to news/sport/x"
     assert talker.publish("chat/lobby", b"hello", qos=1) == 0
     assert talker.publish("dev/acl-talk/up", b"mine", qos=1) == 0  # %c: its own id
     assert talker.publish("dev/acl-listen/up", b"not mine", qos=1) == 0x87
