@@ -321,7 +321,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"e2e: {tool} is not installed")
     tests = [(name, fn, "main") for name, fn in globals().items() if name.startswith("test_") and args.k in name]
-    run_suite("e2e", tests, {"main": Fleet(args.bin)})
+    run_suite("e2e", tests, {"main": lambda: Fleet(args.bin)})
 
 
 if __name__ == "__main__":

@@ -366,8 +366,9 @@ def parse_publish(first, body, level=4):
 
 
 def run_suite(label, tests, fleets):
-    """Runs `tests` ([(name, fn)]), each with the fleet its `fleet_for(name)` picks out of
-    `fleets` (name -> Fleet, started lazily), prints PASS/FAIL lines and a summary, prints the
+    """Runs `tests` ([(name, fn, fleet name)]), each with its fleet out of `fleets` (name ->
+    function making a Fleet: made and started when a test first needs it, so its free ports
+    are picked just before they are bound), prints PASS/FAIL lines and a summary, prints the
     process logs on failure and exits non-zero if anything failed."""
     started_fleets = {}
     failures = 0
@@ -376,8 +377,8 @@ def run_suite(label, tests, fleets):
             started = time.time()
             try:
                 if fleet_name not in started_fleets:
-                    started_fleets[fleet_name] = fleets[fleet_name]
-                    fleets[fleet_name].start_all()
+                    started_fleets[fleet_name] = fleets[fleet_name]()
+                    started_fleets[fleet_name].start_all()
                 fn(started_fleets[fleet_name])
                 print(f"PASS {name} ({time.time() - started:.1f}s)", flush=True)
             except Exception:

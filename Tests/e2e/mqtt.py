@@ -751,23 +751,31 @@ def main():
     for tool in ["redis-server", "redis-cli", "haproxy", "mosquitto_sub", "mosquitto_pub"]:
         if not shutil.which(tool):
             sys.exit(f"mqtt: {tool} is not installed")
-    ca, certificate, key = make_certificates(tempfile.mkdtemp(prefix="pushfleet-certs-"))
-    transport_ports = {name: [free_port(), free_port()] for name in ("ws", "tls", "wss")}
+    certificates = tempfile.mkdtemp(prefix="pushfleet-certs-")
+    ca, certificate, key = make_certificates(certificates)
 
-    def anonymous_node(index):
-        return ["--allow-anonymous", "--max-keepalive", "600", "--tls-cert", certificate, "--tls-key", key,
-                *[arg for name, ports in transport_ports.items() for arg in (f"--{name}", f"127.0.0.1:{ports[index]}")]]
+    def anonymous():
+        transport_ports = {name: [free_port(), free_port()] for name in ("ws", "tls", "wss")}
 
-    anonymous = Fleet(args.bin, node_args=anonymous_node)
-    anonymous.transport_ports, anonymous.ca = transport_ports, ca
+        def node_args(index):
+            return ["--allow-anonymous", "--max-keepalive", "600", "--tls-cert", certificate, "--tls-key", key,
+                    *[arg for name, ports in transport_ports.items() for arg in (f"--{name}", f"127.0.0.1:{ports[index]}")]]
+
+        fleet = Fleet(args.bin, node_args=node_args)
+        fleet.transport_ports, fleet.ca = transport_ports, ca
+        return fleet
+
     fleets = {
         "anonymous": anonymous,
-        "acl": Fleet(args.bin, node_args=["--public-topics", "news/#,chat/#,dev/+/up", "--publish-topics", "chat/+,dev/%c/up"]),
+        "acl": lambda: Fleet(args.bin, node_args=["--public-topics", "news/#,chat/#,dev/+/up", "--publish-topics", "chat/+,dev/%c/up"]),
     }
     tests = [(name, fn, "acl" if name.startswith("test_acl") else "anonymous")
              for name, fn in globals().items() if name.startswith("test_") and args.k in name]
     tests.sort(key=lambda test: test[2] == "acl")
-    run_suite("mqtt", tests, fleets)
+    try:
+        run_suite("mqtt", tests, fleets)
+    finally:
+        shutil.rmtree(certificates, ignore_errors=True)
 
 
 if __name__ == "__main__":
