@@ -15,7 +15,8 @@ public struct FleetKeys: Sendable, Hashable {
     public func route(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:route" }
     /// LIST of stored messages (JSON ``StoredMessage``), oldest first.
     public func queue(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:queue" }
-    /// SET of message ids sent to the terminal but not yet acknowledged (redelivered with DUP).
+    /// HASH message id -> MQTT packet id of messages sent to the terminal and not yet
+    /// acknowledged (redelivered with DUP, under the same packet id).
     public func sent(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:sent" }
     /// HASH topic filter -> QoS: the terminal's own MQTT subscriptions.
     public func subscriptions(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:subs" }

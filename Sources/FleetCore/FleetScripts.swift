@@ -38,7 +38,7 @@ public enum FleetScripts {
         end
         local subs = redis.call('HGETALL', KEYS[3])
         local queue = redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[6]) - 1)
-        local sent = redis.call('SMEMBERS', KEYS[6])
+        local sent = redis.call('HGETALL', KEYS[6])
         local released = redis.call('SMEMBERS', KEYS[7])
         local releasing = redis.call('SMEMBERS', KEYS[8])
         return {'ok', old[1] or '', old[2] or '', present, subs, queue, sent, discarded, released, releasing}

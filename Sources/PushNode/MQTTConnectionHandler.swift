@@ -379,7 +379,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         startKeepAliveTimer()
 
         let queue = parts[5].array?.compactMap(\.string) ?? []
-        let sent = Set(parts[6].array?.compactMap(\.string) ?? [])
+        let sent = Self.packetIDs(parts[6])
         let wokenWhileRegistering = refillAgain
         refillAgain = false
         deliverStored(queue, previouslySent: sent)
@@ -761,7 +761,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// Delivers stored entries in list order, skipping those already in flight. When a full
     /// page was read and some of it left the list (sent at QoS 0, expired), more may be
     /// waiting behind it: `refillAgain` asks for the next page.
-    private func deliverStored(_ entries: [String], previouslySent: Set<String>) {
+    private func deliverStored(_ entries: [String], previouslySent: [String: UInt16]) {
         var commands: [RedisCommand] = []
         let now = FleetClock.nowMillis()
         let queueKey = node.keys.queue(terminal)
@@ -775,7 +775,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             if message.isExpired(nowMillis: now) {
                 node.metrics.expired.increment()
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
-                commands.append(RedisCommand("SREM", node.keys.sent(terminal), message.id))
+                commands.append(RedisCommand("HDEL", node.keys.sent(terminal), message.id))
                 if message.hasStatus { commands.append(transition(message.id, .expired)) }
                 continue
             }
@@ -795,7 +795,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 refillAgain = true
                 break
             }
-            guard send(message, delivery: delivery, dup: previouslySent.contains(message.id), entry: entry, tracked: message.hasStatus)
+            // Sent before and not acknowledged: again with DUP and, if still free, its packet id
+            // (MQTT 4.4).
+            let earlier = previouslySent[message.id]
+            guard
+                let packetID = send(
+                    message, delivery: delivery, dup: earlier != nil, entry: entry, tracked: message.hasStatus, packetID: earlier)
             else {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
                 if message.hasStatus { commands.append(transition(message.id, .dropped)) }
@@ -803,8 +808,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             if delivery.qos == .atMostOnce {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
-            } else {
-                commands.append(RedisCommand("SADD", node.keys.sent(terminal), message.id))
+            } else if packetID != earlier {
+                commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
             }
             if message.hasStatus { commands.append(transition(message.id, .delivered)) }
         }
@@ -841,11 +846,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         return Delivery(qos: min(best, published), retain: retain, subscriptionIdentifiers: identifiers)
     }
 
-    /// Writes one PUBLISH (not flushed) and tracks it when QoS 1 or 2. Returns false when it
-    /// is larger than the client's maximum packet size: such a message is discarded as if it
-    /// had been sent (MQTT 5 3.1.2.11.4).
+    /// Writes one PUBLISH (not flushed) and tracks it when QoS 1 or 2, under `packetID` if that
+    /// is given and free. Returns the packet id used (0 for QoS 0), or nil when the message is
+    /// larger than the client's maximum packet size: such a message is discarded as if it had
+    /// been sent (MQTT 5 3.1.2.11.4).
     @discardableResult
-    private func send(_ message: StoredMessage, delivery: Delivery, dup: Bool, entry: String?, tracked: Bool) -> Bool {
+    private func send(
+        _ message: StoredMessage, delivery: Delivery, dup: Bool, entry: String?, tracked: Bool, packetID preferred: UInt16? = nil
+    ) -> UInt16? {
         let properties =
             version.hasProperties
             ? message.outboundProperties(subscriptionIdentifiers: delivery.subscriptionIdentifiers, nowMillis: FleetClock.nowMillis())
@@ -862,7 +870,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             guard scratch.readableBytes <= clientMaximumPacketSize else {
                 node.metrics.dropped.increment()
                 logger.debug("message over the client's maximum packet size discarded", metadata: ["message": "\(message.id)"])
-                return false
+                return nil
             }
         }
         if clientTopicAliasMaximum > 0 {
@@ -875,15 +883,25 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 publish.properties.append(.topicAlias, .twoByteInteger(alias))
             }
         }
+        var id: UInt16 = 0
         if delivery.qos != .atMostOnce {
-            let id = allocatePacketID()
+            if let preferred, preferred != 0, inflight[preferred] == nil {
+                id = preferred
+            } else {
+                id = allocatePacketID()
+            }
             publish.packetIdentifier = id
             inflight[id] = Inflight(message: message, entry: entry, tracked: tracked, qos: delivery.qos)
             inflightIDs.insert(message.id)
         }
         node.metrics.delivered.increment()
         write(.publish(publish), flush: false)
-        return true
+        return id
+    }
+
+    /// The `sent` hash (message id -> packet id) from a HGETALL reply.
+    private static func packetIDs(_ reply: RedisReply) -> [String: UInt16] {
+        (reply.pairs ?? [:]).compactMapValues { UInt16($0) }
     }
 
     private func allocatePacketID() -> UInt16 {
@@ -964,7 +982,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var commands: [RedisCommand] = []
         if let entry = done.entry {
             commands.append(RedisCommand("LREM", node.keys.queue(terminal), "1", entry))
-            commands.append(RedisCommand("SREM", node.keys.sent(terminal), done.message.id))
+            commands.append(RedisCommand("HDEL", node.keys.sent(terminal), done.message.id))
         }
         if done.tracked { commands.append(transition(done.message.id, .acknowledged)) }
         if !commands.isEmpty { node.redis.fireAndForget(commands) }
@@ -990,7 +1008,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         refillAgain = false
         let commands = [
             RedisCommand("LRANGE", node.keys.queue(terminal), "0", String(window - 1)),
-            RedisCommand("SMEMBERS", node.keys.sent(terminal)),
+            RedisCommand("HGETALL", node.keys.sent(terminal)),
         ]
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
@@ -1000,8 +1018,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             switch result {
             case .success(let replies):
                 let entries = replies[0].array?.compactMap(\.string) ?? []
-                let sent = Set(replies[1].array?.compactMap(\.string) ?? [])
-                handler.deliverStored(entries, previouslySent: sent)
+                handler.deliverStored(entries, previouslySent: Self.packetIDs(replies[1]))
             case .failure(let error):
                 handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
             }
@@ -1038,7 +1055,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             if tracked { node.redis.fireAndForget([transition(message.id, .dropped)]) }
             return
         }
-        let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked)
+        let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked) != nil
         context?.flush()
         if tracked { node.redis.fireAndForget([transition(message.id, sent ? .delivered : .dropped)]) }
     }
@@ -1050,7 +1067,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         while let first = waiting.first, inflight.count < window, context?.channel.isWritable == true {
             waiting.removeFirst()
             guard let delivery = delivery(for: first.message, shared: first.shared) else { continue }
-            sent = send(first.message, delivery: delivery, dup: false, entry: nil, tracked: false) || sent
+            sent = send(first.message, delivery: delivery, dup: false, entry: nil, tracked: false) != nil || sent
         }
         if sent { context?.flush() }
     }
@@ -1113,8 +1130,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             return
         }
-        if keep { commands.append(RedisCommand("SADD", node.keys.sent(terminal), message.id)) }
-        if send(message, delivery: delivery, dup: false, entry: entry, tracked: false), !commands.isEmpty {
+        if let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false), keep {
+            commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
             node.redis.fireAndForget(commands)
         }
         context?.flush()

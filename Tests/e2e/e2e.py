@@ -164,6 +164,7 @@ def test_unacknowledged_message_is_redelivered_with_dup_after_reconnect(fleet):
     assert again.connect("raw-1", password)[1][1] == 0
     second = parse_publish(*again.read())
     assert second["payload"] == b"once" and second["dup"], second
+    assert second["id"] == first["id"], (first, second)  # its original packet id (MQTT 4.4)
     again.puback(second["id"])
     wait_for(lambda: fleet.api("GET", "/v1/terminals/raw-1")[1]["queued"] == 0, what="acknowledged entry removed")
     again.close()

@@ -396,7 +396,7 @@ def test_unacknowledged_messages_are_redelivered_with_dup_on_the_other_node(flee
     again = RawMQTT(n2)
     assert again.connect("inflight-1", clean=False) == (0x20, b"\x01\x00")
     second = parse_publish(*again.read())
-    assert (second["payload"], second["dup"]) == (b"one", True)
+    assert (second["payload"], second["dup"], second["id"]) == (b"one", True, first["id"]), (first, second)
     again.puback(second["id"])
     again.send(0xE0, b"")
     again.close()
