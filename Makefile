@@ -1,4 +1,4 @@
-.PHONY: dev test build release
+.PHONY: dev test build release bench
 
 dev:
 	scripts/dev
@@ -11,3 +11,8 @@ build:
 
 release:
 	swift build -c release --product pushfleet
+
+# Benchmarks side by side with Mosquitto; writes BENCHMARKS.md (about 15 minutes).
+bench: release
+	scripts/deps test
+	python3 scripts/bench.py --bin .build/release/pushfleet

@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
     ],
     targets: [
         .systemLibrary(
@@ -88,10 +89,22 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "BenchKit",
+            dependencies: [
+                "MQTTCodec", "RedisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "pushfleet",
             dependencies: [
-                "PushNode", "ControlNode", "FleetCore", "RedisClient", "MQTTCodec",
+                "PushNode", "ControlNode", "FleetCore", "RedisClient", "MQTTCodec", "BenchKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -130,6 +143,14 @@ let package = Package(
         .testTarget(
             name: "PushNodeTests",
             dependencies: ["PushNode", "FleetCore", "MQTTCodec", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "BenchKitTests",
+            dependencies: [
+                "BenchKit", "PushNode", "FleetCore", "MQTTCodec", "RedisClient", "FleetTestSupport",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         .testTarget(
             name: "ControlNodeTests",

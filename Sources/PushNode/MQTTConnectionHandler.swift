@@ -88,6 +88,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// QoS 2 packet ids received, PUBREC sent, waiting for PUBREL.
     private var awaitingRelease: Set<UInt16> = []
     private var inflight: [UInt16: Inflight] = [:]
+    /// Ids of stored messages delivered for good (acknowledged, or sent at QoS 0) whose LREM
+    /// has not been confirmed yet: a list read issued before that LREM still returns them,
+    /// and they must not go out twice.
+    private var removing: Set<String> = []
     private var inflightIDs: Set<String> = []
     private var nextPacketID: UInt16 = 1
     /// Packets that arrived while the session was being registered.
@@ -763,6 +767,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// waiting behind it: `refillAgain` asks for the next page.
     private func deliverStored(_ entries: [String], previouslySent: [String: UInt16]) {
         var commands: [RedisCommand] = []
+        var delivered: [String] = []  // sent at QoS 0: removed from the list now
         let now = FleetClock.nowMillis()
         let queueKey = node.keys.queue(terminal)
         for entry in entries {
@@ -771,7 +776,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
                 continue
             }
-            if inflightIDs.contains(message.id) { continue }
+            if inflightIDs.contains(message.id) || removing.contains(message.id) { continue }
             if message.isExpired(nowMillis: now) {
                 node.metrics.expired.increment()
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
@@ -808,13 +813,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             if delivery.qos == .atMostOnce {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                delivered.append(message.id)
             } else if packetID != earlier {
                 commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
             }
             if message.hasStatus { commands.append(transition(message.id, .delivered)) }
         }
         context?.flush()
-        if !commands.isEmpty { node.redis.fireAndForget(commands) }
+        if !commands.isEmpty { removeFromList(commands, ids: delivered) }
         if entries.count >= window && commands.contains(where: { $0.name == "LREM" }) {
             refillAgain = true
         }
@@ -985,7 +991,18 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             commands.append(RedisCommand("HDEL", node.keys.sent(terminal), done.message.id))
         }
         if done.tracked { commands.append(transition(done.message.id, .acknowledged)) }
-        if !commands.isEmpty { node.redis.fireAndForget(commands) }
+        if !commands.isEmpty { removeFromList(commands, ids: done.entry == nil ? [] : [done.message.id]) }
+    }
+
+    /// Sends `commands`, which take the messages `ids` out of the list; until Redis confirms,
+    /// list reads skip them.
+    private func removeFromList(_ commands: [RedisCommand], ids: [String]) {
+        guard !ids.isEmpty, let context else { return node.redis.fireAndForget(commands) }
+        removing.formUnion(ids)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { _ in
+            loopBound.value.removing.subtract(ids)
+        }
     }
 
     /// Told by a `wake` event: the terminal's list has new entries.

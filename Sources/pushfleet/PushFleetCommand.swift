@@ -11,7 +11,9 @@ struct PushFleetCommand: AsyncParsableCommand {
         abstract: "PushFleet: MQTT push to millions of terminals, through Redis.",
         discussion:
             "Every option can also be given in the environment as PUSHFLEET_<OPTION> (--redis -> PUSHFLEET_REDIS, --node-id -> PUSHFLEET_NODE_ID); a flag wins over the environment.",
-        subcommands: [DevCommand.self, ControlCommand.self, NodeCommand.self, PushClientCommand.self, CredentialCommand.self]
+        subcommands: [
+            DevCommand.self, ControlCommand.self, NodeCommand.self, PushClientCommand.self, CredentialCommand.self, BenchCommand.self,
+        ]
     )
 }
 

@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""Benchmarks PushFleet and Mosquitto side by side on this machine, in one run, and writes
+BENCHMARKS.md.
+
+Every scenario runs against both systems with the same load tool (`pushfleet bench`), each
+`--runs` times on a freshly started server; the report gives medians and the ratio
+PushFleet / Mosquitto. Only loopback addresses are used.
+
+PushFleet: redis-server (AOF, appendfsync everysec), one control node, one push node; terminals
+present credentials, pushes go through the control API's batch endpoint and are stored in
+Redis until acknowledged. Mosquitto 2.0: anonymous clients, publisher -> subscriber over MQTT.
+
+Usage: python3 scripts/bench.py [--bin .build/release/pushfleet] [--runs 3] [--quick]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "Tests", "e2e"))
+from fleet import free_port, wait_for, wait_port  # noqa: E402
+
+SECRET = "bench-secret"
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def last_json(text):
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"no summary line in: {text[-500:]}")
+
+
+class Mosquitto:
+    name = "Mosquitto"
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.port = free_port()
+        conf = os.path.join(workdir, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
+                    "max_inflight_messages 64\npersistence false\nlog_type error\n")
+        self.proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    @property
+    def server_pid(self):
+        return self.proc.pid
+
+    def terminal_args(self, unicast_topic=True, topic=None):
+        if topic:
+            return ["--port", str(self.port), "--topic", topic]
+        return ["--port", str(self.port)] + (["--topic", "bench/%i"] if unicast_topic else [])
+
+    def publish_args(self, binary, prefix, targets, messages, qos, rate, topic=None):
+        return [binary, "bench", "pub", "--via", "mqtt", "--port", str(self.port), "--targets", str(targets),
+                "--topic", topic or "bench/%i", "--messages", str(messages), "--qos", str(qos), "--rate", str(rate),
+                "--seconds", "300", "--publishers", "4"]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
+
+
+class PushFleet:
+    name = "PushFleet"
+
+    def __init__(self, workdir, binary):
+        self.workdir = workdir
+        self.redis_port = free_port()
+        self.api_port = free_port()
+        self.port = free_port()
+        self.procs = []
+        redis_log = os.path.join(workdir, "redis.log")
+        self.procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--logfile", redis_log]))
+        wait_for(lambda: os.path.exists(redis_log) and "Ready to accept" in open(redis_log).read(), what="redis-server")
+        redis = f"redis://127.0.0.1:{self.redis_port}"
+        log = open(os.path.join(workdir, "pushfleet.log"), "a")
+        env = dict(os.environ, PUSHFLEET_SECRET=SECRET, PUSHFLEET_LOG_LEVEL="warning")
+        self.procs.append(subprocess.Popen([binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{self.api_port}"],
+                                           stdout=log, stderr=log, env=env))
+        self.node = subprocess.Popen([binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{self.port}", "--node-id", "b1",
+                                      "--max-connect-rate", "0", "--public-topics", "bench/#"],
+                                     stdout=log, stderr=log, env=env)
+        self.procs.append(self.node)
+        wait_port(self.api_port)
+        wait_port(self.port)
+
+    @property
+    def server_pid(self):
+        return self.node.pid
+
+    def terminal_args(self, unicast_topic=True, topic=None):
+        return ["--port", str(self.port), "--secret", SECRET] + (["--topic", topic] if topic else [])
+
+    def publish_args(self, binary, prefix, targets, messages, qos, rate, topic=None):
+        args = [binary, "bench", "pub", "--via", "api", "--api", f"http://127.0.0.1:{self.api_port}", "--targets", str(targets),
+                "--target-prefix", prefix, "--messages", str(messages), "--qos", str(qos), "--rate", str(rate),
+                "--seconds", "300", "--batch", "20" if topic else "200", "--concurrency", "4"]
+        return args + (["--topic-push", topic] if topic else [])
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.binary = os.path.abspath(args.bin)
+        self.results = {}  # scenario -> system -> [run results]
+        self.commands = {}
+
+    def system(self, kind, workdir):
+        return PushFleet(workdir, self.binary) if kind == "PushFleet" else Mosquitto(workdir)
+
+    def record(self, scenario, system, result):
+        self.results.setdefault(scenario, {}).setdefault(system, []).append(result)
+        print(f"  {scenario} {system}: {result}", flush=True)
+
+    def connections(self, count):
+        """Scenarios a and b: open `count` idle terminals as fast as possible, hold them."""
+        for kind in ("PushFleet", "Mosquitto"):
+            for run in range(self.args.runs):
+                workdir = tempfile.mkdtemp(prefix="pushfleet-bench-")
+                server = self.system(kind, workdir)
+                try:
+                    time.sleep(0.5)
+                    before = rss_kib(server.server_pid)
+                    command = [self.binary, "bench", "conn", "--count", str(count), "--prefix", f"idle{run}-",
+                               "--hold", "3", *server.terminal_args(unicast_topic=False)]
+                    self.commands.setdefault("a/b", {})[kind] = command
+                    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                    summary = json.loads(proc.stdout.readline())
+                    time.sleep(1.5)
+                    after = rss_kib(server.server_pid)
+                    proc.wait(timeout=60)
+                    self.record("a", kind, {"kib_per_connection": (after - before) / count, "connected": summary["connected"],
+                                            "rss_before_mib": before / 1024, "rss_after_mib": after / 1024})
+                    self.record("b", kind, {"connects_per_second": summary["connectsPerSecond"], "connected": summary["connected"],
+                                            "failed": summary["failed"]})
+                finally:
+                    server.stop()
+                    shutil.rmtree(workdir, ignore_errors=True)
+
+    def delivery(self, scenario, kind, run, terminals, messages, qos, rate, fanout_topic=None):
+        """One run: `terminals` subscribers, `messages` published (to distinct terminals, or
+        to one topic all of them subscribe to), measured at the subscribers."""
+        workdir = tempfile.mkdtemp(prefix="pushfleet-bench-")
+        server = self.system(kind, workdir)
+        prefix = f"{scenario}{run}-"
+        try:
+            ready = os.path.join(workdir, "ready")
+            expect = messages * (terminals if fanout_topic else 1)
+            sub_command = [self.binary, "bench", "sub", "--count", str(terminals), "--prefix", prefix, "--qos", str(max(qos, 1)),
+                           "--expect", str(expect), "--seconds", "240", "--idle", "8", "--ready-file", ready,
+                           *server.terminal_args(unicast_topic=True, topic=fanout_topic)]
+            sub = subprocess.Popen(sub_command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            wait_for(lambda: os.path.exists(ready), timeout=120, what="subscribers connected")
+            time.sleep(1.0)
+            targets = 1 if fanout_topic else terminals
+            pub_command = server.publish_args(self.binary, prefix, targets, messages, qos, rate, topic=fanout_topic)
+            self.commands.setdefault(scenario, {})[kind] = (sub_command, pub_command)
+            pub = subprocess.run(pub_command, capture_output=True, text=True, timeout=600)
+            sent = last_json(pub.stdout)["sent"] * (terminals if fanout_topic else 1)
+            out, _ = sub.communicate(timeout=600)
+            summary = last_json(out)
+            result = {"messages_per_second": summary["messagesPerSecond"], "p50_ms": summary["p50Ms"], "p99_ms": summary["p99Ms"],
+                      "max_ms": summary["maxMs"], "sent": sent, "unique": summary["unique"],
+                      "lost": max(0, sent - summary["unique"]), "duplicated": summary["duplicates"]}
+            self.record(scenario, kind, result)
+            return result
+        finally:
+            if sub.poll() is None:
+                sub.kill()
+            server.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = int(open("/proc/meminfo").readline().split()[1]) // (1024 * 1024)
+
+    def version(command):
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=10)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except Exception:
+            return "unknown"
+
+    return {"cpu": f"{os.cpu_count()} x {model}", "memory": f"{memory} GiB", "kernel": platform.release(),
+            "mosquitto": version(["mosquitto", "-h"]), "redis": version(["redis-server", "--version"]),
+            "swift": version(["swift", "--version"])}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", default=".build/release/pushfleet")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script")
+    parser.add_argument("--out", default="BENCHMARKS.md")
+    args = parser.parse_args()
+    for tool in ["mosquitto", "redis-server"]:
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is not installed (scripts/deps test installs it)")
+    bench = Bench(args)
+    idle = 2000 if args.quick else 10000
+    unicast_terminals = 2000 if args.quick else 10000
+    unicast_messages = 20000 if args.quick else 60000
+    fanout_terminals = 1000
+    fanout_messages = 50 if args.quick else 200
+    started = time.time()
+
+    print("a/b: idle terminals, connects per second", flush=True)
+    bench.connections(idle)
+    for scenario, qos in (("c", 1), ("d", 0)):
+        print(f"{scenario}: unicast QoS {qos} at saturation", flush=True)
+        for kind in ("Mosquitto", "PushFleet"):
+            for run in range(args.runs):
+                bench.delivery(scenario, kind, run, unicast_terminals, unicast_messages, qos, 0)
+    saturation = median([r["messages_per_second"] for r in bench.results["c"]["Mosquitto"]])
+    half = max(100, int(saturation / 2))
+    print(f"c-latency: unicast QoS 1 at {half} msg/s (half Mosquitto's saturation)", flush=True)
+    for kind in ("Mosquitto", "PushFleet"):
+        for run in range(args.runs):
+            bench.delivery("c-latency", kind, run, unicast_terminals, half * (4 if args.quick else 8), 1, half)
+    print("e: fan-out of one topic", flush=True)
+    for kind in ("Mosquitto", "PushFleet"):
+        for run in range(args.runs):
+            bench.delivery("e", kind, run, fanout_terminals, fanout_messages, 1, 0, fanout_topic="bench/all")
+
+    write_report(args, bench, machine(), time.time() - started, half,
+                 {"idle": idle, "unicast_terminals": unicast_terminals, "unicast_messages": unicast_messages,
+                  "fanout_terminals": fanout_terminals, "fanout_messages": fanout_messages})
+
+
+def write_report(args, bench, info, seconds, half, sizes):
+    r = bench.results
+
+    def med(scenario, system, key):
+        return median([run[key] for run in r.get(scenario, {}).get(system, [])])
+
+    def total(scenario, system, key):
+        return sum(run[key] for run in r.get(scenario, {}).get(system, []))
+
+    def row(label, scenario, key, unit, higher_is_better=True, target=None, fmt="{:.0f}"):
+        p, m = med(scenario, "PushFleet", key), med(scenario, "Mosquitto", key)
+        ratio = p / m if m else float("nan")
+        met = ""
+        if target is not None:
+            met = "met" if (ratio >= target if higher_is_better else ratio <= target) else "not met"
+        return f"| {label} | {fmt.format(p)} {unit} | {fmt.format(m)} {unit} | {ratio:.2f}x | {target_text(target, higher_is_better)} {met} |"
+
+    def target_text(target, higher):
+        if target is None:
+            return ""
+        return f"{'>=' if higher else '<='} {target}x:"
+
+    p99 = med("c-latency", "PushFleet", "p99_ms")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `scripts/bench.py` (`make bench`) on {datetime.date.today().isoformat()}; "
+        f"{args.runs} runs per system and scenario, each on a freshly started server; medians; "
+        f"ratio = PushFleet / Mosquitto. The whole run took {seconds / 60:.1f} minutes.",
+        "",
+        "## Machine",
+        "",
+        *[f"- {k}: {v}" for k, v in info.items()],
+        "",
+        "This machine is shared and noisy: read ratios and orders of magnitude, not the last digit.",
+        "The load tool (`pushfleet bench`, release build) runs on the same 2 cores as the servers.",
+        "",
+        "## What runs",
+        "",
+        "- **PushFleet**: redis-server (AOF, `appendfsync everysec`), one control node, one push node "
+        "(release build). Terminals log in with credentials (HMAC checked, session registered in "
+        "Redis). Unicast messages are pushed through `POST /v1/push/batch` (200 per request, 4 in "
+        "flight), stored in each terminal's Redis list, delivered, and removed on PUBACK; the "
+        "fan-out is a topic push (20 per request) through the fleet index.",
+        "- **Mosquitto**: anonymous clients, `max_inflight_messages 64`, no persistence. Unicast: 4 "
+        "MQTT publishers, each terminal subscribed to its own topic `bench/<i>`; fan-out: one topic.",
+        "- Delivered msg/s is counted at the subscribers: distinct messages over the time from the "
+        "first to the last one. Latency is from the publisher's send (API request built, or MQTT "
+        "PUBLISH written) to the subscriber's receipt.",
+        "",
+        "## Results",
+        "",
+        "| scenario | PushFleet | Mosquitto | ratio | target |",
+        "|---|---|---|---|---|",
+        row(f"a. RSS per idle connection ({sizes['idle']} terminals)", "a", "kib_per_connection", "KiB",
+            higher_is_better=False, target=3, fmt="{:.2f}"),
+        row(f"b. connects per second ({sizes['idle']}; PushFleet with credentials)", "b", "connects_per_second", "/s", target=1.0),
+        row(f"c. unicast QoS 1, {sizes['unicast_terminals']} terminals, delivered", "c", "messages_per_second", "msg/s", target=1.0),
+        row(f"d. unicast QoS 0, {sizes['unicast_terminals']} terminals, delivered", "d", "messages_per_second", "msg/s", target=1.0),
+        row(f"c. p99 latency at {half} msg/s (half Mosquitto's QoS 1 saturation)", "c-latency", "p99_ms", "ms",
+            higher_is_better=False, fmt="{:.1f}"),
+        row(f"e. fan-out to {sizes['fanout_terminals']} terminals, deliveries", "e", "messages_per_second", "/s", target=1.5),
+        "",
+        f"p99 latency target (PushFleet <= 10 ms at half Mosquitto's saturation): "
+        f"{'met' if p99 <= 10 else 'not met'} ({p99:.1f} ms).",
+        "",
+        "f. (five push nodes, ~95,000 terminals) is not run yet.",
+        "",
+        "## Lost and duplicated",
+        "",
+        "| scenario | system | sent | received (distinct) | lost | duplicated |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scenario in ("c", "d", "c-latency", "e"):
+        for system in ("PushFleet", "Mosquitto"):
+            if r.get(scenario, {}).get(system):
+                lines.append(f"| {scenario} | {system} | {total(scenario, system, 'sent')} | {total(scenario, system, 'unique')} | "
+                             f"{total(scenario, system, 'lost')} | {total(scenario, system, 'duplicated')} |")
+    lines += ["", "QoS 0 may lose messages by definition (Mosquitto drops QoS 0 beyond its queue).", "",
+              "## Every run", "", "```"]
+    for scenario, systems in r.items():
+        for system, runs in systems.items():
+            for run in runs:
+                lines.append(f"{scenario} {system} {json.dumps(run, sort_keys=True)}")
+    lines += ["```", "", "## Commands", "", "```"]
+    for scenario, systems in bench.commands.items():
+        for system, command in systems.items():
+            commands = command if isinstance(command, tuple) else (command,)
+            for c in commands:
+                lines.append(f"{scenario} {system}: " + " ".join(os.path.basename(a) if a == bench.binary else a for a in c))
+    lines += ["```", ""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
