@@ -12,7 +12,9 @@ public struct BenchLogin: Sendable {
     public var qos: MQTTQoS
     public var keepAlive: UInt16 = 300
 
-    public init(clientID: String, username: String? = nil, password: String? = nil, subscriptions: [String] = [], qos: MQTTQoS = .atLeastOnce) {
+    public init(
+        clientID: String, username: String? = nil, password: String? = nil, subscriptions: [String] = [], qos: MQTTQoS = .atLeastOnce
+    ) {
         self.clientID = clientID
         self.username = username
         self.password = password

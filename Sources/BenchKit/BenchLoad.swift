@@ -91,7 +91,10 @@ public enum MQTTPublishLoad {
         var scheduled = false
         let done: EventLoopPromise<Int>
 
-        init(handler: BenchConnection, loop: any EventLoop, topics: [String], qos: MQTTQoS, rate: Double, limit: Int, seconds: Double, size: Int) {
+        init(
+            handler: BenchConnection, loop: any EventLoop, topics: [String], qos: MQTTQoS, rate: Double, limit: Int, seconds: Double,
+            size: Int
+        ) {
             self.handler = handler
             self.loop = loop
             self.topics = topics
@@ -261,7 +264,8 @@ public struct StreamPushLoad: Sendable {
                 if due > ContinuousClock.now { try await Task.sleep(until: due) }
             }
             let commands = numbers.map { number in
-                let payload = BenchPayload(sentAtNanos: BenchPayload.now(), sequence: UInt64(number / terminals.count)).encoded(size: pace.size)
+                let payload = BenchPayload(sentAtNanos: BenchPayload.now(), sequence: UInt64(number / terminals.count)).encoded(
+                    size: pace.size)
                 return RedisCommand(
                     "XADD", stream, "*", "to", terminals[number % terminals.count], "payloadBase64", Data(payload).base64EncodedString(),
                     "qos", String(qos), "ttl", String(ttl))
@@ -307,7 +311,9 @@ final class HTTPBatchClient: Sendable {
         return try await channel.eventLoop.flatSubmit {
             let promise = channel.eventLoop.makePromise(of: Int.self)
             collector.value.pending = promise
-            var headers = HTTPHeaders([("Host", "bench"), ("Content-Type", "application/json"), ("Content-Length", String(body.utf8.count))])
+            var headers = HTTPHeaders([
+                ("Host", "bench"), ("Content-Type", "application/json"), ("Content-Length", String(body.utf8.count)),
+            ])
             if let apiKey { headers.add(name: "Authorization", value: "Bearer \(apiKey)") }
             let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers)
             channel.write(HTTPClientRequestPart.head(head), promise: nil)

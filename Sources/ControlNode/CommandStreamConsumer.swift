@@ -79,24 +79,55 @@ struct CommandStreamConsumer: Sendable {
         try await handle(entries)
     }
 
+    /// Handles one read of entries: pushes to disjoint terminals run concurrently (their Redis
+    /// commands share flushes), pushes to the same terminal in stream order; each node gets
+    /// one wake event for the read, and all entries are acknowledged with one XACK.
     private func handle(_ entries: [RedisReply]) async throws {
+        var chains: [[(id: String, fields: [String: String])]] = []
+        var chainOf: [String: Int] = [:]  // terminal, topic or "broadcast" -> chain
         for entry in entries {
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
             // A deleted entry still pending shows as [id, nil].
             let fields = Dictionary((parts[1].pairs ?? [:]).map { ($0.key.lowercased(), $0.value) }) { first, _ in first }
-            do {
-                let command = try Self.command(from: fields)
-                try command.validate(configuration)
-                // A push already completed under this id (handled before, not acknowledged) returns at once.
-                _ = try await dispatcher.push(command, id: id)
-            } catch let error as APIError {
-                logger.info("invalid command stream entry", metadata: ["entry": "\(id)", "error": "\(error.message)"])
-                _ = try await redis.pipeline([
-                    RedisCommand("HSET", keys.messageStatus(id), "error", error.message, "createdAt", String(FleetClock.nowMillis())),
-                    RedisCommand("EXPIRE", keys.messageStatus(id), String(configuration.statusRetention)),
-                ])
+            let keys = Self.orderingKeys(fields)
+            let chain = keys.lazy.compactMap { chainOf[$0] }.first ?? chains.count
+            if chain == chains.count { chains.append([]) }
+            chains[chain].append((id, fields))
+            for key in keys where chainOf[key] == nil { chainOf[key] = chain }
+        }
+        let wakes = WakeBatch()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for chain in chains {
+                group.addTask {
+                    for (id, fields) in chain { try await handle(id: id, fields: fields, wakes: wakes) }
+                }
             }
-            try await redis.send("XACK", keys.commandStream, keys.commandGroup, id)
+            try await group.waitForAll()
+        }
+        await dispatcher.sendWakes(wakes)
+        let ids = chains.flatMap { $0.map(\.id) }
+        if !ids.isEmpty { try await redis.send(RedisCommand("XACK", [keys.commandStream, keys.commandGroup] + ids)) }
+    }
+
+    /// What an entry must stay in order with: its terminals, or its topic.
+    static func orderingKeys(_ fields: [String: String]) -> [String] {
+        if let to = fields["to"] { return to.split(separator: ",").map { "t:" + $0.trimmingCharacters(in: .whitespaces) } }
+        if let topic = fields["topic"] { return ["topic:" + topic] }
+        return ["broadcast"]
+    }
+
+    private func handle(id: String, fields: [String: String], wakes: WakeBatch) async throws {
+        do {
+            let command = try Self.command(from: fields)
+            try command.validate(configuration)
+            // A push already completed under this id (handled before, not acknowledged) returns at once.
+            _ = try await dispatcher.push(command, id: id, wakes: wakes)
+        } catch let error as APIError {
+            logger.info("invalid command stream entry", metadata: ["entry": "\(id)", "error": "\(error.message)"])
+            _ = try await redis.pipeline([
+                RedisCommand("HSET", keys.messageStatus(id), "error", error.message, "createdAt", String(FleetClock.nowMillis())),
+                RedisCommand("EXPIRE", keys.messageStatus(id), String(configuration.statusRetention)),
+            ])
         }
     }
 

@@ -124,6 +124,7 @@ struct ControlAPI: Sendable {
             Result { try command(from: message) }.mapError { APIError.from($0) }
         }
         var results = [BatchResult](repeating: BatchResult(), count: commands.count)
+        let wakes = WakeBatch()
         try await withThrowingTaskGroup(of: (Int, BatchResult).self) { group in
             for (index, command) in commands.enumerated() {
                 switch command {
@@ -132,7 +133,7 @@ struct ControlAPI: Sendable {
                 case .success(let command):
                     group.addTask {
                         do {
-                            let receipt = try await dispatcher.push(command)
+                            let receipt = try await dispatcher.push(command, wakes: wakes)
                             return (index, BatchResult(id: receipt.id, targets: receipt.targets))
                         } catch {
                             let apiError = APIError.from(error)
@@ -143,6 +144,8 @@ struct ControlAPI: Sendable {
             }
             for try await (index, result) in group { results[index] = result }
         }
+        // One wake event per push node for the whole batch.
+        await dispatcher.sendWakes(wakes)
         return try json(["results": results], status: .accepted)
     }
 

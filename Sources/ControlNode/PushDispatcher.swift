@@ -1,6 +1,7 @@
 import FleetCore
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import RedisClient
 
 /// Accepts pushes: stores them, records their status and notifies the push nodes.
@@ -33,7 +34,9 @@ public struct PushDispatcher: Sendable {
 
     /// Accepts `command` under `id` (a new id when nil). Throws ``RedisError`` when storage
     /// fails: then nothing was accepted.
-    public func push(_ command: PushCommand, id givenID: String? = nil) async throws -> PushReceipt {
+    /// - Parameter wakes: collects the `wake` events of many pushes (a batch), to be sent as one
+    ///   event per node by ``sendWakes(_:)``; nil sends this push's own at once.
+    public func push(_ command: PushCommand, id givenID: String? = nil, wakes: WakeBatch? = nil) async throws -> PushReceipt {
         var id = givenID ?? FleetClock.newMessageID()
         // Only a given id (a stream entry) or an idempotency key seen before can have an
         // earlier attempt; a fresh id costs no extra round trip.
@@ -69,7 +72,7 @@ public struct PushDispatcher: Sendable {
         case .terminals(let terminals):
             kind = "unicast"
             receipt = try await pushToTerminals(
-                Array(Set(terminals)).sorted(), command: command, id: id, earlierExpiresAt: earlierExpiresAt)
+                Array(Set(terminals)).sorted(), command: command, id: id, earlierExpiresAt: earlierExpiresAt, wakes: wakes)
         case .topic(let topic):
             kind = "topic"
             receipt = try await publishToTopic(command, topic: topic, id: id)
@@ -97,9 +100,9 @@ public struct PushDispatcher: Sendable {
     /// - Parameter earlierExpiresAt: set when an earlier attempt of this message created its
     ///   status: the status is kept, the entries are rebuilt byte for byte (same expiry) and
     ///   appended only where they are missing.
-    private func pushToTerminals(_ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?) async throws
-        -> PushReceipt
-    {
+    private func pushToTerminals(
+        _ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?, wakes: WakeBatch?
+    ) async throws -> PushReceipt {
         let now = FleetClock.nowMillis()
         let stored = command.ttl > 0
         let expiresAt = earlierExpiresAt ?? (stored ? now + Int64(command.ttl) * 1000 : 0)
@@ -162,7 +165,9 @@ public struct PushDispatcher: Sendable {
             }
         }
 
-        if stored {
+        if stored, let wakes {
+            wakes.add(byNode)
+        } else if stored {
             for (node, held) in byNode {
                 followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .wake, terminals: held).encoded()))
             }
@@ -237,6 +242,21 @@ public struct PushDispatcher: Sendable {
         return PushReceipt(id: id, targets: 0)
     }
 
+    /// Sends the wake events a batch collected: one per node. A failure is only logged: the
+    /// messages are stored, and their terminals find them on the next wake or connect.
+    public func sendWakes(_ wakes: WakeBatch) async {
+        let byNode = wakes.take()
+        guard !byNode.isEmpty else { return }
+        let commands = byNode.map { node, terminals in
+            RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .wake, terminals: Array(terminals)).encoded())
+        }
+        do {
+            _ = try await redis.pipeline(commands)
+        } catch {
+            logger.warning("pushes stored but nodes not notified", metadata: ["nodes": "\(byNode.count)", "error": "\(error)"])
+        }
+    }
+
     func transition(_ id: String, terminal: String, to state: MessageState) -> RedisCommand {
         FleetScripts.transition.command(keys: [keys.messageStatus(id), keys.messageTargets(id)], arguments: [terminal, state.rawValue])
     }
@@ -245,5 +265,25 @@ public struct PushDispatcher: Sendable {
 extension Array {
     func chunked(_ size: Int) -> [ArraySlice<Element>] {
         stride(from: 0, to: count, by: size).map { self[$0..<Swift.min($0 + size, count)] }
+    }
+}
+
+/// The wake events of many pushes, gathered so each node gets one event per batch.
+public final class WakeBatch: Sendable {
+    private let byNode = NIOLockedValueBox([String: Set<String>]())
+
+    public init() {}
+
+    func add(_ terminals: [String: [String]]) {
+        byNode.withLockedValue { byNode in
+            for (node, held) in terminals { byNode[node, default: []].formUnion(held) }
+        }
+    }
+
+    func take() -> [String: Set<String>] {
+        byNode.withLockedValue { byNode in
+            defer { byNode = [:] }
+            return byNode
+        }
     }
 }

@@ -49,7 +49,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var keepAlive: TimeAmount = .zero
     private var connectProperties: MQTTProperties = []
     private var lastReceived = NIODeadline.now()
-    private var timer: RepeatedTask?
+    private var keepAliveCheck: Scheduled<Void>?
     private var connectDeadline: Scheduled<Void>?
     private var handle: SessionHandle?
 
@@ -167,7 +167,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         if case .registering = phase { unregisterRoute() }
         phase = .closed
-        timer?.cancel()
+        keepAliveCheck?.cancel()
         connectDeadline?.cancel()
         if wasActive {
             node.metrics.connections.decrement()
@@ -1197,20 +1197,30 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         close()
     }
 
+    /// Watches the keep alive with one timer per connection that fires at the earliest moment
+    /// the connection could have expired, and then again from the last packet (not once a
+    /// second: tens of thousands of idle connections would keep the timer heap busy).
     private func startKeepAliveTimer() {
-        guard keepAlive > .zero, let context else { return }
-        let limit = TimeAmount.nanoseconds(keepAlive.nanoseconds * 3 / 2)
+        guard keepAlive > .zero else { return }
+        scheduleKeepAliveCheck(at: lastReceived + .nanoseconds(keepAlive.nanoseconds * 3 / 2))
+    }
+
+    private func scheduleKeepAliveCheck(at deadline: NIODeadline) {
+        guard let context else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
-            let handler = loopBound.value
-            if NIODeadline.now() - handler.lastReceived > limit {
-                handler.logger.info("keepalive expired")
-                if handler.version.hasProperties {
-                    handler.write(handler.serverDisconnect(.keepAliveTimeout, "nothing received for 1.5 x the keep alive"), flush: true)
-                }
-                handler.close()
-            }
+        keepAliveCheck = context.eventLoop.scheduleTask(deadline: deadline) { loopBound.value.checkKeepAlive() }
+    }
+
+    private func checkKeepAlive() {
+        switch phase {
+        case .active, .draining: break
+        default: return
         }
+        let expiry = lastReceived + .nanoseconds(keepAlive.nanoseconds * 3 / 2)
+        guard expiry <= .now() else { return scheduleKeepAliveCheck(at: expiry) }
+        logger.info("keepalive expired")
+        if version.hasProperties { write(serverDisconnect(.keepAliveTimeout, "nothing received for 1.5 x the keep alive"), flush: true) }
+        close()
     }
 
     /// Removes the route (if still this connection's) and ends or keeps the session. A

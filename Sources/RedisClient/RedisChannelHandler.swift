@@ -22,7 +22,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         var replies: [RedisReply]
         /// nil for fire-and-forget requests: their replies are dropped (errors logged by the caller's choice).
         var promise: EventLoopPromise<[RedisReply]>?
-        var timeout: Scheduled<Void>?
+        /// When the replies must have arrived.
+        var deadline: NIODeadline
     }
 
     private let reader: UnsafeMutablePointer<redisReader>
@@ -30,6 +31,9 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private let commandTimeout: TimeAmount
     private let onPush: ((RedisReply) -> Void)?
     private var context: ChannelHandlerContext?
+    /// The one timer watching the oldest request's deadline (one timer per connection, not
+    /// one per request: scheduling is not free at tens of thousands of requests a second).
+    private var timer: Scheduled<Void>?
 
     init(commandTimeout: TimeAmount, onPush: ((RedisReply) -> Void)?) {
         self.reader = redisReaderCreate()
@@ -57,9 +61,9 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         // Replies match requests by position, so every request on a command connection takes
         // its place in the queue, even one whose replies nobody waits for.
         if onPush == nil && !request.commands.isEmpty {
-            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-            let timeout = context.eventLoop.scheduleTask(in: commandTimeout) { handler.value.timedOut() }
-            pending.append(Pending(expected: request.commands.count, replies: [], promise: request.promise, timeout: timeout))
+            pending.append(
+                Pending(expected: request.commands.count, replies: [], promise: request.promise, deadline: .now() + commandTimeout))
+            if timer == nil { armTimer(context: context) }
         } else {
             request.promise?.succeed([])
         }
@@ -92,7 +96,6 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         pending[pending.startIndex].replies.append(reply)
         if pending[pending.startIndex].replies.count == pending[pending.startIndex].expected {
             let done = pending.removeFirst()
-            done.timeout?.cancel()
             done.promise?.succeed(done.replies)
         }
     }
@@ -103,10 +106,20 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
-    private func timedOut() {
+    /// Schedules a check at the oldest request's deadline.
+    private func armTimer(context: ChannelHandlerContext) {
+        guard let first = pending.first else { return }
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: first.deadline) { handler.value.checkDeadline() }
+    }
+
+    private func checkDeadline() {
+        timer = nil
+        guard let first = pending.first, let context else { return }
+        guard first.deadline <= .now() else { return armTimer(context: context) }
         // Replies are matched by position, so after a lost reply the connection is unusable.
         failAll(RedisError(.timeout, "no reply within \(commandTimeout.nanoseconds / 1_000_000) ms"))
-        context?.close(promise: nil)
+        context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -125,8 +138,9 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     }
 
     private func failAll(_ error: RedisError) {
+        timer?.cancel()
+        timer = nil
         while let item = pending.popFirst() {
-            item.timeout?.cancel()
             item.promise?.fail(error)
         }
     }

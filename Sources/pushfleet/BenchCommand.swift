@@ -283,7 +283,8 @@ struct BenchPublish: AsyncParsableCommand {
                 concurrency: concurrency, topic: topicPush)
             sent = try await load.run(pace: pace, stats: stats, group: group)
         case "stream":
-            let load = StreamPushLoad(redis: try RedisConfiguration(url: redis), stream: stream, terminals: names, qos: qos, ttl: ttl, batch: batch)
+            let load = StreamPushLoad(
+                redis: try RedisConfiguration(url: redis), stream: stream, terminals: names, qos: qos, ttl: ttl, batch: batch)
             sent = try await load.run(pace: pace, stats: stats, group: group)
         default:
             throw ValidationError("--via must be mqtt, api or stream")
