@@ -120,12 +120,14 @@ public struct PushDispatcher: Sendable {
             commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention)))
         }
         let enqueueStart = commands.count
+        var entries: [String: String] = [:]  // terminal -> its stored entry
         if stored {
             let ttlMillis = String(Int64(command.ttl) * 1000)
             for terminal in terminals {
                 let entry = StoredMessage(
                     id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload
                 ).encoded()
+                entries[terminal] = entry
                 commands.append(
                     FleetScripts.enqueue.command(
                         keys: [keys.queue(terminal)],
@@ -165,11 +167,16 @@ public struct PushDispatcher: Sendable {
             }
         }
 
+        // Wake events carry the new entries: a node whose terminal is caught up delivers them
+        // without reading the list back. (A retry's entries may be in the list already: then
+        // the node reads the list.)
+        let withEntries = earlierExpiresAt == nil
         if stored, let wakes {
-            wakes.add(byNode)
+            wakes.add(byNode, entries: withEntries ? entries : [:])
         } else if stored {
             for (node, held) in byNode {
-                followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .wake, terminals: held).encoded()))
+                let event = NodeEvent(kind: .wake, terminals: held, entries: withEntries ? held.compactMap { entries[$0] } : nil)
+                followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), event.encoded()))
             }
         } else {
             let message = StoredMessage(id: id, qos: command.qos, expiresAt: 0, topic: "", payload: command.payload)
@@ -247,8 +254,9 @@ public struct PushDispatcher: Sendable {
     public func sendWakes(_ wakes: WakeBatch) async {
         let byNode = wakes.take()
         guard !byNode.isEmpty else { return }
-        let commands = byNode.map { node, terminals in
-            RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .wake, terminals: Array(terminals)).encoded())
+        let commands = byNode.map { node, wake in
+            let event = NodeEvent(kind: .wake, terminals: wake.terminals, entries: wake.complete ? wake.entries : nil)
+            return RedisCommand("SPUBLISH", keys.nodeChannel(node), event.encoded())
         }
         do {
             _ = try await redis.pipeline(commands)
@@ -270,17 +278,36 @@ extension Array {
 
 /// The wake events of many pushes, gathered so each node gets one event per batch.
 public final class WakeBatch: Sendable {
-    private let byNode = NIOLockedValueBox([String: Set<String>]())
+    struct Wake: Sendable {
+        var terminals: [String] = []
+        var entries: [String] = []
+        /// Every terminal came with its entry (else the event names terminals only).
+        var complete = true
+    }
+
+    private let byNode = NIOLockedValueBox([String: Wake]())
 
     public init() {}
 
-    func add(_ terminals: [String: [String]]) {
+    /// Adds one push's terminals per node, with their new entries where known.
+    func add(_ terminals: [String: [String]], entries: [String: String]) {
         byNode.withLockedValue { byNode in
-            for (node, held) in terminals { byNode[node, default: []].formUnion(held) }
+            for (node, held) in terminals {
+                var wake = byNode[node] ?? Wake()
+                for terminal in held {
+                    wake.terminals.append(terminal)
+                    if let entry = entries[terminal] {
+                        wake.entries.append(entry)
+                    } else {
+                        wake.complete = false
+                    }
+                }
+                byNode[node] = wake
+            }
         }
     }
 
-    func take() -> [String: Set<String>] {
+    func take() -> [String: Wake] {
         byNode.withLockedValue { byNode in
             defer { byNode = [:] }
             return byNode

@@ -82,10 +82,15 @@ public struct NodeEvent: Codable, Hashable, Sendable {
     public var message: StoredMessage?
     public var epoch: String?
     public var target: NodeTarget?
+    /// With `wake`: the new stored entry of each terminal in `terminals` (same order; a
+    /// terminal may appear more than once, its entries in list order).
+    public var entries: [String]?
 
     public init(
-        kind: Kind, terminals: [String]? = nil, message: StoredMessage? = nil, epoch: String? = nil, target: NodeTarget? = nil
+        kind: Kind, terminals: [String]? = nil, message: StoredMessage? = nil, epoch: String? = nil, target: NodeTarget? = nil,
+        entries: [String]? = nil
     ) {
+        self.entries = entries
         self.kind = kind
         self.terminals = terminals
         self.message = message

@@ -100,6 +100,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// shared filter a routed publish is for, `tracked` whether a push has a status record).
     private var earlyDeliveries: [(message: StoredMessage, tracked: Bool, routed: Bool, shared: String?)] = []
     private var refilling = false
+    /// Every entry of the list has been delivered (or is in flight, or waits for a subscription):
+    /// a new entry handed over by a wake event is the next one in order.
+    private var caughtUp = false
     private var refillAgain = false
 
     init(node: PushNodeContext, encoder: MQTTPacketEncoder) {
@@ -386,7 +389,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let sent = Self.packetIDs(parts[6])
         let wokenWhileRegistering = refillAgain
         refillAgain = false
-        deliverStored(queue, previouslySent: sent)
+        deliverStored(queue, previouslySent: sent, wholeList: true)
         if wokenWhileRegistering || (refillAgain && inflight.count < window) { refill() }
         let live = earlyDeliveries
         earlyDeliveries = []
@@ -765,7 +768,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// Delivers stored entries in list order, skipping those already in flight. When a full
     /// page was read and some of it left the list (sent at QoS 0, expired), more may be
     /// waiting behind it: `refillAgain` asks for the next page.
-    private func deliverStored(_ entries: [String], previouslySent: [String: UInt16]) {
+    ///
+    /// `wholeList`: `entries` is the head of the list (a read), not entries handed over by a
+    /// wake event; a short read with nothing left behind means the session is caught up.
+    private func deliverStored(_ entries: [String], previouslySent: [String: UInt16], wholeList: Bool) {
         var commands: [RedisCommand] = []
         var delivered: [String] = []  // sent at QoS 0: removed from the list now
         let now = FleetClock.nowMillis()
@@ -821,8 +827,13 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         context?.flush()
         if !commands.isEmpty { removeFromList(commands, ids: delivered) }
-        if entries.count >= window && commands.contains(where: { $0.name == "LREM" }) {
+        if wholeList && entries.count >= window && commands.contains(where: { $0.name == "LREM" }) {
             refillAgain = true
+        }
+        if refillAgain {
+            caughtUp = false
+        } else if wholeList {
+            caughtUp = entries.count < window
         }
     }
 
@@ -1005,6 +1016,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// Told by a `wake` event that carries the new entries themselves. A session that has
+    /// delivered everything older delivers them at once, without reading the list (they are
+    /// exactly the list's newest entries); any other reads the list.
+    func wake(entries: [String]) {
+        guard case .active = phase, caughtUp, !refilling, !refillAgain else { return wake() }
+        deliverStored(entries, previouslySent: [:], wholeList: false)
+    }
+
     /// Told by a `wake` event: the terminal's list has new entries.
     func wake() {
         switch phase {
@@ -1035,7 +1054,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             switch result {
             case .success(let replies):
                 let entries = replies[0].array?.compactMap(\.string) ?? []
-                handler.deliverStored(entries, previouslySent: Self.packetIDs(replies[1]))
+                handler.deliverStored(entries, previouslySent: Self.packetIDs(replies[1]), wholeList: true)
             case .failure(let error):
                 handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
             }

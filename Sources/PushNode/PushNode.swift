@@ -224,8 +224,13 @@ public final class PushNode: Service, Sendable {
             }
             switch event.kind {
             case .wake:
-                for terminal in event.terminals ?? [] {
-                    registry.handle(for: terminal)?.execute { $0.wake() }
+                let terminals = event.terminals ?? []
+                if let entries = event.entries, entries.count == terminals.count {
+                    var byTerminal: [String: [String]] = [:]
+                    for (terminal, entry) in zip(terminals, entries) { byTerminal[terminal, default: []].append(entry) }
+                    for (terminal, new) in byTerminal { registry.handle(for: terminal)?.execute { $0.wake(entries: new) } }
+                } else {
+                    for terminal in terminals { registry.handle(for: terminal)?.execute { $0.wake() } }
                 }
             case .kick:
                 guard let terminal = event.terminals?.first else { continue }

@@ -131,6 +131,9 @@ struct PushDispatcherTests {
         let event = await reader.value
         #expect(event?.kind == .wake)
         #expect(event?.terminals == ["on"])
+        // The event carries the entry just stored, byte for byte, so the node need not read it back.
+        let stored = try await redis.send("LRANGE", keys.queue("on"), "0", "-1").array?.compactMap(\.string)
+        #expect(event?.entries == stored)
         await subscriber.close()
         await redis.close()
     }
