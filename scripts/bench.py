@@ -357,6 +357,9 @@ def write_report(args, bench, info, seconds, half, sizes):
             for c in commands:
                 lines.append(f"{scenario} {system}: " + " ".join(os.path.basename(a) if a == bench.binary else a for a in c))
     lines += ["```", ""]
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-notes.md")
+    if os.path.exists(notes):
+        lines += [open(notes).read()]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     print(f"wrote {args.out}")
