@@ -39,7 +39,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private let encoder: MQTTPacketEncoder
     private var context: ChannelHandlerContext?
     private var phase = Phase.awaitingConnect
-    private var logger: Logger
+    /// The node's logger with this terminal's id; built when something is logged, so an idle
+    /// connection does not carry a logger of its own.
+    private var logger: Logger {
+        guard !terminal.isEmpty else { return node.logger }
+        var logger = node.logger
+        logger[metadataKey: "terminal"] = "\(terminal)"
+        return logger
+    }
 
     private var version = MQTTProtocolVersion.v3_1_1
     private var terminal = ""
@@ -62,8 +69,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var reasonString: String?
     }
 
-    /// Topic filter -> subscription, including the automatic `push/<id>` and `broadcast`.
+    /// Topic filter -> subscription, without the automatic ones (below).
     private var subscriptions: [String: Subscription] = [:]
+    /// The automatic `push/<id>` and `broadcast` subscriptions (QoS 1 unless the terminal
+    /// subscribed to them itself; nil after it unsubscribed).
+    private var pushSubscription: Subscription? = Subscription(qos: .atLeastOnce)
+    private var broadcastSubscription: Subscription? = Subscription(qos: .atLeastOnce)
     /// Whether the session outlives the connection, and for how many seconds after it.
     private var sessionExpiry: UInt32 = 0
     private var persistentAtConnect = false
@@ -84,7 +95,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var inboundPending: [InboundPublish] = []
     /// QoS 1/2 messages routed to a session that does not outlive its connection, waiting for
     /// room in the window (the client's receive maximum) or a writable socket; bounded.
-    private var waiting = CircularBuffer<(message: StoredMessage, shared: String?)>()
+    private var waiting = FIFO<(message: StoredMessage, shared: String?)>()
     /// QoS 2 packet ids received, PUBREC sent, waiting for PUBREL.
     private var awaitingRelease: Set<UInt16> = []
     private var inflight: [UInt16: Inflight] = [:]
@@ -108,7 +119,6 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     init(node: PushNodeContext, encoder: MQTTPacketEncoder) {
         self.node = node
         self.encoder = encoder
-        self.logger = node.logger
     }
 
     // MARK: Channel events
@@ -186,6 +196,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     private func connectReceived(_ connect: MQTTConnectPacket) {
         connectDeadline?.cancel()
+        connectDeadline = nil
         guard connect.protocolVersion.isSupported else {
             // Answer in the 3.1.1 format: a client of an unknown version can parse that.
             return refuse(.v3UnacceptableProtocolVersion, v5: .unsupportedProtocolVersion)
@@ -257,7 +268,6 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         epoch = FleetClock.newEpoch()
         connectedAt = FleetClock.nowMillis()
-        logger[metadataKey: "terminal"] = "\(terminal)"
         var keepAliveSeconds = connect.keepAlive
         let maximumKeepAlive = node.configuration.maximumKeepAlive
         if version.hasProperties, maximumKeepAlive > 0, keepAliveSeconds == 0 || Int(keepAliveSeconds) > maximumKeepAlive {
@@ -344,7 +354,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         awaitingRelease = Set(parts[8].array?.compactMap { $0.string.flatMap(UInt16.init) } ?? [])
         let releasing = parts[9].array?.compactMap { $0.string.flatMap(UInt16.init) } ?? []
 
-        subscriptions = ["push/\(terminal)": Subscription(qos: .atLeastOnce), "broadcast": Subscription(qos: .atLeastOnce)]
+        subscriptions = [:]
         var indexed: [String] = []
         var restored: [String] = []
         for (filter, encoded) in parts[4].pairs ?? [:] {
@@ -647,11 +657,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             let subscription = Subscription(
                 qos: requested.options.qos, noLocal: requested.options.noLocal, retainAsPublished: requested.options.retainAsPublished,
                 identifier: identifier)
-            let isNew = subscriptions.updateValue(subscription, forKey: filter) == nil
             if isAutomatic(filter) {
+                setAutomatic(filter, subscription)
                 codes.append(MQTTReasonCode(subscription.qos.rawValue))
                 continue
             }
+            let isNew = subscriptions.updateValue(subscription, forKey: filter) == nil
             if isNew, joinLocalIndex(filter) { indexed.append(filter) }
             record += [filter, subscription.encoded]
             if sessionExpiry > 0 && shared == nil { stored.append(filter) }
@@ -725,12 +736,16 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var unindexed: [String] = []
         var stored: [String] = []
         for filter in unsubscribe.topicFilters {
+            if isAutomatic(filter) {
+                codes.append(automatic(filter) == nil ? .noSubscriptionExisted : .success)
+                setAutomatic(filter, nil)
+                continue
+            }
             guard subscriptions.removeValue(forKey: filter) != nil else {
                 codes.append(.noSubscriptionExisted)
                 continue
             }
             codes.append(.success)
-            if isAutomatic(filter) { continue }
             if leaveLocalIndex(filter) { unindexed.append(filter) }
             if sessionExpiry > 0 && SharedFilter(filter) == nil { stored.append(filter) }
         }
@@ -743,7 +758,18 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     /// `push/<id>` and `broadcast`: every session has them; pushes reach them without the index.
     private func isAutomatic(_ filter: String) -> Bool {
-        filter == "push/\(terminal)" || filter == "broadcast"
+        filter == "broadcast" || (filter.hasPrefix("push/") && filter.utf8.count == terminal.utf8.count + 5 && filter.hasSuffix(terminal))
+    }
+
+    /// The automatic subscription `filter` names (kept in two fields, not in `subscriptions`:
+    /// an idle session then holds no dictionary at all).
+    private func automatic(_ filter: String) -> Subscription? {
+        guard isAutomatic(filter) else { return nil }
+        return filter == "broadcast" ? broadcastSubscription : pushSubscription
+    }
+
+    private func setAutomatic(_ filter: String, _ subscription: Subscription?) {
+        if filter == "broadcast" { broadcastSubscription = subscription } else { pushSubscription = subscription }
     }
 
     private var member: LocalSubscriptions.Member { LocalSubscriptions.Member(terminal: terminal, epoch: epoch) }
@@ -852,6 +878,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var best: MQTTQoS?
         var retain = false
         var identifiers: [UInt32] = []
+        if let subscription = automatic(message.topic), !(subscription.noLocal && message.origin == terminal) {
+            best = subscription.qos
+            retain = subscription.retainAsPublished && retained
+            if let identifier = subscription.identifier { identifiers.append(identifier) }
+        }
         for (filter, subscription) in subscriptions where !filter.hasPrefix("$share/") {
             guard MQTTTopic.matches(filter: filter, topic: message.topic) else { continue }
             if subscription.noLocal && message.origin == terminal { continue }
@@ -1278,5 +1309,29 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         guard let context else { return }
         if case .closed = phase { return }
         context.close(promise: nil)
+    }
+}
+
+/// A first-in first-out queue that allocates nothing while empty (most connections never
+/// queue anything; NIO's `CircularBuffer` reserves 16 elements up front).
+struct FIFO<Element> {
+    private var items: [Element] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == items.count }
+    var count: Int { items.count - head }
+    var first: Element? { isEmpty ? nil : items[head] }
+
+    mutating func append(_ element: Element) { items.append(element) }
+
+    mutating func removeFirst() {
+        head += 1
+        if head == items.count {
+            items = []
+            head = 0
+        } else if head >= 64 && head * 2 >= items.count {
+            items.removeFirst(head)
+            head = 0
+        }
     }
 }

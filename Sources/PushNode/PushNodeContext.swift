@@ -3,8 +3,9 @@ import Logging
 import Metrics
 import RedisClient
 
-/// What every connection handler on a node shares.
-struct PushNodeContext: Sendable {
+/// What every connection handler on a node shares: one object per node (a class, so each
+/// connection holds a reference, not a copy of the configuration and all the rest).
+final class PushNodeContext: Sendable {
     let configuration: PushNodeConfiguration
     let redis: RedisConnection
     let registry: SessionRegistry
@@ -18,6 +19,24 @@ struct PushNodeContext: Sendable {
     let local: LocalSubscriptions
     let acl: TopicACL
     let router: TopicRouter
+
+    init(
+        configuration: PushNodeConfiguration, redis: RedisConnection, registry: SessionRegistry, credentials: CredentialAuthority,
+        logger: Logger, metrics: PushNodeMetrics, connectLimiter: ConnectRateLimiter?, index: SubscriptionIndex,
+        local: LocalSubscriptions, acl: TopicACL, router: TopicRouter
+    ) {
+        self.configuration = configuration
+        self.redis = redis
+        self.registry = registry
+        self.credentials = credentials
+        self.logger = logger
+        self.metrics = metrics
+        self.connectLimiter = connectLimiter
+        self.index = index
+        self.local = local
+        self.acl = acl
+        self.router = router
+    }
 
     var keys: FleetKeys { configuration.keys }
     var nodeID: String { configuration.nodeID }
