@@ -119,30 +119,27 @@ struct ControlAPI: Sendable {
         guard !body.messages.isEmpty, body.messages.count <= configuration.maximumBatchSize else {
             throw APIError.badRequest("\"messages\" needs 1 to \(configuration.maximumBatchSize) pushes")
         }
-        let dispatcher = self.dispatcher
         let commands: [Result<PushCommand, APIError>] = body.messages.map { message in
             Result { try command(from: message) }.mapError { APIError.from($0) }
         }
         var results = [BatchResult](repeating: BatchResult(), count: commands.count)
         let wakes = WakeBatch()
-        try await withThrowingTaskGroup(of: (Int, BatchResult).self) { group in
-            for (index, command) in commands.enumerated() {
-                switch command {
-                case .failure(let error):
-                    results[index].error = .init(code: error.code, message: error.message)
-                case .success(let command):
-                    group.addTask {
-                        do {
-                            let receipt = try await dispatcher.push(command, wakes: wakes)
-                            return (index, BatchResult(id: receipt.id, targets: receipt.targets))
-                        } catch {
-                            let apiError = APIError.from(error)
-                            return (index, BatchResult(error: .init(code: apiError.code, message: apiError.message)))
-                        }
-                    }
-                }
+        var valid: [(index: Int, command: PushCommand)] = []
+        for (index, command) in commands.enumerated() {
+            switch command {
+            case .failure(let error): results[index].error = .init(code: error.code, message: error.message)
+            case .success(let command): valid.append((index, command))
             }
-            for try await (index, result) in group { results[index] = result }
+        }
+        let outcomes = await dispatcher.pushMany(valid.map(\.command), wakes: wakes)
+        for ((index, _), outcome) in zip(valid, outcomes) {
+            switch outcome {
+            case .success(let receipt):
+                results[index] = BatchResult(id: receipt.id, targets: receipt.targets)
+            case .failure(let error):
+                let apiError = APIError.from(error)
+                results[index] = BatchResult(error: .init(code: apiError.code, message: apiError.message))
+            }
         }
         // One wake event per push node for the whole batch.
         await dispatcher.sendWakes(wakes)

@@ -97,66 +97,131 @@ public struct PushDispatcher: Sendable {
         ]
     }
 
+    /// The commands that store one push (ttl > 0) and read its targets' routes, and where
+    /// their replies are.
+    struct StoredPushPlan {
+        var terminals: [String]
+        var id: String
+        /// terminal -> its stored entry, for wake events (empty for a retry: its entries may be
+        /// in the lists already, and the nodes then read the lists).
+        var entries: [String: String]
+        var commands: [RedisCommand]
+        var enqueueStart: Int
+        var routeStart: Int
+    }
+
     /// - Parameter earlierExpiresAt: set when an earlier attempt of this message created its
     ///   status: the status is kept, the entries are rebuilt byte for byte (same expiry) and
     ///   appended only where they are missing.
+    func planStored(_ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?) -> StoredPushPlan {
+        let expiresAt = earlierExpiresAt ?? FleetClock.nowMillis() + Int64(command.ttl) * 1000
+        var commands = earlierExpiresAt == nil ? statusRecord(id: id, command: command, terminals: terminals, expiresAt: expiresAt) : []
+        let enqueueStart = commands.count
+        var entries: [String: String] = [:]
+        let ttlMillis = String(Int64(command.ttl) * 1000)
+        for terminal in terminals {
+            let entry = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload)
+                .encoded()
+            if earlierExpiresAt == nil { entries[terminal] = entry }
+            commands.append(
+                FleetScripts.enqueue.command(
+                    keys: [keys.queue(terminal)],
+                    arguments: [entry, String(configuration.offlineQueueCap), ttlMillis, earlierExpiresAt == nil ? "0" : "1"]
+                )
+            )
+        }
+        let routeStart = commands.count
+        for terminal in terminals { commands.append(RedisCommand("HGET", keys.route(terminal), "node")) }
+        return StoredPushPlan(
+            terminals: terminals, id: id, entries: entries, commands: commands, enqueueStart: enqueueStart, routeStart: routeStart)
+    }
+
+    /// A new message's status record: counts, metadata, and `queued` for every target.
+    private func statusRecord(id: String, command: PushCommand, terminals: [String], expiresAt: Int64) -> [RedisCommand] {
+        let targetsKey = keys.messageTargets(id)
+        let statusKey = keys.messageStatus(id)
+        var commands = statusCommands(id: id, command: command, kind: "unicast", targets: terminals.count)
+        commands.append(RedisCommand("HSET", statusKey, "expiresAt", String(expiresAt)))
+        for chunk in terminals.chunked(500) {
+            commands.append(RedisCommand("HSET", [targetsKey] + chunk.flatMap { [$0, MessageState.queued.rawValue] }))
+        }
+        commands.append(RedisCommand("HINCRBY", statusKey, "queued", String(terminals.count)))
+        commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention)))
+        return commands
+    }
+
+    /// What follows a stored push's first pipeline: `dropped` for entries the list cap pushed
+    /// out, its targets' nodes added to `wakes`, and the status marked complete.
+    func followUp(_ plan: StoredPushPlan, replies: ArraySlice<RedisReply>, wakes: WakeBatch) -> [RedisCommand] {
+        var commands: [RedisCommand] = []
+        let base = replies.startIndex
+        for (offset, terminal) in plan.terminals.enumerated() {
+            for dropped in replies[base + plan.enqueueStart + offset].array ?? [] {
+                guard let text = dropped.string, let message = StoredMessage.decode(text) else { continue }
+                commands.append(transition(message.id, terminal: terminal, to: .dropped))
+            }
+        }
+        var byNode: [String: [String]] = [:]
+        for (offset, terminal) in plan.terminals.enumerated() {
+            if let node = replies[base + plan.routeStart + offset].string, !node.isEmpty { byNode[node, default: []].append(terminal) }
+        }
+        wakes.add(byNode, entries: plan.entries)
+        commands.append(RedisCommand("HSET", keys.messageStatus(plan.id), "complete", "1"))
+        return commands
+    }
+
     private func pushToTerminals(
         _ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?, wakes: WakeBatch?
     ) async throws -> PushReceipt {
-        let now = FleetClock.nowMillis()
-        let stored = command.ttl > 0
-        let expiresAt = earlierExpiresAt ?? (stored ? now + Int64(command.ttl) * 1000 : 0)
+        guard command.ttl > 0 else {
+            return try await pushOnline(terminals, command: command, id: id, earlierAttempt: earlierExpiresAt != nil)
+        }
+        let plan = planStored(terminals, command: command, id: id, earlierExpiresAt: earlierExpiresAt)
+        let replies = try await redis.pipeline(plan.commands)
+        if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
+            throw RedisError(.server, failure.description)
+        }
+        let batch = wakes ?? WakeBatch()
+        let followUp = self.followUp(plan, replies: replies[...], wakes: batch)
+        do {
+            let results = try await redis.pipeline(followUp)
+            if let failure = results.first(where: { if case .error = $0 { return true } else { return false } }) {
+                logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
+            }
+        } catch {
+            // Stored is accepted: the wake is only a hint, the terminals find the message on
+            // their next wake or connect.
+            logger.warning("push stored but nodes not notified", metadata: ["message": "\(id)", "error": "\(error)"])
+            return PushReceipt(id: id, targets: terminals.count)
+        }
+        if wakes == nil { await sendWakes(batch) }
+        return PushReceipt(id: id, targets: terminals.count)
+    }
+
+    /// An online-only push (ttl 0): nothing is stored; each node holding targets gets the
+    /// message once, the others' targets count as dropped.
+    private func pushOnline(_ terminals: [String], command: PushCommand, id: String, earlierAttempt: Bool) async throws -> PushReceipt {
         let targetsKey = keys.messageTargets(id)
         let statusKey = keys.messageStatus(id)
-
         var commands: [RedisCommand] = []
-        if earlierExpiresAt == nil {
+        if !earlierAttempt {
             commands = statusCommands(id: id, command: command, kind: "unicast", targets: terminals.count)
-            commands.append(RedisCommand("HSET", statusKey, "expiresAt", String(expiresAt)))
+            commands.append(RedisCommand("HSET", statusKey, "expiresAt", "0"))
             for chunk in terminals.chunked(500) {
                 commands.append(RedisCommand("HSET", [targetsKey] + chunk.flatMap { [$0, MessageState.queued.rawValue] }))
             }
             commands.append(RedisCommand("HINCRBY", statusKey, "queued", String(terminals.count)))
             commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention)))
         }
-        let enqueueStart = commands.count
-        var entries: [String: String] = [:]  // terminal -> its stored entry
-        if stored {
-            let ttlMillis = String(Int64(command.ttl) * 1000)
-            for terminal in terminals {
-                let entry = StoredMessage(
-                    id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload
-                ).encoded()
-                entries[terminal] = entry
-                commands.append(
-                    FleetScripts.enqueue.command(
-                        keys: [keys.queue(terminal)],
-                        arguments: [entry, String(configuration.offlineQueueCap), ttlMillis, earlierExpiresAt == nil ? "0" : "1"]
-                    )
-                )
-            }
-        }
         let routeStart = commands.count
         for terminal in terminals { commands.append(RedisCommand("HGET", keys.route(terminal), "node")) }
-
         let replies = try await redis.pipeline(commands)
         if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
             throw RedisError(.server, failure.description)
         }
-
         var followUp: [RedisCommand] = []
         // Online-only events: index in `followUp` and the terminals they address.
         var liveEvents: [(Int, [String])] = []
-        // Entries the list cap pushed out are dropped for their own message and terminal.
-        if stored {
-            for (offset, terminal) in terminals.enumerated() {
-                for dropped in replies[enqueueStart + offset].array ?? [] {
-                    guard let text = dropped.string, let message = StoredMessage.decode(text) else { continue }
-                    followUp.append(transition(message.id, terminal: terminal, to: .dropped))
-                }
-            }
-        }
-
         var byNode: [String: [String]] = [:]
         var offline: [String] = []
         for (offset, terminal) in terminals.enumerated() {
@@ -166,46 +231,25 @@ public struct PushDispatcher: Sendable {
                 offline.append(terminal)
             }
         }
-
-        // Wake events carry the new entries: a node whose terminal is caught up delivers them
-        // without reading the list back. (A retry's entries may be in the list already: then
-        // the node reads the list.)
-        let withEntries = earlierExpiresAt == nil
-        if stored, let wakes {
-            wakes.add(byNode, entries: withEntries ? entries : [:])
-        } else if stored {
-            for (node, held) in byNode {
-                let event = NodeEvent(kind: .wake, terminals: held, entries: withEntries ? held.compactMap { entries[$0] } : nil)
-                followUp.append(RedisCommand("SPUBLISH", keys.nodeChannel(node), event.encoded()))
+        let message = StoredMessage(id: id, qos: command.qos, expiresAt: 0, topic: "", payload: command.payload)
+        let nodes = Array(byNode.keys)
+        let alive = try await redis.pipeline(nodes.map { RedisCommand("EXISTS", keys.node($0)) })
+        for (node, reply) in zip(nodes, alive) {
+            let held = byNode[node]!
+            guard reply.int == 1 else {
+                offline += held
+                continue
             }
-        } else {
-            let message = StoredMessage(id: id, qos: command.qos, expiresAt: 0, topic: "", payload: command.payload)
-            let nodes = Array(byNode.keys)
-            let alive = try await redis.pipeline(nodes.map { RedisCommand("EXISTS", keys.node($0)) })
-            for (node, reply) in zip(nodes, alive) {
-                let held = byNode[node]!
-                guard reply.int == 1 else {
-                    offline += held
-                    continue
-                }
-                // One event per node; each terminal gets the message on its own topic.
-                liveEvents.append((followUp.count, held))
-                followUp.append(
-                    RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .deliver, terminals: held, message: message).encoded())
-                )
-            }
-            for terminal in offline { followUp.append(transition(id, terminal: terminal, to: .dropped)) }
+            // One event per node; each terminal gets the message on its own topic.
+            liveEvents.append((followUp.count, held))
+            followUp.append(
+                RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .deliver, terminals: held, message: message).encoded())
+            )
         }
+        for terminal in offline { followUp.append(transition(id, terminal: terminal, to: .dropped)) }
         followUp.append(RedisCommand("HSET", statusKey, "complete", "1"))
-        let results: [RedisReply]
-        do {
-            results = try await redis.pipeline(followUp)
-        } catch  where stored {
-            // Stored is accepted: the wake is only a hint, the terminals find the message on
-            // their next wake or connect. (Online-only pushes have nothing stored: they fail.)
-            logger.warning("push stored but nodes not notified", metadata: ["message": "\(id)", "error": "\(error)"])
-            return PushReceipt(id: id, targets: terminals.count)
-        }
+        // Nothing is stored: if the nodes cannot be told, the push fails.
+        let results = try await redis.pipeline(followUp)
         if let failure = results.first(where: { if case .error = $0 { return true } else { return false } }) {
             logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
         }
@@ -247,6 +291,65 @@ public struct PushDispatcher: Sendable {
             throw RedisError(.server, failure.description)
         }
         return PushReceipt(id: id, targets: 0)
+    }
+
+    /// Accepts many pushes at once (the batch endpoint). New stored pushes to terminals
+    /// (ttl > 0, no idempotency key) share one pipeline for storing and one for completing;
+    /// the others go through ``push(_:id:wakes:)`` concurrently. Each push is accepted or fails
+    /// on its own; `wakes` collects the nodes to notify.
+    public func pushMany(_ commands: [PushCommand], wakes: WakeBatch) async -> [Result<PushReceipt, any Error>] {
+        var results = [Result<PushReceipt, any Error>?](repeating: nil, count: commands.count)
+        var plans: [(index: Int, plan: StoredPushPlan)] = []
+        var others: [Int] = []
+        for (index, command) in commands.enumerated() {
+            if case .terminals(let terminals) = command.audience, command.ttl > 0, command.idempotencyKey == nil {
+                let plan = planStored(
+                    Array(Set(terminals)).sorted(), command: command, id: FleetClock.newMessageID(), earlierExpiresAt: nil)
+                plans.append((index, plan))
+            } else {
+                others.append(index)
+            }
+        }
+        if !plans.isEmpty {
+            do {
+                let replies = try await redis.pipeline(plans.flatMap(\.plan.commands))
+                var followUps: [RedisCommand] = []
+                var start = 0
+                for (index, plan) in plans {
+                    let slice = replies[start..<start + plan.commands.count]
+                    start += plan.commands.count
+                    if let failure = slice.first(where: { if case .error = $0 { return true } else { return false } }) {
+                        results[index] = .failure(RedisError(.server, failure.description))
+                        continue
+                    }
+                    followUps += followUp(plan, replies: slice, wakes: wakes)
+                    results[index] = .success(PushReceipt(id: plan.id, targets: plan.terminals.count))
+                    Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", "unicast")]).increment()
+                    Counter(label: "pushfleet_control_push_targets_total").increment(by: plan.terminals.count)
+                }
+                do {
+                    _ = try await redis.pipeline(followUps)
+                } catch {
+                    // Stored is accepted; the status shows them incomplete until a node delivers.
+                    logger.warning("batch stored but not completed", metadata: ["error": "\(error)"])
+                }
+            } catch {
+                for (index, _) in plans { results[index] = .failure(error) }
+            }
+        }
+        await withTaskGroup(of: (Int, Result<PushReceipt, any Error>).self) { group in
+            for index in others {
+                group.addTask {
+                    do {
+                        return (index, .success(try await push(commands[index], wakes: wakes)))
+                    } catch {
+                        return (index, .failure(error))
+                    }
+                }
+            }
+            for await (index, result) in group { results[index] = result }
+        }
+        return results.map { $0! }
     }
 
     /// Sends the wake events a batch collected: one per node. A failure is only logged: the

@@ -47,6 +47,34 @@ struct PushDispatcherTests {
         await redis.close()
     }
 
+    @Test func manyPushesShareTheirPipelinesAndEachIsAcceptedOnItsOwn() async throws {
+        try await redis.send("HSET", keys.route("m1"), "node", "n7", "epoch", "e")
+        let commands = [
+            PushCommand(audience: .terminals(["m1", "m2"]), payload: [1]),
+            PushCommand(audience: .terminals(["m2"]), payload: [2]),
+            PushCommand(audience: .terminals(["m3"]), payload: [3], ttl: 0),  // online only: its own path
+            PushCommand(audience: .terminals(["m1"]), payload: [4], idempotencyKey: "k-many"),
+        ]
+        let wakes = WakeBatch()
+        let results = await dispatcher.pushMany(commands, wakes: wakes)
+        let receipts = try results.map { try $0.get() }
+        #expect(receipts.map(\.targets) == [2, 1, 1, 1])
+        #expect(Set(receipts.map(\.id)).count == 4)
+        // Stored, in order for m2, and every status complete with its targets queued.
+        #expect(try await queue("m2").map(\.payloadBytes) == [[1], [2]])
+        #expect(try await queue("m1").map(\.payloadBytes) == [[1], [4]])
+        for (receipt, queued) in zip(receipts, [2, 1, 0, 1]) {
+            #expect(try await redis.send("HGET", keys.messageStatus(receipt.id), "complete").string == "1")
+            #expect(try await status(receipt.id)["queued"] == Int64(queued))
+        }
+        #expect(try await status(receipts[2].id)["dropped"] == 1)  // m3 is offline
+        // The node holding m1 is to be woken once, with both of m1's new entries.
+        let wake = wakes.take()["n7"]
+        #expect(wake?.terminals == ["m1", "m1"])
+        #expect(wake?.entries.count == 2)
+        await redis.close()
+    }
+
     @Test func onlineOnlyPushToOfflineTerminalIsDropped() async throws {
         let receipt = try await dispatcher.push(PushCommand(audience: .terminals(["x"]), payload: [1], ttl: 0))
         #expect(try await queue("x").isEmpty)
