@@ -256,17 +256,21 @@ def main():
     for kind in ("Mosquitto", "PushFleet"):
         for run in range(args.runs):
             bench.delivery("c-latency", kind, run, unicast_terminals, half * (4 if args.quick else 8), 1, half)
+    own = max(100, int(median([r["messages_per_second"] for r in bench.results["c"]["PushFleet"]]) / 2))
+    print(f"c-own-latency: PushFleet unicast QoS 1 at {own} msg/s (half its own saturation)", flush=True)
+    for run in range(args.runs):
+        bench.delivery("c-own-latency", "PushFleet", run, unicast_terminals, own * (4 if args.quick else 8), 1, own)
     print("e: fan-out of one topic", flush=True)
     for kind in ("Mosquitto", "PushFleet"):
         for run in range(args.runs):
             bench.delivery("e", kind, run, fanout_terminals, fanout_messages, 1, 0, fanout_topic="bench/all")
 
-    write_report(args, bench, machine(), time.time() - started, half,
+    write_report(args, bench, machine(), time.time() - started, half, own,
                  {"idle": idle, "unicast_terminals": unicast_terminals, "unicast_messages": unicast_messages,
                   "fanout_terminals": fanout_terminals, "fanout_messages": fanout_messages})
 
 
-def write_report(args, bench, info, seconds, half, sizes):
+def write_report(args, bench, info, seconds, half, own, sizes):
     r = bench.results
 
     def med(scenario, system, key):
@@ -328,6 +332,8 @@ def write_report(args, bench, info, seconds, half, sizes):
         row(f"c. p99 latency at {half} msg/s (half Mosquitto's QoS 1 saturation)", "c-latency", "p99_ms", "ms",
             higher_is_better=False, fmt="{:.1f}"),
         row(f"e. fan-out to {sizes['fanout_terminals']} terminals, deliveries", "e", "messages_per_second", "/s", target=1.5),
+        f"| c. p99 latency at {own} msg/s (half PushFleet's own QoS 1 saturation) | "
+        f"{med('c-own-latency', 'PushFleet', 'p99_ms'):.1f} ms | | | for context |",
         "",
         f"p99 latency target (PushFleet <= 10 ms at half Mosquitto's saturation): "
         f"{'met' if p99 <= 10 else 'not met'} ({p99:.1f} ms).",
@@ -339,7 +345,7 @@ def write_report(args, bench, info, seconds, half, sizes):
         "| scenario | system | sent | received (distinct) | lost | duplicated |",
         "|---|---|---|---|---|---|",
     ]
-    for scenario in ("c", "d", "c-latency", "e"):
+    for scenario in ("c", "d", "c-latency", "c-own-latency", "e"):
         for system in ("PushFleet", "Mosquitto"):
             if r.get(scenario, {}).get(system):
                 lines.append(f"| {scenario} | {system} | {total(scenario, system, 'sent')} | {total(scenario, system, 'unique')} | "

@@ -46,7 +46,7 @@ public struct TopicRouter: Sendable {
     /// (QoS 0, or a push with ttl 0).
     public func route(_ message: StoredMessage, storeForAbsent: Bool) -> EventLoopFuture<Outcome> {
         var commands: [RedisCommand] = []
-        var outcome = Outcome()
+        var routed = Outcome()
         if message.retain == true {
             if message.payload.isEmpty {
                 commands.append(RedisCommand("HDEL", keys.retained, message.topic))
@@ -55,7 +55,7 @@ public struct TopicRouter: Sendable {
             }
         }
         let route = index.route(topic: message.topic)
-        outcome.nodes = route.nodes.count
+        routed.nodes = route.nodes.count
         var reached: [String] = []
         var published: [String] = []  // nodes in the order of their SPUBLISH commands
         let publishStart = commands.count
@@ -71,6 +71,7 @@ public struct TopicRouter: Sendable {
         }
         let storedFilters = storeForAbsent ? route.storedFilters : []
         for filter in storedFilters { commands.append(RedisCommand("SMEMBERS", keys.storedSubscribers(filter))) }
+        let (outcome, reachedLocally, publishedTo) = (routed, reached, published)
         guard !commands.isEmpty else { return redis.eventLoop.makeSucceededFuture(outcome) }
         return redis.pipelineFuture(commands).flatMap { replies in
             do {
@@ -81,7 +82,8 @@ public struct TopicRouter: Sendable {
             guard !storedFilters.isEmpty else { return redis.eventLoop.makeSucceededFuture(outcome) }
             // A node whose channel had no listener is gone: its persistent sessions get the
             // message stored like absent ones (DESIGN invariant 2).
-            for (offset, owner) in published.enumerated() where (replies[publishStart + offset].int ?? 0) > 0 {
+            var reached = reachedLocally
+            for (offset, owner) in publishedTo.enumerated() where (replies[publishStart + offset].int ?? 0) > 0 {
                 reached.append(owner)
             }
             // terminal -> the matching filters it holds (a terminal matching twice is stored once).
@@ -90,8 +92,9 @@ public struct TopicRouter: Sendable {
                 for terminal in reply.array?.compactMap(\.string) ?? [] { subscribers[terminal, default: []].append(filter) }
             }
             return store(message, for: subscribers, reached: reached).map { stored in
-                outcome.stored = stored
-                return outcome
+                var result = outcome
+                result.stored = stored
+                return result
             }
         }
     }

@@ -19,7 +19,6 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     private struct Pending {
         var expected: Int
-        var replies: [RedisReply]
         /// nil for fire-and-forget requests: their replies are dropped (errors logged by the caller's choice).
         var promise: EventLoopPromise<[RedisReply]>?
         /// When the replies must have arrived.
@@ -28,6 +27,9 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     private let reader: UnsafeMutablePointer<redisReader>
     private var pending = CircularBuffer<Pending>()
+    /// Replies gathered so far for the oldest pending request (kept here, not inside the queue's
+    /// element, so appending does not copy the array each time).
+    private var replies: [RedisReply] = []
     private let commandTimeout: TimeAmount
     private let onPush: ((RedisReply) -> Void)?
     private var context: ChannelHandlerContext?
@@ -62,7 +64,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         // its place in the queue, even one whose replies nobody waits for.
         if onPush == nil && !request.commands.isEmpty {
             pending.append(
-                Pending(expected: request.commands.count, replies: [], promise: request.promise, deadline: .now() + commandTimeout))
+                Pending(expected: request.commands.count, promise: request.promise, deadline: .now() + commandTimeout))
             if timer == nil { armTimer(context: context) }
         } else {
             request.promise?.succeed([])
@@ -92,11 +94,14 @@ final class RedisChannelHandler: ChannelDuplexHandler {
             onPush(reply)
             return
         }
-        guard !pending.isEmpty else { return }
-        pending[pending.startIndex].replies.append(reply)
-        if pending[pending.startIndex].replies.count == pending[pending.startIndex].expected {
-            let done = pending.removeFirst()
-            done.promise?.succeed(done.replies)
+        guard let first = pending.first else { return }
+        if replies.isEmpty { replies.reserveCapacity(first.expected) }
+        replies.append(reply)
+        if replies.count == first.expected {
+            pending.removeFirst()
+            let done = replies
+            replies = []
+            first.promise?.succeed(done)
         }
     }
 
@@ -140,6 +145,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private func failAll(_ error: RedisError) {
         timer?.cancel()
         timer = nil
+        replies = []
         while let item = pending.popFirst() {
             item.promise?.fail(error)
         }
