@@ -295,7 +295,7 @@ public struct PushDispatcher: Sendable {
 
     /// Accepts many pushes at once (the batch endpoint). New stored pushes to terminals
     /// (ttl > 0, no idempotency key) share one pipeline for storing and one for completing;
-    /// the others go through ``push(_:id:wakes:)`` concurrently. Each push is accepted or fails
+    /// the others go through ``push(_:id:wakes:)`` one after the other. Each push is accepted or fails
     /// on its own; `wakes` collects the nodes to notify.
     public func pushMany(_ commands: [PushCommand], wakes: WakeBatch) async -> [Result<PushReceipt, any Error>] {
         var results = [Result<PushReceipt, any Error>?](repeating: nil, count: commands.count)
@@ -337,19 +337,16 @@ public struct PushDispatcher: Sendable {
                 for (index, _) in plans { results[index] = .failure(error) }
             }
         }
-        await withTaskGroup(of: (Int, Result<PushReceipt, any Error>).self) { group in
-            for index in others {
-                group.addTask {
-                    do {
-                        return (index, .success(try await push(commands[index], wakes: wakes)))
-                    } catch {
-                        return (index, .failure(error))
-                    }
-                }
+        // The rest one after the other (topic pushes, retries with an idempotency key, online
+        // only pushes): each has its own round trips.
+        for index in others {
+            do {
+                results[index] = .success(try await push(commands[index], wakes: wakes))
+            } catch {
+                results[index] = .failure(error)
             }
-            for await (index, result) in group { results[index] = result }
         }
-        return results.map { $0! }
+        return results.map { $0 ?? .failure(RedisError(.unavailable, "push not attempted")) }
     }
 
     /// Sends the wake events a batch collected: one per node. A failure is only logged: the

@@ -68,6 +68,10 @@ struct PushDispatcherTests {
             #expect(try await status(receipt.id)["queued"] == Int64(queued))
         }
         #expect(try await status(receipts[2].id)["dropped"] == 1)  // m3 is offline
+        // Topic pushes in a batch each get their own receipt.
+        let topics = await dispatcher.pushMany(
+            (0..<3).map { _ in PushCommand(audience: .topic("news/x"), payload: [5]) }, wakes: WakeBatch())
+        #expect(Set(try topics.map { try $0.get().id }).count == 3)
         // The node holding m1 is to be woken once, with both of m1's new entries.
         let wake = wakes.take()["n7"]
         #expect(wake?.terminals == ["m1", "m1"])
