@@ -80,7 +80,10 @@ public struct BenchConnector: Sendable {
                 }
             }
         if !target.sources.isEmpty, let source = try? SocketAddress(ipAddress: target.sources[number % target.sources.count], port: 0) {
-            bootstrap = bootstrap.bind(to: source)
+            // IP_BIND_ADDRESS_NO_PORT (24): the port is picked at connect time, per destination;
+            // picking it at bind time searches the whole range and slows down as it fills.
+            let noPort = ChannelOptions.Types.SocketOption(level: .ip, name: NIOBSDSocket.Option(rawValue: 24))
+            bootstrap = bootstrap.channelOption(noPort, value: 1).bind(to: source)
         }
         let port = target.ports[number % target.ports.count]
         return bootstrap.connect(host: target.host, port: port)

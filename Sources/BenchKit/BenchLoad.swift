@@ -164,7 +164,8 @@ public struct APIPushLoad: Sendable {
     public var batch: Int
     /// Requests in flight.
     public var concurrency: Int
-    /// Push to this topic instead of to terminals (message k gets sequence k).
+    /// Push to this topic instead of to terminals (message k gets sequence k); `*broadcast`
+    /// pushes to every terminal.
     public var topic: String?
 
     public init(
@@ -219,7 +220,9 @@ public struct APIPushLoad: Sendable {
             let sequence = topic == nil ? UInt64(number / terminals.count) : UInt64(number)
             let payload = BenchPayload(sentAtNanos: BenchPayload.now(), sequence: sequence).encoded(size: size)
             if offset > 0 { text += "," }
-            if let topic {
+            if topic == "*broadcast" {
+                text += #"{"broadcast":true,"payloadBase64":""# + Data(payload).base64EncodedString()
+            } else if let topic {
                 text += #"{"topic":""# + topic + #"","payloadBase64":""# + Data(payload).base64EncodedString()
             } else {
                 text += #"{"to":[""# + terminals[number % terminals.count] + #""],"payloadBase64":""# + Data(payload).base64EncodedString()

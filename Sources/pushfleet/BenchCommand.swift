@@ -252,6 +252,9 @@ struct BenchPublish: AsyncParsableCommand {
     @Option(help: "Push to this topic instead of to the target terminals (api).")
     var topicPush: String?
 
+    @Flag(help: "Broadcast pushes to every terminal instead (api).")
+    var broadcast = false
+
     @Option(help: "Redis URL (stream).")
     var redis = "redis://127.0.0.1:6379"
 
@@ -280,7 +283,7 @@ struct BenchPublish: AsyncParsableCommand {
             guard let url = URL(string: api), let apiHost = url.host else { throw ValidationError("--api must be a URL") }
             let load = APIPushLoad(
                 host: apiHost, port: url.port ?? 80, apiKey: apiKey, terminals: names, qos: qos, ttl: ttl, batch: batch,
-                concurrency: concurrency, topic: topicPush)
+                concurrency: concurrency, topic: broadcast ? "*broadcast" : topicPush)
             sent = try await load.run(pace: pace, stats: stats, group: group)
         case "stream":
             let load = StreamPushLoad(
