@@ -160,7 +160,7 @@ struct BenchSubscribe: AsyncParsableCommand {
         let progress = reportProgress(stats, label: "sub")
         let connector = BenchConnector(target: terminals.target, stats: stats, group: MultiThreadedEventLoopGroup.singleton)
         let channels = await connector.open(terminals.logins, rate: terminals.connectRate, parallel: terminals.parallel)
-        if let readyFile { FileManager.default.createFile(atPath: readyFile, contents: Data("\(channels.count)\n".utf8)) }
+        if let readyFile { _ = FileManager.default.createFile(atPath: readyFile, contents: Data("\(channels.count)\n".utf8)) }
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         var lastReceived = 0
         var lastChange = ContinuousClock.now
