@@ -12,7 +12,7 @@ build:
 release:
 	swift build -c release --product pushfleet
 
-# Benchmarks side by side with Mosquitto; writes BENCHMARKS.md (about 15 minutes).
+# Benchmarks side by side with Mosquitto; writes BENCHMARKS.md (about 10 minutes).
 bench: release
 	scripts/deps test
 	python3 scripts/bench.py --bin .build/release/pushfleet
