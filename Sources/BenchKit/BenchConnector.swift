@@ -46,10 +46,7 @@ public struct BenchConnector: Sendable {
                     inFlight -= 1
                     if let result { opened.append(result) }
                 }
-                if rate > 0 {
-                    let due = started + .nanoseconds(Int64(index) * 1_000_000_000 / Int64(rate))
-                    if due > ContinuousClock.now { try? await Task.sleep(until: due) }
-                }
+                try? await waitUntilDue(index, rate: rate, from: started)
                 let attempt = connect(login, number: index)
                 group.addTask { try? await attempt.get() }
                 inFlight += 1

@@ -25,6 +25,13 @@ public struct BenchPace: Sendable {
     }
 }
 
+/// Waits until item `index` of a sequence paced at `rate` per second (0: no pacing) is due.
+func waitUntilDue(_ index: Int, rate: Int, from started: ContinuousClock.Instant) async throws {
+    guard rate > 0 else { return }
+    let due = started + .nanoseconds(Int64(index) * 1_000_000_000 / Int64(rate))
+    if due > ContinuousClock.now { try await Task.sleep(until: due) }
+}
+
 /// Message number `k` goes to target `k % targets` with sequence number `k / targets`, so every
 /// target gets its own gap-free sequence.
 final class MessageCounter: Sendable {
@@ -197,10 +204,7 @@ public struct APIPushLoad: Sendable {
                     while ContinuousClock.now < deadline {
                         let numbers = counter.take(batch)
                         if numbers.isEmpty { return }
-                        if pace.rate > 0 {
-                            let due = started + .nanoseconds(Int64(numbers.lowerBound) * 1_000_000_000 / Int64(pace.rate))
-                            if due > ContinuousClock.now { try await Task.sleep(until: due) }
-                        }
+                        try await waitUntilDue(numbers.lowerBound, rate: pace.rate, from: started)
                         let body = self.body(for: numbers, size: pace.size)
                         let status = try await client.post("/v1/push/batch", body: body, apiKey: apiKey)
                         guard status == 202 else { throw BenchError("the API answered \(status)") }
@@ -262,10 +266,7 @@ public struct StreamPushLoad: Sendable {
         while ContinuousClock.now < deadline {
             let numbers = counter.take(batch)
             if numbers.isEmpty { break }
-            if pace.rate > 0 {
-                let due = started + .nanoseconds(Int64(numbers.lowerBound) * 1_000_000_000 / Int64(pace.rate))
-                if due > ContinuousClock.now { try await Task.sleep(until: due) }
-            }
+            try await waitUntilDue(numbers.lowerBound, rate: pace.rate, from: started)
             let commands = numbers.map { number in
                 let payload = BenchPayload(sentAtNanos: BenchPayload.now(), sequence: UInt64(number / terminals.count)).encoded(
                     size: pace.size)

@@ -178,14 +178,14 @@ public struct PushDispatcher: Sendable {
         }
         let plan = planStored(terminals, command: command, id: id, earlierExpiresAt: earlierExpiresAt)
         let replies = try await redis.pipeline(plan.commands)
-        if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
+        if let failure = replies.first(where: \.isError) {
             throw RedisError(.server, failure.description)
         }
         let batch = wakes ?? WakeBatch()
         let followUp = self.followUp(plan, replies: replies[...], wakes: batch)
         do {
             let results = try await redis.pipeline(followUp)
-            if let failure = results.first(where: { if case .error = $0 { return true } else { return false } }) {
+            if let failure = results.first(where: \.isError) {
                 logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
             }
         } catch {
@@ -201,22 +201,11 @@ public struct PushDispatcher: Sendable {
     /// An online-only push (ttl 0): nothing is stored; each node holding targets gets the
     /// message once, the others' targets count as dropped.
     private func pushOnline(_ terminals: [String], command: PushCommand, id: String, earlierAttempt: Bool) async throws -> PushReceipt {
-        let targetsKey = keys.messageTargets(id)
-        let statusKey = keys.messageStatus(id)
-        var commands: [RedisCommand] = []
-        if !earlierAttempt {
-            commands = statusCommands(id: id, command: command, kind: "unicast", targets: terminals.count)
-            commands.append(RedisCommand("HSET", statusKey, "expiresAt", "0"))
-            for chunk in terminals.chunked(500) {
-                commands.append(RedisCommand("HSET", [targetsKey] + chunk.flatMap { [$0, MessageState.queued.rawValue] }))
-            }
-            commands.append(RedisCommand("HINCRBY", statusKey, "queued", String(terminals.count)))
-            commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention)))
-        }
+        var commands = earlierAttempt ? [] : statusRecord(id: id, command: command, terminals: terminals, expiresAt: 0)
         let routeStart = commands.count
         for terminal in terminals { commands.append(RedisCommand("HGET", keys.route(terminal), "node")) }
         let replies = try await redis.pipeline(commands)
-        if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
+        if let failure = replies.first(where: \.isError) {
             throw RedisError(.server, failure.description)
         }
         var followUp: [RedisCommand] = []
@@ -247,10 +236,10 @@ public struct PushDispatcher: Sendable {
             )
         }
         for terminal in offline { followUp.append(transition(id, terminal: terminal, to: .dropped)) }
-        followUp.append(RedisCommand("HSET", statusKey, "complete", "1"))
+        followUp.append(RedisCommand("HSET", keys.messageStatus(id), "complete", "1"))
         // Nothing is stored: if the nodes cannot be told, the push fails.
         let results = try await redis.pipeline(followUp)
-        if let failure = results.first(where: { if case .error = $0 { return true } else { return false } }) {
+        if let failure = results.first(where: \.isError) {
             logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
         }
         // An online-only event no node received is dropped for its terminals.
@@ -269,7 +258,7 @@ public struct PushDispatcher: Sendable {
         let expiresAt = command.ttl > 0 ? FleetClock.nowMillis() + Int64(command.ttl) * 1000 : 0
         let message = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: topic, payload: command.payload)
         let replies = try await redis.pipeline(statusCommands(id: id, command: command, kind: "topic", targets: 0))
-        if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
+        if let failure = replies.first(where: \.isError) {
             throw RedisError(.server, failure.description)
         }
         let outcome = try await router.route(message, storeForAbsent: command.ttl > 0 && command.qos > 0).get()
@@ -287,7 +276,7 @@ public struct PushDispatcher: Sendable {
         commands.append(RedisCommand("PUBLISH", keys.broadcastChannel, NodeEvent(kind: .deliver, message: message).encoded()))
         commands.append(RedisCommand("HSET", keys.messageStatus(id), "complete", "1"))
         let replies = try await redis.pipeline(commands)
-        if let failure = replies.first(where: { if case .error = $0 { return true } else { return false } }) {
+        if let failure = replies.first(where: \.isError) {
             throw RedisError(.server, failure.description)
         }
         return PushReceipt(id: id, targets: 0)
@@ -318,7 +307,7 @@ public struct PushDispatcher: Sendable {
                 for (index, plan) in plans {
                     let slice = replies[start..<start + plan.commands.count]
                     start += plan.commands.count
-                    if let failure = slice.first(where: { if case .error = $0 { return true } else { return false } }) {
+                    if let failure = slice.first(where: \.isError) {
                         results[index] = .failure(RedisError(.server, failure.description))
                         continue
                     }

@@ -57,6 +57,12 @@ public enum RedisReply: Hashable, Sendable, CustomStringConvertible {
     /// Whether this is a null reply.
     public var isNull: Bool { self == .null }
 
+    /// Whether this is an error reply (pipelines keep them in place).
+    public var isError: Bool {
+        if case .error = self { return true }
+        return false
+    }
+
     /// Throws the error reply as ``RedisError``; returns `self` otherwise.
     public func throwingError() throws -> RedisReply {
         if case .error(let message) = self { throw RedisError(.server, message) }

@@ -77,7 +77,7 @@ struct ControlCommand: AsyncParsableCommand {
 struct NodeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "node",
-        abstract: "Run a push node: holds MQTT connections and delivers pushes."
+        abstract: "Run a push node: holds MQTT connections, delivers pushes and routes what terminals publish."
     )
 
     @OptionGroup var common: CommonOptions

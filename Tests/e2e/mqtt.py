@@ -129,6 +129,17 @@ def props(packet_type, **values):
     return p
 
 
+def assert_silent(raw, what, wait=1.0):
+    """Nothing more arrives on a byte-level connection within `wait` seconds."""
+    raw.sock.settimeout(wait)
+    try:
+        packet = raw.read()
+        assert packet is None, f"{what}: {packet}"
+    except TimeoutError:
+        pass
+    raw.sock.settimeout(10)
+
+
 def settle():
     """Time for a subscription made on one node to reach the other node's copy of the index."""
     time.sleep(0.2)
@@ -403,11 +414,7 @@ def test_unacknowledged_messages_are_redelivered_with_dup_on_the_other_node(flee
     time.sleep(0.2)
     last = RawMQTT(n1)
     assert last.connect("inflight-1", clean=False) == (0x20, b"\x01\x00")
-    last.sock.settimeout(1.0)
-    try:
-        assert last.read() is None, "acknowledged message came again"
-    except TimeoutError:
-        pass
+    assert_silent(last, "acknowledged message came again")
     last.close()
     pub.close()
 
@@ -431,11 +438,7 @@ def test_pubrel_is_sent_again_after_a_reconnect_on_the_other_node(fleet):
     assert again.connect("pubrel-1", clean=False) == (0x20, b"\x01\x00")
     assert again.read() == (0x62, packet_id)  # PUBREL again, same packet id, no second PUBLISH
     again.send(0x70, packet_id)  # PUBCOMP
-    again.sock.settimeout(1.0)
-    try:
-        assert again.read() is None, "more than PUBREL came"
-    except TimeoutError:
-        pass
+    assert_silent(again, "more than PUBREL came")
     again.close()
     pub.close()
 
@@ -531,13 +534,7 @@ def test_client_receive_maximum_limits_unacknowledged_deliveries(fleet):
         pub.publish("rm/t", str(index).encode(), qos=1)
     first = [parse_publish(*raw.read(), level=5) for _ in range(2)]
     assert [p["payload"] for p in first] == [b"0", b"1"]
-    raw.sock.settimeout(0.7)
-    try:
-        extra = raw.read()
-        raise AssertionError(f"a third unacknowledged PUBLISH came: {extra}")
-    except TimeoutError:
-        pass
-    raw.sock.settimeout(10)
+    assert_silent(raw, "a third unacknowledged PUBLISH came", wait=0.7)
     raw.puback(first[0]["id"])
     assert parse_publish(*raw.read(), level=5)["payload"] == b"2"
     raw.close()
