@@ -97,8 +97,11 @@ public struct PushDispatcher: Sendable {
         ]
     }
 
-    /// The commands that store one push (ttl > 0) and read its targets' routes, and where
-    /// their replies are.
+    /// The commands that store one push (ttl > 0) and read its targets' routes: the status
+    /// (unless a retry finds it), then per target its entry appended, the list's expiry
+    /// extended and its route read, in plain commands (Lua costs Redis several times more per
+    /// call on this path); a retry appends with ``FleetScripts/store``, which skips entries
+    /// already there.
     struct StoredPushPlan {
         var terminals: [String]
         var id: String
@@ -106,68 +109,128 @@ public struct PushDispatcher: Sendable {
         /// in the lists already, and the nodes then read the lists).
         var entries: [String: String]
         var commands: [RedisCommand]
-        var enqueueStart: Int
-        var routeStart: Int
+        var storeStart: Int
+        /// A retry: one ``FleetScripts/store`` per target (else ``plainStoreCommands`` commands).
+        var retry: Bool
+        /// The status is created complete: nothing is left to mark once the entries are stored.
+        var completeWhenStored: Bool
     }
 
-    /// - Parameter earlierExpiresAt: set when an earlier attempt of this message created its
-    ///   status: the status is kept, the entries are rebuilt byte for byte (same expiry) and
-    ///   appended only where they are missing.
-    func planStored(_ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?) -> StoredPushPlan {
+    /// Commands per target of a new push: RPUSH, PEXPIRE NX, PEXPIRE GT, HGET route.
+    static let plainStoreCommands = 4
+
+    /// - Parameters:
+    ///   - earlierExpiresAt: set when an earlier attempt of this message created its status:
+    ///     the status is kept, the entries are rebuilt byte for byte (same expiry) and appended
+    ///     only where they are missing.
+    ///   - completeWhenStored: the status is created complete, saving a command per push. Only
+    ///     for a push nothing retries under the same id (a fresh id without idempotency key):
+    ///     `complete` tells a retry that an earlier attempt finished.
+    func planStored(
+        _ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?, completeWhenStored: Bool = false
+    ) -> StoredPushPlan {
+        let retry = earlierExpiresAt != nil
         let expiresAt = earlierExpiresAt ?? FleetClock.nowMillis() + Int64(command.ttl) * 1000
-        var commands = earlierExpiresAt == nil ? statusRecord(id: id, command: command, terminals: terminals, expiresAt: expiresAt) : []
-        let enqueueStart = commands.count
+        var commands =
+            retry ? [] : statusRecord(id: id, command: command, terminals: terminals, expiresAt: expiresAt, complete: completeWhenStored)
+        let storeStart = commands.count
         var entries: [String: String] = [:]
         let ttlMillis = String(Int64(command.ttl) * 1000)
+        commands.reserveCapacity(commands.count + terminals.count * Self.plainStoreCommands)
         for terminal in terminals {
             let entry = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload)
                 .encoded()
-            if earlierExpiresAt == nil { entries[terminal] = entry }
-            commands.append(
-                FleetScripts.enqueue.command(
-                    keys: [keys.queue(terminal)],
-                    arguments: [entry, String(configuration.offlineQueueCap), ttlMillis, earlierExpiresAt == nil ? "0" : "1"]
-                )
-            )
+            let queue = keys.queue(terminal)
+            if retry {
+                commands.append(
+                    FleetScripts.store.command(
+                        keys: [queue, keys.route(terminal)], arguments: [entry, String(configuration.offlineQueueCap), ttlMillis, "1"]))
+                continue
+            }
+            entries[terminal] = entry
+            commands.append(RedisCommand("RPUSH", queue, entry))
+            // The list lives as long as its longest-lived entry: set when it has no expiry,
+            // extended when this one lives longer.
+            commands.append(RedisCommand("PEXPIRE", queue, ttlMillis, "NX"))
+            commands.append(RedisCommand("PEXPIRE", queue, ttlMillis, "GT"))
+            commands.append(RedisCommand("HGET", keys.route(terminal), "node"))
         }
-        let routeStart = commands.count
-        for terminal in terminals { commands.append(RedisCommand("HGET", keys.route(terminal), "node")) }
         return StoredPushPlan(
-            terminals: terminals, id: id, entries: entries, commands: commands, enqueueStart: enqueueStart, routeStart: routeStart)
+            terminals: terminals, id: id, entries: entries, commands: commands, storeStart: storeStart, retry: retry,
+            completeWhenStored: completeWhenStored && !retry)
     }
 
-    /// A new message's status record: counts, metadata, and `queued` for every target.
-    private func statusRecord(id: String, command: PushCommand, terminals: [String], expiresAt: Int64) -> [RedisCommand] {
-        let targetsKey = keys.messageTargets(id)
+    /// A new unicast message's status record: counts, metadata, and `queued` for every target.
+    private func statusRecord(id: String, command: PushCommand, terminals: [String], expiresAt: Int64, complete: Bool) -> [RedisCommand] {
         let statusKey = keys.messageStatus(id)
-        var commands = statusCommands(id: id, command: command, kind: "unicast", targets: terminals.count)
-        commands.append(RedisCommand("HSET", statusKey, "expiresAt", String(expiresAt)))
-        for chunk in terminals.chunked(500) {
-            commands.append(RedisCommand("HSET", [targetsKey] + chunk.flatMap { [$0, MessageState.queued.rawValue] }))
+        let targetsKey = keys.messageTargets(id)
+        let retention = String(configuration.statusRetention)
+        let targets = String(terminals.count)
+        var fields = [
+            statusKey, "createdAt", String(FleetClock.nowMillis()), "kind", "unicast", "qos", String(command.qos), "ttl",
+            String(command.ttl),
+            "expiresAt", String(expiresAt), "targets", targets, "queued", targets, "delivered", "0", "acknowledged", "0", "expired", "0",
+            "dropped", "0",
+        ]
+        if complete { fields += ["complete", "1"] }
+        var commands = [RedisCommand("HSET", fields), RedisCommand("EXPIRE", statusKey, retention)]
+        for start in stride(from: 0, to: terminals.count, by: 500) {
+            var pairs = [targetsKey]
+            for terminal in terminals[start..<min(start + 500, terminals.count)] { pairs += [terminal, MessageState.queued.rawValue] }
+            commands.append(RedisCommand("HSET", pairs))
         }
-        commands.append(RedisCommand("HINCRBY", statusKey, "queued", String(terminals.count)))
-        commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention)))
+        if !terminals.isEmpty { commands.append(RedisCommand("EXPIRE", targetsKey, retention)) }
         return commands
     }
 
-    /// What follows a stored push's first pipeline: `dropped` for entries the list cap pushed
-    /// out, its targets' nodes added to `wakes`, and the status marked complete.
-    func followUp(_ plan: StoredPushPlan, replies: ArraySlice<RedisReply>, wakes: WakeBatch) -> [RedisCommand] {
+    /// Commands sent once stored pushes' first pipeline answered.
+    struct FollowUp {
         var commands: [RedisCommand] = []
-        let base = replies.startIndex
-        for (offset, terminal) in plan.terminals.enumerated() {
-            for dropped in replies[base + plan.enqueueStart + offset].array ?? [] {
-                guard let text = dropped.string, let message = StoredMessage.decode(text) else { continue }
-                commands.append(transition(message.id, terminal: terminal, to: .dropped))
-            }
-        }
+        /// Where in `commands` a list the push made longer than the cap is trimmed, and whose.
+        var trims: [(index: Int, terminal: String)] = []
+    }
+
+    /// What follows a stored push's first pipeline: lists over the cap trimmed (their oldest
+    /// entries then count as `dropped`), its targets' nodes added to `wakes`, and the status
+    /// marked complete (unless it was created so).
+    func followUp(_ plan: StoredPushPlan, replies: ArraySlice<RedisReply>, wakes: WakeBatch, into followUp: inout FollowUp) {
         var byNode: [String: [String]] = [:]
+        let cap = Int64(configuration.offlineQueueCap)
         for (offset, terminal) in plan.terminals.enumerated() {
-            if let node = replies[base + plan.routeStart + offset].string, !node.isEmpty { byNode[node, default: []].append(terminal) }
+            let node: String?
+            if plan.retry {
+                // The route's node, then what the cap pushed out.
+                let reply = replies[replies.startIndex + plan.storeStart + offset].array ?? []
+                node = reply.first?.string
+                let dropped = reply.dropFirst().compactMap { $0.string.flatMap(StoredMessage.decode) }
+                followUp.commands += dropped.map { transition($0.id, terminal: terminal, to: .dropped) }
+            } else {
+                let base = replies.startIndex + plan.storeStart + offset * Self.plainStoreCommands
+                node = replies[base + 3].string
+                if let length = replies[base].int, length > cap {
+                    followUp.trims.append((followUp.commands.count, terminal))
+                    followUp.commands.append(FleetScripts.trim.command(keys: [keys.queue(terminal)], arguments: [String(cap)]))
+                }
+            }
+            if let node, !node.isEmpty { byNode[node, default: []].append(terminal) }
         }
         wakes.add(byNode, entries: plan.entries)
-        commands.append(RedisCommand("HSET", keys.messageStatus(plan.id), "complete", "1"))
-        return commands
+        if !plan.completeWhenStored { followUp.commands.append(RedisCommand("HSET", keys.messageStatus(plan.id), "complete", "1")) }
+    }
+
+    /// Sends a follow-up, then records `dropped` for the entries its trims pushed out.
+    func send(_ followUp: FollowUp) async throws -> [RedisReply] {
+        guard !followUp.commands.isEmpty else { return [] }
+        let replies = try await redis.pipeline(followUp.commands)
+        var dropped: [RedisCommand] = []
+        for (index, terminal) in followUp.trims {
+            for entry in replies[index].array ?? [] {
+                guard let message = entry.string.flatMap(StoredMessage.decode) else { continue }
+                dropped.append(transition(message.id, terminal: terminal, to: .dropped))
+            }
+        }
+        if !dropped.isEmpty { _ = try await redis.pipeline(dropped) }
+        return replies
     }
 
     private func pushToTerminals(
@@ -182,9 +245,10 @@ public struct PushDispatcher: Sendable {
             throw RedisError(.server, failure.description)
         }
         let batch = wakes ?? WakeBatch()
-        let followUp = self.followUp(plan, replies: replies[...], wakes: batch)
+        var followUp = FollowUp()
+        self.followUp(plan, replies: replies[...], wakes: batch, into: &followUp)
         do {
-            let results = try await redis.pipeline(followUp)
+            let results = try await send(followUp)
             if let failure = results.first(where: \.isError) {
                 logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
             }
@@ -201,7 +265,7 @@ public struct PushDispatcher: Sendable {
     /// An online-only push (ttl 0): nothing is stored; each node holding targets gets the
     /// message once, the others' targets count as dropped.
     private func pushOnline(_ terminals: [String], command: PushCommand, id: String, earlierAttempt: Bool) async throws -> PushReceipt {
-        var commands = earlierAttempt ? [] : statusRecord(id: id, command: command, terminals: terminals, expiresAt: 0)
+        var commands = earlierAttempt ? [] : statusRecord(id: id, command: command, terminals: terminals, expiresAt: 0, complete: false)
         let routeStart = commands.count
         for terminal in terminals { commands.append(RedisCommand("HGET", keys.route(terminal), "node")) }
         let replies = try await redis.pipeline(commands)
@@ -293,7 +357,8 @@ public struct PushDispatcher: Sendable {
         for (index, command) in commands.enumerated() {
             if case .terminals(let terminals) = command.audience, command.ttl > 0, command.idempotencyKey == nil {
                 let plan = planStored(
-                    Array(Set(terminals)).sorted(), command: command, id: FleetClock.newMessageID(), earlierExpiresAt: nil)
+                    Array(Set(terminals)).sorted(), command: command, id: FleetClock.newMessageID(), earlierExpiresAt: nil,
+                    completeWhenStored: true)
                 plans.append((index, plan))
             } else {
                 others.append(index)
@@ -302,22 +367,24 @@ public struct PushDispatcher: Sendable {
         if !plans.isEmpty {
             do {
                 let replies = try await redis.pipeline(plans.flatMap(\.plan.commands))
-                var followUps: [RedisCommand] = []
+                var followUps = FollowUp()
                 var start = 0
                 for (index, plan) in plans {
                     let slice = replies[start..<start + plan.commands.count]
                     start += plan.commands.count
                     if let failure = slice.first(where: \.isError) {
                         results[index] = .failure(RedisError(.server, failure.description))
+                        // Its status was created complete: a refused push leaves no record.
+                        followUps.commands.append(RedisCommand("DEL", keys.messageStatus(plan.id), keys.messageTargets(plan.id)))
                         continue
                     }
-                    followUps += followUp(plan, replies: slice, wakes: wakes)
+                    followUp(plan, replies: slice, wakes: wakes, into: &followUps)
                     results[index] = .success(PushReceipt(id: plan.id, targets: plan.terminals.count))
                     Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", "unicast")]).increment()
                     Counter(label: "pushfleet_control_push_targets_total").increment(by: plan.terminals.count)
                 }
                 do {
-                    _ = try await redis.pipeline(followUps)
+                    _ = try await send(followUps)
                 } catch {
                     // Stored is accepted; the status shows them incomplete until a node delivers.
                     logger.warning("batch stored but not completed", metadata: ["error": "\(error)"])
@@ -356,12 +423,6 @@ public struct PushDispatcher: Sendable {
 
     func transition(_ id: String, terminal: String, to state: MessageState) -> RedisCommand {
         FleetScripts.transition.command(keys: [keys.messageStatus(id), keys.messageTargets(id)], arguments: [terminal, state.rawValue])
-    }
-}
-
-extension Array {
-    func chunked(_ size: Int) -> [ArraySlice<Element>] {
-        stride(from: 0, to: count, by: size).map { self[$0..<Swift.min($0 + size, count)] }
     }
 }
 

@@ -99,6 +99,38 @@ public enum FleetScripts {
         """
     )
 
+    /// Stores a retried push for one terminal unless its entry is there already, and reads
+    /// where the terminal is connected: ``enqueue`` plus the route's `node`.
+    ///
+    /// KEYS: queue, route. ARGV: as ``enqueue``.
+    /// Returns the node id ("" when not connected), then the entries pushed out by the cap.
+    public static let store = RedisScript(
+        """
+        local node = redis.call('HGET', KEYS[2], 'node') or ''
+        if ARGV[4] == '1' and redis.call('LPOS', KEYS[1], ARGV[1]) then return {node} end
+        local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+        local cap = tonumber(ARGV[2])
+        local reply = {node}
+        if n > cap then
+          for _, entry in ipairs(redis.call('LPOP', KEYS[1], n - cap)) do reply[#reply + 1] = entry end
+        end
+        local ttl = tonumber(ARGV[3])
+        if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+        return reply
+        """
+    )
+
+    /// Trims a terminal's list to the cap, oldest first (after plain RPUSHes made it longer).
+    ///
+    /// KEYS: queue. ARGV: cap. Returns the entries removed.
+    public static let trim = RedisScript(
+        """
+        local n = redis.call('LLEN', KEYS[1]) - tonumber(ARGV[1])
+        if n > 0 then return redis.call('LPOP', KEYS[1], n) end
+        return {}
+        """
+    )
+
     /// Moves one terminal's state for a message forward and keeps the counts exact.
     ///
     /// KEYS: message status, message targets. ARGV: terminal, new state.
@@ -216,6 +248,7 @@ public enum FleetScripts {
 
     /// Every script, for SCRIPT LOAD on connect.
     public static let all = [
-        register, unregister, reassertRoute, enqueue, transition, indexUpdate, storedSubscriptions, storeForSubscriber, sweepNode,
+        register, unregister, reassertRoute, enqueue, store, trim, transition, indexUpdate, storedSubscriptions, storeForSubscriber,
+        sweepNode,
     ]
 }

@@ -53,14 +53,110 @@ public struct StoredMessage: Codable, Hashable, Sendable {
     /// Whether the message expired at `nowMillis`.
     public func isExpired(nowMillis: Int64) -> Bool { expiresAt > 0 && expiresAt <= nowMillis }
 
-    /// The JSON text stored in Redis.
+    /// The JSON text stored in Redis (what `FleetJSON.encoder` writes, without its cost).
     public func encoded() -> String {
-        String(decoding: try! FleetJSON.encoder.encode(self), as: UTF8.self)
+        var writer = JSONWriter(capacity: 96 + topic.utf8.count + payload.utf8.count)
+        write(to: &writer)
+        return writer.text
+    }
+
+    func write(to writer: inout JSONWriter) {
+        writer.beginObject()
+        if let contentType {
+            writer.key("contentType")
+            writer.string(contentType)
+        }
+        if let correlation {
+            writer.key("correlation")
+            writer.string(correlation)
+        }
+        writer.key("expiresAt")
+        writer.integer(expiresAt)
+        if let format {
+            writer.key("format")
+            writer.integer(format)
+        }
+        writer.key("id")
+        writer.string(id)
+        if let origin {
+            writer.key("origin")
+            writer.string(origin)
+        }
+        writer.key("payload")
+        writer.string(payload)
+        writer.key("qos")
+        writer.integer(qos)
+        if let responseTopic {
+            writer.key("responseTopic")
+            writer.string(responseTopic)
+        }
+        if let retain {
+            writer.key("retain")
+            writer.bool(retain)
+        }
+        if let session {
+            writer.key("session")
+            writer.bool(session)
+        }
+        writer.key("topic")
+        writer.string(topic)
+        if let user {
+            writer.key("user")
+            writer.beginArray()
+            for pair in user { writer.strings(pair) }
+            writer.endArray()
+        }
+        writer.endObject()
     }
 
     /// Parses a stored JSON entry.
     public static func decode(_ text: String) -> StoredMessage? {
-        try? FleetJSON.decoder.decode(StoredMessage.self, from: Data(text.utf8))
+        var text = text
+        return text.withUTF8 { bytes in
+            var scanner = JSONScanner(bytes)
+            guard let message = StoredMessage(scanning: &scanner), scanner.atEnd() else { return nil }
+            return message
+        }
+    }
+
+    /// Reads one JSON object; unknown keys are skipped, `null` counts as absent.
+    init?(scanning scanner: inout JSONScanner) {
+        guard scanner.beginObject() else { return nil }
+        var id: String?
+        var qos: Int64?
+        var expiresAt: Int64?
+        var topic: String?
+        var payload: String?
+        var message = StoredMessage(id: "", qos: 0, expiresAt: 0, topic: "", payload: [])
+        while let key = scanner.nextKey() {
+            if scanner.null() { continue }
+            switch key {
+            case "id": id = scanner.string()
+            case "qos": qos = scanner.integer()
+            case "expiresAt": expiresAt = scanner.integer()
+            case "topic": topic = scanner.string()
+            case "payload": payload = scanner.string()
+            case "origin": message.origin = scanner.string()
+            case "retain": message.retain = scanner.bool()
+            case "session": message.session = scanner.bool()
+            case "format": message.format = scanner.integer().flatMap { UInt8(exactly: $0) }
+            case "contentType": message.contentType = scanner.string()
+            case "responseTopic": message.responseTopic = scanner.string()
+            case "correlation": message.correlation = scanner.string()
+            case "user": message.user = scanner.stringArrays()
+            default: _ = scanner.skipValue()
+            }
+            if scanner.failed { return nil }
+        }
+        guard !scanner.failed, let id, let qos = qos.flatMap({ UInt8(exactly: $0) }), let expiresAt, let topic, let payload else {
+            return nil
+        }
+        message.id = id
+        message.qos = qos
+        message.expiresAt = expiresAt
+        message.topic = topic
+        message.payload = payload
+        self = message
     }
 }
 
@@ -98,12 +194,76 @@ public struct NodeEvent: Codable, Hashable, Sendable {
         self.target = target
     }
 
+    /// The JSON text sent on node channels (what `FleetJSON.encoder` writes, without its cost).
     public func encoded() -> String {
-        String(decoding: try! FleetJSON.encoder.encode(self), as: UTF8.self)
+        var writer = JSONWriter(capacity: 64 + (entries?.count ?? 0) * 160 + (terminals?.count ?? 0) * 24)
+        writer.beginObject()
+        if let entries {
+            writer.key("entries")
+            writer.strings(entries)
+        }
+        if let epoch {
+            writer.key("epoch")
+            writer.string(epoch)
+        }
+        writer.key("kind")
+        writer.string(kind.rawValue)
+        if let message {
+            writer.key("message")
+            message.write(to: &writer)
+        }
+        if let target {
+            writer.key("target")
+            writer.beginObject()
+            writer.key("ordinary")
+            writer.bool(target.ordinary)
+            writer.key("shares")
+            writer.strings(target.shares)
+            writer.endObject()
+        }
+        if let terminals {
+            writer.key("terminals")
+            writer.strings(terminals)
+        }
+        writer.endObject()
+        return writer.text
     }
 
     public static func decode(_ bytes: [UInt8]) -> NodeEvent? {
-        try? FleetJSON.decoder.decode(NodeEvent.self, from: Data(bytes))
+        bytes.withUnsafeBufferPointer { bytes in
+            var scanner = JSONScanner(bytes)
+            guard scanner.beginObject() else { return nil }
+            var kind: Kind?
+            var event = NodeEvent(kind: .wake)
+            while let key = scanner.nextKey() {
+                if scanner.null() { continue }
+                switch key {
+                case "kind": kind = scanner.string().flatMap(Kind.init(rawValue:))
+                case "terminals": event.terminals = scanner.strings()
+                case "entries": event.entries = scanner.strings()
+                case "epoch": event.epoch = scanner.string()
+                case "message":
+                    guard let message = StoredMessage(scanning: &scanner) else { return nil }
+                    event.message = message
+                case "target":
+                    guard scanner.beginObject() else { return nil }
+                    var target = NodeTarget()
+                    while let key = scanner.nextKey() {
+                        switch key {
+                        case "ordinary": target.ordinary = scanner.bool() ?? false
+                        case "shares": target.shares = scanner.strings() ?? []
+                        default: _ = scanner.skipValue()
+                        }
+                    }
+                    event.target = target
+                default: _ = scanner.skipValue()
+                }
+                if scanner.failed { return nil }
+            }
+            guard !scanner.failed, scanner.atEnd(), let kind else { return nil }
+            event.kind = kind
+            return event
+        }
     }
 }
 

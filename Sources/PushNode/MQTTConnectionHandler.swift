@@ -813,7 +813,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 node.metrics.expired.increment()
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
                 commands.append(RedisCommand("HDEL", node.keys.sent(terminal), message.id))
-                if message.hasStatus { commands.append(transition(message.id, .expired)) }
+                if message.hasStatus { record(message.id, .expired) }
                 continue
             }
             // A terminal that does not read: the rest waits in Redis until it drains its socket.
@@ -840,7 +840,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                     message, delivery: delivery, dup: earlier != nil, entry: entry, tracked: message.hasStatus, packetID: earlier)
             else {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
-                if message.hasStatus { commands.append(transition(message.id, .dropped)) }
+                if message.hasStatus { record(message.id, .dropped) }
                 continue
             }
             if delivery.qos == .atMostOnce {
@@ -849,7 +849,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             } else if packetID != earlier {
                 commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
             }
-            if message.hasStatus { commands.append(transition(message.id, .delivered)) }
+            if message.hasStatus { record(message.id, .delivered) }
         }
         context?.flush()
         if !commands.isEmpty { removeFromList(commands, ids: delivered) }
@@ -960,11 +960,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private func transition(_ messageID: String, _ state: MessageState) -> RedisCommand {
-        FleetScripts.transition.command(
-            keys: [node.keys.messageStatus(messageID), node.keys.messageTargets(messageID)],
-            arguments: [terminal, state.rawValue]
-        )
+    /// Records this terminal's state for a message in its status (batched, see ``StatusRecorder``).
+    private func record(_ messageID: String, _ state: MessageState) {
+        node.status.record(messageID, terminal: terminal, state)
     }
 
     /// QoS 2, first half: the terminal has the message (PUBREC); PUBREL goes out and the
@@ -1032,7 +1030,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             commands.append(RedisCommand("LREM", node.keys.queue(terminal), "1", entry))
             commands.append(RedisCommand("HDEL", node.keys.sent(terminal), done.message.id))
         }
-        if done.tracked { commands.append(transition(done.message.id, .acknowledged)) }
+        if done.tracked { record(done.message.id, .acknowledged) }
         if !commands.isEmpty { removeFromList(commands, ids: done.entry == nil ? [] : [done.message.id]) }
     }
 
@@ -1102,7 +1100,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case .registering:
             guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
                 node.metrics.dropped.increment()
-                if tracked { node.redis.fireAndForget([transition(message.id, .dropped)]) }
+                if tracked { record(message.id, .dropped) }
                 return
             }
             earlyDeliveries.append((message, tracked, false, nil))
@@ -1119,12 +1117,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         // Online-only messages are not kept for a terminal that does not keep up.
         if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && inflight.count >= liveLimit) {
             node.metrics.dropped.increment()
-            if tracked { node.redis.fireAndForget([transition(message.id, .dropped)]) }
+            if tracked { record(message.id, .dropped) }
             return
         }
         let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked) != nil
         context?.flush()
-        if tracked { node.redis.fireAndForget([transition(message.id, sent ? .delivered : .dropped)]) }
+        if tracked { record(message.id, sent ? .delivered : .dropped) }
     }
 
     /// Sends waiting routed messages while the window has room and the socket takes them.

@@ -149,6 +149,7 @@ public final class PushNode: Service, Sendable {
             context.logger.info("push node shutting down")
             for server in servers { try? await server.close() }
             await self.drainSessions()
+            context.status.flush()
             // After the routes' compare-and-delete scripts (same connection, in order).
             _ = try? await context.redis.pipeline([
                 RedisCommand("DEL", keys.node(configuration.nodeID)),
@@ -244,21 +245,14 @@ public final class PushNode: Service, Sendable {
             case .deliver:
                 guard let pushed = event.message else { continue }
                 if let terminals = event.terminals {
-                    var gone: [RedisCommand] = []
                     for terminal in terminals {
                         if let handle = registry.handle(for: terminal) {
                             handle.execute { $0.deliverLive(pushed, tracked: true) }
                         } else {
                             // It left between the control node's route read and now: online-only means dropped.
-                            gone.append(
-                                FleetScripts.transition.command(
-                                    keys: [configuration.keys.messageStatus(pushed.id), configuration.keys.messageTargets(pushed.id)],
-                                    arguments: [terminal, MessageState.dropped.rawValue]
-                                )
-                            )
+                            context.status.record(pushed.id, terminal: terminal, .dropped)
                         }
                     }
-                    if !gone.isEmpty { context.redis.fireAndForget(gone) }
                 } else {
                     for handle in registry.all { handle.execute { $0.deliverLive(pushed, tracked: false) } }
                 }

@@ -19,6 +19,8 @@ final class PushNodeContext: Sendable {
     let local: LocalSubscriptions
     let acl: TopicACL
     let router: TopicRouter
+    /// Delivery states for the messages' status records, batched.
+    let status: StatusRecorder
 
     init(
         configuration: PushNodeConfiguration, redis: RedisConnection, registry: SessionRegistry, credentials: CredentialAuthority,
@@ -36,6 +38,7 @@ final class PushNodeContext: Sendable {
         self.local = local
         self.acl = acl
         self.router = router
+        self.status = StatusRecorder(redis: redis, keys: configuration.keys)
     }
 
     var keys: FleetKeys { configuration.keys }

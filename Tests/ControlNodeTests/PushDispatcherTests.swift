@@ -87,6 +87,17 @@ struct PushDispatcherTests {
         await redis.close()
     }
 
+    @Test func batchOverTheCapDropsTheOldestAndCountsIt() async throws {
+        let commands = (0..<5).map { PushCommand(audience: .terminals(["b"]), payload: [UInt8($0)]) }
+        let ids = try await dispatcher.pushMany(commands, wakes: WakeBatch()).map { try $0.get().id }
+        // One pipeline stores all five: the list is trimmed back to the cap right after.
+        #expect(try await queue("b").count == 3)
+        let dropped = try await ids.asyncMap { try await status($0)["dropped"] ?? -1 }
+        #expect(dropped.reduce(0, +) == 2)
+        #expect(try await status(ids[4]) == ["targets": 1, "queued": 1, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0])
+        await redis.close()
+    }
+
     @Test func capDropsTheOldestAndCountsIt() async throws {
         var ids: [String] = []
         for index in 0..<4 {
@@ -180,5 +191,13 @@ struct PushDispatcherTests {
         #expect(throws: APIError.self) { try PushCommand(audience: .broadcast, payload: big).validate(configuration) }
         try PushCommand(audience: .topic("news/x"), payload: []).validate(configuration)
         server.stop()
+    }
+}
+
+extension Array {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var results: [T] = []
+        for element in self { results.append(try await transform(element)) }
+        return results
     }
 }

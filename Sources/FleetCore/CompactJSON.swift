@@ -1,0 +1,336 @@
+/// Writes JSON text for the fleet's hot-path records (stored entries, node events) without
+/// Foundation's `JSONEncoder`, producing the same text it does with `.sortedKeys` and
+/// `.withoutEscapingSlashes`: callers write keys in sorted order.
+struct JSONWriter {
+    private(set) var bytes: [UInt8] = []
+    /// Bit `depth` set: the container at that depth has no element yet.
+    private var empty: UInt64 = 0
+    private var depth = 0
+
+    init(capacity: Int = 128) {
+        bytes.reserveCapacity(capacity)
+    }
+
+    var text: String { String(decoding: bytes, as: UTF8.self) }
+
+    mutating func beginObject() { open(UInt8(ascii: "{")) }
+    mutating func endObject() { close(UInt8(ascii: "}")) }
+    mutating func beginArray() { open(UInt8(ascii: "[")) }
+    mutating func endArray() { close(UInt8(ascii: "]")) }
+
+    /// Writes `"name":`; the value follows.
+    mutating func key(_ name: String) {
+        separate()
+        quoted(name)
+        bytes.append(UInt8(ascii: ":"))
+        // The value is not an element of its own.
+        empty |= 1 << depth
+    }
+
+    mutating func string(_ value: String) {
+        separate()
+        quoted(value)
+    }
+
+    mutating func integer<I: BinaryInteger>(_ value: I) {
+        separate()
+        bytes.append(contentsOf: String(value).utf8)
+    }
+
+    mutating func bool(_ value: Bool) {
+        separate()
+        bytes.append(contentsOf: (value ? "true" : "false").utf8)
+    }
+
+    mutating func strings(_ values: [String]) {
+        beginArray()
+        for value in values { string(value) }
+        endArray()
+    }
+
+    private mutating func open(_ byte: UInt8) {
+        separate()
+        bytes.append(byte)
+        depth += 1
+        empty |= 1 << depth
+    }
+
+    private mutating func close(_ byte: UInt8) {
+        bytes.append(byte)
+        depth -= 1
+    }
+
+    /// A comma before every element of a container but its first.
+    private mutating func separate() {
+        let bit: UInt64 = 1 << depth
+        if empty & bit != 0 {
+            empty &= ~bit
+        } else if depth > 0 {
+            bytes.append(UInt8(ascii: ","))
+        }
+    }
+
+    private mutating func quoted(_ value: String) {
+        bytes.append(UInt8(ascii: "\""))
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), byte])
+            case UInt8(ascii: "\\"): bytes.append(contentsOf: [UInt8(ascii: "\\"), byte])
+            case 0x08: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "b")])
+            case 0x0C: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "f")])
+            case 0x0A: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+            case 0x0D: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+            case 0x09: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            case 0..<0x20:
+                bytes.append(contentsOf: "\\u00".utf8)
+                bytes.append(Self.hexDigits[Int(byte >> 4)])
+                bytes.append(Self.hexDigits[Int(byte & 0x0F)])
+            default: bytes.append(byte)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+}
+
+/// Reads JSON text field by field, for the records ``JSONWriter`` writes (and any other valid
+/// JSON of the same shape: whitespace, escapes and unknown keys are accepted).
+///
+/// Every read returns nil (or false) on malformed input and marks the scanner failed.
+struct JSONScanner {
+    private let bytes: UnsafeBufferPointer<UInt8>
+    private var position = 0
+    private(set) var failed = false
+
+    init(_ bytes: UnsafeBufferPointer<UInt8>) {
+        self.bytes = bytes
+    }
+
+    /// Whether only whitespace is left.
+    mutating func atEnd() -> Bool {
+        skipWhitespace()
+        return position == bytes.count
+    }
+
+    mutating func beginObject() -> Bool { expect(UInt8(ascii: "{")) }
+
+    /// The next key of the object being read (its `:` consumed), or nil at its end (or on
+    /// malformed input: check ``failed``).
+    mutating func nextKey() -> String? {
+        guard !failed else { return nil }
+        skipWhitespace()
+        guard position < bytes.count else { return fail() }
+        if bytes[position] == UInt8(ascii: "}") {
+            position += 1
+            return nil
+        }
+        if bytes[position] == UInt8(ascii: ",") {
+            position += 1
+            skipWhitespace()
+        }
+        guard let key = string(), expect(UInt8(ascii: ":")) else { return fail() }
+        return key
+    }
+
+    /// Whether the next value is `null` (consumed if so).
+    mutating func null() -> Bool {
+        skipWhitespace()
+        guard bytes.count - position >= 4, bytes[position] == UInt8(ascii: "n") else { return false }
+        guard literal("null") else { return false }
+        return true
+    }
+
+    mutating func string() -> String? {
+        guard expect(UInt8(ascii: "\"")) else { return nil }
+        let start = position
+        while position < bytes.count {
+            let byte = bytes[position]
+            if byte == UInt8(ascii: "\"") {
+                let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
+                position += 1
+                return text
+            }
+            if byte == UInt8(ascii: "\\") { return escapedString(from: start) }
+            if byte < 0x20 { return fail() }
+            position += 1
+        }
+        return fail()
+    }
+
+    mutating func integer() -> Int64? {
+        skipWhitespace()
+        var negative = false
+        if position < bytes.count, bytes[position] == UInt8(ascii: "-") {
+            negative = true
+            position += 1
+        }
+        var value: Int64 = 0
+        let start = position
+        while position < bytes.count, case let digit = bytes[position] &- UInt8(ascii: "0"), digit < 10 {
+            let (times10, overflow1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, overflow2) = times10.addingReportingOverflow(Int64(digit))
+            guard !overflow1, !overflow2 else { return fail() }
+            value = sum
+            position += 1
+        }
+        guard position > start else { return fail() }
+        return negative ? -value : value
+    }
+
+    mutating func bool() -> Bool? {
+        skipWhitespace()
+        guard position < bytes.count else { return fail() }
+        if bytes[position] == UInt8(ascii: "t") { return literal("true") ? true : nil }
+        return literal("false") ? false : nil
+    }
+
+    mutating func strings() -> [String]? {
+        guard expect(UInt8(ascii: "[")) else { return nil }
+        var values: [String] = []
+        if peek(UInt8(ascii: "]")) { return values }
+        repeat {
+            guard let value = string() else { return nil }
+            values.append(value)
+        } while peek(UInt8(ascii: ","))
+        return expect(UInt8(ascii: "]")) ? values : nil
+    }
+
+    mutating func stringArrays() -> [[String]]? {
+        guard expect(UInt8(ascii: "[")) else { return nil }
+        var values: [[String]] = []
+        if peek(UInt8(ascii: "]")) { return values }
+        repeat {
+            guard let value = strings() else { return nil }
+            values.append(value)
+        } while peek(UInt8(ascii: ","))
+        return expect(UInt8(ascii: "]")) ? values : nil
+    }
+
+    /// Skips one value of any kind (an unknown key's).
+    mutating func skipValue() -> Bool {
+        skipWhitespace()
+        guard position < bytes.count else { return fail() ?? false }
+        switch bytes[position] {
+        case UInt8(ascii: "\""):
+            return string() != nil
+        case UInt8(ascii: "{"), UInt8(ascii: "["):
+            let opening = bytes[position]
+            let closing = opening == UInt8(ascii: "{") ? UInt8(ascii: "}") : UInt8(ascii: "]")
+            position += 1
+            if peek(closing) { return true }
+            repeat {
+                if opening == UInt8(ascii: "{") {
+                    guard string() != nil, expect(UInt8(ascii: ":")) else { return false }
+                }
+                guard skipValue() else { return false }
+            } while peek(UInt8(ascii: ","))
+            return expect(closing)
+        case UInt8(ascii: "t"), UInt8(ascii: "f"):
+            return bool() != nil
+        case UInt8(ascii: "n"):
+            return literal("null")
+        default:
+            // A number: digits, sign, fraction, exponent.
+            let start = position
+            while position < bytes.count, Self.numberBytes.contains(bytes[position]) { position += 1 }
+            return position > start ? true : (fail() ?? false)
+        }
+    }
+
+    private static let numberBytes = Set("+-.0123456789eE".utf8)
+
+    private mutating func escapedString(from start: Int) -> String? {
+        var text = Array(UnsafeBufferPointer(rebasing: bytes[start..<position]))
+        while position < bytes.count {
+            let byte = bytes[position]
+            position += 1
+            switch byte {
+            case UInt8(ascii: "\""):
+                return String(decoding: text, as: UTF8.self)
+            case UInt8(ascii: "\\"):
+                guard position < bytes.count else { return fail() }
+                let escape = bytes[position]
+                position += 1
+                switch escape {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): text.append(escape)
+                case UInt8(ascii: "b"): text.append(0x08)
+                case UInt8(ascii: "f"): text.append(0x0C)
+                case UInt8(ascii: "n"): text.append(0x0A)
+                case UInt8(ascii: "r"): text.append(0x0D)
+                case UInt8(ascii: "t"): text.append(0x09)
+                case UInt8(ascii: "u"):
+                    guard var scalar = hex4() else { return nil }
+                    if (0xD800..<0xDC00).contains(scalar) {
+                        // A surrogate pair: the low half must follow.
+                        guard literal("\\u"), let low = hex4(), (0xDC00..<0xE000).contains(low) else { return fail() }
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    guard let unicode = Unicode.Scalar(scalar) else { return fail() }
+                    text.append(contentsOf: String(Character(unicode)).utf8)
+                default:
+                    return fail()
+                }
+            case 0..<0x20:
+                return fail()
+            default:
+                text.append(byte)
+            }
+        }
+        return fail()
+    }
+
+    private mutating func hex4() -> UInt32? {
+        guard bytes.count - position >= 4 else { return fail() }
+        var value: UInt32 = 0
+        for _ in 0..<4 {
+            let byte = bytes[position]
+            let digit: UInt8
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
+            default: return fail()
+            }
+            value = value << 4 | UInt32(digit)
+            position += 1
+        }
+        return value
+    }
+
+    private mutating func literal(_ word: StaticString) -> Bool {
+        let count = word.utf8CodeUnitCount
+        guard bytes.count - position >= count else { return fail() ?? false }
+        for offset in 0..<count where bytes[position + offset] != word.utf8Start[offset] {
+            return fail() ?? false
+        }
+        position += count
+        return true
+    }
+
+    /// Consumes `byte` (after whitespace) if it is next.
+    private mutating func peek(_ byte: UInt8) -> Bool {
+        skipWhitespace()
+        guard position < bytes.count, bytes[position] == byte else { return false }
+        position += 1
+        return true
+    }
+
+    private mutating func expect(_ byte: UInt8) -> Bool {
+        peek(byte) ? true : (fail() ?? false)
+    }
+
+    private mutating func skipWhitespace() {
+        while position < bytes.count {
+            switch bytes[position] {
+            case UInt8(ascii: " "), UInt8(ascii: "\n"), UInt8(ascii: "\r"), UInt8(ascii: "\t"): position += 1
+            default: return
+            }
+        }
+    }
+
+    private mutating func fail<T>() -> T? {
+        failed = true
+        return nil
+    }
+}
