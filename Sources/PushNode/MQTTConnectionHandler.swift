@@ -115,6 +115,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// a new entry handed over by a wake event is the next one in order.
     private var caughtUp = false
     private var refillAgain = false
+    /// Packets of one socket read are being handled: flushes wait for the read's end, so the
+    /// messages that several acknowledgements let out leave in one write.
+    private var reading = false
+    private var flushDeferred = false
 
     init(node: PushNodeContext, encoder: MQTTPacketEncoder) {
         self.node = node
@@ -122,6 +126,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     // MARK: Channel events
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        reading = false
+        if flushDeferred {
+            flushDeferred = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -134,6 +147,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let packet = unwrapInboundIn(data)
         lastReceived = .now()
+        reading = true
         switch phase {
         case .awaitingConnect:
             guard case .connect(let connect) = packet else {
@@ -414,7 +428,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let early = earlyPackets
         earlyPackets = []
         for packet in early { process(packet) }
-        context?.flush()
+        flush()
     }
 
     /// Refuses the CONNECT; MQTT 5 clients also get `reason` as the reason string.
@@ -586,7 +600,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             wrote = true
         }
-        if wrote { context?.flush() }
+        if wrote { flush() }
     }
 
     private func released(_ packetID: UInt16) {
@@ -727,7 +741,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                     message, delivery: Delivery(qos: qos, retain: true, subscriptionIdentifiers: identifiers), dup: false, entry: nil,
                     tracked: false)
             }
-            handler.context?.flush()
+            handler.flush()
         }
     }
 
@@ -851,7 +865,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             if message.hasStatus { record(message.id, .delivered) }
         }
-        context?.flush()
+        flush()
         if !commands.isEmpty { removeFromList(commands, ids: delivered) }
         if wholeList && entries.count >= window && commands.contains(where: { $0.name == "LREM" }) {
             refillAgain = true
@@ -900,15 +914,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// been sent (MQTT 5 3.1.2.11.4).
     @discardableResult
     private func send(
-        _ message: StoredMessage, delivery: Delivery, dup: Bool, entry: String?, tracked: Bool, packetID preferred: UInt16? = nil
+        _ message: StoredMessage, delivery: Delivery, dup: Bool, entry: String?, tracked: Bool, packetID preferred: UInt16? = nil,
+        payload shared: ByteBuffer? = nil
     ) -> UInt16? {
         let properties =
             version.hasProperties
             ? message.outboundProperties(subscriptionIdentifiers: delivery.subscriptionIdentifiers, nowMillis: FleetClock.nowMillis())
             : []
-        let bytes = message.payloadBytes
-        var payload = context?.channel.allocator.buffer(capacity: bytes.count) ?? ByteBuffer()
-        payload.writeBytes(bytes)
+        let payload = shared ?? message.payloadBuffer()
         var publish = MQTTPublishPacket(
             topicName: message.topic, payload: payload, qos: delivery.qos, packetIdentifier: delivery.qos == .atMostOnce ? nil : 1,
             dup: dup, retain: delivery.retain, properties: properties)
@@ -1095,7 +1108,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// Delivers a message that was not stored (online-only unicast, broadcast, topic push)
     /// if one of the session's subscriptions matches its topic. Before the stored backlog went
     /// out, live messages wait (bounded) so they never overtake it.
-    func deliverLive(_ message: StoredMessage, tracked: Bool) {
+    ///
+    /// `payload`: the message's payload decoded once for all the sessions it goes to.
+    func deliverLive(_ message: StoredMessage, tracked: Bool, payload: ByteBuffer? = nil) {
         switch phase {
         case .registering:
             guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
@@ -1120,8 +1135,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             if tracked { record(message.id, .dropped) }
             return
         }
-        let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked) != nil
-        context?.flush()
+        let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked, payload: payload) != nil
+        flush()
         if tracked { record(message.id, sent ? .delivered : .dropped) }
     }
 
@@ -1134,7 +1149,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             guard let delivery = delivery(for: first.message, shared: first.shared) else { continue }
             sent = send(first.message, delivery: delivery, dup: false, entry: nil, tracked: false) != nil || sent
         }
-        if sent { context?.flush() }
+        if sent { flush() }
     }
 
     /// Unacknowledged messages beyond the stored window that live messages may add: a little
@@ -1147,7 +1162,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// the shared subscription this session was picked for). For a persistent session a QoS
     /// 1/2 message is written to Redis while in flight, so a reconnect on any node gets it
     /// again; when the session cannot take it now it waits there instead of being dropped.
-    func deliverPublished(_ message: StoredMessage, shared: String?) {
+    func deliverPublished(_ message: StoredMessage, shared: String?, payload: ByteBuffer? = nil) {
         switch phase {
         case .registering:
             guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
@@ -1195,11 +1210,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             return
         }
-        if let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false), keep {
+        if let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false, payload: payload), keep {
             commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
             node.redis.fireAndForget(commands)
         }
-        context?.flush()
+        flush()
     }
 
     // MARK: Lifecycle
@@ -1294,18 +1309,29 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// Flushes now, or at the end of the socket read being handled.
+    private func flush() {
+        if reading {
+            flushDeferred = true
+        } else {
+            context?.flush()
+        }
+    }
+
     private func write(_ packet: MQTTPacket, flush: Bool) {
         guard let context else { return }
-        if flush {
-            context.writeAndFlush(wrapOutboundOut(packet), promise: nil)
-        } else {
-            context.write(wrapOutboundOut(packet), promise: nil)
-        }
+        context.write(wrapOutboundOut(packet), promise: nil)
+        if flush { self.flush() }
     }
 
     private func close() {
         guard let context else { return }
         if case .closed = phase { return }
+        // What was written during this read (a refusing CONNACK, a DISCONNECT) goes out first.
+        if flushDeferred {
+            flushDeferred = false
+            context.flush()
+        }
         context.close(promise: nil)
     }
 }

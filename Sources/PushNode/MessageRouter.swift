@@ -26,10 +26,12 @@ extension PushNodeContext {
     static func deliver(
         _ message: StoredMessage, target: NodeTarget, local: LocalSubscriptions, registry: SessionRegistry, metrics: PushNodeMetrics
     ) {
+        // Decoded once for every receiver.
+        let payload = message.payloadBuffer()
         if target.ordinary {
             for member in local.members(matching: message.topic) {
                 guard let handle = registry.handle(for: member.terminal), handle.epoch == member.epoch else { continue }
-                handle.execute { $0.deliverPublished(message, shared: nil) }
+                handle.execute { $0.deliverPublished(message, shared: nil, payload: payload) }
             }
         }
         for shared in target.shares {
@@ -39,7 +41,7 @@ extension PushNodeContext {
                 metrics.dropped.increment()
                 continue
             }
-            handle.execute { $0.deliverPublished(message, shared: shared) }
+            handle.execute { $0.deliverPublished(message, shared: shared, payload: payload) }
         }
     }
 

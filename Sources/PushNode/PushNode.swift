@@ -254,7 +254,8 @@ public final class PushNode: Service, Sendable {
                         }
                     }
                 } else {
-                    for handle in registry.all { handle.execute { $0.deliverLive(pushed, tracked: false) } }
+                    let payload = pushed.payloadBuffer()
+                    for handle in registry.all { handle.execute { $0.deliverLive(pushed, tracked: false, payload: payload) } }
                 }
             }
         }

@@ -91,6 +91,15 @@ extension StoredMessage {
         return properties
     }
 
+    /// The payload bytes in a buffer (decoded from base64 straight into it).
+    func payloadBuffer() -> ByteBuffer {
+        guard let data = Data(base64Encoded: payload) else { return ByteBuffer() }
+        var buffer = ByteBuffer()
+        buffer.reserveCapacity(data.count)
+        buffer.writeBytes(data)
+        return buffer
+    }
+
     /// A size the encoded PUBLISH does not exceed, to honour a client's maximum packet size.
     func encodedSizeBound(topicAliasOnly: Bool) -> Int {
         var size = 16 + (topicAliasOnly ? 0 : topic.utf8.count) + payload.utf8.count * 3 / 4 + 3
