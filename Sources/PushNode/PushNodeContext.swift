@@ -38,7 +38,7 @@ final class PushNodeContext: Sendable {
         self.local = local
         self.acl = acl
         self.router = router
-        self.status = StatusRecorder(redis: redis, keys: configuration.keys)
+        self.status = StatusRecorder(redis: redis, keys: configuration.keys, logger: logger)
     }
 
     var keys: FleetKeys { configuration.keys }

@@ -1,17 +1,20 @@
 import FleetCore
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 
-/// Records delivery states in the messages' status records late and many at once: a QoS 1
-/// message usually goes from sent to acknowledged within the delay, and then one
-/// ``FleetScripts/transition`` records both steps (it counts an acknowledged target as
-/// delivered too). The states only move forward, so merging keeps the most advanced one.
+/// Records delivery states in the messages' status records. `delivered` waits one to two
+/// ticks of `interval` (each tick sends the states recorded during the tick before): a QoS 1
+/// message is usually acknowledged within that time, and its final state then replaces the
+/// waiting `delivered` (``FleetScripts/transition`` counts an acknowledged target as delivered
+/// too), one script call instead of two. Final states (acknowledged, expired, dropped) go at
+/// once, in the same flush as the command that removes the message from its list, so a node
+/// that dies never leaves a removed message without its final state; it loses at most
+/// `delivered` states of messages still in their lists, which another node delivers again.
 ///
-/// A state waits between one and two ticks of `interval`: each tick sends the states recorded
-/// during the tick before and keeps the newer ones for the next. A node that dies loses at most
-/// that window's state changes; the messages themselves are unaffected (their lists are the
-/// truth).
+/// States Redis did not take (it was down or restarting) are sent again with the next tick;
+/// the script ignores a state it has already applied.
 final class StatusRecorder: Sendable {
     /// message id -> terminal -> the most advanced state recorded.
     private typealias States = [String: [String: MessageState]]
@@ -28,15 +31,29 @@ final class StatusRecorder: Sendable {
     private let keys: FleetKeys
     private let interval: TimeAmount
     private let pending = NIOLockedValueBox(Pending())
+    /// Messages whose states are kept for a Redis that does not answer, at most; beyond it
+    /// states that failed are dropped.
+    private let limit: Int
+    private let logger: Logger
 
-    init(redis: RedisConnection, keys: FleetKeys, interval: TimeAmount = .milliseconds(20)) {
+    init(redis: RedisConnection, keys: FleetKeys, logger: Logger, interval: TimeAmount = .milliseconds(20), limit: Int = 200_000) {
         self.redis = redis
         self.keys = keys
+        self.logger = logger
         self.interval = interval
+        self.limit = limit
     }
 
     /// Records that `terminal`'s copy of message `id` reached `state`.
     func record(_ id: String, terminal: String, _ state: MessageState) {
+        guard state.rank < MessageState.acknowledged.rank else {
+            // Final: sent now; a `delivered` still waiting is replaced by it.
+            pending.withLockedValue { pending in
+                if pending.old[id]?.removeValue(forKey: terminal) != nil, pending.old[id]!.isEmpty { pending.old[id] = nil }
+                if pending.young[id]?.removeValue(forKey: terminal) != nil, pending.young[id]!.isEmpty { pending.young[id] = nil }
+            }
+            return send([id: [terminal: state]])
+        }
         let start = pending.withLockedValue { pending in
             if let earlier = pending.old[id]?[terminal] {
                 pending.old[id]![terminal] = Self.merged(earlier, state)
@@ -83,7 +100,31 @@ final class StatusRecorder: Sendable {
                         keys: [keys.messageStatus(id), keys.messageTargets(id)], arguments: [terminal, state.rawValue]))
             }
         }
-        if !commands.isEmpty { redis.fireAndForget(commands) }
+        guard !commands.isEmpty else { return }
+        redis.pipelineFuture(commands).whenComplete { result in
+            switch result {
+            case .success(let replies):
+                if let failure = replies.first(where: \.isError) {
+                    self.logger.warning("recording delivery states failed", metadata: ["error": "\(failure)"])
+                }
+            case .failure:
+                self.retry(states, count: commands.count)
+            }
+        }
+    }
+
+    /// Puts states Redis did not take back for the next tick.
+    private func retry(_ states: States, count: Int) {
+        let (start, dropped) = pending.withLockedValue { pending -> (Bool, Bool) in
+            guard pending.young.count + pending.old.count + states.count <= limit else { return (false, true) }
+            pending.young.merge(states) { young, retried in young.merging(retried, uniquingKeysWith: Self.merged) }
+            defer { pending.ticking = true }
+            return (!pending.ticking, false)
+        }
+        if dropped {
+            logger.warning("Redis unavailable: delivery states dropped from message status", metadata: ["states": "\(count)"])
+        }
+        if start { scheduleTick() }
     }
 
     /// The more advanced of two states; between two final ones, the first recorded (as the
