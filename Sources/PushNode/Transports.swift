@@ -81,8 +81,7 @@ extension ChannelPipeline.SynchronousOperations {
     func addMQTTHandlers(node: PushNodeContext) throws {
         let encoder = MQTTPacketEncoder()
         try addHandlers([
-            ByteToMessageHandler(MQTTPacketDecoder(maximumPacketSize: node.configuration.maximumPacketSize)),
-            MessageToByteHandler(encoder),
+            MQTTCodecHandler(maximumPacketSize: node.configuration.maximumPacketSize, encoder: encoder),
             MQTTConnectionHandler(node: node, encoder: encoder),
         ])
     }

@@ -60,6 +60,45 @@ struct ChannelTests {
         try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: pairs) { MQTTPacketDecoder() }
     }
 
+    @Test func codecHandlerDecodesAnyChunkingAndEncodesWhatTheCodecWrites() throws {
+        var stream = ByteBuffer()
+        for packet in Self.packets { try packet.write(to: &stream, version: .v3_1_1) }
+        // Whole, byte by byte, and in uneven pieces: the same packets come out.
+        for chunk in [stream.readableBytes, 1, 7, 100] {
+            let channel = EmbeddedChannel(handler: MQTTCodecHandler(maximumPacketSize: 1 << 20))
+            var input = stream
+            while input.readableBytes > 0 {
+                try channel.writeInbound(input.readSlice(length: min(chunk, input.readableBytes))!)
+            }
+            var decoded: [MQTTPacket] = []
+            while let packet = try channel.readInbound(as: MQTTPacket.self) { decoded.append(packet) }
+            #expect(decoded == Self.packets, "chunks of \(chunk)")
+            for packet in Self.packets {
+                try channel.writeOutbound(packet)
+                var expected = ByteBuffer()
+                try packet.write(to: &expected, version: .v3_1_1)
+                #expect(try channel.readOutbound(as: ByteBuffer.self) == expected)
+            }
+            #expect(try channel.finish().isClean)
+        }
+    }
+
+    @Test func codecHandlerStopsAtAMalformedPacket() throws {
+        let channel = EmbeddedChannel(handler: MQTTCodecHandler(maximumPacketSize: 64))
+        var bytes = ByteBuffer()
+        try MQTTPacket.pingReq.write(to: &bytes, version: .v3_1_1)
+        bytes.writeBytes([0x00, 0x00])  // packet type 0 is reserved
+        try MQTTPacket.pingReq.write(to: &bytes, version: .v3_1_1)
+        #expect(throws: MQTTCodecError.self) { try channel.writeInbound(bytes) }
+        #expect(try channel.readInbound(as: MQTTPacket.self) == .pingReq)
+        #expect(try channel.readInbound(as: MQTTPacket.self) == nil)  // nothing after the bad one
+        _ = try? channel.finish()
+        // A packet over the maximum size fails before its body arrives.
+        let small = EmbeddedChannel(handler: MQTTCodecHandler(maximumPacketSize: 64))
+        #expect(throws: MQTTCodecError.self) { try small.writeInbound(ByteBuffer(bytes: [0x30, 0xC8, 0x01])) }
+        _ = try? small.finish()
+    }
+
     @Test func topicFilters() {
         #expect(MQTTTopic.isValidFilter("a/+/c"))
         #expect(MQTTTopic.isValidFilter("#"))

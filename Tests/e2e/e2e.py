@@ -73,7 +73,13 @@ def test_offline_terminal_gets_every_message_in_order_on_the_other_node(fleet):
     sub = mosquitto_sub(fleet.node_ports[1], "tv-7", password, 5, extra=("-c",))
     out, _ = sub.communicate(timeout=25)
     assert out.splitlines() == [f"m{i}" for i in range(5)], out
-    wait_for(lambda: fleet.api("GET", f"/v1/terminals/tv-7")[1]["queued"] == 0, what="list drained after PUBACKs")
+    try:
+        wait_for(lambda: fleet.api("GET", f"/v1/terminals/tv-7")[1]["queued"] == 0, what="list drained after PUBACKs")
+    except AssertionError as error:
+        # Seen about once in ten suite runs and not reproduced alone: say what was left.
+        left = fleet.redis_cli("LRANGE", "pushfleet:{t:tv-7}:queue", "0", "-1")
+        sent = fleet.redis_cli("HGETALL", "pushfleet:{t:tv-7}:sent")
+        raise AssertionError(f"{error}; still stored: {left!r}; sent: {sent!r}; ids: {ids}") from error
     for message_id in ids:
         wait_for(lambda: fleet.api("GET", f"/v1/messages/{message_id}")[1]["acknowledged"] == 1, what="acknowledged")
 
