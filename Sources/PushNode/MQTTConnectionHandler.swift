@@ -22,6 +22,17 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case closed
     }
 
+    private final class Will {
+        let message: StoredMessage
+        /// Seconds after the connection ends (MQTT 5 will delay interval).
+        let delay: UInt32
+
+        init(message: StoredMessage, delay: UInt32) {
+            self.message = message
+            self.delay = delay
+        }
+    }
+
     /// A QoS 1 or 2 message written to the terminal and not yet acknowledged.
     private struct Inflight {
         var message: StoredMessage
@@ -81,8 +92,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var drainReason = MQTTReasonCode.serverShuttingDown
     /// Keep alive the node imposed (MQTT 5 server keep alive), if any.
     private var serverKeepAlive: UInt16?
-    private var will: StoredMessage?
-    private var willDelay: UInt32 = 0
+    /// The CONNECT's will, boxed: most terminals have none, and inline it would cost every
+    /// connection the size of a ``StoredMessage`` (~170 bytes).
+    private var will: Will?
     /// A DISCONNECT arrived: no will unless it asked for one (MQTT 5 reason 0x04).
     private var disconnected = false
     private var wasTakenOver = false
@@ -275,10 +287,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         terminal = clientID
         persistentAtConnect = sessionExpiry > 0
         if let will = connect.will {
-            self.will = StoredMessage(
+            let message = StoredMessage(
                 published: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties,
                 origin: clientID)
-            willDelay = will.properties.integer(.willDelayInterval) ?? 0
+            self.will = Will(message: message, delay: will.properties.integer(.willDelayInterval) ?? 0)
         }
         epoch = FleetClock.newEpoch()
         connectedAt = FleetClock.nowMillis()
@@ -614,7 +626,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     /// Publishes the will (after its delay, unless the session came back on any node by then).
     private func publishWill() {
-        guard let will else { return }
+        guard let will = self.will?.message, let willDelay = self.will?.delay else { return }
         self.will = nil
         guard node.acl.mayPublish(will.topic, terminal: terminal) else { return }
         // The will waits no longer than the session lives; a takeover continues the session,
