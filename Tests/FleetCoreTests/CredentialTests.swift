@@ -1,4 +1,5 @@
 import FleetCore
+import Foundation
 import Testing
 
 struct CredentialTests {
@@ -23,6 +24,22 @@ struct CredentialTests {
         let parts = issued.password.split(separator: ".")
         let forged = "v1.\(parts[1]).9999999999.\(parts[3])"
         #expect(authority.verify(terminal: "t1", password: forged, now: 1_000) == .failure(.badSignature))
+    }
+
+    @Test func base64URLAgreesWithStandardBase64() {
+        for length in 0..<40 {
+            let data = Data((0..<length).map { _ in UInt8.random(in: 0...255) })
+            let standard = data.base64EncodedString()
+            let url = data.base64URLEncodedString()
+            #expect(!url.contains("=") && !url.contains("+") && !url.contains("/"))
+            #expect(
+                url
+                    == standard.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+                    .replacingOccurrences(of: "=", with: ""))
+            #expect(Data(base64URL: url) == data)
+        }
+        #expect(Data(base64URL: "a+b/") == nil)  // standard alphabet is not base64url
+        #expect(Data(base64URL: "a*b") == nil)
     }
 
     @Test func terminalIDs() {
