@@ -67,7 +67,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var keepAlive: TimeAmount = .zero
     private var connectProperties: MQTTProperties = []
     private var lastReceived = NIODeadline.now()
-    private var keepAliveCheck: Scheduled<Void>?
+    /// Where this connection is in its event loop's ``KeepAliveSweeper`` (-1: not in it).
+    var sweepSlot = -1
     private var connectDeadline: Scheduled<Void>?
     private var handle: SessionHandle?
 
@@ -206,7 +207,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         if case .registering = phase { unregisterRoute() }
         phase = .closed
-        keepAliveCheck?.cancel()
+        if sweepSlot >= 0 { node.keepAliveSweepers.sweeper(for: context.eventLoop).remove(self) }
         connectDeadline?.cancel()
         if wasActive {
             node.metrics.connections.decrement()
@@ -1038,7 +1039,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     private func acknowledged(_ packetID: UInt16) {
         // A PUBACK for a packet id not in flight at QoS 1 (a late duplicate) is ignored.
-        guard let done = inflight[packetID], done.qos == .atLeastOnce else { return }
+        guard let done = inflight[packetID], done.qos == .atLeastOnce else {
+            return logger.debug("PUBACK for a packet not in flight", metadata: ["packet": "\(packetID)", "phase": "\(phase)"])
+        }
         inflight[packetID] = nil
         inflightIDs.remove(done.message.id)
         recordAcknowledged(done)
@@ -1272,27 +1275,22 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         close()
     }
 
-    /// Watches the keep alive with one timer per connection that fires at the earliest moment
-    /// the connection could have expired, and then again from the last packet (not once a
-    /// second: tens of thousands of idle connections would keep the timer heap busy).
+    /// Watches the keep alive through the event loop's sweeper.
     private func startKeepAliveTimer() {
-        guard keepAlive > .zero else { return }
-        scheduleKeepAliveCheck(at: lastReceived + .nanoseconds(keepAlive.nanoseconds * 3 / 2))
+        guard keepAlive > .zero, let context else { return }
+        node.keepAliveSweepers.sweeper(for: context.eventLoop).add(self)
     }
 
-    private func scheduleKeepAliveCheck(at deadline: NIODeadline) {
-        guard let context else { return }
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        keepAliveCheck = context.eventLoop.scheduleTask(deadline: deadline) { loopBound.value.checkKeepAlive() }
-    }
-
-    private func checkKeepAlive() {
+    /// Whether nothing came for 1.5 times the keep alive by `now`.
+    func keepAliveExpired(at now: NIODeadline) -> Bool {
         switch phase {
         case .active, .draining: break
-        default: return
+        default: return false
         }
-        let expiry = lastReceived + .nanoseconds(keepAlive.nanoseconds * 3 / 2)
-        guard expiry <= .now() else { return scheduleKeepAliveCheck(at: expiry) }
+        return lastReceived + .nanoseconds(keepAlive.nanoseconds * 3 / 2) <= now
+    }
+
+    func keepAliveTimedOut() {
         logger.info("keepalive expired")
         if version.hasProperties { write(serverDisconnect(.keepAliveTimeout, "nothing received for 1.5 x the keep alive"), flush: true) }
         close()

@@ -21,6 +21,8 @@ final class PushNodeContext: Sendable {
     let router: TopicRouter
     /// Delivery states for the messages' status records, batched.
     let status: StatusRecorder
+    /// Keep-alive checks, one sweeper per event loop.
+    let keepAliveSweepers = KeepAliveSweepers()
 
     init(
         configuration: PushNodeConfiguration, redis: RedisConnection, registry: SessionRegistry, credentials: CredentialAuthority,
