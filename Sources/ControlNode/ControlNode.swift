@@ -60,9 +60,11 @@ public struct ControlNode: Service {
     public func run() async throws {
         redis.start()
         let (index, redis, keys, logger) = (self.index, self.redis, configuration.keys, self.logger)
-        subscriber.onStateChange { connected in
-            guard connected else { return }
-            // Changes announced while the subscriber was away are gone: read the index again.
+        let indexChannel = keys.indexChannel
+        subscriber.onSubscribed { channel in
+            guard channel == indexChannel else { return }
+            // Changes announced before Redis had the subscription (at start, or while the
+            // subscriber was away) were not heard: read the index again.
             Task {
                 do {
                     try await index.load(from: redis, keys: keys)

@@ -104,11 +104,22 @@ public final class PushNode: Service, Sendable {
                 }
             )
         }
-        subscriber.onStateChange { connected in
-            guard connected else { return }
-            // Changes announced while the subscriber was away are gone: read the index again.
-            Task { await Self.loadIndex(context) }
-            for handle in context.registry.all { handle.execute { $0.wake() } }
+        let nodeChannel = keys.nodeChannel(configuration.nodeID)
+        let indexChannel = keys.indexChannel
+        subscriber.onSubscribed { channel in
+            switch channel {
+            case indexChannel:
+                // Changes announced before this subscription (at start, or while the subscriber
+                // was away) were not heard: read the index now.
+                Task { await Self.loadIndex(context) }
+            case nodeChannel:
+                // A wake published before Redis had this subscription reached nobody; every
+                // session registered by then reads its list again. Sessions register from the
+                // moment the listener is up, which can be before this confirmation.
+                for handle in context.registry.all { handle.execute { $0.wake() } }
+            default:
+                break
+            }
         }
         context.redis.start()
         subscriber.subscribe([keys.nodeChannel(configuration.nodeID)], sharded: true)

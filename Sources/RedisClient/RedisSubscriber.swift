@@ -23,18 +23,30 @@ public final class RedisSubscriber: Sendable {
     /// Every message on every subscribed channel, in arrival order.
     public let messages: AsyncStream<RedisPubSubMessage>
     private let continuation: AsyncStream<RedisPubSubMessage>.Continuation
+    private let subscribedHooks: NIOLockedValueBox<[@Sendable (String) -> Void]>
 
     public init(configuration: RedisConfiguration, eventLoop: any EventLoop, logger: Logger) {
         let (stream, continuation) = AsyncStream.makeStream(of: RedisPubSubMessage.self, bufferingPolicy: .unbounded)
         self.messages = stream
         self.continuation = continuation
+        let subscribedHooks = NIOLockedValueBox<[@Sendable (String) -> Void]>([])
+        self.subscribedHooks = subscribedHooks
         self.connection = RedisConnection(configuration: configuration, eventLoop: eventLoop, logger: logger) { reply in
-            // RESP2 pushes: [message, channel, payload] or [smessage, channel, payload].
-            guard case .array(let parts) = reply, parts.count == 3, let kind = parts[0].string,
-                kind == "message" || kind == "smessage",
-                let channel = parts[1].string, case .bulkString(let payload) = parts[2]
-            else { return }
-            continuation.yield(RedisPubSubMessage(channel: channel, payload: payload))
+            // RESP2 pushes: [message, channel, payload] or [smessage, channel, payload]; and
+            // [subscribe, channel, count] or [ssubscribe, channel, count] once Redis has the
+            // subscription.
+            guard case .array(let parts) = reply, parts.count == 3, let kind = parts[0].string, let channel = parts[1].string else {
+                return
+            }
+            switch kind {
+            case "message", "smessage":
+                guard case .bulkString(let payload) = parts[2] else { return }
+                continuation.yield(RedisPubSubMessage(channel: channel, payload: payload))
+            case "subscribe", "ssubscribe":
+                for hook in subscribedHooks.withLockedValue({ $0 }) { hook(channel) }
+            default:
+                break
+            }
         }
         let channels = self.channels
         connection.onConnect { _ in
@@ -57,6 +69,13 @@ public final class RedisSubscriber: Sendable {
 
     /// Registers a callback told `true` on every connect and `false` on every disconnect.
     public func onStateChange(_ hook: @escaping @Sendable (Bool) -> Void) { connection.onStateChange(hook) }
+
+    /// Registers a callback told a channel's name each time Redis confirms a subscription to it
+    /// (after every reconnect too): from then on, what is published there arrives. A
+    /// connection state change comes earlier, before Redis has taken the subscription.
+    public func onSubscribed(_ hook: @escaping @Sendable (String) -> Void) {
+        subscribedHooks.withLockedValue { $0.append(hook) }
+    }
 
     /// Subscribes to channels; the subscription survives reconnects.
     public func subscribe(_ names: [String], sharded: Bool = false) {

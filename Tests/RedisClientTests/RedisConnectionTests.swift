@@ -152,6 +152,30 @@ struct RedisConnectionTests {
         await connection.close()
     }
 
+    @Test func subscriberTellsWhenRedisHasTheSubscription() async throws {
+        let subscriber = RedisSubscriber(
+            configuration: server.configuration,
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: Logger(label: "test")
+        )
+        let (confirmed, continuation) = AsyncStream.makeStream(of: String.self)
+        subscriber.onSubscribed { continuation.yield($0) }
+        subscriber.subscribe(["plain"])
+        subscriber.subscribe(["node:2"], sharded: true)
+        subscriber.start()
+        var channels: Set<String> = []
+        for await channel in confirmed {
+            channels.insert(channel)
+            if channels.count == 2 { break }
+        }
+        #expect(channels == ["plain", "node:2"])
+        // Confirmed means live: the very next publish reaches it, no retry needed.
+        #expect(try await connection.send("SPUBLISH", "node:2", "x").int == 1)
+        #expect(try await connection.send("PUBLISH", "plain", "y").int == 1)
+        await subscriber.close()
+        await connection.close()
+    }
+
     @Test func parsesURLs() throws {
         let full = try RedisConfiguration(url: "redis://:pw@10.0.0.1:6380/2")
         #expect(full.host == "10.0.0.1")

@@ -187,6 +187,12 @@ def account(fleet, load, terminals, settle):
     unique = {(t, m) for t, ids in got.items() for m in ids}
     delivered = sum(1 for m, t in load.accepted.items() if (t, m) in unique)
     duplicated = received - len(unique)
+    for message_id, terminal in load.accepted.items():
+        if (terminal, message_id) not in unique:
+            # Say where a lost message is, for the next one who reads a red run.
+            stored = fleet.redis_cli("LRANGE", f"pushfleet:{{t:{terminal}}}:queue", "0", "-1")
+            route = fleet.redis_cli("HGETALL", f"pushfleet:{{t:{terminal}}}:route")
+            print(f"lost {message_id} for {terminal}: still stored={message_id in stored}, route={route!r}", file=sys.stderr)
     # Status records: each message has one target, which must show acknowledged.
     time.sleep(1)
     disagree = 0
