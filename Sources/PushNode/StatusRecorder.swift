@@ -9,9 +9,10 @@ import RedisClient
 /// message is usually acknowledged within that time, and its final state then replaces the
 /// waiting `delivered` (``FleetScripts/transition`` counts an acknowledged target as delivered
 /// too), one script call instead of two. Final states (acknowledged, expired, dropped) go at
-/// once, in the same flush as the command that removes the message from its list, so a node
-/// that dies never leaves a removed message without its final state; it loses at most
-/// `delivered` states of messages still in their lists, which another node delivers again.
+/// once, ahead of the command that removes the message from its list on the same connection
+/// (usually in the same write), so a node that dies never leaves a removed message without
+/// its final state; it loses at most `delivered` states of messages still in their lists,
+/// which another node delivers again.
 ///
 /// States Redis did not take (it was down or restarting) are sent again with the next tick;
 /// the script ignores a state it has already applied.
