@@ -85,16 +85,17 @@ public struct PushDispatcher: Sendable {
         return receipt
     }
 
-    private func statusCommands(id: String, command: PushCommand, kind: String, targets: Int) -> [RedisCommand] {
+    /// A message's status hash with its counts at zero (`queued` aside) and `extra` fields,
+    /// and its expiry.
+    private func statusCommands(
+        id: String, command: PushCommand, kind: String, targets: Int, queued: Int = 0, extra: [String] = []
+    ) -> [RedisCommand] {
         let key = keys.messageStatus(id)
-        return [
-            RedisCommand(
-                "HSET", key, "createdAt", String(FleetClock.nowMillis()), "kind", kind, "qos", String(command.qos),
-                "ttl", String(command.ttl), "targets", String(targets), "queued", "0", "delivered", "0",
-                "acknowledged", "0", "expired", "0", "dropped", "0"
-            ),
-            RedisCommand("EXPIRE", key, String(configuration.statusRetention)),
+        let fields = [
+            key, "createdAt", String(FleetClock.nowMillis()), "kind", kind, "qos", String(command.qos), "ttl", String(command.ttl),
+            "targets", String(targets), "queued", String(queued), "delivered", "0", "acknowledged", "0", "expired", "0", "dropped", "0",
         ]
+        return [RedisCommand("HSET", fields + extra), RedisCommand("EXPIRE", key, String(configuration.statusRetention))]
     }
 
     /// The commands that store one push (ttl > 0) and read its targets' routes: the status
@@ -162,24 +163,16 @@ public struct PushDispatcher: Sendable {
 
     /// A new unicast message's status record: counts, metadata, and `queued` for every target.
     private func statusRecord(id: String, command: PushCommand, terminals: [String], expiresAt: Int64, complete: Bool) -> [RedisCommand] {
-        let statusKey = keys.messageStatus(id)
+        var commands = statusCommands(
+            id: id, command: command, kind: "unicast", targets: terminals.count, queued: terminals.count,
+            extra: ["expiresAt", String(expiresAt)] + (complete ? ["complete", "1"] : []))
         let targetsKey = keys.messageTargets(id)
-        let retention = String(configuration.statusRetention)
-        let targets = String(terminals.count)
-        var fields = [
-            statusKey, "createdAt", String(FleetClock.nowMillis()), "kind", "unicast", "qos", String(command.qos), "ttl",
-            String(command.ttl),
-            "expiresAt", String(expiresAt), "targets", targets, "queued", targets, "delivered", "0", "acknowledged", "0", "expired", "0",
-            "dropped", "0",
-        ]
-        if complete { fields += ["complete", "1"] }
-        var commands = [RedisCommand("HSET", fields), RedisCommand("EXPIRE", statusKey, retention)]
         for start in stride(from: 0, to: terminals.count, by: 500) {
             var pairs = [targetsKey]
             for terminal in terminals[start..<min(start + 500, terminals.count)] { pairs += [terminal, MessageState.queued.rawValue] }
             commands.append(RedisCommand("HSET", pairs))
         }
-        if !terminals.isEmpty { commands.append(RedisCommand("EXPIRE", targetsKey, retention)) }
+        if !terminals.isEmpty { commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention))) }
         return commands
     }
 

@@ -42,6 +42,31 @@ struct JSONWriter {
         bytes.append(contentsOf: (value ? "true" : "false").utf8)
     }
 
+    /// `"name":value` when `value` is present; nothing otherwise (as `encodeIfPresent`).
+    mutating func field(_ name: String, _ value: String?) {
+        guard let value else { return }
+        key(name)
+        string(value)
+    }
+
+    mutating func field<I: BinaryInteger>(_ name: String, integer value: I?) {
+        guard let value else { return }
+        key(name)
+        integer(value)
+    }
+
+    mutating func field(_ name: String, bool value: Bool?) {
+        guard let value else { return }
+        key(name)
+        bool(value)
+    }
+
+    mutating func field(_ name: String, strings value: [String]?) {
+        guard let value else { return }
+        key(name)
+        strings(value)
+    }
+
     mutating func strings(_ values: [String]) {
         beginArray()
         for value in values { string(value) }
@@ -185,23 +210,17 @@ struct JSONScanner {
         return literal("false") ? false : nil
     }
 
-    mutating func strings() -> [String]? {
-        guard expect(UInt8(ascii: "[")) else { return nil }
-        var values: [String] = []
-        if peek(UInt8(ascii: "]")) { return values }
-        repeat {
-            guard let value = string() else { return nil }
-            values.append(value)
-        } while peek(UInt8(ascii: ","))
-        return expect(UInt8(ascii: "]")) ? values : nil
-    }
+    mutating func strings() -> [String]? { array { $0.string() } }
 
-    mutating func stringArrays() -> [[String]]? {
+    mutating func stringArrays() -> [[String]]? { array { $0.strings() } }
+
+    /// A JSON array whose elements `element` reads.
+    mutating func array<Element>(_ element: (inout JSONScanner) -> Element?) -> [Element]? {
         guard expect(UInt8(ascii: "[")) else { return nil }
-        var values: [[String]] = []
+        var values: [Element] = []
         if peek(UInt8(ascii: "]")) { return values }
         repeat {
-            guard let value = strings() else { return nil }
+            guard let value = element(&self) else { return nil }
             values.append(value)
         } while peek(UInt8(ascii: ","))
         return expect(UInt8(ascii: "]")) ? values : nil

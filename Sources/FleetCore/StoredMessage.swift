@@ -61,45 +61,20 @@ public struct StoredMessage: Codable, Hashable, Sendable {
     }
 
     func write(to writer: inout JSONWriter) {
+        // Keys in sorted order, as `FleetJSON.encoder` writes them.
         writer.beginObject()
-        if let contentType {
-            writer.key("contentType")
-            writer.string(contentType)
-        }
-        if let correlation {
-            writer.key("correlation")
-            writer.string(correlation)
-        }
-        writer.key("expiresAt")
-        writer.integer(expiresAt)
-        if let format {
-            writer.key("format")
-            writer.integer(format)
-        }
-        writer.key("id")
-        writer.string(id)
-        if let origin {
-            writer.key("origin")
-            writer.string(origin)
-        }
-        writer.key("payload")
-        writer.string(payload)
-        writer.key("qos")
-        writer.integer(qos)
-        if let responseTopic {
-            writer.key("responseTopic")
-            writer.string(responseTopic)
-        }
-        if let retain {
-            writer.key("retain")
-            writer.bool(retain)
-        }
-        if let session {
-            writer.key("session")
-            writer.bool(session)
-        }
-        writer.key("topic")
-        writer.string(topic)
+        writer.field("contentType", contentType)
+        writer.field("correlation", correlation)
+        writer.field("expiresAt", integer: expiresAt)
+        writer.field("format", integer: format)
+        writer.field("id", id)
+        writer.field("origin", origin)
+        writer.field("payload", payload)
+        writer.field("qos", integer: qos)
+        writer.field("responseTopic", responseTopic)
+        writer.field("retain", bool: retain)
+        writer.field("session", bool: session)
+        writer.field("topic", topic)
         if let user {
             writer.key("user")
             writer.beginArray()
@@ -198,16 +173,9 @@ public struct NodeEvent: Codable, Hashable, Sendable {
     public func encoded() -> String {
         var writer = JSONWriter(capacity: 64 + (entries?.count ?? 0) * 160 + (terminals?.count ?? 0) * 24)
         writer.beginObject()
-        if let entries {
-            writer.key("entries")
-            writer.strings(entries)
-        }
-        if let epoch {
-            writer.key("epoch")
-            writer.string(epoch)
-        }
-        writer.key("kind")
-        writer.string(kind.rawValue)
+        writer.field("entries", strings: entries)
+        writer.field("epoch", epoch)
+        writer.field("kind", kind.rawValue)
         if let message {
             writer.key("message")
             message.write(to: &writer)
@@ -215,16 +183,11 @@ public struct NodeEvent: Codable, Hashable, Sendable {
         if let target {
             writer.key("target")
             writer.beginObject()
-            writer.key("ordinary")
-            writer.bool(target.ordinary)
-            writer.key("shares")
-            writer.strings(target.shares)
+            writer.field("ordinary", bool: target.ordinary)
+            writer.field("shares", strings: target.shares)
             writer.endObject()
         }
-        if let terminals {
-            writer.key("terminals")
-            writer.strings(terminals)
-        }
+        writer.field("terminals", strings: terminals)
         writer.endObject()
         return writer.text
     }
