@@ -58,7 +58,14 @@ struct ControlAPI: Sendable {
         guard ttl > 0, ttl <= configuration.maximumCredentialTTL else {
             throw APIError.badRequest("ttl must be between 1 and \(configuration.maximumCredentialTTL) seconds")
         }
-        let issued = credentials.issue(terminal: body.terminal, ttl: Int64(ttl), nowMillis: FleetClock.nowMillis())
+        // Issued after the terminal's last revocation, even within its millisecond (or with this
+        // node's clock behind the revoking node's): revocation refuses credentials issued at or
+        // before it. Without Redis, the clock is all there is.
+        var issuedAt = FleetClock.nowMillis()
+        if let reply = try? await redis.send("GET", keys.revoked(body.terminal)), let revokedAt = reply.string.flatMap(Int64.init) {
+            issuedAt = max(issuedAt, revokedAt + 1)
+        }
+        let issued = credentials.issue(terminal: body.terminal, ttl: Int64(ttl), nowMillis: issuedAt)
         let response = CredentialResponse(
             terminal: body.terminal,
             username: body.terminal,
@@ -82,9 +89,15 @@ struct ControlAPI: Sendable {
         ])
         _ = try replies[0].throwingError()
         if let node = replies[1].string, !node.isEmpty {
-            try await redis.send("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .kick, terminals: [terminal]).encoded())
+            try await redis.send("SPUBLISH", keys.nodeChannel(node), revocationKick(terminal).encoded())
         }
         return Response(status: .noContent)
+    }
+
+    private func revocationKick(_ terminal: String) -> NodeEvent {
+        var event = NodeEvent(kind: .kick, terminals: [terminal])
+        event.reason = "revoked"
+        return event
     }
 
     // MARK: Push
@@ -163,6 +176,15 @@ struct ControlAPI: Sendable {
 
     // MARK: Status
 
+    /// A message's status. Every kind has the counts; a unicast push also the state of each
+    /// target (up to 1000), a topic push the nodes it went to and the absent persistent
+    /// sessions it was stored for, a broadcast the nodes that got it (its `delivered` counts
+    /// the terminals they wrote it to).
+    ///
+    /// Expiry is settled here: once a unicast push's ttl has passed, a target that has not
+    /// acknowledged it (still queued, or delivered at QoS 1/2 without an acknowledgement) is
+    /// `expired`, whether its node dropped the entry, the list key expired in Redis, or the
+    /// terminal never came back. Nothing has to run at the moment of expiry.
     func messageStatus(_ id: String) async throws -> Response {
         let replies = try await redis.pipeline([
             RedisCommand("HGETALL", keys.messageStatus(id)),
@@ -174,11 +196,32 @@ struct ControlAPI: Sendable {
         if let scan = try replies[1].throwingError().array, scan.count == 2 {
             for (terminal, state) in try hash(scan[1]) where terminals.count < 1000 { terminals[terminal] = state }
         }
-        var body: [String: JSONValue] = ["id": .string(id), "terminals": .object(terminals.mapValues { .string($0) })]
-        for name in ["targets", "delivered", "acknowledged", "queued", "expired", "dropped", "qos", "ttl", "createdAt"] {
-            body[name] = .int(Int64(fields[name] ?? "0") ?? 0)
+        func number(_ name: String) -> Int64 { Int64(fields[name] ?? "0") ?? 0 }
+        let kind = fields["kind"] ?? "unicast"
+        var counts = Dictionary(uniqueKeysWithValues: ["targets", "delivered", "acknowledged", "queued", "expired", "dropped"].map { ($0, number($0)) })
+        var body: [String: JSONValue] = ["id": .string(id), "kind": .string(kind)]
+        for name in ["qos", "ttl", "createdAt"] { body[name] = .int(number(name)) }
+        switch kind {
+        case "topic":
+            body["nodes"] = .int(number("nodes"))
+            body["storedForSessions"] = .int(number("storedForSessions"))
+        case "broadcast":
+            body["nodes"] = .int(number("nodes"))
+        default:
+            let (qos, ttl) = (number("qos"), number("ttl"))
+            if ttl > 0, FleetClock.nowMillis() >= number("createdAt") + ttl * 1000 {
+                func late(_ state: String) -> Bool { state == MessageState.queued.rawValue || (qos > 0 && state == MessageState.delivered.rawValue) }
+                var states = Array(terminals.values)
+                if Int64(terminals.count) < counts["targets", default: 0] {
+                    states = (try await redis.send("HVALS", keys.messageTargets(id)).array ?? []).compactMap(\.string)
+                }
+                counts["expired", default: 0] += Int64(states.filter(late).count)
+                counts["queued"] = 0
+                terminals = terminals.mapValues { late($0) ? MessageState.expired.rawValue : $0 }
+            }
         }
-        body["kind"] = .string(fields["kind"] ?? "unicast")
+        for (name, value) in counts { body[name] = .int(value) }
+        body["terminals"] = .object(terminals.mapValues { .string($0) })
         if let error = fields["error"] { body["error"] = .string(error) }
         return try json(body, status: .ok)
     }

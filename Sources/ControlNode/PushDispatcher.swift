@@ -91,8 +91,10 @@ public struct PushDispatcher: Sendable {
         id: String, command: PushCommand, kind: String, targets: Int, queued: Int = 0, extra: [String] = []
     ) -> [RedisCommand] {
         let key = keys.messageStatus(id)
+        // A broadcast reaches the terminals online at that moment: nothing waits, whatever its ttl.
+        let ttl = kind == "broadcast" ? 0 : command.ttl
         let fields = [
-            key, "createdAt", String(FleetClock.nowMillis()), "kind", kind, "qos", String(command.qos), "ttl", String(command.ttl),
+            key, "createdAt", String(FleetClock.nowMillis()), "kind", kind, "qos", String(command.qos), "ttl", String(ttl),
             "targets", String(targets), "queued", String(queued), "delivered", "0", "acknowledged", "0", "expired", "0", "dropped", "0",
         ]
         return [RedisCommand("HSET", fields + extra), RedisCommand("EXPIRE", key, String(configuration.statusRetention))]
@@ -331,11 +333,13 @@ public struct PushDispatcher: Sendable {
         let message = StoredMessage(id: id, qos: command.qos, expiresAt: 0, topic: topic, payload: command.payload)
         var commands = statusCommands(id: id, command: command, kind: kind, targets: 0)
         commands.append(RedisCommand("PUBLISH", keys.broadcastChannel, NodeEvent(kind: .deliver, message: message).encoded()))
-        commands.append(RedisCommand("HSET", keys.messageStatus(id), "complete", "1"))
         let replies = try await redis.pipeline(commands)
         if let failure = replies.first(where: \.isError) {
             throw RedisError(.server, failure.description)
         }
+        // Every node that heard it counts the terminals it wrote it to into `delivered`.
+        let nodes = replies.last?.int ?? 0
+        _ = try await redis.send(RedisCommand("HSET", keys.messageStatus(id), "complete", "1", "nodes", String(nodes)))
         return PushReceipt(id: id, targets: 0)
     }
 

@@ -143,7 +143,12 @@ public struct NodeEvent: Codable, Hashable, Sendable {
         /// Deliver `message` now (online-only unicast, broadcast or topic push); not stored.
         case deliver
         /// Close the connection of `terminals[0]` if its epoch is `epoch` (takeover, revocation).
+        /// A takeover names the new connection (`from`: its node, `successor`: its epoch), which
+        /// waits for a `stopped` answer before it delivers anything.
         case kick
+        /// Answer to a takeover's `kick`: the old connection of `terminals[0]` delivers no more
+        /// and what it sent is recorded in Redis; `epoch` is the new connection's.
+        case stopped
         /// A terminal publish routed to this node: deliver `message` as `target` says.
         case publish
     }
@@ -156,6 +161,12 @@ public struct NodeEvent: Codable, Hashable, Sendable {
     /// With `wake`: the new stored entry of each terminal in `terminals` (same order; a
     /// terminal may appear more than once, its entries in list order).
     public var entries: [String]?
+    /// With a takeover's `kick`: the node of the new connection, which waits for `stopped`.
+    public var from: String?
+    /// With a takeover's `kick`: the new connection's epoch, echoed in `stopped`.
+    public var successor: String?
+    /// With `kick`: why (`revoked`: the terminal's credentials were revoked); none for a takeover.
+    public var reason: String?
 
     public init(
         kind: Kind, terminals: [String]? = nil, message: StoredMessage? = nil, epoch: String? = nil, target: NodeTarget? = nil,
@@ -175,11 +186,14 @@ public struct NodeEvent: Codable, Hashable, Sendable {
         writer.beginObject()
         writer.field("entries", strings: entries)
         writer.field("epoch", epoch)
+        writer.field("from", from)
         writer.field("kind", kind.rawValue)
         if let message {
             writer.key("message")
             message.write(to: &writer)
         }
+        writer.field("reason", reason)
+        writer.field("successor", successor)
         if let target {
             writer.key("target")
             writer.beginObject()
@@ -205,6 +219,9 @@ public struct NodeEvent: Codable, Hashable, Sendable {
                 case "terminals": event.terminals = scanner.strings()
                 case "entries": event.entries = scanner.strings()
                 case "epoch": event.epoch = scanner.string()
+                case "from": event.from = scanner.string()
+                case "successor": event.successor = scanner.string()
+                case "reason": event.reason = scanner.string()
                 case "message":
                     guard let message = StoredMessage(scanning: &scanner) else { return nil }
                     event.message = message

@@ -19,6 +19,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case active
         /// Node shutdown: no new deliveries; closes once in-flight messages are acknowledged.
         case draining
+        /// Taken over or kicked: delivers and reads nothing more; the channel is closing.
+        case stopped
         case closed
     }
 
@@ -123,11 +125,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// Live messages that arrived before the stored backlog was delivered (`shared` is the
     /// shared filter a routed publish is for, `tracked` whether a push has a status record).
     private var earlyDeliveries: [(message: StoredMessage, tracked: Bool, routed: Bool, shared: String?)] = []
-    private var refilling = false
-    /// Every entry of the list has been delivered (or is in flight, or waits for a subscription):
-    /// a new entry handed over by a wake event is the next one in order.
-    private var caughtUp = false
-    private var refillAgain = false
+    /// Where the session stands in the terminal's stored list.
+    private var backlog = StoredBacklog()
     /// Packets of one socket read are being handled: flushes wait for the read's end, so the
     /// messages that several acknowledgements let out leave in one write.
     private var reading = false
@@ -173,7 +172,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             earlyPackets.append(packet)
         case .active, .draining:
             process(packet)
-        case .closed:
+        case .stopped, .closed:
             break
         }
     }
@@ -181,7 +180,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable, case .active = phase {
             sendWaiting()
-            if refillAgain { refill() }
+            pumpStored()
         }
         context.fireChannelWritabilityChanged()
     }
@@ -202,7 +201,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         let wasActive: Bool
         switch phase {
-        case .active, .draining: wasActive = true
+        case .active, .draining, .stopped: wasActive = true
         default: wasActive = false
         }
         if case .registering = phase { unregisterRoute() }
@@ -321,6 +320,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     private func register(issuedAt: String, assignedID: String?) {
         guard let context else { return }
+        // The script reads the head of the list: the backlog's first read.
+        guard let read = backlog.nextRead(room: window, window: window) else { preconditionFailure("a new session reads its list") }
         let keys = node.keys
         let command = FleetScripts.register.command(
             keys: [
@@ -329,63 +330,137 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             ],
             arguments: [
                 node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt,
-                String(window), sessionExpiry > 0 ? "1" : "0",
+                String(read.count), sessionExpiry > 0 ? "1" : "0",
             ]
         )
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         node.redis.pipelineFuture([command]).hop(to: context.eventLoop).whenComplete { result in
-            loopBound.value.registered(result.flatMap { replies in Result { try replies[0].throwingError() } }, assignedID: assignedID)
+            loopBound.value.registered(
+                result.flatMap { replies in Result { try SessionRegistration(reply: replies[0].throwingError()) } }, read: read,
+                assignedID: assignedID)
         }
     }
 
-    private func registered(_ result: Result<RedisReply, any Error>, assignedID: String?) {
-        guard case .registering = phase else { return }
-        let parts: [RedisReply]
+    /// A registration waiting for the terminal's previous connection to stop (a takeover);
+    /// boxed, since most connections never wait.
+    private final class PendingTakeover {
+        var registration: SessionRegistration
+        let read: StoredBacklog.Read
+        let assignedID: String?
+        var deadline: Scheduled<Void>?
+
+        init(registration: SessionRegistration, read: StoredBacklog.Read, assignedID: String?) {
+            self.registration = registration
+            self.read = read
+            self.assignedID = assignedID
+        }
+    }
+
+    private var pendingTakeover: PendingTakeover?
+
+    /// How long a new connection waits for its predecessor to stop before it goes ahead.
+    static let takeoverTimeout = TimeAmount.seconds(3)
+
+    private func registered(_ result: Result<SessionRegistration, any Error>, read: StoredBacklog.Read, assignedID: String?) {
+        guard case .registering = phase, let context else { return }
+        let registration: SessionRegistration
         switch result {
+        case .success(let decoded):
+            registration = decoded
+        case .failure(SessionRegistration.Failure.revoked):
+            logger.info("credential revoked")
+            return refuse(.v3NotAuthorized, v5: .notAuthorized, reason: "credential revoked")
         case .failure(let error):
             logger.warning("session registration failed", metadata: ["error": "\(error)"])
             return refuse(.v3ServerUnavailable, v5: .serverUnavailable)
-        case .success(let reply):
-            guard let array = reply.array, let status = array.first?.string else {
-                logger.warning("unexpected session registration reply", metadata: ["reply": "\(reply)"])
-                return refuse(.v3ServerUnavailable, v5: .serverUnavailable)
-            }
-            guard status == "ok", array.count == 10 else {
-                logger.info("credential revoked")
-                return refuse(.v3NotAuthorized, v5: .notAuthorized, reason: "credential revoked")
-            }
-            parts = array
         }
-        let oldNode = parts[1].string ?? ""
-        let oldEpoch = parts[2].string ?? ""
-        let sessionPresent = !cleanStart && parts[3].int == 1
-        // Takeover: close the previous connection of this terminal wherever it is.
         let handle = SessionHandle(
-            terminal: terminal,
-            epoch: epoch,
-            connectedAt: connectedAt,
-            handler: NIOLoopBound(self, eventLoop: context!.eventLoop)
-        )
+            terminal: terminal, epoch: epoch, connectedAt: connectedAt, handler: NIOLoopBound(self, eventLoop: context.eventLoop))
         self.handle = handle
+        // Takeover: the previous connection of this terminal stops delivering (wherever it
+        // is) before this one starts, so no message goes out on both; what it sent and did not
+        // see acknowledged is then read again and goes out here with DUP.
+        let oldNode = registration.oldNode
         if let previous = node.registry.register(handle) {
-            previous.execute { $0.takenOver() }
+            waitForPredecessor(registration, read: read, assignedID: assignedID)
+            let successor = self.epoch
+            previous.execute { old in
+                old.takenOver()
+                handle.execute { $0.predecessorStopped(successor: successor) }
+            }
         } else if !oldNode.isEmpty, oldNode != node.nodeID {
-            let kick = NodeEvent(kind: .kick, terminals: [terminal], epoch: oldEpoch)
-            node.redis.fireAndForget([RedisCommand("SPUBLISH", node.keys.nodeChannel(oldNode), kick.encoded())])
+            waitForPredecessor(registration, read: read, assignedID: assignedID)
+            var kick = NodeEvent(kind: .kick, terminals: [terminal], epoch: registration.oldEpoch)
+            (kick.from, kick.successor) = (node.nodeID, epoch)
+            let successor = self.epoch
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            node.redis.pipelineFuture([RedisCommand("SPUBLISH", node.keys.nodeChannel(oldNode), kick.encoded())])
+                .hop(to: context.eventLoop).whenComplete { result in
+                    // Nobody listens on that node's channel (it died): nothing to wait for.
+                    guard case .success(let replies) = result, replies.first?.int ?? 0 > 0 else {
+                        return loopBound.value.predecessorStopped(successor: successor)
+                    }
+                }
+        } else {
+            activate(registration, read: read, assignedID: assignedID)
         }
+    }
 
+    private func waitForPredecessor(_ registration: SessionRegistration, read: StoredBacklog.Read, assignedID: String?) {
+        guard let context else { return }
+        let pending = PendingTakeover(registration: registration, read: read, assignedID: assignedID)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let successor = epoch
+        pending.deadline = context.eventLoop.scheduleTask(in: Self.takeoverTimeout) {
+            loopBound.value.logger.info("the previous connection did not confirm it stopped: going ahead")
+            loopBound.value.predecessorStopped(successor: successor)
+        }
+        pendingTakeover = pending
+    }
+
+    /// The terminal's previous connection stopped (or could not be reached): read what it
+    /// left in Redis and start.
+    func predecessorStopped(successor: String) {
+        guard successor == epoch, case .registering = phase, let pending = pendingTakeover, let context else { return }
+        pendingTakeover = nil
+        pending.deadline?.cancel()
+        let commands = SessionRegistration.reloadCommands(keys: node.keys, terminal: terminal, window: pending.read.count)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundPending = NIOLoopBound(pending, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            let pending = boundPending.value
+            guard case .registering = handler.phase else { return }
+            var registration = pending.registration
+            switch result {
+            case .success(let replies): registration.reload(replies)
+            case .failure(let error):
+                handler.logger.warning("reading the session after a takeover failed", metadata: ["error": "\(error)"])
+                return handler.refuse(.v3ServerUnavailable, v5: .serverUnavailable)
+            }
+            handler.activate(registration, read: pending.read, assignedID: pending.assignedID)
+        }
+    }
+
+    /// Starts the session: CONNACK, restored subscriptions, PUBRELs of a resumed session, the
+    /// stored list, then what arrived meanwhile.
+    private func activate(_ registration: SessionRegistration, read: StoredBacklog.Read, assignedID: String?) {
+        let sessionPresent = !cleanStart && registration.sessionExisted
         // A clean start ended the old session: its filters leave the offline index.
-        let discarded = parts[7].array?.compactMap(\.string).filter { SharedFilter($0) == nil } ?? []
+        let discarded = registration.discardedFilters.filter { SharedFilter($0) == nil }
         var commands: [RedisCommand] = []
         if !discarded.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: discarded)) }
-        awaitingRelease = Set(parts[8].array?.compactMap { $0.string.flatMap(UInt16.init) } ?? [])
-        let releasing = parts[9].array?.compactMap { $0.string.flatMap(UInt16.init) } ?? []
+        awaitingRelease = Set(registration.released)
 
         subscriptions = [:]
         var indexed: [String] = []
         var restored: [String] = []
-        for (filter, encoded) in parts[4].pairs ?? [:] {
+        for (filter, encoded) in registration.subscriptions {
             guard let subscription = Subscription(encoded: encoded) else { continue }
+            if isAutomatic(filter) {
+                setAutomatic(filter, subscription)
+                continue
+            }
             subscriptions[filter] = subscription
             if joinLocalIndex(filter) { indexed.append(filter) }
             if SharedFilter(filter) == nil { restored.append(filter) }
@@ -411,7 +486,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         // A resumed session's QoS 2 messages that were received but not completed: PUBREL again
         // with their packet ids (MQTT 4.4).
         if sessionPresent {
-            for packetID in releasing where packetID != 0 {
+            for packetID in registration.releasing where packetID != 0 {
                 let placeholder = StoredMessage(id: "pubrel:\(packetID)", qos: 2, expiresAt: 0, topic: "", payload: [])
                 inflight[packetID] = Inflight(message: placeholder, entry: nil, tracked: false, qos: .exactlyOnce, released: true)
                 write(.pubRel(MQTTAckPacket(packetIdentifier: packetID)), flush: false)
@@ -422,12 +497,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         node.metrics.connections.increment()
         startKeepAliveTimer()
 
-        let queue = parts[5].array?.compactMap(\.string) ?? []
-        let sent = Self.packetIDs(parts[6])
-        let wokenWhileRegistering = refillAgain
-        refillAgain = false
-        deliverStored(queue, previouslySent: sent, wholeList: true)
-        if wokenWhileRegistering || (refillAgain && inflight.count < window) { refill() }
+        readCompleted(read, entries: registration.queue, sent: registration.sent)
         let live = earlyDeliveries
         earlyDeliveries = []
         for early in live {
@@ -685,7 +755,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 qos: requested.options.qos, noLocal: requested.options.noLocal, retainAsPublished: requested.options.retainAsPublished,
                 identifier: identifier)
             if isAutomatic(filter) {
+                // Kept with the session like any other (restored on reconnect), never indexed:
+                // pushes and broadcasts reach every session without the index.
                 setAutomatic(filter, subscription)
+                record += [filter, subscription.encoded]
                 codes.append(MQTTReasonCode(subscription.qos.rawValue))
                 continue
             }
@@ -818,76 +891,115 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     // MARK: Delivery
 
-    /// Delivers stored entries in list order, skipping those already in flight. When a full
-    /// page was read and some of it left the list (sent at QoS 0, expired), more may be
-    /// waiting behind it: `refillAgain` asks for the next page.
-    ///
-    /// `wholeList`: `entries` is the head of the list (a read), not entries handed over by a
-    /// wake event; a short read with nothing left behind means the session is caught up.
-    private func deliverStored(_ entries: [String], previouslySent: [String: UInt16], wholeList: Bool) {
+    /// Reads the next entries of the stored list when there may be some and the window has
+    /// room for them (see ``StoredBacklog``): a backlog of any length drains in order, a
+    /// window at a time, as acknowledgements free it.
+    private func pumpStored() {
+        guard case .active = phase, let context, context.channel.isWritable else { return }
+        guard let read = backlog.nextRead(room: window - inflight.count, window: window) else { return }
+        var commands = [RedisCommand("LRANGE", node.keys.queue(terminal), String(read.start), String(read.start + read.count - 1))]
+        if read.withSent { commands.append(RedisCommand("HGETALL", node.keys.sent(terminal))) }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            guard case .active = handler.phase else { return }
+            switch result {
+            case .success(let replies):
+                let entries = replies[0].array?.compactMap(\.string) ?? []
+                handler.readCompleted(read, entries: entries, sent: read.withSent ? SessionRegistration.packetIDs(replies[1]) : nil)
+            case .failure(let error):
+                handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
+                handler.backlog.readFailed()
+            }
+        }
+    }
+
+    /// Handles a list read: the new entries go out, then the next read if there may be more.
+    private func readCompleted(_ read: StoredBacklog.Read, entries: [String], sent: [String: UInt16]?) {
+        let messages = entries.map { StoredMessage.decode($0) }
+        switch backlog.readCompleted(read, ids: messages.map { $0?.id }, sent: sent, now: .now()) {
+        case .mismatch:
+            logger.debug("stored list changed under the session: reading it from its head")
+        case .entries(let fresh):
+            deliverStored(entries[fresh], messages[fresh])
+        }
+        pumpStored()
+    }
+
+    /// Delivers stored entries in list order: each is sent (and stays in the list until
+    /// acknowledged), removed (expired, unreadable, sent at QoS 0), or kept for a subscription
+    /// the session lacks. Stops when the window is full or the socket does not take more; the
+    /// rest is read again later.
+    private func deliverStored(_ entries: ArraySlice<String>, _ messages: ArraySlice<StoredMessage?>) {
         var commands: [RedisCommand] = []
-        var delivered: [String] = []  // sent at QoS 0: removed from the list now
+        var removed: [String] = []
         let now = FleetClock.nowMillis()
         let queueKey = node.keys.queue(terminal)
-        for entry in entries {
-            guard let message = StoredMessage.decode(entry) else {
+        for (entry, message) in zip(entries, messages) {
+            guard let message else {
                 logger.warning("dropping an unreadable stored entry")
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
                 continue
             }
-            if inflightIDs.contains(message.id) || removing.contains(message.id) { continue }
+            // Sent by this connection and waiting for its acknowledgement (a read from the head).
+            if inflightIDs.contains(message.id) {
+                backlog.handled(message.id)
+                continue
+            }
+            if removing.contains(message.id) { continue }
             if message.isExpired(nowMillis: now) {
                 node.metrics.expired.increment()
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
                 commands.append(RedisCommand("HDEL", node.keys.sent(terminal), message.id))
                 if message.hasStatus { record(message.id, .expired) }
+                backlog.removed(message.id)
                 continue
             }
             // A terminal that does not read: the rest waits in Redis until it drains its socket.
             if context?.channel.isWritable == false {
-                refillAgain = true
+                backlog.stopped()
                 break
             }
             guard let delivery = delivery(for: message, shared: nil) else {
                 // A message stored for a subscription the session no longer has (or its own,
                 // under no local) is discarded; a push waits for the terminal to subscribe to
                 // push/<id> again.
-                if message.session == true { commands.append(RedisCommand("LREM", queueKey, "1", entry)) }
+                if message.session == true {
+                    commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                    backlog.removed(message.id)
+                } else {
+                    backlog.handled(message.id)
+                }
                 continue
             }
             if delivery.qos > .atMostOnce && inflight.count >= window {
-                refillAgain = true
+                backlog.stopped()
                 break
             }
             // Sent before and not acknowledged: again with DUP and, if still free, its packet id
             // (MQTT 4.4).
-            let earlier = previouslySent[message.id]
+            let earlier = backlog.takeRedelivery(message.id)
             guard
                 let packetID = send(
                     message, delivery: delivery, dup: earlier != nil, entry: entry, tracked: message.hasStatus, packetID: earlier)
             else {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
                 if message.hasStatus { record(message.id, .dropped) }
+                backlog.removed(message.id)
                 continue
             }
             if delivery.qos == .atMostOnce {
                 commands.append(RedisCommand("LREM", queueKey, "1", entry))
-                delivered.append(message.id)
-            } else if packetID != earlier {
-                commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
+                removed.append(message.id)
+                backlog.removed(message.id)
+            } else {
+                backlog.handled(message.id)
+                if packetID != earlier { commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID))) }
             }
             if message.hasStatus { record(message.id, .delivered) }
         }
         flush()
-        if !commands.isEmpty { removeFromList(commands, ids: delivered) }
-        if wholeList && entries.count >= window && commands.contains(where: { $0.name == "LREM" }) {
-            refillAgain = true
-        }
-        if refillAgain {
-            caughtUp = false
-        } else if wholeList {
-            caughtUp = entries.count < window
-        }
+        if !commands.isEmpty { removeFromList(commands, ids: removed) }
     }
 
     /// How `message` goes to this session, or nil when no subscription takes it. Overlapping
@@ -973,11 +1085,6 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         return id
     }
 
-    /// The `sent` hash (message id -> packet id) from a HGETALL reply.
-    private static func packetIDs(_ reply: RedisReply) -> [String: UInt16] {
-        (reply.pairs ?? [:]).compactMapValues { UInt16($0) }
-    }
-
     private func allocatePacketID() -> UInt16 {
         while true {
             let id = nextPacketID
@@ -1004,7 +1111,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             inflightIDs.remove(pending.message.id)
             recordAcknowledged(pending)
             sendWaiting()
-            if refillAgain { refill() }
+            pumpStored()
             return
         }
         pending.released = true
@@ -1034,7 +1141,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         if case .draining = phase, inflight.isEmpty { return finishDraining() }
         sendWaiting()
-        if refillAgain { refill() }
+        pumpStored()
     }
 
     private func acknowledged(_ packetID: UInt16) {
@@ -1047,7 +1154,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         recordAcknowledged(done)
         if case .draining = phase, inflight.isEmpty { return finishDraining() }
         sendWaiting()
-        if refillAgain { refill() }
+        pumpStored()
     }
 
     /// Removes an acknowledged message from Redis and records its state.
@@ -1057,8 +1164,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         if let entry = done.entry {
             commands.append(RedisCommand("LREM", node.keys.queue(terminal), "1", entry))
             commands.append(RedisCommand("HDEL", node.keys.sent(terminal), done.message.id))
+            backlog.removed(done.message.id)
         }
-        if done.tracked { record(done.message.id, .acknowledged) }
+        // Acknowledged after its ttl passed: the status already counts it expired (the
+        // control node settles expiry when the status is read), and it stays so.
+        if done.tracked { record(done.message.id, done.message.isExpired(nowMillis: FleetClock.nowMillis()) ? .expired : .acknowledged) }
         if !commands.isEmpty { removeFromList(commands, ids: done.entry == nil ? [] : [done.message.id]) }
     }
 
@@ -1074,49 +1184,23 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     /// Told by a `wake` event that carries the new entries themselves. A session that has
-    /// delivered everything older delivers them at once, without reading the list (they are
-    /// exactly the list's newest entries); any other reads the list.
+    /// handled everything older delivers them at once, without reading the list (they are
+    /// the list's newest entries); any other reads the list (``StoredBacklog``).
     func wake(entries: [String]) {
-        guard case .active = phase, caughtUp, !refilling, !refillAgain else { return wake() }
-        deliverStored(entries, previouslySent: [:], wholeList: false)
+        guard case .active = phase, backlog.mayDeliverFromWake(now: .now()) else { return wake() }
+        deliverStored(entries[...], entries.map { StoredMessage.decode($0) }[...])
+        pumpStored()
     }
 
     /// Told by a `wake` event: the terminal's list has new entries.
     func wake() {
         switch phase {
-        case .active: refill()
-        // The registration already read the list; entries stored after that are read once it completes.
-        case .registering: refillAgain = true
-        case .awaitingConnect, .draining, .closed: break
-        }
-    }
-
-    private func refill() {
-        guard !refilling else {
-            refillAgain = true
-            return
-        }
-        guard let context else { return }
-        refilling = true
-        refillAgain = false
-        let commands = [
-            RedisCommand("LRANGE", node.keys.queue(terminal), "0", String(window - 1)),
-            RedisCommand("HGETALL", node.keys.sent(terminal)),
-        ]
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
-            let handler = loopBound.value
-            handler.refilling = false
-            guard case .active = handler.phase else { return }
-            switch result {
-            case .success(let replies):
-                let entries = replies[0].array?.compactMap(\.string) ?? []
-                handler.deliverStored(entries, previouslySent: Self.packetIDs(replies[1]), wholeList: true)
-            case .failure(let error):
-                handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
-            }
-            let writable = handler.context?.channel.isWritable ?? false
-            if handler.refillAgain, writable, handler.inflight.count < handler.window { handler.refill() }
+        case .active:
+            backlog.woken()
+            pumpStored()
+        // The registration read the list; entries stored after that are read once it completes.
+        case .registering: backlog.woken()
+        case .awaitingConnect, .draining, .stopped, .closed: break
         }
     }
 
@@ -1125,7 +1209,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// out, live messages wait (bounded) so they never overtake it.
     ///
     /// `payload`: the message's payload decoded once for all the sessions it goes to.
-    func deliverLive(_ message: StoredMessage, tracked: Bool, payload: ByteBuffer? = nil) {
+    ///
+    /// `countReach`: a broadcast, whose status counts the terminals it reached.
+    func deliverLive(_ message: StoredMessage, tracked: Bool, countReach: Bool = false, payload: ByteBuffer? = nil) {
         switch phase {
         case .registering:
             guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
@@ -1137,7 +1223,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             return
         case .active:
             break
-        case .awaitingConnect, .draining, .closed:
+        case .awaitingConnect, .draining, .stopped, .closed:
             return
         }
         var message = message
@@ -1153,6 +1239,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked, payload: payload) != nil
         flush()
         if tracked { record(message.id, sent ? .delivered : .dropped) }
+        if sent && countReach { node.status.countReach(message.id) }
     }
 
     /// Sends waiting routed messages while the window has room and the socket takes them.
@@ -1188,7 +1275,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             return
         case .active:
             break
-        case .awaitingConnect, .draining, .closed:
+        case .awaitingConnect, .draining, .stopped, .closed:
             return
         }
         guard let delivery = delivery(for: message, shared: shared) else { return }
@@ -1202,54 +1289,75 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             waiting.append((message, shared))
             return
         }
-        var entry: String?
-        var commands: [RedisCommand] = []
-        if keep {
-            var stored = message
-            stored.session = true
-            entry = stored.encoded()
-            let ttl =
-                message.expiresAt > 0
-                ? max(1, message.expiresAt - FleetClock.nowMillis()) : Int64(node.configuration.maximumSessionExpiry) * 1000
-            commands.append(
-                FleetScripts.enqueue.command(
-                    keys: [node.keys.queue(terminal)], arguments: [entry!, String(node.configuration.offlineQueueCap), String(ttl), "0"]))
-        }
+        if keep { return deliverKept(message, delivery: delivery, payload: payload) }
         if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && inflight.count >= liveLimit) {
-            if keep {
-                // Read back in order by the next refill.
-                node.redis.fireAndForget(commands)
-                refillAgain = true
-            } else {
-                node.metrics.dropped.increment()
-            }
+            node.metrics.dropped.increment()
             return
         }
-        if let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false, payload: payload), keep {
+        send(message, delivery: delivery, dup: false, entry: nil, tracked: false, payload: payload)
+        flush()
+    }
+
+    /// A routed QoS 1/2 message for a persistent session: stored in the terminal's list first.
+    /// When the session has handled everything before it in the list, it goes out at once;
+    /// otherwise it waits behind the entries not read yet and is read in order.
+    private func deliverKept(_ message: StoredMessage, delivery: Delivery, payload: ByteBuffer?) {
+        var stored = message
+        stored.session = true
+        let entry = stored.encoded()
+        let ttl =
+            message.expiresAt > 0
+            ? max(1, message.expiresAt - FleetClock.nowMillis()) : Int64(node.configuration.maximumSessionExpiry) * 1000
+        var commands = [
+            FleetScripts.enqueue.command(
+                keys: [node.keys.queue(terminal)], arguments: [entry, String(node.configuration.offlineQueueCap), String(ttl), "0"])
+        ]
+        if backlog.caughtUp, !backlog.isReading, context?.channel.isWritable == true, inflight.count < window,
+            let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false, payload: payload)
+        {
+            backlog.handled(message.id)
             commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
             node.redis.fireAndForget(commands)
+            return flush()
         }
-        flush()
+        node.redis.fireAndForget(commands)
+        backlog.woken()
+        pumpStored()
     }
 
     // MARK: Lifecycle
 
     /// A newer connection of the same terminal registered: leave without touching the route.
-    func takenOver() {
+    /// From here on it delivers nothing, so the new connection can start once this returns:
+    /// everything this one sent is already on its way to Redis (the `sent` hash), on the
+    /// node's one Redis connection, ahead of whatever is sent after this.
+    func takenOver(revoked: Bool = false) {
         switch phase {
         case .active, .draining: break
+        case .registering:
+            // Not started yet, and never will: the route it wrote is the newer connection's now.
+            close()
+            phase = .closed
+            return
         default: return close()
         }
-        logger.info("session taken over")
-        wasTakenOver = true
-        if version.hasProperties { write(serverDisconnect(.sessionTakenOver, "another connection took over this session"), flush: true) }
+        phase = .stopped
+        logger.info(revoked ? "credentials revoked: closing" : "session taken over")
+        wasTakenOver = !revoked
+        if version.hasProperties {
+            let packet =
+                revoked
+                ? serverDisconnect(.administrativeAction, "the terminal's credentials were revoked")
+                : serverDisconnect(.sessionTakenOver, "another connection took over this session")
+            write(packet, flush: true)
+        }
         close()
     }
 
     /// Closes the connection if it still has `epoch` (kick from another node, revocation).
-    func kick(epoch: String) {
+    func kick(epoch: String, revoked: Bool) {
         guard epoch.isEmpty || epoch == self.epoch else { return }
-        takenOver()
+        takenOver(revoked: revoked)
     }
 
     /// Node shutdown (or shedding load): stop delivering, let in-flight messages be

@@ -249,7 +249,27 @@ public final class PushNode: Service, Sendable {
             case .kick:
                 guard let terminal = event.terminals?.first else { continue }
                 let epoch = event.epoch ?? ""
-                registry.handle(for: terminal)?.execute { $0.kick(epoch: epoch) }
+                let revoked = event.reason == "revoked"
+                // A takeover waits for the answer: sent once the connection delivers no more,
+                // on the Redis connection that carried what it sent, after it.
+                let answer = event.from.flatMap { from in
+                    event.successor.map { successor in
+                        let stopped = NodeEvent(kind: .stopped, terminals: [terminal], epoch: successor)
+                        return RedisCommand("SPUBLISH", configuration.keys.nodeChannel(from), stopped.encoded())
+                    }
+                }
+                let redis = context.redis
+                if let handle = registry.handle(for: terminal) {
+                    handle.execute { handler in
+                        handler.kick(epoch: epoch, revoked: revoked)
+                        if let answer { redis.fireAndForget([answer]) }
+                    }
+                } else if let answer {
+                    redis.fireAndForget([answer])
+                }
+            case .stopped:
+                guard let terminal = event.terminals?.first, let successor = event.epoch else { continue }
+                registry.handle(for: terminal)?.execute { $0.predecessorStopped(successor: successor) }
             case .publish:
                 guard let published = event.message, let target = event.target else { continue }
                 context.deliverLocally(published, target: target)
@@ -266,7 +286,7 @@ public final class PushNode: Service, Sendable {
                     }
                 } else {
                     let payload = pushed.payloadBuffer()
-                    for handle in registry.all { handle.execute { $0.deliverLive(pushed, tracked: false, payload: payload) } }
+                    for handle in registry.all { handle.execute { $0.deliverLive(pushed, tracked: false, countReach: true, payload: payload) } }
                 }
             }
         }

@@ -25,6 +25,8 @@ final class StatusRecorder: Sendable {
         var young: States = [:]
         /// Recorded during the tick before: sent at the next tick.
         var old: States = [:]
+        /// Broadcast message id -> terminals it was written to since the last tick.
+        var reach: [String: Int] = [:]
         var ticking = false
     }
 
@@ -67,19 +69,36 @@ final class StatusRecorder: Sendable {
         if start { scheduleTick() }
     }
 
+    /// Counts one more terminal a broadcast reached; sent as one HINCRBY per message per tick.
+    func countReach(_ id: String) {
+        let start = pending.withLockedValue { pending in
+            pending.reach[id, default: 0] += 1
+            defer { pending.ticking = true }
+            return !pending.ticking
+        }
+        if start { scheduleTick() }
+    }
+
     private func scheduleTick() {
         redis.eventLoop.scheduleTask(in: interval) { self.tick() }
     }
 
     private func tick() {
-        let (due, more) = pending.withLockedValue { pending in
+        let (due, reach, more) = pending.withLockedValue { pending in
             let due = pending.old
+            let reach = pending.reach
             pending.old = pending.young
             pending.young = [:]
+            pending.reach = [:]
             pending.ticking = !pending.old.isEmpty
-            return (due, pending.ticking)
+            return (due, reach, pending.ticking)
         }
         send(due)
+        if !reach.isEmpty {
+            // The status was created before the broadcast went out; a lost count only
+            // understates the reach.
+            redis.fireAndForget(reach.map { RedisCommand("HINCRBY", keys.messageStatus($0.key), "delivered", String($0.value)) })
+        }
         if more { scheduleTick() }
     }
 

@@ -13,8 +13,9 @@ struct APIOptions: ParsableArguments {
     @Option(help: "API key, sent as 'Authorization: Bearer KEY' (env PUSHFLEET_API_KEY).")
     var apiKey: String?
 
-    /// POSTs `body` as JSON and prints the response body; fails on a non-2xx status.
-    func post(_ path: String, _ body: [String: Any]) async throws {
+    /// POSTs `body` as JSON and returns the response body; fails with a one-line message on a
+    /// non-2xx status or when the API cannot be reached.
+    func post(_ path: String, _ body: [String: Any]) async throws -> Data {
         let base = api ?? env("API") ?? "http://127.0.0.1:8080"
         guard let url = URL(string: base + path) else { throw ValidationError("bad --api URL \(base)") }
         var request = URLRequest(url: url)
@@ -22,14 +23,26 @@ struct APIOptions: ParsableArguments {
         request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         if let key = apiKey ?? env("API_KEY") { request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization") }
         request.httpBody = try JSONSerialization.data(withJSONObject: body)
-        let (data, response) = try await URLSession.shared.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        let text = String(decoding: data, as: UTF8.self)
-        guard (200..<300).contains(status) else {
-            FileHandle.standardError.write(Data("HTTP \(status): \(text)\n".utf8))
-            throw ExitCode(1)
+        let data: Data
+        let response: URLResponse
+        do {
+            (data, response) = try await URLSession.shared.data(for: request)
+        } catch {
+            Self.fail("cannot reach the control API at \(base): \(error.localizedDescription)")
         }
-        print(text)
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard (200..<300).contains(status) else {
+            // The API's errors are {"error":{"code","message"}}: say them plainly.
+            let error = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["error"] as? [String: Any]
+            let detail = (error?["message"] as? String).map { "\($0) (\(error?["code"] as? String ?? ""))" }
+            Self.fail("HTTP \(status): \(detail ?? String(decoding: data, as: UTF8.self))")
+        }
+        return data
+    }
+
+    private static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("pushfleet: \(message)\n".utf8))
+        Foundation.exit(1)
     }
 }
 
@@ -73,7 +86,9 @@ struct PushClientCommand: AsyncParsableCommand {
         if let topic { body["topic"] = topic }
         if broadcast { body["broadcast"] = true }
         if let idempotencyKey { body["idempotencyKey"] = idempotencyKey }
-        try await options.post("/v1/push", body)
+        let answer = try await options.post("/v1/push", body)
+        let id = (try? JSONSerialization.jsonObject(with: answer) as? [String: Any])?["id"] as? String
+        print(id ?? String(decoding: answer, as: UTF8.self))
     }
 }
 
@@ -92,6 +107,6 @@ struct CredentialCommand: AsyncParsableCommand {
     var terminal: String
 
     func run() async throws {
-        try await options.post("/v1/credentials", ["terminal": terminal, "ttl": ttl])
+        print(String(decoding: try await options.post("/v1/credentials", ["terminal": terminal, "ttl": ttl]), as: UTF8.self))
     }
 }

@@ -37,12 +37,14 @@ struct CompactJSONTests {
     @Test func nodeEventsAreWhatFoundationWritesAndReadBack() throws {
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<300 {
-            let kind = [NodeEvent.Kind.wake, .deliver, .kick, .publish].randomElement(using: &generator)!
+            let kind = [NodeEvent.Kind.wake, .deliver, .kick, .stopped, .publish].randomElement(using: &generator)!
             var event = NodeEvent(kind: kind)
             if Bool.random(using: &generator) { event.terminals = Self.awkward.shuffled(using: &generator) }
             if Bool.random(using: &generator) { event.entries = [Self.randomMessage(using: &generator).encoded(), "x"] }
             if Bool.random(using: &generator) { event.message = Self.randomMessage(using: &generator) }
             if Bool.random(using: &generator) { event.epoch = "e1" }
+            if Bool.random(using: &generator) { (event.from, event.successor) = (Self.awkward.randomElement(using: &generator), "e2") }
+            if Bool.random(using: &generator) { event.reason = "revoked" }
             if Bool.random(using: &generator) {
                 event.target = NodeTarget(ordinary: Bool.random(using: &generator), shares: ["$share/g/a"])
             }
