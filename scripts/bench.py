@@ -200,6 +200,41 @@ class Bench:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def backlog_scenario(bench, kind, run, terminals, per_terminal):
+    """g. `terminals` terminals, each with `per_terminal` messages waiting for it (PushFleet:
+    pushed to the terminals while they were offline; Mosquitto: published to their persistent
+    sessions while they were away), reconnect at once: the time from the first connection
+    attempt until every message was delivered."""
+    workdir = tempfile.mkdtemp(prefix="pushfleet-bench-")
+    server = bench.system(kind, workdir)
+    prefix = f"g{run}-"
+    messages = terminals * per_terminal
+    persistent = ["--persistent"] if kind == "Mosquitto" else []
+    try:
+        terminal_args = server.terminal_args(unicast_topic=True)
+        if kind == "Mosquitto":
+            # Persistent sessions subscribed to bench/<i>, then away.
+            away = [bench.binary, "bench", "conn", "--count", str(terminals), "--prefix", prefix, *persistent, *terminal_args]
+            subprocess.run(away, capture_output=True, text=True, timeout=120, check=True)
+        pub_command = server.publish_args(bench.binary, prefix, terminals, messages, 1, 0)
+        pub = subprocess.run(pub_command, capture_output=True, text=True, timeout=600)
+        sent = last_json(pub.stdout)["sent"]
+        time.sleep(1.0)
+        sub_command = [bench.binary, "bench", "sub", "--count", str(terminals), "--prefix", prefix, "--qos", "1",
+                       "--expect", str(messages), "--seconds", "300", "--idle", "10", *persistent, *terminal_args]
+        bench.commands.setdefault("g", {})[kind] = (pub_command, sub_command)
+        sub = subprocess.run(sub_command, capture_output=True, text=True, timeout=600)
+        summary = last_json(sub.stdout)
+        seconds = summary["sinceStartSeconds"]
+        result = {"seconds_until_all": seconds, "messages_per_second": summary["unique"] / seconds if seconds else 0,
+                  "sent": sent, "unique": summary["unique"], "lost": max(0, sent - summary["unique"]),
+                  "duplicated": summary["duplicates"]}
+        bench.record("g", kind, result)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def fleet_scenario(bench, nodes=5, per_node=19000):
     """f. `nodes` push nodes holding `per_node` terminals each (one load process and one
     source address per node, under the 20,000 files a process may hold), then one broadcast
@@ -306,6 +341,8 @@ def main():
     unicast_messages = 20000 if args.quick else 60000
     fanout_terminals = 1000
     fanout_messages = 50 if args.quick else 200
+    backlog_terminals = 1000
+    backlog_per_terminal = 20 if args.quick else 100
     started = time.time()
 
     print("a/b: idle terminals, connects per second", flush=True)
@@ -330,12 +367,18 @@ def main():
         for run in range(args.runs):
             bench.delivery("e", kind, run, fanout_terminals, fanout_messages, 1, 0, fanout_topic="bench/all")
 
+    print(f"g: {backlog_terminals} terminals with {backlog_per_terminal} messages waiting each reconnect at once", flush=True)
+    for kind in ("Mosquitto", "PushFleet"):
+        for run in range(args.runs):
+            backlog_scenario(bench, kind, run, backlog_terminals, backlog_per_terminal)
+
     if not args.quick:
         print("f: five push nodes, 95,000 terminals, one broadcast", flush=True)
         fleet_scenario(bench)
     write_report(args, bench, machine(), time.time() - started, half, own,
                  {"idle": idle, "unicast_terminals": unicast_terminals, "unicast_messages": unicast_messages,
-                  "fanout_terminals": fanout_terminals, "fanout_messages": fanout_messages})
+                  "fanout_terminals": fanout_terminals, "fanout_messages": fanout_messages,
+                  "backlog_terminals": backlog_terminals, "backlog_per_terminal": backlog_per_terminal})
 
 
 def f_report(runs):
@@ -415,6 +458,8 @@ def write_report(args, bench, info, seconds, half, own, sizes):
         row(f"c. p99 latency at {half} msg/s (half Mosquitto's QoS 1 saturation)", "c-latency", "p99_ms", "ms",
             higher_is_better=False, fmt="{:.1f}"),
         row(f"e. fan-out to {sizes['fanout_terminals']} terminals, deliveries", "e", "messages_per_second", "/s", target=1.5),
+        row(f"g. {sizes['backlog_terminals']} terminals with {sizes['backlog_per_terminal']} messages waiting each reconnect "
+            "at once: time until all delivered", "g", "seconds_until_all", "s", higher_is_better=False, fmt="{:.1f}"),
         f"| c. p99 latency at {own} msg/s (half PushFleet's own QoS 1 saturation) | "
         f"{med('c-own-latency', 'PushFleet', 'p99_ms'):.1f} ms | | | for context |",
         "",
@@ -428,7 +473,7 @@ def write_report(args, bench, info, seconds, half, own, sizes):
         "| scenario | system | sent | received (distinct) | lost | duplicated |",
         "|---|---|---|---|---|---|",
     ]
-    for scenario in ("c", "d", "c-latency", "c-own-latency", "e"):
+    for scenario in ("c", "d", "c-latency", "c-own-latency", "e", "g"):
         for system in ("PushFleet", "Mosquitto"):
             if r.get(scenario, {}).get(system):
                 lines.append(f"| {scenario} | {system} | {total(scenario, system, 'sent')} | {total(scenario, system, 'unique')} | "

@@ -11,6 +11,8 @@ public struct BenchLogin: Sendable {
     public var subscriptions: [String]
     public var qos: MQTTQoS
     public var keepAlive: UInt16 = 300
+    /// Clean session; off keeps the session (and what is queued for it) across connections.
+    public var cleanStart = true
 
     public init(
         clientID: String, username: String? = nil, password: String? = nil, subscriptions: [String] = [], qos: MQTTQoS = .atLeastOnce
@@ -54,7 +56,7 @@ final class BenchConnection: ChannelInboundHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         let connect = MQTTConnectPacket(
-            clientIdentifier: login.clientID, cleanStart: true, keepAlive: login.keepAlive, username: login.username,
+            clientIdentifier: login.clientID, cleanStart: login.cleanStart, keepAlive: login.keepAlive, username: login.username,
             password: login.password.map { Array($0.utf8) })
         context.writeAndFlush(wrapOutboundOut(.connect(connect)), promise: nil)
         context.fireChannelActive()

@@ -57,6 +57,9 @@ struct BenchTerminals: ParsableArguments {
     @Option(help: "Connection handshakes (TCP, CONNECT, CONNACK) in flight at most.")
     var parallel = 64
 
+    @Flag(help: "Persistent sessions (clean session off): what is published while they are away waits for them.")
+    var persistent = false
+
     var target: BenchTarget {
         BenchTarget(
             host: host, ports: port.split(separator: ",").compactMap { Int($0) },
@@ -71,7 +74,9 @@ struct BenchTerminals: ParsableArguments {
             let id = "\(prefix)\(index)"
             let password = authority?.issue(terminal: id, ttl: 86_400, nowMillis: now).password
             let topics = topic.map { [$0.replacingOccurrences(of: "%i", with: String(index))] } ?? []
-            return BenchLogin(clientID: id, username: password == nil ? nil : id, password: password, subscriptions: topics, qos: qos)
+            var login = BenchLogin(clientID: id, username: password == nil ? nil : id, password: password, subscriptions: topics, qos: qos)
+            login.cleanStart = !persistent
+            return login
         }
     }
 }
@@ -159,6 +164,7 @@ struct BenchSubscribe: AsyncParsableCommand {
         let stats = BenchStats()
         let progress = reportProgress(stats, label: "sub")
         let connector = BenchConnector(target: terminals.target, stats: stats, group: MultiThreadedEventLoopGroup.singleton)
+        let started = ContinuousClock.now
         let channels = await connector.open(terminals.logins, rate: terminals.connectRate, parallel: terminals.parallel)
         if let readyFile { _ = FileManager.default.createFile(atPath: readyFile, contents: Data("\(channels.count)\n".utf8)) }
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
@@ -186,6 +192,9 @@ struct BenchSubscribe: AsyncParsableCommand {
         summary["mode"] = "sub"
         summary["seconds"] = spanSeconds
         summary["messagesPerSecond"] = spanSeconds > 0 ? Double(snapshot.unique) / spanSeconds : 0
+        // From the first connection attempt to the last message (a backlog delivered on connect).
+        let sinceStart = lastAt - started
+        summary["sinceStartSeconds"] = Double(sinceStart.components.seconds) + Double(sinceStart.components.attoseconds) / 1e18
         printSummary(summary)
         for channel in channels { channel.close() }
     }
