@@ -115,8 +115,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var awaitingRelease: Set<UInt16> = []
     private var inflight: [UInt16: Inflight] = [:]
     /// Ids of stored messages delivered for good (acknowledged, or sent at QoS 0) whose LREM
-    /// has not been confirmed yet: a list read issued before that LREM still returns them,
-    /// and they must not go out twice.
+    /// has not been confirmed yet. List reads go out after those LREMs and cannot return
+    /// them; a wake event that carries one of them (it raced a read) must not send it twice.
     private var removing: Set<String> = []
     private var inflightIDs: Set<String> = []
     private var nextPacketID: UInt16 = 1

@@ -36,14 +36,10 @@ struct StoredBacklog {
         case mismatch
     }
 
-    private enum State {
-        case idle
-        case reading(Read)
-    }
-
     /// Ids of the list's first entries, handled and staying in the list, in list order.
     private(set) var ahead: [String] = []
-    private var state = State.idle
+    /// A read is under way (its ``Read`` travels with the reply).
+    private(set) var isReading = false
     /// The list's end was reached and nothing new was announced since.
     private(set) var caughtUp = false
     /// New entries were announced while a read was under way.
@@ -61,24 +57,18 @@ struct StoredBacklog {
     /// How long after such a read a wake event's entries are not trusted.
     static let wakeGuard = TimeAmount.seconds(2)
 
-    /// Whether a read is under way.
-    var isReading: Bool {
-        if case .reading = state { return true }
-        return false
-    }
-
     /// The read to issue now, if any: when entries may be waiting, none is under way and the
     /// window has room for at least half of it (or for all of it when it is 1): reads
     /// come in batches, not one per acknowledgement.
     mutating func nextRead(room: Int, window: Int) -> Read? {
-        guard case .idle = state, !caughtUp, room > 0, room >= max(1, window / 2) else { return nil }
+        guard !isReading, !caughtUp, room > 0, room >= max(1, window / 2) else { return nil }
         let read: Read
         if rescan || ahead.isEmpty {
             read = Read(start: 0, count: ahead.count + room, anchor: nil, withSent: needsSent)
         } else {
             read = Read(start: ahead.count - 1, count: room + 1, anchor: ahead.last, withSent: needsSent)
         }
-        state = .reading(read)
+        isReading = true
         wokenWhileReading = false
         return read
     }
@@ -86,7 +76,7 @@ struct StoredBacklog {
     /// A read completed with the entries' ids (nil for an unreadable entry) and, when it asked
     /// for it, the `sent` hash.
     mutating func readCompleted(_ read: Read, ids: [String?], sent: [String: UInt16]?, now: NIODeadline) -> Outcome {
-        state = .idle
+        isReading = false
         if let sent { redeliveries = sent }
         needsSent = needsSent && sent == nil
         let fresh: Range<Int>
@@ -103,15 +93,20 @@ struct StoredBacklog {
             rescan = false
             fresh = 0..<ids.count
         }
-        // A short read reached the end of the list.
+        // A short read reached the end of the list: earlier deliveries of entries no longer in
+        // it are of no use.
         caughtUp = ids.count < read.count && !wokenWhileReading
+        if caughtUp && !redeliveries.isEmpty {
+            let listed = Set(ids.compactMap { $0 }).union(ahead)
+            redeliveries = redeliveries.filter { listed.contains($0.key) }
+        }
         if !fresh.isEmpty { lastFruitfulRead = now }
         return .entries(fresh)
     }
 
     /// The read failed (Redis unavailable): read again when woken.
     mutating func readFailed() {
-        state = .idle
+        isReading = false
         caughtUp = false
     }
 
@@ -155,7 +150,7 @@ struct StoredBacklog {
     /// deliver them straight from the event: it has handled everything before them, no read
     /// is under way, and no recent read could have returned them already. Otherwise it reads.
     mutating func mayDeliverFromWake(now: NIODeadline) -> Bool {
-        guard caughtUp, !rescan, case .idle = state else {
+        guard caughtUp, !rescan, !isReading else {
             woken()
             return false
         }

@@ -172,4 +172,12 @@ import Testing
         let again = backlog.nextRead(room: 2, window: 2)
         #expect(again == first, "the same read, the sent hash included")
     }
+
+    @Test func earlierDeliveriesOfEntriesNoLongerListedAreForgottenOnceCaughtUp() {
+        var backlog = StoredBacklog()
+        let read = backlog.nextRead(room: 4, window: 4)!
+        _ = backlog.readCompleted(read, ids: ["a"], sent: ["a": 1, "gone": 2], now: start)
+        #expect(backlog.caughtUp)
+        #expect(backlog.redeliveries == ["a": 1])
+    }
 }
