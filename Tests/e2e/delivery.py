@@ -233,6 +233,30 @@ def test_a_reader_that_pauses_while_5000_pushes_arrive_gets_all_of_them_when_it_
     client.close()
 
 
+def test_a_reader_that_pauses_until_its_socket_is_full_gets_every_stored_qos0_push_when_it_reads_again(fleet):
+    """QoS 0 entries do not wait for acknowledgements: what stops the node is the socket
+    (8 KiB payloads fill the buffers), and it resumes when the terminal reads again."""
+    password = fleet.credential("pause-0")
+    client = RawMQTT(fleet.node_ports[1])
+    assert client.connect("pause-0", password)[1][1] == 0
+    wait_for(lambda: route_node(fleet, "pause-0"), what="pause-0 online")
+    count, filler = 2000, "x" * 8192
+    push_batch(fleet, [{"to": ["pause-0"], "payload": f"m{i}:{filler}", "qos": 0} for i in range(count)])
+    wait_for(lambda: 0 < queued(fleet, "pause-0"), timeout=10, what="the node stopped with entries left")
+    time.sleep(1)
+    left = queued(fleet, "pause-0")
+    assert left > 0, "the socket never filled: the test does not test the pause"
+    seen = set()
+    deadline = time.time() + 60
+    while len(seen) < count and time.time() < deadline:
+        publish = parse_publish(*client.read())
+        assert publish["qos"] == 0
+        seen.add(publish["payload"].decode().split(":")[0])
+    assert seen == set(expected(count)), f"{len(seen)} arrived ({left} were waiting while the reader paused)"
+    wait_for(lambda: queued(fleet, "pause-0") == 0, timeout=20, what="list drained")
+    client.close()
+
+
 # ------------------------------------------------------------------------ takeover
 
 def test_100_takeovers_across_two_nodes_under_pushes_give_no_duplicate_without_dup(fleet):
