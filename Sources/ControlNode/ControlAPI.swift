@@ -198,7 +198,8 @@ struct ControlAPI: Sendable {
         }
         func number(_ name: String) -> Int64 { Int64(fields[name] ?? "0") ?? 0 }
         let kind = fields["kind"] ?? "unicast"
-        var counts = Dictionary(uniqueKeysWithValues: ["targets", "delivered", "acknowledged", "queued", "expired", "dropped"].map { ($0, number($0)) })
+        var counts = Dictionary(
+            uniqueKeysWithValues: ["targets", "delivered", "acknowledged", "queued", "expired", "dropped"].map { ($0, number($0)) })
         var body: [String: JSONValue] = ["id": .string(id), "kind": .string(kind)]
         for name in ["qos", "ttl", "createdAt"] { body[name] = .int(number(name)) }
         switch kind {
@@ -210,7 +211,9 @@ struct ControlAPI: Sendable {
         default:
             let (qos, ttl) = (number("qos"), number("ttl"))
             if ttl > 0, FleetClock.nowMillis() >= number("createdAt") + ttl * 1000 {
-                func late(_ state: String) -> Bool { state == MessageState.queued.rawValue || (qos > 0 && state == MessageState.delivered.rawValue) }
+                func late(_ state: String) -> Bool {
+                    state == MessageState.queued.rawValue || (qos > 0 && state == MessageState.delivered.rawValue)
+                }
                 var states = Array(terminals.values)
                 if Int64(terminals.count) < counts["targets", default: 0] {
                     states = (try await redis.send("HVALS", keys.messageTargets(id)).array ?? []).compactMap(\.string)

@@ -286,7 +286,9 @@ public final class PushNode: Service, Sendable {
                     }
                 } else {
                     let payload = pushed.payloadBuffer()
-                    for handle in registry.all { handle.execute { $0.deliverLive(pushed, tracked: false, countReach: true, payload: payload) } }
+                    for handle in registry.all {
+                        handle.execute { $0.deliverLive(pushed, tracked: false, countReach: true, payload: payload) }
+                    }
                 }
             }
         }
