@@ -7,6 +7,15 @@ import Testing
 @Suite struct StoredBacklogTests {
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
 
+    /// A backlog whose first read returned `ids` (a registration), all handled.
+    func backlog(handling ids: [String], window: Int) -> StoredBacklog {
+        var backlog = StoredBacklog()
+        let first = backlog.nextRead(room: window, window: window)!
+        _ = backlog.readCompleted(first, ids: ids, sent: [:], now: start)
+        for id in ids { backlog.handled(id) }
+        return backlog
+    }
+
     /// `LRANGE list start stop` as Redis answers it.
     static func lrange(_ list: [String], _ read: StoredBacklog.Read) -> [String?] {
         guard read.start < list.count else { return [] }
@@ -78,11 +87,7 @@ import Testing
     }
 
     @Test func aHeadChangedByAnotherWriterIsReadAgainFromTheHead() {
-        var backlog = StoredBacklog()
-        let first = backlog.nextRead(room: 2, window: 2)!
-        _ = backlog.readCompleted(first, ids: ["a", "b"], sent: [:], now: start)
-        backlog.handled("a")
-        backlog.handled("b")
+        var backlog = backlog(handling: ["a", "b"], window: 2)
         // The cap trimmed "a" from the list: "b" is now at index 0, not 1.
         let anchored = backlog.nextRead(room: 0, window: 2)
         #expect(anchored == nil, "window full")
@@ -97,10 +102,7 @@ import Testing
 
     @Test func entriesDeliveredFromWakesOutOfListOrderAreCaughtByTheAnchor() {
         // The list is [a, b, c]; "a" came by a read, "c" by a wake whose order beat "b"'s.
-        var backlog = StoredBacklog()
-        let first = backlog.nextRead(room: 4, window: 4)!
-        _ = backlog.readCompleted(first, ids: ["a"], sent: [:], now: start)
-        backlog.handled("a")
+        var backlog = backlog(handling: ["a"], window: 4)
         let fromWake = backlog.mayDeliverFromWake(now: start + .seconds(3))
         #expect(fromWake)
         backlog.handled("c")
@@ -115,11 +117,7 @@ import Testing
     }
 
     @Test func anEntryHandledAlreadyAfterAMatchingAnchorIsAMismatchToo() {
-        var backlog = StoredBacklog()
-        let first = backlog.nextRead(room: 4, window: 4)!
-        _ = backlog.readCompleted(first, ids: ["a", "b"], sent: [:], now: start)
-        backlog.handled("a")
-        backlog.handled("b")
+        var backlog = backlog(handling: ["a", "b"], window: 4)
         backlog.woken()
         let read = backlog.nextRead(room: 2, window: 4)!
         #expect(backlog.readCompleted(read, ids: ["b", "a"], sent: nil, now: start) == .mismatch)

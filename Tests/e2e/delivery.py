@@ -49,14 +49,26 @@ def route_node(fleet, terminal):
     return fleet.redis_cli("HGET", f"pushfleet:{{t:{terminal}}}:route", "node")
 
 
+def redis_pipe(fleet, lines):
+    """Sends redis-cli commands, one a line, in order on one connection."""
+    subprocess.run(["redis-cli", "-p", str(fleet.redis_port)], input="\n".join(lines) + "\n", text=True, capture_output=True,
+                   check=True)
+
+
+def leave_persistent_session(fleet, terminal, topic, qos):
+    """Connects `terminal` with clean session off, subscribes `topic` at `qos`, and leaves."""
+    client = Paho(fleet, fleet.node_ports[0], terminal, clean=False)
+    assert client.subscribe(topic, qos) == [qos]
+    client.close()
+    wait_for(lambda: not route_node(fleet, terminal), what=f"{terminal} offline")
+
+
 def store_in_order(fleet, terminal, count, **extra):
     """Stores pushes m0..m{count-1} for `terminal` in this order: through the command stream,
     which the control node handles in stream order for any one terminal (a batch API call
     stores its pushes concurrently)."""
     qos = extra.get("qos", 1)
-    lines = [f"XADD pushfleet:push * to {terminal} payload m{i} ttl 3600 qos {qos}" for i in range(count)]
-    subprocess.run(["redis-cli", "-p", str(fleet.redis_port)], input="\n".join(lines) + "\n", text=True,
-                   capture_output=True, check=True)
+    redis_pipe(fleet, [f"XADD pushfleet:push * to {terminal} payload m{i} ttl 3600 qos {qos}" for i in range(count)])
     wait_for(lambda: queued(fleet, terminal) == count, timeout=60, what=f"{count} stored for {terminal}")
 
 
@@ -134,10 +146,7 @@ def test_mqtt5_terminal_with_receive_maximum_7_gets_a_backlog_of_5000_in_order(f
 
 
 def test_qos2_backlog_of_5000_arrives_in_order_through_an_explicit_subscription_kept_with_the_session(fleet):
-    first = Paho(fleet, fleet.node_ports[0], "bl-q2", clean=False)
-    assert first.subscribe("push/bl-q2", 2) == [2]
-    first.close()
-    wait_for(lambda: not route_node(fleet, "bl-q2"), what="bl-q2 offline")
+    leave_persistent_session(fleet, "bl-q2", "push/bl-q2", 2)
     store_in_order(fleet, "bl-q2", BACKLOG, qos=2)
     # Reconnect on the other node, without subscribing again: the QoS 2 subscription is the session's.
     again = Paho(fleet, fleet.node_ports[1], "bl-q2", clean=False)
@@ -149,14 +158,9 @@ def test_qos2_backlog_of_5000_arrives_in_order_through_an_explicit_subscription_
 
 
 def test_persistent_session_gets_a_topic_backlog_of_5000_in_order(fleet):
-    first = Paho(fleet, fleet.node_ports[0], "bl-topic", clean=False)
-    assert first.subscribe("news/a", 1) == [1]
-    first.close()
-    wait_for(lambda: not route_node(fleet, "bl-topic"), what="bl-topic offline")
+    leave_persistent_session(fleet, "bl-topic", "news/a", 1)
     time.sleep(0.3)
-    lines = [f"XADD pushfleet:push * topic news/a payload m{i} qos 1 ttl 3600" for i in range(BACKLOG)]
-    subprocess.run(["redis-cli", "-p", str(fleet.redis_port)], input="\n".join(lines) + "\n", text=True, capture_output=True,
-                   check=True)
+    redis_pipe(fleet, [f"XADD pushfleet:push * topic news/a payload m{i} qos 1 ttl 3600" for i in range(BACKLOG)])
     wait_for(lambda: queued(fleet, "bl-topic") == BACKLOG, timeout=60, what="topic backlog stored")
     again = Paho(fleet, fleet.node_ports[1], "bl-topic", clean=False)
     got = again.take(BACKLOG, timeout=90)
@@ -373,10 +377,7 @@ def test_a_push_whose_ttl_passes_while_the_terminal_is_away_ends_expired(fleet):
 
 
 def test_explicit_broadcast_subscription_at_qos0_is_kept_with_the_session(fleet):
-    first = Paho(fleet, fleet.node_ports[0], "keep-bc", clean=False)
-    assert first.subscribe("broadcast", 0) == [0]
-    first.close()
-    wait_for(lambda: not route_node(fleet, "keep-bc"), what="keep-bc offline")
+    leave_persistent_session(fleet, "keep-bc", "broadcast", 0)
     again = Paho(fleet, fleet.node_ports[1], "keep-bc", clean=False)
     wait_for(lambda: route_node(fleet, "keep-bc") == "n2", what="keep-bc on n2")
     fleet.api("POST", "/v1/push", {"broadcast": True, "payload": "to-all", "qos": 1})
@@ -416,10 +417,7 @@ def test_status_of_topic_and_broadcast_pushes_says_where_they_went(fleet):
     for client in clients:
         client.close()
     # A topic push: where it went.
-    sub = Paho(fleet, fleet.node_ports[0], "topic-st", clean=False)
-    sub.subscribe("news/st", 1)
-    sub.close()
-    wait_for(lambda: not route_node(fleet, "topic-st"), what="topic-st offline")
+    leave_persistent_session(fleet, "topic-st", "news/st", 1)
     time.sleep(0.3)
     status, pushed = fleet.api("POST", "/v1/push", {"topic": "news/st", "payload": "x", "qos": 1})
     body = fleet.api("GET", f"/v1/messages/{pushed['id']}")[1]
