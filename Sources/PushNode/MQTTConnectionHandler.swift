@@ -396,9 +396,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
             node.redis.pipelineFuture([RedisCommand("SPUBLISH", node.keys.nodeChannel(oldNode), kick.encoded())])
                 .hop(to: context.eventLoop).whenComplete { result in
-                    // Nobody listens on that node's channel (it died): nothing to wait for.
+                    // Nobody listens on that node's channel (it died): nothing to wait for, and
+                    // nothing changed since the registration read (a reconnect storm after a
+                    // node died costs no extra read). Redis unavailable: read again when it is.
                     guard case .success(let replies) = result, replies.first?.int ?? 0 > 0 else {
-                        return loopBound.value.predecessorStopped(successor: successor)
+                        let unheard = (try? result.get())?.first?.int == 0
+                        return loopBound.value.predecessorStopped(successor: successor, reload: !unheard)
                     }
                 }
         } else {
@@ -420,10 +423,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     /// The terminal's previous connection stopped (or could not be reached): read what it
     /// left in Redis and start.
-    func predecessorStopped(successor: String) {
+    func predecessorStopped(successor: String, reload: Bool = true) {
         guard successor == epoch, case .registering = phase, let pending = pendingTakeover, let context else { return }
         pendingTakeover = nil
         pending.deadline?.cancel()
+        guard reload else { return activate(pending.registration, read: pending.read, assignedID: pending.assignedID) }
         let commands = SessionRegistration.reloadCommands(keys: node.keys, terminal: terminal, window: pending.read.count)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let boundPending = NIOLoopBound(pending, eventLoop: context.eventLoop)

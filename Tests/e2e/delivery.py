@@ -328,6 +328,18 @@ def test_100_takeovers_across_two_nodes_under_pushes_give_no_duplicate_without_d
     assert set(pushed) <= {payload for payload, _, _ in receipts}, "every push arrived"
 
 
+def test_a_route_left_by_a_dead_node_does_not_delay_the_connack(fleet):
+    """A takeover waits for the old connection to stop, but not for a node nobody hears."""
+    fleet.redis_cli("HSET", "pushfleet:{t:ghosted}:route", "node", "ghost", "epoch", "e-old", "connectedAt", "1")
+    password = fleet.credential("ghosted")
+    client = RawMQTT(fleet.node_ports[0])
+    started = time.time()
+    assert client.connect("ghosted", password)[1][1] == 0
+    waited = time.time() - started
+    client.close()
+    assert waited < 1.0, f"CONNACK after {waited:.1f} s"
+
+
 # ---------------------------------------------------------------- credentials, expiry
 
 def test_revoke_then_issue_200_times_never_refuses_the_new_credential(fleet):
