@@ -126,14 +126,29 @@ def expected(count):
 # ------------------------------------------------------------------------ backlogs
 
 def test_offline_terminal_gets_a_backlog_of_5000_in_order_with_mosquitto_sub(fleet):
-    credential = fleet.credential("bl-mosq")
-    store_in_order(fleet, "bl-mosq", BACKLOG)
-    out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.node_ports[0]), "-i", "bl-mosq", "-u", "bl-mosq",
-                          "-P", credential, "-t", "push/bl-mosq", "-q", "1", "-c", "-V", "mqttv311", "-C", str(BACKLOG),
-                          "-W", "90"], capture_output=True, text=True)
-    lines = out.stdout.splitlines()
-    assert lines == expected(BACKLOG), f"{len(lines)} arrived, first missing: {next((i for i, l in enumerate(expected(BACKLOG)) if i >= len(lines) or lines[i] != l), None)}"
-    wait_for(lambda: queued(fleet, "bl-mosq") == 0, timeout=20, what="list drained")
+    # MQTT 3.1.1 with clean session off, and MQTT 5 (mosquitto_sub's receive maximum is 20).
+    for terminal, version, count in (("bl-mosq", ["-V", "mqttv311", "-c"], BACKLOG), ("bl-mosq5", ["-V", "mqttv5"], 2000)):
+        credential = fleet.credential(terminal)
+        store_in_order(fleet, terminal, count)
+        out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.node_ports[0]), "-i", terminal, "-u", terminal,
+                              "-P", credential, "-t", f"push/{terminal}", "-q", "1", *version, "-C", str(count), "-W", "90"],
+                             capture_output=True, text=True)
+        lines = out.stdout.splitlines()
+        missing = next((i for i, line in enumerate(expected(count)) if i >= len(lines) or lines[i] != line), None)
+        assert lines == expected(count), f"{terminal}: {len(lines)} arrived, first missing: m{missing}"
+        wait_for(lambda: queued(fleet, terminal) == 0, timeout=20, what="list drained")
+
+
+def test_pushes_stored_during_a_long_drain_arrive_after_it_in_order_and_once(fleet):
+    store_in_order(fleet, "bl-more", 3000)
+    client = Paho(fleet, fleet.node_ports[0], "bl-more", v5=True, receive_maximum=5)
+    first = client.take(100, timeout=30)
+    # The drain has begun; 500 more are stored (and announced by wake events) meanwhile.
+    redis_pipe(fleet, [f"XADD pushfleet:push * to bl-more payload m{i} ttl 3600" for i in range(3000, 3500)])
+    rest = client.take(3400, timeout=90)
+    client.close()
+    payloads = [payload for payload, _, _ in first + rest]
+    assert payloads == expected(3500), f"{len(payloads)} arrived, {len(set(payloads))} distinct"
 
 
 def test_mqtt5_terminal_with_receive_maximum_7_gets_a_backlog_of_5000_in_order(fleet):
@@ -263,8 +278,10 @@ def test_a_reader_that_pauses_until_its_socket_is_full_gets_every_stored_qos0_pu
 
 # ------------------------------------------------------------------------ takeover
 
-def test_100_takeovers_across_two_nodes_under_pushes_give_no_duplicate_without_dup(fleet):
-    terminal = "takeover-1"
+def takeovers(fleet, terminal, count, level):
+    """`count` connections of `terminal`, alternating between the nodes, each opened while the
+    one before is still open and reading, with a push every 20 ms: no push may arrive twice
+    without DUP, and every push arrives."""
     password = fleet.credential(terminal)
     stop = threading.Event()
     pushed = []
@@ -292,7 +309,7 @@ def test_100_takeovers_across_two_nodes_under_pushes_give_no_duplicate_without_d
             if packet is None:
                 return
             if packet[0] >> 4 == 3:
-                publish = parse_publish(*packet)
+                publish = parse_publish(*packet, level=level)
                 with lock:
                     receipts.append((publish["payload"].decode(), publish["dup"], number))
                 try:
@@ -304,9 +321,11 @@ def test_100_takeovers_across_two_nodes_under_pushes_give_no_duplicate_without_d
     thread.start()
     readers = []
     try:
-        for number in range(100):
+        for number in range(count):
             client = RawMQTT(fleet.node_ports[number % 2])
-            assert client.connect(terminal, password, clean=False)[1][1] == 0, f"takeover {number} refused"
+            props = b"\x11\x00\x00\x02\x58" if level == 5 else b""  # session expiry 600 s
+            connack = client.connect(terminal, password, clean=False, level=level, props=props)
+            assert connack[1][1] == 0, f"takeover {number} refused: {connack}"
             reading = threading.Thread(target=reader, args=(client, number))
             reading.start()
             readers.append((reading, client))
@@ -326,6 +345,14 @@ def test_100_takeovers_across_two_nodes_under_pushes_give_no_duplicate_without_d
     twice = {payload: numbers for payload, numbers in plain.items() if len(numbers) > 1}
     assert not twice, f"received twice without DUP: {dict(list(twice.items())[:5])}"
     assert set(pushed) <= {payload for payload, _, _ in receipts}, "every push arrived"
+
+
+def test_100_takeovers_across_two_nodes_under_pushes_give_no_duplicate_without_dup(fleet):
+    takeovers(fleet, "takeover-1", 100, level=4)
+
+
+def test_50_mqtt5_takeovers_across_two_nodes_under_pushes_give_no_duplicate_without_dup(fleet):
+    takeovers(fleet, "takeover-5", 50, level=5)
 
 
 def test_a_route_left_by_a_dead_node_does_not_delay_the_connack(fleet):
