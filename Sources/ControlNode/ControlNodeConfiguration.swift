@@ -4,8 +4,8 @@ import RedisClient
 /// Everything a control node needs to run.
 ///
 /// `secret` signs terminal credentials and must be shared with every push node. When `apiKey`
-/// is set, every `/v1` call needs `Authorization: Bearer <apiKey>`; health, readiness and
-/// metrics stay open. Limits protect Redis and the push nodes: a message larger than
+/// is set, every call needs `Authorization: Bearer <apiKey>` but health, readiness and
+/// metrics, which stay open. Limits protect Redis and the push nodes: a message larger than
 /// `maximumPayloadSize` is refused with 413, a terminal's stored list keeps at most
 /// `offlineQueueCap` entries (older ones are dropped and counted), and message status records
 /// expire after `statusRetention` seconds.

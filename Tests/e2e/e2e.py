@@ -8,6 +8,7 @@ with mosquitto_sub, curl, redis-cli and paho-mqtt. Every port is on 127.0.0.1.
 Usage: python3 Tests/e2e/e2e.py --bin .build/debug/pushfleet
 """
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -299,6 +300,38 @@ def test_health_readiness_and_metrics(fleet):
             assert "pushfleet_node_connects_total" in text, text
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
             assert response.status == 200
+
+
+def test_api_key_guards_every_path_however_it_is_spelled(fleet):
+    """A control node with --api-key: no /v1 call without it, double slashes included."""
+    from fleet import SECRET, free_port, wait_port
+    port = free_port()
+    fleet.start("control-key", [fleet.binary, "control", "--redis", f"redis://127.0.0.1:{fleet.redis_port}", "--listen",
+                                f"127.0.0.1:{port}", "--api-key", "k-e2e", "--consumer", "ckey"], env={"PUSHFLEET_SECRET": SECRET})
+    try:
+        wait_port(port)
+        body = json.dumps({"terminal": "keyed-1"})
+
+        def call(method, path, key=None):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            headers = {"Content-Type": "application/json"}
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            connection.request(method, path, body if method == "POST" else None, headers)
+            response = connection.getresponse()
+            answer = response.read()
+            connection.close()
+            return response.status, answer
+
+        for path in ["/v1/credentials", "//v1/credentials", "/v1//credentials", "///v1/credentials"]:
+            status, answer = call("POST", path)
+            assert status == 401 and b"unauthorized" in answer, (path, status, answer)
+            assert call("POST", path, key="wrong")[0] == 401, path
+        assert call("POST", "/v1/credentials", key="k-e2e")[0] == 201
+        assert call("DELETE", "//v1/credentials/keyed-1")[0] == 401
+        assert call("GET", "/healthz")[0] == 200 and call("GET", "/metrics")[0] == 200
+    finally:
+        fleet.kill("control-key", signal.SIGTERM)
 
 
 def test_zz_sigterm_drains_a_push_node(fleet):
