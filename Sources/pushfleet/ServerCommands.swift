@@ -19,7 +19,7 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "HTTP listen address HOST:PORT (env PUSHFLEET_LISTEN; default 127.0.0.1:8080).")
     var listen: String?
 
-    @Option(help: "Require 'Authorization: Bearer KEY' on /v1 (env PUSHFLEET_API_KEY; default none).")
+    @Option(help: "Require 'Authorization: Bearer KEY' on every call but /healthz, /readyz, /metrics (env PUSHFLEET_API_KEY; default none).")
     var apiKey: String?
 
     @Option(help: "Comma separated MQTT endpoints advertised with credentials (env PUSHFLEET_ENDPOINTS; default: the live push nodes).")
