@@ -104,7 +104,9 @@ struct ControlAPI: Sendable {
 
     func push(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let body = try await decode(PushRequest.self, from: request, limit: configuration.maximumPayloadSize * 2 + 64 * 1024)
-        let receipt = try await dispatcher.push(try command(from: body))
+        let command = try command(from: body)
+        try [command].checkRequestBudget(configuration)
+        let receipt = try await dispatcher.push(command)
         return try json(receipt, status: .accepted)
     }
 
@@ -144,6 +146,7 @@ struct ControlAPI: Sendable {
             case .success(let command): valid.append((index, command))
             }
         }
+        try valid.map(\.command).checkRequestBudget(configuration)
         let outcomes = await dispatcher.pushMany(valid.map(\.command), wakes: wakes)
         for ((index, _), outcome) in zip(valid, outcomes) {
             switch outcome {

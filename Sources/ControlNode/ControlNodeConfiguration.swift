@@ -22,6 +22,11 @@ public struct ControlNodeConfiguration: Sendable {
     public var maximumBatchSize = 1_000
     /// Most targets in one push.
     public var maximumTargets = 10_000
+    /// Most targets across the pushes of one request (a batch); beyond it 413.
+    public var maximumRequestTargets = 100_000
+    /// Most bytes one request may store (each stored push's payload times its targets);
+    /// beyond it 413.
+    public var maximumRequestBytes = 64 << 20
     /// Most entries kept in one terminal's stored list.
     public var offlineQueueCap = 1_000
     /// Lifetime in seconds of a message stored without an expiry of its own (push nodes use

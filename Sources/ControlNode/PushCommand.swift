@@ -1,5 +1,6 @@
 import FleetCore
 import Foundation
+import MQTTCodec
 
 /// A validated push, from the API or the command stream.
 public struct PushCommand: Sendable, Hashable {
@@ -79,11 +80,38 @@ public struct PushCommand: Sendable, Hashable {
                 throw APIError.badRequest("invalid terminal id \(bad.debugDescription)")
             }
         case .topic(let topic):
-            guard !topic.isEmpty, !topic.contains("+"), !topic.contains("#"), topic.utf8.count <= 1024 else {
-                throw APIError.badRequest("topic must be a non-empty topic name without wildcards")
+            guard MQTTTopic.isValidTopicName(topic), topic.utf8.count <= 1024, MQTTTopic.levelCount(topic) <= MQTTTopic.defaultMaximumLevels
+            else {
+                throw APIError.badRequest(
+                    "topic must be a non-empty topic name without wildcards, of at most 1024 bytes and \(MQTTTopic.defaultMaximumLevels) levels"
+                )
             }
         case .broadcast:
             break
+        }
+    }
+}
+
+extension Collection where Element == PushCommand {
+    /// Refuses (413) pushes that together address more terminals, or would store more bytes
+    /// (payload times targets, for pushes that are stored), than one request may.
+    func checkRequestBudget(_ configuration: ControlNodeConfiguration) throws {
+        var targets = 0
+        var bytes = 0
+        for command in self {
+            guard case .terminals(let ids) = command.audience else { continue }
+            targets += ids.count
+            if command.ttl > 0 { bytes += command.payload.count * ids.count }
+        }
+        guard targets <= configuration.maximumRequestTargets else {
+            throw APIError(
+                .contentTooLarge, "payload_too_large",
+                "the request addresses \(targets) terminals; at most \(configuration.maximumRequestTargets) per request")
+        }
+        guard bytes <= configuration.maximumRequestBytes else {
+            throw APIError(
+                .contentTooLarge, "payload_too_large",
+                "the request would store \(bytes) bytes (payload x targets); at most \(configuration.maximumRequestBytes) per request")
         }
     }
 }

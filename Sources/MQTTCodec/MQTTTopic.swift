@@ -1,5 +1,21 @@
 /// Topic name and topic filter rules (MQTT 3.1.1 section 4.7, 5.0 section 4.7).
 public enum MQTTTopic {
+    /// Levels a topic name or filter may have by default (EMQX's default too): code that walks
+    /// a topic level by level stays shallow whatever a client sends.
+    public static let defaultMaximumLevels = 128
+
+    /// The number of levels of a topic name or filter (`a/b/c`: 3), counted without splitting.
+    public static func levelCount(_ topic: String) -> Int {
+        var count = 1
+        for byte in topic.utf8 where byte == UInt8(ascii: "/") { count += 1 }
+        return count
+    }
+
+    /// Whether `topic` can be published to: non-empty, without wildcards.
+    public static func isValidTopicName(_ topic: String) -> Bool {
+        !topic.isEmpty && !topic.utf8.contains(UInt8(ascii: "+")) && !topic.utf8.contains(UInt8(ascii: "#"))
+    }
+
     /// Whether `filter` is a valid topic filter: non-empty, `#` only as the whole last level,
     /// `+` only as a whole level.
     public static func isValidFilter(_ filter: String) -> Bool {

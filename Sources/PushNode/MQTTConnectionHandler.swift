@@ -287,6 +287,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         terminal = clientID
         persistentAtConnect = sessionExpiry > 0
         if let will = connect.will {
+            // Published later as the terminal's PUBLISH would be: the same rules for its topic.
+            guard MQTTTopic.isValidTopicName(will.topic), MQTTTopic.levelCount(will.topic) <= node.configuration.maximumTopicLevels
+            else {
+                return refuse(.v3NotAuthorized, v5: .topicNameInvalid, reason: "the will topic is not a valid topic name")
+            }
             let message = StoredMessage(
                 published: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties,
                 origin: clientID)
@@ -622,7 +627,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private func route(_ publish: MQTTPublishPacket, topic: String, packetID: UInt16?) {
         node.metrics.published.increment()
         var refusal: MQTTReasonCode?
-        if !node.acl.mayPublish(topic, terminal: terminal) {
+        if MQTTTopic.levelCount(topic) > node.configuration.maximumTopicLevels {
+            refusal = .topicNameInvalid
+        } else if !node.acl.mayPublish(topic, terminal: terminal) {
             refusal = .notAuthorized
         } else if version.hasProperties, publish.properties.integer(.payloadFormatIndicator) == 1,
             String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
@@ -635,7 +642,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             guard let packetID else { return }
             // MQTT 3.1.1 cannot refuse a PUBLISH: it is acknowledged and dropped.
             let code: MQTTReasonCode = version.hasProperties ? refusal : .success
-            let why = refusal == .notAuthorized ? "not allowed to publish to \(topic)" : "payload is not valid UTF-8"
+            let why =
+                switch refusal {
+                case .notAuthorized: "not allowed to publish to \(topic)"
+                case .topicNameInvalid: "more than \(node.configuration.maximumTopicLevels) topic levels"
+                default: "payload is not valid UTF-8"
+                }
             inboundPending.append(
                 InboundPublish(packetID: packetID, qos: publish.qos, reasonCode: code, reasonString: wantsProblemInformation ? why : nil))
             return flushInboundAcks()
@@ -738,10 +750,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var stored: [String] = []
         var retained: [(filter: String, subscription: Subscription)] = []
         var refused: [String] = []
-        for requested in subscribe.subscriptions {
+        var overQuota = false
+        // A filter given several times in one SUBSCRIBE: each gets its code, the last one's
+        // options stand, and its work (index, Redis, retained messages) is done once.
+        let lastIndex = Dictionary(subscribe.subscriptions.enumerated().map { ($1.topicFilter, $0) }) { _, later in later }
+        for (position, requested) in subscribe.subscriptions.enumerated() {
             let filter = requested.topicFilter
             let shared = SharedFilter(filter)
             guard
+                MQTTTopic.levelCount(filter) <= node.configuration.maximumTopicLevels,
                 filter.hasPrefix("$share/") ? shared.map({ MQTTTopic.isValidFilter($0.filter) }) ?? false : MQTTTopic.isValidFilter(filter)
             else {
                 codes.append(version.hasProperties ? .topicFilterInvalid : .v3SubscribeFailure)
@@ -758,6 +775,17 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             let subscription = Subscription(
                 qos: requested.options.qos, noLocal: requested.options.noLocal, retainAsPublished: requested.options.retainAsPublished,
                 identifier: identifier)
+            guard isAutomatic(filter) || subscriptions[filter] != nil || subscriptions.count < node.configuration.maximumSubscriptions
+            else {
+                codes.append(version.hasProperties ? .quotaExceeded : .v3SubscribeFailure)
+                overQuota = true
+                continue
+            }
+            guard lastIndex[filter] == position else {
+                // A later copy of this filter in the same packet decides.
+                codes.append(MQTTReasonCode(min(requested.options.qos, MQTTQoS.exactlyOnce).rawValue))
+                continue
+            }
             if isAutomatic(filter) {
                 // Kept with the session like any other (restored on reconnect), never indexed:
                 // pushes and broadcasts reach every session without the index.
@@ -784,6 +812,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var subackProperties: MQTTProperties = []
         if wantsProblemInformation, !refused.isEmpty {
             subackProperties.append(.reasonString, .string("not allowed to subscribe to " + refused.joined(separator: ", ")))
+        } else if wantsProblemInformation, overQuota {
+            subackProperties.append(.reasonString, .string("at most \(node.configuration.maximumSubscriptions) subscriptions per session"))
         }
         let suback = MQTTPacket.subAck(
             MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes, properties: subackProperties))
@@ -1067,7 +1097,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             if let alias = outboundAliases[message.topic] {
                 publish.topicName = ""
                 publish.properties.append(.topicAlias, .twoByteInteger(alias))
-            } else if outboundAliases.count < Int(clientTopicAliasMaximum) {
+            } else if outboundAliases.count < min(Int(clientTopicAliasMaximum), node.configuration.topicAliasMaximum) {
                 let alias = UInt16(outboundAliases.count + 1)
                 outboundAliases[message.topic] = alias
                 publish.properties.append(.topicAlias, .twoByteInteger(alias))

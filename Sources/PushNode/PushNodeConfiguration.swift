@@ -1,4 +1,5 @@
 import FleetCore
+import MQTTCodec
 import RedisClient
 
 /// Everything a push node needs to run.
@@ -63,6 +64,11 @@ public struct PushNodeConfiguration: Sendable {
     /// Topic aliases a terminal may use towards the node (MQTT 5), and the node uses towards it
     /// at most.
     public var topicAliasMaximum: Int = 32
+    /// Subscriptions one session may hold, besides `push/<id>` and `broadcast` (MQTT 5: SUBACK
+    /// 0x97 quota exceeded beyond it; 3.1.1: 0x80).
+    public var maximumSubscriptions: Int = 100
+    /// Levels a topic name or filter from a terminal may have (SUBSCRIBE, PUBLISH, will).
+    public var maximumTopicLevels: Int = MQTTTopic.defaultMaximumLevels
 
     public init(redis: RedisConfiguration, mqttHost: String, mqttPort: Int, nodeID: String, secret: String) {
         self.redis = redis

@@ -19,7 +19,8 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "HTTP listen address HOST:PORT (env PUSHFLEET_LISTEN; default 127.0.0.1:8080).")
     var listen: String?
 
-    @Option(help: "Require 'Authorization: Bearer KEY' on every call but /healthz, /readyz, /metrics (env PUSHFLEET_API_KEY; default none).")
+    @Option(
+        help: "Require 'Authorization: Bearer KEY' on every call but /healthz, /readyz, /metrics (env PUSHFLEET_API_KEY; default none).")
     var apiKey: String?
 
     @Option(help: "Comma separated MQTT endpoints advertised with credentials (env PUSHFLEET_ENDPOINTS; default: the live push nodes).")
@@ -38,6 +39,18 @@ struct ControlCommand: AsyncParsableCommand {
         help:
             "Seconds before another control node claims a command stream entry left unacknowledged (env PUSHFLEET_CLAIM_IDLE; default 30).")
     var claimIdle: Int?
+
+    @Option(
+        help:
+            "Most terminals the pushes of one API request address together; beyond it 413 (env PUSHFLEET_MAX_REQUEST_TARGETS; default 100000)."
+    )
+    var maxRequestTargets: Int?
+
+    @Option(
+        help:
+            "Most bytes one API request may store, each stored push's payload times its targets; beyond it 413 (env PUSHFLEET_MAX_REQUEST_BYTES; default 67108864)."
+    )
+    var maxRequestBytes: Int?
 
     func run() async throws {
         Bootstrap.logging(level: try common.level())
@@ -70,6 +83,11 @@ struct ControlCommand: AsyncParsableCommand {
             try positive(statusRetention, env: "STATUS_RETENTION", option: "--status-retention") ?? configuration.statusRetention
         configuration.offlineQueueCap = try positive(queueCap, env: "QUEUE_CAP", option: "--queue-cap") ?? configuration.offlineQueueCap
         configuration.claimIdle = try positive(claimIdle, env: "CLAIM_IDLE", option: "--claim-idle") ?? configuration.claimIdle
+        configuration.maximumRequestTargets =
+            try positive(maxRequestTargets, env: "MAX_REQUEST_TARGETS", option: "--max-request-targets")
+            ?? configuration.maximumRequestTargets
+        configuration.maximumRequestBytes =
+            try positive(maxRequestBytes, env: "MAX_REQUEST_BYTES", option: "--max-request-bytes") ?? configuration.maximumRequestBytes
         return configuration
     }
 }
@@ -145,8 +163,22 @@ struct NodeCommand: AsyncParsableCommand {
     @Option(help: "Unacknowledged QoS 1/2 PUBLISHes a client may send (MQTT 5 receive maximum) (env PUSHFLEET_RECEIVE_MAX; default 64).")
     var receiveMax: Int?
 
-    @Option(help: "Topic aliases a client may use (MQTT 5); 0 turns them off (env PUSHFLEET_TOPIC_ALIAS_MAX; default 32).")
+    @Option(
+        help:
+            "Topic aliases a client may use, and the node uses towards it at most (MQTT 5); 0 turns them off (env PUSHFLEET_TOPIC_ALIAS_MAX; default 32)."
+    )
     var topicAliasMax: Int?
+
+    @Option(
+        help:
+            "Subscriptions per session besides push/<id> and broadcast; beyond it SUBACK 0x97 (MQTT 5) or 0x80 (env PUSHFLEET_MAX_SUBSCRIPTIONS; default 100)."
+    )
+    var maxSubscriptions: Int?
+
+    @Option(
+        help: "Levels a topic name or filter from a terminal may have (env PUSHFLEET_MAX_TOPIC_LEVELS; default 128)."
+    )
+    var maxTopicLevels: Int?
 
     @Option(
         help:
@@ -241,6 +273,10 @@ struct NodeCommand: AsyncParsableCommand {
             guard (0...65_535).contains(value) else { throw ValidationError("--topic-alias-max must be 0...65535") }
             configuration.topicAliasMaximum = value
         }
+        configuration.maximumSubscriptions =
+            try positive(maxSubscriptions, env: "MAX_SUBSCRIPTIONS", option: "--max-subscriptions") ?? configuration.maximumSubscriptions
+        configuration.maximumTopicLevels =
+            try positive(maxTopicLevels, env: "MAX_TOPIC_LEVELS", option: "--max-topic-levels") ?? configuration.maximumTopicLevels
         if let rate = maxConnectRate ?? env("MAX_CONNECT_RATE").flatMap({ Int($0) }) {
             guard rate >= 0 else { throw ValidationError("--max-connect-rate must be 0 or more") }
             configuration.maximumConnectRate = rate

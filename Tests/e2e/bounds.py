@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""What one client or one request may make the fleet do: each bound one past its limit,
+against real processes (redis-server, a control node, two push nodes, haproxy), with the
+default limits. The fleet is anonymous (`--allow-anonymous`, open topic ACL), as a hostile
+client on a conformance setup would find it.
+
+Usage: python3 Tests/e2e/bounds.py --bin .build/debug/pushfleet [-k NAME]
+"""
+import argparse
+import base64
+import shutil
+import sys
+import time
+
+from fleet import Fleet, RawMQTT, parse_publish, run_suite, wait_for
+
+MAX_SUBSCRIPTIONS = 100
+MAX_LEVELS = 128
+
+
+def suback_codes(packet):
+    """The reason codes of a 3.1.1 SUBACK (packet id, then one byte per filter)."""
+    first, body = packet
+    assert first == 0x90, packet
+    return list(body[2:])
+
+
+def subscribe_many(client, filters, qos=0, packet_id=1):
+    body = packet_id.to_bytes(2, "big") + (RawMQTT.properties() if getattr(client, "level", 4) == 5 else b"")
+    for topic_filter in filters:
+        body += RawMQTT.string(topic_filter) + bytes([qos])
+    client.send(0x82, body)
+    return client.read()
+
+
+def node_alive(fleet, port):
+    probe = RawMQTT(port)
+    answer = probe.connect(f"probe-{time.time()}")
+    probe.close()
+    return answer == (0x20, b"\x00\x00")
+
+
+def test_a_filter_or_topic_of_60000_levels_is_refused_and_the_node_stays_up(fleet):
+    port = fleet.node_ports[0]
+    client = RawMQTT(port)
+    assert client.connect("deep-1") == (0x20, b"\x00\x00")
+    # A string is at most 65,535 bytes: empty levels make 60,000 of them fit (`a/////.../#`).
+    deep = "a" + "/" * 59999 + "#"
+    assert suback_codes(subscribe_many(client, [deep, "a/" * (MAX_LEVELS - 1) + "#"])) == [0x80, 0x00]
+    client.publish("b" + "/" * 60000, b"x", qos=1, packet_id=7)
+    # 3.1.1 cannot refuse a PUBLISH: acknowledged and dropped.
+    assert client.read() == (0x40, b"\x00\x07")
+    client.close()
+    assert node_alive(fleet, port), "the node died"
+    client = RawMQTT(port)
+    assert client.connect("deep-5", level=5)[1][1] == 0
+    first, body = subscribe_many(client, [deep])
+    assert body[-1] == 0x8F, body  # topic filter invalid
+    client.close()
+    assert node_alive(fleet, port)
+
+
+def test_a_filter_repeated_5000_times_in_one_subscribe_is_handled_once(fleet):
+    publisher = RawMQTT(fleet.node_ports[1])
+    assert publisher.connect("rep-pub") == (0x20, b"\x00\x00")
+    publisher.publish("rep/x", b"kept", qos=1, packet_id=1, retain=True)
+    assert publisher.read()[0] == 0x40
+    publisher.close()
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("rep-1") == (0x20, b"\x00\x00")
+    started = time.time()
+    codes = suback_codes(subscribe_many(client, ["rep/x"] * 5000, qos=0))
+    assert codes == [0] * 5000, set(codes)
+    retained = parse_publish(*client.read())
+    assert retained["payload"] == b"kept" and retained["retain"], retained
+    client.sock.settimeout(1)
+    try:
+        extra = client.read()
+        assert extra is None, f"the retained message came more than once: {extra}"
+    except TimeoutError:
+        pass
+    assert time.time() - started < 5
+    assert fleet.redis_cli("SISMEMBER", "pushfleet:index:n1", "rep/x") == "1"
+    client.close()
+
+
+def test_subscriptions_per_session_stop_at_the_cap(fleet):
+    for level, refusal in ((4, 0x80), (5, 0x97)):
+        client = RawMQTT(fleet.node_ports[level % 2])
+        assert client.connect(f"cap-{level}", level=level)[1][1] == 0
+        filters = [f"cap/{i}" for i in range(MAX_SUBSCRIPTIONS + 1)]
+        first, body = subscribe_many(client, filters)
+        codes = list(body[2:] if level == 4 else body[3 + body[2]:])
+        assert codes == [0] * MAX_SUBSCRIPTIONS + [refusal], codes[-3:]
+        # At the cap, an existing subscription can still be changed, and push/<id> is not counted.
+        first, body = subscribe_many(client, ["cap/0", f"push/cap-{level}"], qos=1, packet_id=2)
+        assert list(body[-2:]) == [1, 1], body
+        client.close()
+
+
+def test_a_will_topic_with_a_wildcard_gets_a_refusing_connack(fleet):
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("will-bad", will=("dev/+/status", b"gone", 1, False)) == (0x20, b"\x00\x05")
+    client.close()
+    client = RawMQTT(fleet.node_ports[1])
+    first, body = client.connect("will-bad5", level=5, will=("dev/#", b"gone", 1, False))
+    assert first == 0x20 and body[1] == 0x90, body  # topic name invalid
+    client.close()
+
+
+def test_outbound_topic_aliases_stay_within_the_nodes_maximum(fleet):
+    receiver = RawMQTT(fleet.node_ports[0])
+    # Topic alias maximum 1000 (property 0x22) from the client; the node's default is 32.
+    first, body = receiver.connect("alias-r", level=5, props=b"\x22\x03\xe8")
+    assert first == 0x20 and body[1] == 0
+    subscribe_many(receiver, ["alias/#"])
+    sender = RawMQTT(fleet.node_ports[0])
+    assert sender.connect("alias-s") == (0x20, b"\x00\x00")
+    for index in range(40):
+        sender.publish(f"alias/{index}", b"x")
+    aliases = []
+    for _ in range(40):
+        publish = parse_publish(*receiver.read(), level=5)
+        props = publish["props"]
+        position = props.find(b"\x23")
+        aliases.append(int.from_bytes(props[position + 1:position + 3], "big") if position >= 0 else None)
+    assert max(a for a in aliases if a) == 32 and aliases[32:] == [None] * 8, aliases
+    sender.close()
+    receiver.close()
+
+
+def test_a_request_storing_too_much_or_addressing_too_many_gets_413(fleet):
+    payload = base64.b64encode(b"x" * 128 * 1024).decode()
+    status, body = fleet.api("POST", "/v1/push", {"to": [f"big-{i}" for i in range(600)], "payloadBase64": payload})
+    assert status == 413 and body["error"]["code"] == "payload_too_large", (status, body)
+    many = [{"to": [f"t{j}-{i}" for i in range(10000)], "payload": "x", "ttl": 0} for j in range(11)]
+    status, body = fleet.api("POST", "/v1/push/batch", {"messages": many})
+    assert status == 413 and "110000 terminals" in body["error"]["message"], (status, body)
+    # Within the bounds: accepted.
+    status, body = fleet.api("POST", "/v1/push/batch", {"messages": many[:10]})
+    assert status == 202, (status, body)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("-k", default="")
+    args = parser.parse_args()
+    for tool in ["redis-server", "redis-cli", "haproxy"]:
+        if not shutil.which(tool):
+            sys.exit(f"bounds: {tool} is not installed")
+    tests = [(name, fn, "main") for name, fn in globals().items() if name.startswith("test_") and args.k in name]
+    run_suite("bounds", tests, {"main": lambda: Fleet(args.bin, node_args=["--allow-anonymous"])})
+
+
+if __name__ == "__main__":
+    main()
