@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "Tests", "e2e"))
 from fleet import free_port, wait_for, wait_port  # noqa: E402
 
-SECRET = "bench-secret"
+SECRET = "bench-secret-of-32-bytes-for-runs"
 
 
 def rss_kib(pid):

@@ -34,6 +34,7 @@ struct DevCommand: AsyncParsableCommand {
         let ports = (mqttPorts ?? env("MQTT_PORTS") ?? "1883,1884").split(separator: ",").compactMap { Int($0) }
         guard ports.count == 2 else { throw ValidationError("--mqtt-ports needs two ports") }
         let secret = self.secret ?? env("SECRET") ?? FleetClock.newEpoch() + FleetClock.newEpoch()
+        try validateSecret(secret)
 
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-dev-\(getpid())").path
         let redis = try LocalRedisServer(port: LocalRedisServer.ephemeralPort(), directory: directory, appendOnly: true)

@@ -22,7 +22,7 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Redis URL, redis://[:password@]host:port[/db] (env PUSHFLEET_REDIS; default redis://127.0.0.1:6379).")
     var redis: String?
 
-    @Option(help: "Shared secret that signs terminal credentials (env PUSHFLEET_SECRET; required).")
+    @Option(help: "Shared secret that signs terminal credentials, 16 bytes or more (env PUSHFLEET_SECRET; required).")
     var secret: String?
 
     @Option(help: "Prefix of every Redis key and channel (env PUSHFLEET_KEY_PREFIX; default pushfleet:).")
@@ -38,6 +38,7 @@ struct CommonOptions: ParsableArguments {
         guard let secret = secret ?? env("SECRET"), !secret.isEmpty else {
             throw ValidationError("missing --secret (or PUSHFLEET_SECRET): the credential secret shared by control and push nodes")
         }
+        try validateSecret(secret)
         return secret
     }
 
@@ -80,4 +81,19 @@ enum Bootstrap {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         return { registry.emitToBuffer() }
     }
+}
+
+/// Minimum length of the credential secret: anyone who guesses it mints credentials for every
+/// terminal.
+let minimumSecretBytes = 16
+
+func validateSecret(_ secret: String) throws {
+    guard secret.utf8.count >= minimumSecretBytes else {
+        throw ValidationError("the secret must be \(minimumSecretBytes) bytes or more (it signs every terminal's credentials)")
+    }
+}
+
+/// Whether `host` is a loopback address (reachable from this machine only).
+func isLoopback(_ host: String) -> Bool {
+    host == "localhost" || host == "::1" || host.hasPrefix("127.")
 }

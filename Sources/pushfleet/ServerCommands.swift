@@ -23,6 +23,12 @@ struct ControlCommand: AsyncParsableCommand {
         help: "Require 'Authorization: Bearer KEY' on every call but /healthz, /readyz, /metrics (env PUSHFLEET_API_KEY; default none).")
     var apiKey: String?
 
+    @Flag(
+        help:
+            "Allow --listen on an address other machines reach without --api-key: anyone who reaches it mints credentials and pushes (env PUSHFLEET_INSECURE=1)."
+    )
+    var insecure = false
+
     @Option(help: "Comma separated MQTT endpoints advertised with credentials (env PUSHFLEET_ENDPOINTS; default: the live push nodes).")
     var endpoints: String?
 
@@ -67,12 +73,17 @@ struct ControlCommand: AsyncParsableCommand {
     func makeConfiguration() throws -> ControlNodeConfiguration {
         let (host, port) = try parseHostPort(listen ?? env("LISTEN") ?? "127.0.0.1:8080", option: "--listen")
         let name = consumer ?? env("CONSUMER") ?? "control-\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        let key = apiKey ?? env("API_KEY")
+        let open = insecure || ["1", "true", "yes"].contains(env("INSECURE")?.lowercased() ?? "")
+        guard key != nil || isLoopback(host) || open else {
+            throw ValidationError("--listen \(host) is reachable from other machines: give --api-key (or --insecure to serve the API open)")
+        }
         var configuration = ControlNodeConfiguration(
             redis: try RedisConfiguration(url: common.redisURL),
             host: host,
             port: port,
             secret: try common.requiredSecret(),
-            apiKey: apiKey ?? env("API_KEY"),
+            apiKey: key,
             consumerName: name
         )
         configuration.keys = FleetKeys(prefix: common.prefix)

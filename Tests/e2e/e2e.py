@@ -21,7 +21,7 @@ import traceback
 import urllib.request
 
 
-from fleet import Fleet, RawMQTT, mqtt5_client, parse_publish, run_suite, wait_for
+from fleet import Fleet, RawMQTT, http_status, mqtt5_client, parse_publish, run_suite, wait_for
 
 def mosquitto_sub(port, terminal, password, count, extra=()):
     return subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-i", terminal, "-u", terminal,
@@ -332,6 +332,24 @@ def test_api_key_guards_every_path_however_it_is_spelled(fleet):
         assert call("GET", "/healthz")[0] == 200 and call("GET", "/metrics")[0] == 200
     finally:
         fleet.kill("control-key", signal.SIGTERM)
+
+
+def test_safe_by_default_short_secrets_and_an_open_api_on_a_public_address_are_refused(fleet):
+    from fleet import SECRET, free_port
+    redis = f"redis://127.0.0.1:{fleet.redis_port}"
+    short = subprocess.run([fleet.binary, "node", "--redis", redis, "--secret", "fifteen-bytes!!", "--mqtt", "127.0.0.1:0"],
+                           capture_output=True, text=True, timeout=20)
+    assert short.returncode != 0 and "16 bytes or more" in short.stderr, short
+    public = subprocess.run([fleet.binary, "control", "--redis", redis, "--secret", SECRET, "--listen", f"0.0.0.0:{free_port()}"],
+                            capture_output=True, text=True, timeout=20)
+    assert public.returncode != 0 and "--api-key" in public.stderr, public
+    port = free_port()
+    fleet.start("control-open", [fleet.binary, "control", "--redis", redis, "--secret", SECRET, "--listen", f"0.0.0.0:{port}",
+                                 "--insecure", "--consumer", "copen"])
+    try:
+        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, what="--insecure control node serving")
+    finally:
+        fleet.kill("control-open", signal.SIGTERM)
 
 
 def test_zz_sigterm_drains_a_push_node(fleet):

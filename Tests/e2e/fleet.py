@@ -13,7 +13,7 @@ import traceback
 import urllib.error
 import urllib.request
 
-SECRET = "e2e-secret"
+SECRET = "e2e-secret-of-32-bytes-for-tests"
 
 
 def free_port():
