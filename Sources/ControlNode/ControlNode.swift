@@ -51,6 +51,7 @@ public struct ControlNode: Service {
         api.addRoutes(to: router)
         return Application(
             router: router,
+            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(configuration.httpIdleTimeout)))),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "pushfleet-control"),
             onServerRunning: onServerRunning,
             logger: logger

@@ -44,6 +44,9 @@ public struct ControlNodeConfiguration: Sendable {
     /// Seconds a command stream entry may stay unacknowledged by a consumer before another
     /// control node claims it (the first is presumed dead).
     public var claimIdle = 30
+    /// Seconds an HTTP connection may stay idle (or take to send a request head) before it is
+    /// closed.
+    public var httpIdleTimeout = 30
     /// Consume the Redis command stream.
     public var consumeCommandStream = true
     /// This control node's consumer name in the command stream group.

@@ -140,6 +140,11 @@ public final class PushNode: Service, Sendable {
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        guard context.connectionSlots.take() else {
+                            context.metrics.connectsRefused.increment()
+                            return try channel.configureBusyRefusal(transport: transport, tls: tls, node: context)
+                        }
+                        channel.closeFuture.whenComplete { _ in context.connectionSlots.release() }
                         try channel.configureMQTTPipeline(transport: transport, tls: tls, node: context)
                     }
                 }
@@ -350,7 +355,10 @@ extension PushNode {
             )
         }
         return Application(
-            router: router, configuration: .init(address: .hostname(host, port: port), serverName: "pushfleet-node"), logger: logger)
+            router: router,
+            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(configuration.httpIdleTimeout)))),
+            configuration: .init(address: .hostname(host, port: port), serverName: "pushfleet-node"),
+            logger: logger)
     }
 }
 

@@ -39,8 +39,15 @@ public struct PushNodeConfiguration: Sendable {
     /// Longest keep alive an MQTT 5 client gets, in seconds (0: the client's own). A client
     /// asking for none or for more is told this one (CONNACK server keep alive).
     public var maximumKeepAlive: Int = 0
-    /// Seconds a connection may stay silent before sending CONNECT.
+    /// Seconds a connection may take to send CONNECT (TLS handshake and WebSocket upgrade
+    /// included).
     public var connectTimeout: Int = 10
+    /// Connections the node holds at most; beyond it a CONNECT gets CONNACK 0x03 (3.1.1) /
+    /// 0x89 server busy (5.0), and a WebSocket connection is closed.
+    public var maximumConnections: Int = 200_000
+    /// Seconds an HTTP connection to the admin port may stay idle (or take to send a request
+    /// head) before it is closed.
+    public var httpIdleTimeout: Int = 30
     /// Connections closed per second when the node shuts down, so terminals do not all
     /// reconnect elsewhere at once.
     public var drainRate: Int = 2_000

@@ -23,6 +23,8 @@ final class PushNodeContext: Sendable {
     let status: StatusRecorder
     /// Keep-alive checks, one sweeper per event loop.
     let keepAliveSweepers = KeepAliveSweepers()
+    /// Connections held, against ``PushNodeConfiguration/maximumConnections``.
+    let connectionSlots: ConnectionSlots
 
     init(
         configuration: PushNodeConfiguration, redis: RedisConnection, registry: SessionRegistry, credentials: CredentialAuthority,
@@ -41,6 +43,7 @@ final class PushNodeContext: Sendable {
         self.acl = acl
         self.router = router
         self.status = StatusRecorder(redis: redis, keys: configuration.keys, logger: logger)
+        self.connectionSlots = ConnectionSlots(limit: configuration.maximumConnections)
     }
 
     var keys: FleetKeys { configuration.keys }

@@ -43,6 +43,10 @@ extension Channel {
             try pipeline.addHandler(NIOSSLServerHandler(context: tls))
         }
         guard transport.usesWebSocket else { return try pipeline.addMQTTHandlers(node: node) }
+        // Until the upgrade, no MQTT handler watches the time: this one does.
+        let deadline = HandshakeDeadlineHandler(timeout: .seconds(Int64(node.configuration.connectTimeout)))
+        try pipeline.addHandler(deadline)
+        let handshake = NIOLoopBound(deadline, eventLoop: eventLoop)
         let maximumFrameSize = node.configuration.maximumPacketSize + 16
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: maximumFrameSize,
@@ -58,6 +62,7 @@ extension Channel {
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
+                    pipeline.removeHandler(handshake.value, promise: nil)
                     try pipeline.addHandler(WebSocketMQTTFrameHandler())
                     try pipeline.addMQTTHandlers(node: node)
                 }
@@ -74,6 +79,25 @@ extension Channel {
             )
         )
         try pipeline.addHandler(refusal)
+    }
+}
+
+extension Channel {
+    /// A connection beyond the node's limit: MQTT over TCP or TLS gets a refusing CONNACK
+    /// (``BusyRefusalHandler``); a WebSocket one, which would have to be upgraded first, is
+    /// closed.
+    func configureBusyRefusal(transport: MQTTListener.Transport, tls: NIOSSLContext?, node: PushNodeContext) throws {
+        guard !transport.usesWebSocket else { return close(promise: nil) }
+        let pipeline = self.pipeline.syncOperations
+        if transport.usesTLS {
+            guard let tls else { throw ChannelError.operationUnsupported }
+            try pipeline.addHandler(NIOSSLServerHandler(context: tls))
+        }
+        let encoder = MQTTPacketEncoder()
+        try pipeline.addHandlers([
+            MQTTCodecHandler(maximumPacketSize: 4096, encoder: encoder),
+            BusyRefusalHandler(encoder: encoder, timeout: .seconds(Int64(node.configuration.connectTimeout))),
+        ])
     }
 }
 
@@ -125,7 +149,8 @@ final class WebSocketMQTTFrameHandler: ChannelDuplexHandler {
         var data = context.channel.allocator.buffer(capacity: 2)
         data.write(webSocketErrorCode: code)
         let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
-        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in context.close(promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in channel.close(promise: nil) }
     }
 }
 
@@ -143,6 +168,7 @@ final class WebSocketRefusalHandler: ChannelInboundHandler, RemovableChannelHand
         headers.add(name: "Content-Length", value: String(body.utf8.count))
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 }

@@ -58,6 +58,9 @@ struct ControlCommand: AsyncParsableCommand {
     )
     var maxRequestBytes: Int?
 
+    @Option(help: "Seconds an HTTP connection may stay idle or take to send a request head (env PUSHFLEET_HTTP_IDLE_TIMEOUT; default 30).")
+    var httpIdleTimeout: Int?
+
     func run() async throws {
         Bootstrap.logging(level: try common.level())
         let metrics = Bootstrap.metrics()
@@ -94,6 +97,8 @@ struct ControlCommand: AsyncParsableCommand {
             try positive(statusRetention, env: "STATUS_RETENTION", option: "--status-retention") ?? configuration.statusRetention
         configuration.offlineQueueCap = try positive(queueCap, env: "QUEUE_CAP", option: "--queue-cap") ?? configuration.offlineQueueCap
         configuration.claimIdle = try positive(claimIdle, env: "CLAIM_IDLE", option: "--claim-idle") ?? configuration.claimIdle
+        configuration.httpIdleTimeout =
+            try positive(httpIdleTimeout, env: "HTTP_IDLE_TIMEOUT", option: "--http-idle-timeout") ?? configuration.httpIdleTimeout
         configuration.maximumRequestTargets =
             try positive(maxRequestTargets, env: "MAX_REQUEST_TARGETS", option: "--max-request-targets")
             ?? configuration.maximumRequestTargets
@@ -193,6 +198,21 @@ struct NodeCommand: AsyncParsableCommand {
 
     @Option(
         help:
+            "Connections held at most; beyond it CONNACK 0x03 / 0x89 server busy, WebSocket ones closed (env PUSHFLEET_MAX_CONNECTIONS; default 200000)."
+    )
+    var maxConnections: Int?
+
+    @Option(
+        help:
+            "Seconds a connection may take to send CONNECT, TLS handshake and WebSocket upgrade included (env PUSHFLEET_CONNECT_TIMEOUT; default 10)."
+    )
+    var connectTimeout: Int?
+
+    @Option(help: "Seconds an admin-port HTTP connection may stay idle (env PUSHFLEET_HTTP_IDLE_TIMEOUT; default 30).")
+    var httpIdleTimeout: Int?
+
+    @Option(
+        help:
             "Longest keep alive, in seconds, an MQTT 5 client gets: one asking for none or more is told this one; 0 = the client's own (env PUSHFLEET_MAX_KEEPALIVE; default 0)."
     )
     var maxKeepalive: Int?
@@ -286,6 +306,12 @@ struct NodeCommand: AsyncParsableCommand {
         }
         configuration.maximumSubscriptions =
             try positive(maxSubscriptions, env: "MAX_SUBSCRIPTIONS", option: "--max-subscriptions") ?? configuration.maximumSubscriptions
+        configuration.maximumConnections =
+            try positive(maxConnections, env: "MAX_CONNECTIONS", option: "--max-connections") ?? configuration.maximumConnections
+        configuration.connectTimeout =
+            try positive(connectTimeout, env: "CONNECT_TIMEOUT", option: "--connect-timeout") ?? configuration.connectTimeout
+        configuration.httpIdleTimeout =
+            try positive(httpIdleTimeout, env: "HTTP_IDLE_TIMEOUT", option: "--http-idle-timeout") ?? configuration.httpIdleTimeout
         configuration.maximumTopicLevels =
             try positive(maxTopicLevels, env: "MAX_TOPIC_LEVELS", option: "--max-topic-levels") ?? configuration.maximumTopicLevels
         if let rate = maxConnectRate ?? env("MAX_CONNECT_RATE").flatMap({ Int($0) }) {

@@ -9,10 +9,13 @@ Usage: python3 Tests/e2e/bounds.py --bin .build/debug/pushfleet [-k NAME]
 import argparse
 import base64
 import shutil
+import signal
+import socket
 import sys
+import tempfile
 import time
 
-from fleet import Fleet, RawMQTT, parse_publish, run_suite, wait_for
+from fleet import SECRET, Fleet, RawMQTT, free_port, http_status, make_certificates, parse_publish, run_suite, wait_for, wait_port
 
 MAX_SUBSCRIPTIONS = 100
 MAX_LEVELS = 128
@@ -139,6 +142,76 @@ def test_a_request_storing_too_much_or_addressing_too_many_gets_413(fleet):
     # Within the bounds: accepted.
     status, body = fleet.api("POST", "/v1/push/batch", {"messages": many[:10]})
     assert status == 202, (status, body)
+
+
+# ------------------------------------------------------------------ deadlines, connections
+
+def closed_within(port, seconds, send=b""):
+    """Opens a TCP connection, sends `send` (maybe nothing), and returns how long the server
+    took to close it (None if it did not within `seconds` + 3)."""
+    started = time.time()
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds + 3) as sock:
+        if send:
+            sock.sendall(send)
+        try:
+            while sock.recv(4096):
+                pass
+        except (TimeoutError, socket.timeout):
+            return None
+        except ConnectionResetError:
+            pass
+    return time.time() - started
+
+
+def test_half_open_handshakes_are_closed_within_their_deadlines_and_connections_are_capped(fleet):
+    certificates = tempfile.mkdtemp(prefix="pushfleet-bounds-")
+    _, certificate, key = make_certificates(certificates)
+    redis = f"redis://127.0.0.1:{fleet.redis_port}"
+    mqtt, ws, tls, admin, api = (free_port() for _ in range(5))
+    fleet.start("node-guarded", [fleet.binary, "node", "--redis", redis, "--secret", SECRET, "--node-id", "guarded",
+                                 "--mqtt", f"127.0.0.1:{mqtt}", "--ws", f"127.0.0.1:{ws}", "--tls", f"127.0.0.1:{tls}",
+                                 "--tls-cert", certificate, "--tls-key", key, "--admin", f"127.0.0.1:{admin}",
+                                 "--allow-anonymous", "--max-connections", "3", "--connect-timeout", "2",
+                                 "--http-idle-timeout", "2"])
+    fleet.start("control-guarded", [fleet.binary, "control", "--redis", redis, "--secret", SECRET, "--listen",
+                                    f"127.0.0.1:{api}", "--consumer", "cguard", "--http-idle-timeout", "2"])
+    try:
+        for port in (mqtt, ws, tls, admin, api):
+            wait_port(port)
+        wait_for(lambda: http_status(f"http://127.0.0.1:{admin}/healthz") == 200, what="guarded node up")
+        # Silent TCP, a WebSocket upgrade that never finishes, a TLS handshake never started,
+        # an HTTP request head never finished on the admin port and on the API.
+        for what, port, send in (("mqtt", mqtt, b""), ("ws", ws, b"GET /mqtt HTTP/1.1\r\nHost: x\r\n"), ("tls", tls, b""),
+                                 ("admin", admin, b"GET /healthz HTTP/1.1\r\nHo"), ("api", api, b"POST /v1/push HTTP/1.1\r\n")):
+            waited = closed_within(port, 2, send)
+            assert waited is not None and waited < 4.5, f"{what}: still open after {waited}"
+        # Three connections at most; the fourth is refused with a CONNACK, then one leaves.
+        held = []
+        for index in range(3):
+            client = RawMQTT(mqtt)
+            assert client.connect(f"slot-{index}") == (0x20, b"\x00\x00")
+            held.append(client)
+        extra = RawMQTT(mqtt)
+        assert extra.connect("slot-x") == (0x20, b"\x00\x03")
+        extra.close()
+        extra = RawMQTT(mqtt)
+        first, body = extra.connect("slot-x5", level=5)
+        assert first == 0x20 and body[1] == 0x89, body
+        extra.close()
+        held.pop().close()
+
+        def connects():
+            client = RawMQTT(mqtt)
+            answer = client.connect("slot-y")
+            client.close()
+            return answer == (0x20, b"\x00\x00")
+        wait_for(connects, what="a slot freed by a closed connection")
+        for client in held:
+            client.close()
+    finally:
+        fleet.kill("node-guarded", signal.SIGTERM)
+        fleet.kill("control-guarded", signal.SIGTERM)
+        shutil.rmtree(certificates, ignore_errors=True)
 
 
 def main():
