@@ -54,6 +54,9 @@ final class BenchConnection: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
+    /// The context holds this handler: let go of it, or both outlive the connection.
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
     func channelActive(context: ChannelHandlerContext) {
         let connect = MQTTConnectPacket(
             clientIdentifier: login.clientID, cleanStart: login.cleanStart, keepAlive: login.keepAlive, username: login.username,

@@ -67,7 +67,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private var connectedAt: Int64 = 0
     private var cleanStart = true
     private var keepAlive: TimeAmount = .zero
-    private var connectProperties: MQTTProperties = []
+    /// What the session needs of its CONNECT's properties (not the properties themselves: a
+    /// client's user properties would stay in memory as long as the connection).
+    private var requestedSessionExpiry: UInt32?
+    private var requestsProblemInformation = true
     private var lastReceived = NIODeadline.now()
     /// Where this connection is in its event loop's ``KeepAliveSweeper`` (-1: not in it).
     var sweepSlot = -1
@@ -156,6 +159,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
     }
 
+    /// The context holds this handler: keeping it here after removal would keep both (and the
+    /// channel) alive for good.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let packet = unwrapInboundIn(data)
         lastReceived = .now()
@@ -214,7 +223,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             unregisterRoute()
             publishWill()
         }
-        if let handle { node.registry.remove(handle) }
+        if let handle {
+            node.registry.remove(handle)
+            // The handle holds this handler: keeping it would keep the handler (and all it
+            // holds, its CONNECT's properties included) alive after the connection.
+            self.handle = nil
+        }
         context.fireChannelInactive()
     }
 
@@ -230,7 +244,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         version = connect.protocolVersion
         encoder.version = version
         cleanStart = connect.cleanStart
-        connectProperties = connect.properties
+        requestedSessionExpiry = connect.properties.integer(.sessionExpiryInterval)
+        requestsProblemInformation = connect.properties.integer(.requestProblemInformation) != 0
         let maximumExpiry = UInt32(clamping: node.configuration.maximumSessionExpiry)
         if version.hasProperties {
             let properties = connect.properties
@@ -483,7 +498,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         var properties: MQTTProperties = []
         if version.hasProperties {
             if let assignedID { properties.append(.assignedClientIdentifier, .string(assignedID)) }
-            if let requested = connectProperties.integer(.sessionExpiryInterval), requested != sessionExpiry {
+            if let requested = requestedSessionExpiry, requested != sessionExpiry {
                 properties.append(.sessionExpiryInterval, .fourByteInteger(sessionExpiry))
             }
             if let serverKeepAlive { properties.append(.serverKeepAlive, .twoByteInteger(serverKeepAlive)) }
@@ -535,7 +550,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     /// Whether the client accepts reason strings on acknowledgements (MQTT 5 request problem
     /// information; CONNACK and DISCONNECT carry them regardless).
-    private var wantsProblemInformation: Bool { version.hasProperties && connectProperties.integer(.requestProblemInformation) != 0 }
+    private var wantsProblemInformation: Bool { version.hasProperties && requestsProblemInformation }
 
     /// A DISCONNECT from the server, with a reason string.
     private func serverDisconnect(_ code: MQTTReasonCode, _ reason: String) -> MQTTPacket {

@@ -144,6 +144,25 @@ def test_a_request_storing_too_much_or_addressing_too_many_gets_413(fleet):
     assert status == 202, (status, body)
 
 
+def test_connections_with_large_connect_properties_opened_and_closed_in_rounds_leave_node_memory_level(fleet):
+    """A handler and its CONNECT outlived the connection (two reference cycles): 1,000 MQTT 5
+    connections with a 64 KiB user property each grew the node by ~70 MiB a round."""
+    port = fleet.node_ports[1]
+    prop = b"\x26" + RawMQTT.string("k") + RawMQTT.string("v" * 65000)
+    rss = []
+    for round_number in range(4):
+        clients = []
+        for index in range(500):
+            client = RawMQTT(port)
+            assert client.connect(f"mem-{round_number}-{index}", level=5, props=prop)[0] == 0x20
+            clients.append(client)
+        for client in clients:
+            client.close()
+        time.sleep(1.5)
+        rss.append(fleet.rss_kib("node2") / 1024)
+    assert rss[3] - rss[1] < 20, f"node RSS by round (MiB): {[round(r) for r in rss]}"
+
+
 # ------------------------------------------------------------------ deadlines, connections
 
 def closed_within(port, seconds, send=b""):
