@@ -635,6 +635,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
         if inboundPending.count + awaitingRelease.count >= node.configuration.receiveMaximum {
             guard !version.hasProperties else { return disconnect(.receiveMaximumExceeded, "receive maximum exceeded") }
+            // MQTT 3.1.1 has no receive maximum to announce; the same bound holds: reading
+            // pauses while routes are pending (below), and QoS 2 exchanges the client never
+            // releases end the connection.
+            let unreleased = awaitingRelease.count + inboundPending.lazy.filter { $0.qos == .exactlyOnce }.count
+            if publish.qos == .exactlyOnce, unreleased >= node.configuration.receiveMaximum {
+                node.metrics.protocolErrors.increment()
+                logger.info("closing: too many QoS 2 publishes without PUBREL")
+                return close()
+            }
         }
         route(publish, topic: topic, packetID: packetID)
     }
@@ -670,14 +679,17 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let message = StoredMessage(
             published: topic, payload: publish.payload, qos: publish.qos, retain: publish.retain, properties: publish.properties,
             origin: terminal)
-        guard let packetID, let context else {
-            _ = node.route(message)
+        guard let context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        routeStarted()
+        guard let packetID else {
+            node.route(message).hop(to: context.eventLoop).whenComplete { _ in loopBound.value.routeFinished() }
             return
         }
         inboundPending.append(InboundPublish(packetID: packetID, qos: publish.qos))
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         node.route(message).hop(to: context.eventLoop).whenComplete { result in
             let handler = loopBound.value
+            handler.routeFinished()
             guard let index = handler.inboundPending.firstIndex(where: { $0.packetID == packetID && $0.reasonCode == nil }) else { return }
             switch result {
             case .success:
@@ -691,6 +703,26 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             handler.flushInboundAcks()
         }
+    }
+
+    /// Publishes of this terminal waiting on Redis (any QoS). At the receive maximum the node
+    /// stops reading from the terminal until half of them are done: a terminal that publishes
+    /// faster than Redis takes it waits in its own socket, not in the node's memory.
+    private var routesPending = 0
+
+    private func routeStarted() {
+        routesPending += 1
+        if routesPending == node.configuration.receiveMaximum { setReading(false) }
+    }
+
+    private func routeFinished() {
+        routesPending -= 1
+        if routesPending == node.configuration.receiveMaximum / 2 { setReading(true) }
+    }
+
+    private func setReading(_ enabled: Bool) {
+        guard let channel = context?.channel else { return }
+        channel.setOption(ChannelOptions.autoRead, value: enabled).whenFailure { _ in }
     }
 
     /// Writes the PUBACK / PUBREC of every finished inbound publish at the head of the queue.

@@ -163,6 +163,58 @@ def test_connections_with_large_connect_properties_opened_and_closed_in_rounds_l
     assert rss[3] - rss[1] < 20, f"node RSS by round (MiB): {[round(r) for r in rss]}"
 
 
+def test_qos2_publishes_never_released_end_a_311_connection_at_the_receive_maximum(fleet):
+    """MQTT 3.1.1 has no receive maximum to announce: the 65th QoS 2 publish without a PUBREL
+    for the earlier ones ends the connection (it used to grow the session without bound)."""
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("norel-1") == (0x20, b"\x00\x00")
+    for packet_id in range(1, 66):
+        client.publish("norel/x", b"x", qos=2, packet_id=packet_id)
+    pubrecs = 0
+    client.sock.settimeout(10)
+    while True:
+        packet = client.read()
+        if packet is None:
+            break
+        assert packet[0] == 0x50, packet
+        pubrecs += 1
+    # Closed (the loop ended), at most 64 of them acknowledged with PUBREC first.
+    assert pubrecs <= 64, f"{pubrecs} PUBRECs before the close"
+    client.close()
+
+
+def test_a_flooding_publisher_gets_every_acknowledgement_in_order_and_others_are_still_served(fleet):
+    """20,000 retained QoS 1 publishes (each a Redis write) written without waiting: the node
+    reads them as Redis takes them, acknowledges all in order, and a push to another terminal
+    still arrives at once."""
+    import threading
+    flooder = RawMQTT(fleet.node_ports[1])
+    assert flooder.connect("flood-1") == (0x20, b"\x00\x00")
+    count = 20000
+
+    def flood():
+        for index in range(count):
+            flooder.publish(f"flood/{index % 500}", b"y" * 200, qos=1, packet_id=index % 65535 + 1, retain=True)
+    writer = threading.Thread(target=flood)
+    writer.start()
+    other = RawMQTT(fleet.node_ports[1])
+    assert other.connect("flood-other", fleet.credential("flood-other")) == (0x20, b"\x00\x00")
+    started = time.time()
+    fleet.api("POST", "/v1/push", {"to": ["flood-other"], "payload": "meanwhile"})
+    got = parse_publish(*other.read())
+    assert got["payload"] == b"meanwhile" and time.time() - started < 5, time.time() - started
+    other.close()
+    expected_id = 1
+    flooder.sock.settimeout(60)
+    for index in range(count):
+        packet = flooder.read()
+        assert packet is not None and packet[0] == 0x40, (index, packet)
+        assert int.from_bytes(packet[1][:2], "big") == expected_id, (index, packet)
+        expected_id = expected_id % 65535 + 1
+    writer.join()
+    flooder.close()
+
+
 # ------------------------------------------------------------------ deadlines, connections
 
 def closed_within(port, seconds, send=b""):
