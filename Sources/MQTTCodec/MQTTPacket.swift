@@ -147,7 +147,8 @@ public enum MQTTPacket: Hashable, Sendable {
             try requireFlags(0)
             // MQTT 3.1.1's UNSUBACK is its packet identifier and nothing else (3.11.1).
             guard version.hasProperties || body.readableBytes == 2 else {
-                throw MQTTCodecError(.malformedPacket, "UNSUBACK of \(body.readableBytes) bytes (3.1.1: 2)", bytes: Array(body.readableBytesView))
+                throw MQTTCodecError(
+                    .malformedPacket, "UNSUBACK of \(body.readableBytes) bytes (3.1.1: 2)", bytes: Array(body.readableBytesView))
             }
             return .unsubAck(try MQTTSubAckPacket.read(from: &body, version: version))
         case 12:
