@@ -52,44 +52,21 @@ public struct APIError: Error, HTTPResponseError, Sendable {
     }
 }
 
-/// Which requests need the API key: every one but health, readiness and metrics. Decided on
-/// the path as the router reads it (empty segments dropped: `//v1/push` routes to
-/// `/v1/push`), and by what is open rather than by what is protected, so a path the router
-/// reads differently from a prefix check is still protected.
-struct APIKeyPolicy: Sendable {
-    let apiKey: String?
-
-    /// Paths that answer without the key.
-    static let open: Set<String> = ["healthz", "readyz", "metrics"]
-
-    func requiresKey(path: String) -> Bool {
-        guard apiKey != nil else { return false }
-        let segments = path.split(separator: "/", omittingEmptySubsequences: true)
-        return !(segments.count == 1 && Self.open.contains(String(segments[0])))
-    }
-
-    /// Whether `authorization` is `Bearer <key>`, compared in constant time.
-    func accepts(authorization: String?) -> Bool {
-        guard let apiKey else { return true }
-        let expected = Array("Bearer \(apiKey)".utf8)
-        let given = Array((authorization ?? "").utf8)
-        var difference = UInt8(expected.count == given.count ? 0 : 1)
-        for index in expected.indices { difference |= expected[index] ^ (index < given.count ? given[index] : 0) }
-        return difference == 0
-    }
-}
-
-/// Turns every error into ``APIError`` and enforces the API key (``APIKeyPolicy``).
+/// Turns every error into ``APIError`` and enforces the API keys (``APIAccess``).
 struct APIMiddleware<Context: RequestContext>: RouterMiddleware {
-    let policy: APIKeyPolicy
-
-    init(apiKey: String?) {
-        policy = APIKeyPolicy(apiKey: apiKey)
-    }
+    let access: APIAccess
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if policy.requiresKey(path: request.uri.path), !policy.accepts(authorization: request.headers[.authorization]) {
+        let authorization = request.headers[.authorization]
+        switch access.decide(method: request.method.rawValue, path: request.uri.path, authorization: authorization) {
+        case .allow:
+            break
+        case .unauthorized:
             throw APIError(.unauthorized, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
+        case .forbidden(let scope):
+            throw APIError(.forbidden, "forbidden", "this API key lacks the '\(scope.rawValue)' scope")
+        case .tooManyRequests(let retryAfter):
+            throw APIError(.tooManyRequests, "rate_limited", "this API key's request rate is exceeded", retryAfter: retryAfter)
         }
         do {
             return try await next(request, context)

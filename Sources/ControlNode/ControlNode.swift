@@ -39,7 +39,7 @@ public struct ControlNode: Service {
     /// Builds the HTTP application (also used by tests to serve on port 0).
     public func makeApplication(onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }) -> some ApplicationProtocol {
         let router = Router()
-        router.add(middleware: APIMiddleware(apiKey: configuration.apiKey))
+        router.add(middleware: APIMiddleware(access: APIAccess(keys: configuration.allAPIKeys)))
         let redis = self.redis
         OperationalRoutes.add(to: router, ready: { await redis.isConnected }, metrics: metrics)
         let api = ControlAPI(

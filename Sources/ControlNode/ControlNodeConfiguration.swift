@@ -4,8 +4,8 @@ import RedisClient
 /// Everything a control node needs to run.
 ///
 /// `secret` signs terminal credentials and must be shared with every push node. When `apiKey`
-/// is set, every call needs `Authorization: Bearer <apiKey>` but health, readiness and
-/// metrics, which stay open. Limits protect Redis and the push nodes: a message larger than
+/// or `apiKeys` are set, every call needs `Authorization: Bearer <key>` with a key of the
+/// route's scope, but health, readiness and metrics, which stay open. Limits protect Redis and the push nodes: a message larger than
 /// `maximumPayloadSize` is refused with 413, a terminal's stored list keeps at most
 /// `offlineQueueCap` entries (older ones are dropped and counted), and message status records
 /// expire after `statusRetention` seconds.
@@ -14,7 +14,10 @@ public struct ControlNodeConfiguration: Sendable {
     public var host: String
     public var port: Int
     public var secret: String
+    /// A key with every scope (`--api-key`).
     public var apiKey: String?
+    /// More keys, each with its scopes and rate (`--api-keys-file`).
+    public var apiKeys: [APIKey] = []
     public var keys = FleetKeys()
     /// Largest payload accepted, in bytes.
     public var maximumPayloadSize = 128 * 1024
@@ -60,4 +63,9 @@ public struct ControlNodeConfiguration: Sendable {
         self.apiKey = apiKey
         self.consumerName = consumerName
     }
+}
+
+extension ControlNodeConfiguration {
+    /// Every key the API takes: `apiKey` with every scope, then `apiKeys`.
+    var allAPIKeys: [APIKey] { (apiKey.map { [APIKey(key: $0)] } ?? []) + apiKeys }
 }

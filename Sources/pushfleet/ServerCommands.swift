@@ -23,6 +23,12 @@ struct ControlCommand: AsyncParsableCommand {
         help: "Require 'Authorization: Bearer KEY' on every call but /healthz, /readyz, /metrics (env PUSHFLEET_API_KEY; default none).")
     var apiKey: String?
 
+    @Option(
+        help:
+            "File of more API keys, one a line: KEY SCOPE[,SCOPE...] [REQUESTS_PER_SECOND], scopes push, credentials, read, admin (env PUSHFLEET_API_KEYS_FILE)."
+    )
+    var apiKeysFile: String?
+
     @Flag(
         help:
             "Allow --listen on an address other machines reach without --api-key: anyone who reaches it mints credentials and pushes (env PUSHFLEET_INSECURE=1)."
@@ -77,8 +83,15 @@ struct ControlCommand: AsyncParsableCommand {
         let (host, port) = try parseHostPort(listen ?? env("LISTEN") ?? "127.0.0.1:8080", option: "--listen")
         let name = consumer ?? env("CONSUMER") ?? "control-\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
         let key = apiKey ?? env("API_KEY")
+        var keys: [APIKey] = []
+        if let path = apiKeysFile ?? env("API_KEYS_FILE") {
+            guard let contents = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ValidationError("cannot read --api-keys-file \(path)")
+            }
+            do { keys = try APIKey.parse(file: contents) } catch { throw ValidationError("\(error)") }
+        }
         let open = insecure || ["1", "true", "yes"].contains(env("INSECURE")?.lowercased() ?? "")
-        guard key != nil || isLoopback(host) || open else {
+        guard key != nil || !keys.isEmpty || isLoopback(host) || open else {
             throw ValidationError("--listen \(host) is reachable from other machines: give --api-key (or --insecure to serve the API open)")
         }
         var configuration = ControlNodeConfiguration(
@@ -89,6 +102,7 @@ struct ControlCommand: AsyncParsableCommand {
             apiKey: key,
             consumerName: name
         )
+        configuration.apiKeys = keys
         configuration.keys = FleetKeys(prefix: common.prefix)
         if let endpoints = endpoints ?? env("ENDPOINTS") {
             configuration.advertisedEndpoints = endpoints.split(separator: ",").map(String.init)

@@ -306,20 +306,26 @@ def test_api_key_guards_every_path_however_it_is_spelled(fleet):
     """A control node with --api-key: no /v1 call without it, double slashes included."""
     from fleet import SECRET, free_port, wait_port
     port = free_port()
+    keys_file = os.path.join(fleet.dir, "api-keys")
+    with open(keys_file, "w") as f:
+        f.write("# key scopes [requests per second]\npusher push\nslow read 2\n")
     fleet.start("control-key", [fleet.binary, "control", "--redis", f"redis://127.0.0.1:{fleet.redis_port}", "--listen",
-                                f"127.0.0.1:{port}", "--api-key", "k-e2e", "--consumer", "ckey"], env={"PUSHFLEET_SECRET": SECRET})
+                                f"127.0.0.1:{port}", "--api-key", "k-e2e", "--api-keys-file", keys_file, "--consumer", "ckey"],
+                env={"PUSHFLEET_SECRET": SECRET})
     try:
         wait_port(port)
         body = json.dumps({"terminal": "keyed-1"})
 
-        def call(method, path, key=None):
+        def call(method, path, key=None, payload=None, headers_out=None):
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             headers = {"Content-Type": "application/json"}
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-            connection.request(method, path, body if method == "POST" else None, headers)
+            connection.request(method, path, (payload or body) if method == "POST" else None, headers)
             response = connection.getresponse()
             answer = response.read()
+            if headers_out is not None:
+                headers_out.update(response.getheaders())
             connection.close()
             return response.status, answer
 
@@ -330,6 +336,17 @@ def test_api_key_guards_every_path_however_it_is_spelled(fleet):
         assert call("POST", "/v1/credentials", key="k-e2e")[0] == 201
         assert call("DELETE", "//v1/credentials/keyed-1")[0] == 401
         assert call("GET", "/healthz")[0] == 200 and call("GET", "/metrics")[0] == 200
+        # Scoped keys: 403 without the scope, 429 with Retry-After beyond the key's rate.
+        push = json.dumps({"to": ["keyed-2"], "payload": "x"})
+        assert call("POST", "//v1/push", key="pusher", payload=push)[0] == 202
+        status, answer = call("POST", "/v1/credentials", key="pusher")
+        assert status == 403 and b"credentials" in answer, (status, answer)
+        assert call("GET", "/v1/nodes", key="pusher")[0] == 403
+        statuses, headers = [], {}
+        for _ in range(4):
+            statuses.append(call("GET", "/v1/nodes", key="slow", headers_out=headers)[0])
+        assert statuses[:2] == [200, 200] and 429 in statuses, statuses
+        assert headers.get("Retry-After") == "1", headers
     finally:
         fleet.kill("control-key", signal.SIGTERM)
 
