@@ -45,7 +45,8 @@ import Testing
     @Test func aKeysRateAllowsABurstOfOneSecondThenRefillsOverTime() {
         #expect(access.decide(method: "POST", path: "/v1/push", authorization: "Bearer slow", now: start) == .allow)
         #expect(access.decide(method: "POST", path: "/v1/push", authorization: "Bearer slow", now: start) == .allow)
-        #expect(access.decide(method: "POST", path: "/v1/push", authorization: "Bearer slow", now: start) == .tooManyRequests(retryAfter: 1))
+        #expect(
+            access.decide(method: "POST", path: "/v1/push", authorization: "Bearer slow", now: start) == .tooManyRequests(retryAfter: 1))
         #expect(access.decide(method: "POST", path: "/v1/push", authorization: "Bearer slow", now: start + .milliseconds(500)) == .allow)
         // Another key is not affected.
         #expect(access.decide(method: "POST", path: "/v1/push", authorization: "Bearer pusher", now: start) == .allow)
