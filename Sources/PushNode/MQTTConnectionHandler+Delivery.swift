@@ -1,0 +1,444 @@
+import FleetCore
+import Logging
+import MQTTCodec
+import NIOCore
+import RedisClient
+
+/// Messages towards the terminal: the stored list, live pushes, routed publishes, acknowledgements.
+extension MQTTConnectionHandler {
+    // MARK: Delivery
+
+    /// Reads the next entries of the stored list when there may be some and the window has
+    /// room for them (see ``StoredBacklog``): a backlog of any length drains in order, a
+    /// window at a time, as acknowledgements free it.
+    func pumpStored() {
+        guard case .active = phase, let context, context.channel.isWritable else { return }
+        guard let read = backlog.nextRead(room: window - inflight.count, window: window) else { return }
+        var commands = [RedisCommand("LRANGE", node.keys.queue(terminal), String(read.start), String(read.start + read.count - 1))]
+        if read.withSent { commands.append(RedisCommand("HGETALL", node.keys.sent(terminal))) }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            guard case .active = handler.phase else { return }
+            switch result {
+            case .success(let replies):
+                let entries = replies[0].array?.compactMap(\.string) ?? []
+                handler.readCompleted(read, entries: entries, sent: read.withSent ? SessionRegistration.packetIDs(replies[1]) : nil)
+            case .failure(let error):
+                handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
+                handler.backlog.readFailed()
+            }
+        }
+    }
+
+    /// Handles a list read: the new entries go out, then the next read if there may be more.
+    func readCompleted(_ read: StoredBacklog.Read, entries: [String], sent: [String: UInt16]?) {
+        let messages = entries.map { StoredMessage.decode($0) }
+        switch backlog.readCompleted(read, ids: messages.map { $0?.id }, sent: sent, now: .now()) {
+        case .mismatch:
+            logger.debug("stored list changed under the session: reading it from its head")
+        case .entries(let fresh):
+            deliverStored(entries[fresh], messages[fresh])
+        }
+        pumpStored()
+    }
+
+    /// Delivers stored entries in list order: each is sent (and stays in the list until
+    /// acknowledged), removed (expired, unreadable, sent at QoS 0), or kept for a subscription
+    /// the session lacks. Stops when the window is full or the socket does not take more; the
+    /// rest is read again later.
+    func deliverStored(_ entries: ArraySlice<String>, _ messages: ArraySlice<StoredMessage?>) {
+        var commands: [RedisCommand] = []
+        var removed: [String] = []
+        let now = FleetClock.nowMillis()
+        let queueKey = node.keys.queue(terminal)
+        for (entry, message) in zip(entries, messages) {
+            guard let message else {
+                logger.warning("dropping an unreadable stored entry")
+                commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                continue
+            }
+            // Sent by this connection and waiting for its acknowledgement (a read from the head).
+            if inflightIDs.contains(message.id) {
+                backlog.handled(message.id)
+                continue
+            }
+            if removing.contains(message.id) { continue }
+            if message.isExpired(nowMillis: now) {
+                node.metrics.expired.increment()
+                commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                commands.append(RedisCommand("HDEL", node.keys.sent(terminal), message.id))
+                if message.hasStatus { record(message.id, .expired) }
+                backlog.removed(message.id)
+                continue
+            }
+            // A terminal that does not read: the rest waits in Redis until it drains its socket.
+            if context?.channel.isWritable == false {
+                backlog.stopped()
+                break
+            }
+            guard let delivery = delivery(for: message, shared: nil) else {
+                // A message stored for a subscription the session no longer has (or its own,
+                // under no local) is discarded; a push waits for the terminal to subscribe to
+                // push/<id> again.
+                if message.session == true {
+                    commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                    backlog.removed(message.id)
+                } else {
+                    backlog.handled(message.id)
+                }
+                continue
+            }
+            if delivery.qos > .atMostOnce && inflight.count >= window {
+                backlog.stopped()
+                break
+            }
+            // Sent before and not acknowledged: again with DUP and, if still free, its packet id
+            // (MQTT 4.4).
+            let earlier = backlog.takeRedelivery(message.id)
+            guard
+                let packetID = send(
+                    message, delivery: delivery, dup: earlier != nil, entry: entry, tracked: message.hasStatus, packetID: earlier)
+            else {
+                commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                if message.hasStatus { record(message.id, .dropped) }
+                backlog.removed(message.id)
+                continue
+            }
+            if delivery.qos == .atMostOnce {
+                commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                removed.append(message.id)
+                backlog.removed(message.id)
+            } else {
+                backlog.handled(message.id)
+                if packetID != earlier { commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID))) }
+            }
+            if message.hasStatus { record(message.id, .delivered) }
+        }
+        flush()
+        if !commands.isEmpty { removeFromList(commands, ids: removed) }
+    }
+
+    /// How `message` goes to this session, or nil when no subscription takes it. Overlapping
+    /// subscriptions deliver once, at the highest QoS, with every subscription identifier
+    /// (MQTT 5 3.3.4); a shared subscription delivers on its own.
+    func delivery(for message: StoredMessage, shared: String?) -> Delivery? {
+        let published = MQTTQoS(rawValue: min(message.qos, 2)) ?? .atLeastOnce
+        let retained = message.retain == true
+        if let shared {
+            guard let subscription = subscriptions[shared] else { return nil }
+            return Delivery(
+                qos: min(subscription.qos, published), retain: subscription.retainAsPublished && retained,
+                subscriptionIdentifiers: subscription.identifier.map { [$0] } ?? [])
+        }
+        var best: MQTTQoS?
+        var retain = false
+        var identifiers: [UInt32] = []
+        if let subscription = automatic(message.topic), !(subscription.noLocal && message.origin == terminal) {
+            best = subscription.qos
+            retain = subscription.retainAsPublished && retained
+            if let identifier = subscription.identifier { identifiers.append(identifier) }
+        }
+        for (filter, subscription) in subscriptions where !filter.hasPrefix("$share/") {
+            guard MQTTTopic.matches(filter: filter, topic: message.topic) else { continue }
+            if subscription.noLocal && message.origin == terminal { continue }
+            best = max(best ?? subscription.qos, subscription.qos)
+            if subscription.retainAsPublished && retained { retain = true }
+            if let identifier = subscription.identifier { identifiers.append(identifier) }
+        }
+        guard let best else { return nil }
+        return Delivery(qos: min(best, published), retain: retain, subscriptionIdentifiers: identifiers)
+    }
+
+    /// Writes one PUBLISH (not flushed) and tracks it when QoS 1 or 2, under `packetID` if that
+    /// is given and free. Returns the packet id used (0 for QoS 0), or nil when the message is
+    /// larger than the client's maximum packet size: such a message is discarded as if it had
+    /// been sent (MQTT 5 3.1.2.11.4).
+    @discardableResult
+    func send(
+        _ message: StoredMessage, delivery: Delivery, dup: Bool, entry: String?, tracked: Bool, packetID preferred: UInt16? = nil,
+        payload shared: ByteBuffer? = nil
+    ) -> UInt16? {
+        let properties =
+            version.hasProperties
+            ? message.outboundProperties(subscriptionIdentifiers: delivery.subscriptionIdentifiers, nowMillis: FleetClock.nowMillis())
+            : []
+        let payload = shared ?? message.payloadBuffer()
+        var publish = MQTTPublishPacket(
+            topicName: message.topic, payload: payload, qos: delivery.qos, packetIdentifier: delivery.qos == .atMostOnce ? nil : 1,
+            dup: dup, retain: delivery.retain, properties: properties)
+        if clientMaximumPacketSize < Int.max {
+            var scratch = ByteBuffer()
+            try? MQTTPacket.publish(publish).write(to: &scratch, version: version)
+            guard scratch.readableBytes <= clientMaximumPacketSize else {
+                node.metrics.dropped.increment()
+                logger.debug("message over the client's maximum packet size discarded", metadata: ["message": "\(message.id)"])
+                return nil
+            }
+        }
+        if clientTopicAliasMaximum > 0 {
+            if let alias = outboundAliases[message.topic] {
+                publish.topicName = ""
+                publish.properties.append(.topicAlias, .twoByteInteger(alias))
+            } else if outboundAliases.count < min(Int(clientTopicAliasMaximum), node.configuration.topicAliasMaximum) {
+                let alias = UInt16(outboundAliases.count + 1)
+                outboundAliases[message.topic] = alias
+                publish.properties.append(.topicAlias, .twoByteInteger(alias))
+            }
+        }
+        var id: UInt16 = 0
+        if delivery.qos != .atMostOnce {
+            if let preferred, preferred != 0, inflight[preferred] == nil {
+                id = preferred
+            } else {
+                id = allocatePacketID()
+            }
+            publish.packetIdentifier = id
+            inflight[id] = Inflight(message: message, entry: entry, tracked: tracked, qos: delivery.qos)
+            inflightIDs.insert(message.id)
+        }
+        node.metrics.delivered.increment()
+        write(.publish(publish), flush: false)
+        return id
+    }
+
+    func allocatePacketID() -> UInt16 {
+        while true {
+            let id = nextPacketID
+            nextPacketID = nextPacketID == .max ? 1 : nextPacketID + 1
+            if inflight[id] == nil { return id }
+        }
+    }
+
+    /// Records this terminal's state for a message in its status (batched, see ``StatusRecorder``).
+    func record(_ messageID: String, _ state: MessageState) {
+        node.status.record(messageID, terminal: terminal, state)
+    }
+
+    /// QoS 2, first half: the terminal has the message (PUBREC); PUBREL goes out and the
+    /// packet id stays taken until PUBCOMP.
+    func received(_ ack: MQTTAckPacket) {
+        guard var pending = inflight[ack.packetIdentifier], pending.qos == .exactlyOnce, !pending.released else {
+            return protocolError("PUBREC for packet \(ack.packetIdentifier), which awaits no PUBREC")
+        }
+        if ack.reasonCode.rawValue >= 0x80 {
+            // The terminal refused the message (MQTT 5): the exchange ends here, without
+            // PUBREL, and the message is not kept for redelivery.
+            inflight[ack.packetIdentifier] = nil
+            inflightIDs.remove(pending.message.id)
+            recordAcknowledged(pending)
+            sendWaiting()
+            pumpStored()
+            return
+        }
+        pending.released = true
+        inflight[ack.packetIdentifier] = pending
+        write(.pubRel(MQTTAckPacket(packetIdentifier: ack.packetIdentifier)), flush: true)
+        guard sessionExpiry > 0 else { return }
+        // A persistent session keeps the exchange: the message leaves Redis now and a
+        // reconnect (on any node) sends PUBREL again. A clean session's client forgets its
+        // half of the exchange on reconnect, and many clients hand a QoS 2 message to the
+        // application only on PUBREL: the message stays stored until PUBCOMP, so it is sent
+        // again rather than lost.
+        recordAcknowledged(pending)
+        node.redis.fireAndForget([RedisCommand("SADD", node.keys.releasing(terminal), String(ack.packetIdentifier))])
+    }
+
+    /// QoS 2, second half: PUBCOMP frees the packet id.
+    func completed(_ packetID: UInt16) {
+        guard let done = inflight[packetID], done.released else {
+            return protocolError("PUBCOMP for packet \(packetID), which awaits no PUBCOMP")
+        }
+        inflight[packetID] = nil
+        inflightIDs.remove(done.message.id)
+        if sessionExpiry > 0 {
+            node.redis.fireAndForget([RedisCommand("SREM", node.keys.releasing(terminal), String(packetID))])
+        } else {
+            recordAcknowledged(done)
+        }
+        if case .draining = phase, inflight.isEmpty { return finishDraining() }
+        sendWaiting()
+        pumpStored()
+    }
+
+    func acknowledged(_ packetID: UInt16) {
+        // A PUBACK for a packet id not in flight at QoS 1 (a late duplicate) is ignored.
+        guard let done = inflight[packetID], done.qos == .atLeastOnce else {
+            return logger.debug("PUBACK for a packet not in flight", metadata: ["packet": "\(packetID)", "phase": "\(phase)"])
+        }
+        inflight[packetID] = nil
+        inflightIDs.remove(done.message.id)
+        recordAcknowledged(done)
+        if case .draining = phase, inflight.isEmpty { return finishDraining() }
+        sendWaiting()
+        pumpStored()
+    }
+
+    /// Removes an acknowledged message from Redis and records its state.
+    func recordAcknowledged(_ done: Inflight) {
+        node.metrics.acknowledged.increment()
+        var commands: [RedisCommand] = []
+        if let entry = done.entry {
+            commands.append(RedisCommand("LREM", node.keys.queue(terminal), "1", entry))
+            commands.append(RedisCommand("HDEL", node.keys.sent(terminal), done.message.id))
+            backlog.removed(done.message.id)
+        }
+        // Acknowledged after its ttl passed: the status already counts it expired (the
+        // control node settles expiry when the status is read), and it stays so.
+        if done.tracked { record(done.message.id, done.message.isExpired(nowMillis: FleetClock.nowMillis()) ? .expired : .acknowledged) }
+        if !commands.isEmpty { removeFromList(commands, ids: done.entry == nil ? [] : [done.message.id]) }
+    }
+
+    /// Sends `commands`, which take the messages `ids` out of the list; until Redis confirms,
+    /// list reads skip them.
+    func removeFromList(_ commands: [RedisCommand], ids: [String]) {
+        guard !ids.isEmpty, let context else { return node.redis.fireAndForget(commands) }
+        removing.formUnion(ids)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { _ in
+            loopBound.value.removing.subtract(ids)
+        }
+    }
+
+    /// Told by a `wake` event that carries the new entries themselves. A session that has
+    /// handled everything older delivers them at once, without reading the list (they are
+    /// the list's newest entries); any other reads the list (``StoredBacklog``).
+    func wake(entries: [String]) {
+        guard case .active = phase, backlog.mayDeliverFromWake(now: .now()) else { return wake() }
+        deliverStored(entries[...], entries.map { StoredMessage.decode($0) }[...])
+        pumpStored()
+    }
+
+    /// Told by a `wake` event: the terminal's list has new entries.
+    func wake() {
+        switch phase {
+        case .active:
+            backlog.woken()
+            pumpStored()
+        // The registration read the list; entries stored after that are read once it completes.
+        case .registering: backlog.woken()
+        case .awaitingConnect, .draining, .stopped, .closed: break
+        }
+    }
+
+    /// Delivers a message that was not stored (online-only unicast, broadcast, topic push)
+    /// if one of the session's subscriptions matches its topic. Before the stored backlog went
+    /// out, live messages wait (bounded) so they never overtake it.
+    ///
+    /// `payload`: the message's payload decoded once for all the sessions it goes to.
+    ///
+    /// `countReach`: a broadcast, whose status counts the terminals it reached.
+    func deliverLive(_ message: StoredMessage, tracked: Bool, countReach: Bool = false, payload: ByteBuffer? = nil) {
+        switch phase {
+        case .registering:
+            guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
+                node.metrics.dropped.increment()
+                if tracked { record(message.id, .dropped) }
+                return
+            }
+            earlyDeliveries.append((message, tracked, false, nil))
+            return
+        case .active:
+            break
+        case .awaitingConnect, .draining, .stopped, .closed:
+            return
+        }
+        var message = message
+        // Unicast events name the terminals and leave the topic to each of them.
+        if message.topic.isEmpty { message.topic = "push/\(terminal)" }
+        guard let delivery = delivery(for: message, shared: nil) else { return }
+        // Online-only messages are not kept for a terminal that does not keep up.
+        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && inflight.count >= liveLimit) {
+            node.metrics.dropped.increment()
+            if tracked { record(message.id, .dropped) }
+            return
+        }
+        let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked, payload: payload) != nil
+        flush()
+        if tracked { record(message.id, sent ? .delivered : .dropped) }
+        if sent && countReach { node.status.countReach(message.id) }
+    }
+
+    /// Sends waiting routed messages while the window has room and the socket takes them.
+    func sendWaiting() {
+        guard !waiting.isEmpty, case .active = phase else { return }
+        var sent = false
+        while let first = waiting.first, inflight.count < window, context?.channel.isWritable == true {
+            waiting.removeFirst()
+            guard let delivery = delivery(for: first.message, shared: first.shared) else { continue }
+            sent = send(first.message, delivery: delivery, dup: false, entry: nil, tracked: false) != nil || sent
+        }
+        if sent { flush() }
+    }
+
+    /// Unacknowledged messages beyond the stored window that live messages may add: a little
+    /// slack for pushes, none past a receive maximum the client set.
+    var liveLimit: Int {
+        clientReceiveMaximum < Int(UInt16.max) ? window : 4 * window
+    }
+
+    /// Delivers a message a terminal published, routed here by the fleet index (`shared`:
+    /// the shared subscription this session was picked for). For a persistent session a QoS
+    /// 1/2 message is written to Redis while in flight, so a reconnect on any node gets it
+    /// again; when the session cannot take it now it waits there instead of being dropped.
+    func deliverPublished(_ message: StoredMessage, shared: String?, payload: ByteBuffer? = nil) {
+        switch phase {
+        case .registering:
+            guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
+                node.metrics.dropped.increment()
+                return
+            }
+            earlyDeliveries.append((message, false, true, shared))
+            return
+        case .active:
+            break
+        case .awaitingConnect, .draining, .stopped, .closed:
+            return
+        }
+        guard let delivery = delivery(for: message, shared: shared) else { return }
+        let keep = sessionExpiry > 0 && delivery.qos > .atMostOnce && shared == nil
+        if !keep, delivery.qos > .atMostOnce, !waiting.isEmpty || context?.channel.isWritable == false || inflight.count >= window {
+            // Behind the ones already waiting, in order; beyond the cap the message is dropped.
+            guard waiting.count < node.configuration.offlineQueueCap else {
+                node.metrics.dropped.increment()
+                return
+            }
+            waiting.append((message, shared))
+            return
+        }
+        if keep { return deliverKept(message, delivery: delivery, payload: payload) }
+        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && inflight.count >= liveLimit) {
+            node.metrics.dropped.increment()
+            return
+        }
+        send(message, delivery: delivery, dup: false, entry: nil, tracked: false, payload: payload)
+        flush()
+    }
+
+    /// A routed QoS 1/2 message for a persistent session: stored in the terminal's list first.
+    /// When the session has handled everything before it in the list, it goes out at once;
+    /// otherwise it waits behind the entries not read yet and is read in order.
+    func deliverKept(_ message: StoredMessage, delivery: Delivery, payload: ByteBuffer?) {
+        var stored = message
+        stored.session = true
+        let entry = stored.encoded()
+        let ttl =
+            message.expiresAt > 0
+            ? max(1, message.expiresAt - FleetClock.nowMillis()) : Int64(node.configuration.maximumSessionExpiry) * 1000
+        var commands = [
+            FleetScripts.enqueue.command(
+                keys: [node.keys.queue(terminal)], arguments: [entry, String(node.configuration.offlineQueueCap), String(ttl), "0"])
+        ]
+        if backlog.caughtUp, !backlog.isReading, context?.channel.isWritable == true, inflight.count < window,
+            let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false, payload: payload)
+        {
+            backlog.handled(message.id)
+            commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
+            node.redis.fireAndForget(commands)
+            return flush()
+        }
+        node.redis.fireAndForget(commands)
+        backlog.woken()
+        pumpStored()
+    }
+}

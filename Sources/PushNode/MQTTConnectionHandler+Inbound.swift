@@ -1,0 +1,229 @@
+import FleetCore
+import Logging
+import MQTTCodec
+import NIOCore
+import RedisClient
+
+/// Packets from an active session: PUBLISH and its QoS flows, DISCONNECT, wills.
+extension MQTTConnectionHandler {
+    // MARK: Packets from an active session
+
+    func process(_ packet: MQTTPacket) {
+        switch packet {
+        case .publish(let publish):
+            publishReceived(publish)
+        case .pubRel(let ack):
+            released(ack.packetIdentifier)
+        case .pubAck(let ack):
+            acknowledged(ack.packetIdentifier)
+        case .pubRec(let ack):
+            received(ack)
+        case .pubComp(let ack):
+            completed(ack.packetIdentifier)
+        case .subscribe(let subscribe):
+            subscribeReceived(subscribe)
+        case .unsubscribe(let unsubscribe):
+            unsubscribeReceived(unsubscribe)
+        case .pingReq:
+            write(.pingResp, flush: true)
+        case .disconnect(let disconnect):
+            disconnectReceived(disconnect)
+        case .connect:
+            protocolError("second CONNECT")
+        case .connAck, .subAck, .unsubAck, .pingResp, .auth:
+            protocolError("unexpected packet type \(packet.typeCode)")
+        }
+    }
+
+    func protocolError(_ reason: String) {
+        disconnect(.protocolError, reason)
+    }
+
+    /// Ends the connection for a client's mistake: MQTT 5 gets DISCONNECT with the reason.
+    func disconnect(_ code: MQTTReasonCode, _ reason: String) {
+        node.metrics.protocolErrors.increment()
+        logger.info("closing the connection", metadata: ["reason": "\(reason)", "code": "\(code)"])
+        if version.hasProperties { write(serverDisconnect(code, reason), flush: true) }
+        close()
+    }
+
+    /// Unacknowledged QoS 1/2 messages towards the terminal at most: ours, or less if the
+    /// client's receive maximum says so.
+    var window: Int { min(node.configuration.inflightWindow, clientReceiveMaximum) }
+
+    func disconnectReceived(_ disconnect: MQTTDisconnectPacket) {
+        if let requested = disconnect.properties.integer(.sessionExpiryInterval) {
+            // A session that ends with the connection cannot be made to outlive it (MQTT 5 3.14.2.2.2).
+            guard sessionExpiry > 0 || requested == 0 else { return protocolError("session expiry set on DISCONNECT after 0 on CONNECT") }
+            sessionExpiry = min(requested, UInt32(clamping: node.configuration.maximumSessionExpiry))
+        }
+        disconnected = true
+        if disconnect.reasonCode != .disconnectWithWill { will = nil }
+        close()
+    }
+
+    // MARK: Terminal publishes
+
+    func publishReceived(_ publish: MQTTPublishPacket) {
+        var topic = publish.topicName
+        if version.hasProperties, let alias = publish.properties.integer(.topicAlias) {
+            guard alias > 0, alias <= node.configuration.topicAliasMaximum else {
+                return disconnect(.topicAliasInvalid, "topic alias \(alias)")
+            }
+            if topic.isEmpty {
+                guard let known = inboundAliases[UInt16(alias)] else { return disconnect(.protocolError, "unknown topic alias \(alias)") }
+                topic = known
+            } else {
+                inboundAliases[UInt16(alias)] = topic
+            }
+        }
+        guard let packetID = publish.packetIdentifier else { return route(publish, topic: topic, packetID: nil) }
+        if publish.qos == .exactlyOnce, awaitingRelease.contains(packetID) {
+            // The terminal resent a QoS 2 PUBLISH it already handed over: acknowledge, do not route again.
+            return write(.pubRec(MQTTAckPacket(packetIdentifier: packetID)), flush: true)
+        }
+        if inboundPending.count + awaitingRelease.count >= node.configuration.receiveMaximum {
+            guard !version.hasProperties else { return disconnect(.receiveMaximumExceeded, "receive maximum exceeded") }
+            // MQTT 3.1.1 has no receive maximum to announce; the same bound holds: reading
+            // pauses while routes are pending (below), and QoS 2 exchanges the client never
+            // releases end the connection.
+            let unreleased = awaitingRelease.count + inboundPending.lazy.filter { $0.qos == .exactlyOnce }.count
+            if publish.qos == .exactlyOnce, unreleased >= node.configuration.receiveMaximum {
+                node.metrics.protocolErrors.increment()
+                logger.info("closing: too many QoS 2 publishes without PUBREL")
+                return close()
+            }
+        }
+        route(publish, topic: topic, packetID: packetID)
+    }
+
+    func route(_ publish: MQTTPublishPacket, topic: String, packetID: UInt16?) {
+        node.metrics.published.increment()
+        var refusal: MQTTReasonCode?
+        if MQTTTopic.levelCount(topic) > node.configuration.maximumTopicLevels {
+            refusal = .topicNameInvalid
+        } else if !node.acl.mayPublish(topic, terminal: terminal) {
+            refusal = .notAuthorized
+        } else if version.hasProperties, publish.properties.integer(.payloadFormatIndicator) == 1,
+            String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
+        {
+            refusal = .payloadFormatInvalid
+        }
+        if let refusal {
+            node.metrics.publishesRefused.increment()
+            logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(refusal)"])
+            guard let packetID else { return }
+            // MQTT 3.1.1 cannot refuse a PUBLISH: it is acknowledged and dropped.
+            let code: MQTTReasonCode = version.hasProperties ? refusal : .success
+            let why =
+                switch refusal {
+                case .notAuthorized: "not allowed to publish to \(topic)"
+                case .topicNameInvalid: "more than \(node.configuration.maximumTopicLevels) topic levels"
+                default: "payload is not valid UTF-8"
+                }
+            inboundPending.append(
+                InboundPublish(packetID: packetID, qos: publish.qos, reasonCode: code, reasonString: wantsProblemInformation ? why : nil))
+            return flushInboundAcks()
+        }
+        let message = StoredMessage(
+            published: topic, payload: publish.payload, qos: publish.qos, retain: publish.retain, properties: publish.properties,
+            origin: terminal)
+        guard let context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        routeStarted()
+        guard let packetID else {
+            node.route(message).hop(to: context.eventLoop).whenComplete { _ in loopBound.value.routeFinished() }
+            return
+        }
+        inboundPending.append(InboundPublish(packetID: packetID, qos: publish.qos))
+        node.route(message).hop(to: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            handler.routeFinished()
+            guard let index = handler.inboundPending.firstIndex(where: { $0.packetID == packetID && $0.reasonCode == nil }) else { return }
+            switch result {
+            case .success:
+                handler.inboundPending[index].reasonCode = .success
+            case .failure(let error):
+                handler.logger.warning("routing a publish failed", metadata: ["error": "\(error)"])
+                // Not accepted: MQTT 5 says so; a 3.1.1 client learns it by the connection closing
+                // and sends the message again.
+                guard handler.version.hasProperties else { return handler.close() }
+                handler.inboundPending[index].reasonCode = .implementationSpecificError
+            }
+            handler.flushInboundAcks()
+        }
+    }
+
+    func routeStarted() {
+        routesPending += 1
+        if routesPending == node.configuration.receiveMaximum { setReading(false) }
+    }
+
+    func routeFinished() {
+        routesPending -= 1
+        if routesPending == node.configuration.receiveMaximum / 2 { setReading(true) }
+    }
+
+    func setReading(_ enabled: Bool) {
+        guard let channel = context?.channel else { return }
+        channel.setOption(ChannelOptions.autoRead, value: enabled).whenFailure { _ in }
+    }
+
+    /// Writes the PUBACK / PUBREC of every finished inbound publish at the head of the queue.
+    func flushInboundAcks() {
+        var wrote = false
+        while let first = inboundPending.first, let code = first.reasonCode {
+            inboundPending.removeFirst()
+            var ack = MQTTAckPacket(packetIdentifier: first.packetID, reasonCode: code)
+            if let reason = first.reasonString { ack.properties.append(.reasonString, .string(reason)) }
+            if first.qos == .exactlyOnce {
+                // A refusing PUBREC ends the exchange; a successful one waits for PUBREL.
+                if code.rawValue < 0x80 {
+                    awaitingRelease.insert(first.packetID)
+                    if sessionExpiry > 0 {
+                        node.redis.fireAndForget([RedisCommand("SADD", node.keys.released(terminal), String(first.packetID))])
+                    }
+                }
+                write(.pubRec(ack), flush: false)
+            } else {
+                write(.pubAck(ack), flush: false)
+            }
+            wrote = true
+        }
+        if wrote { flush() }
+    }
+
+    func released(_ packetID: UInt16) {
+        let known = awaitingRelease.remove(packetID) != nil
+        if known, sessionExpiry > 0 {
+            node.redis.fireAndForget([RedisCommand("SREM", node.keys.released(terminal), String(packetID))])
+        }
+        let code: MQTTReasonCode = known || !version.hasProperties ? .success : .packetIdentifierNotFound
+        write(.pubComp(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code)), flush: true)
+    }
+
+    /// Publishes the will (after its delay, unless the session came back on any node by then).
+    func publishWill() {
+        guard let will = self.will?.message, let willDelay = self.will?.delay else { return }
+        self.will = nil
+        guard node.acl.mayPublish(will.topic, terminal: terminal) else { return }
+        // The will waits no longer than the session lives; a takeover continues the session,
+        // so a delayed will is not sent then.
+        let delay = min(willDelay, sessionExpiry)
+        let node = self.node
+        guard delay > 0 else {
+            node.metrics.willsPublished.increment()
+            _ = node.route(will)
+            return
+        }
+        guard !wasTakenOver, let context else { return }
+        let routeKey = node.keys.route(terminal)
+        context.eventLoop.scheduleTask(in: .seconds(Int64(delay))) {
+            node.redis.pipelineFuture([RedisCommand("EXISTS", routeKey)]).whenSuccess { replies in
+                guard replies.first?.int == 0 else { return }
+                node.metrics.willsPublished.increment()
+                _ = node.route(will)
+            }
+        }
+    }
+}

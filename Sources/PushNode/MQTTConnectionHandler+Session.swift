@@ -1,0 +1,331 @@
+import FleetCore
+import Logging
+import MQTTCodec
+import NIOCore
+import RedisClient
+
+/// CONNECT: credentials, registration in Redis, takeover of an earlier connection, CONNACK.
+extension MQTTConnectionHandler {
+    // MARK: CONNECT
+
+    func connectReceived(_ connect: MQTTConnectPacket) {
+        connectDeadline?.cancel()
+        connectDeadline = nil
+        guard connect.protocolVersion.isSupported else {
+            // Answer in the 3.1.1 format: a client of an unknown version can parse that.
+            return refuse(.v3UnacceptableProtocolVersion, v5: .unsupportedProtocolVersion)
+        }
+        version = connect.protocolVersion
+        encoder.version = version
+        cleanStart = connect.cleanStart
+        requestedSessionExpiry = connect.properties.integer(.sessionExpiryInterval)
+        requestsProblemInformation = connect.properties.integer(.requestProblemInformation) != 0
+        let maximumExpiry = UInt32(clamping: node.configuration.maximumSessionExpiry)
+        if version.hasProperties {
+            let properties = connect.properties
+            // Enhanced authentication (AUTH exchanges) is not offered.
+            if properties[.authenticationMethod] != nil {
+                return refuse(.v3NotAuthorized, v5: .badAuthenticationMethod, reason: "enhanced authentication is not offered")
+            }
+            if let value = properties.integer(.receiveMaximum) {
+                guard value > 0 else { return refuse(.v3ServerUnavailable, v5: .protocolError) }
+                clientReceiveMaximum = Int(value)
+            }
+            if let value = properties.integer(.maximumPacketSize) {
+                guard value > 0 else { return refuse(.v3ServerUnavailable, v5: .protocolError) }
+                clientMaximumPacketSize = Int(value)
+            }
+            clientTopicAliasMaximum = UInt16(clamping: properties.integer(.topicAliasMaximum) ?? 0)
+            sessionExpiry = min(properties.integer(.sessionExpiryInterval) ?? 0, maximumExpiry)
+        } else {
+            sessionExpiry = connect.cleanStart ? 0 : maximumExpiry
+        }
+
+        var clientID = connect.clientIdentifier
+        var assigned: String?
+        if clientID.isEmpty {
+            guard node.configuration.allowAnonymous, connect.cleanStart || version.hasProperties else {
+                return refuse(.v3IdentifierRejected, v5: .clientIdentifierNotValid)
+            }
+            clientID = "auto-" + FleetClock.newEpoch()
+            assigned = clientID
+        }
+        if !TerminalID.isValid(clientID) {
+            // Any client id MQTT allows is taken in anonymous mode, under a key-safe name.
+            guard node.configuration.allowAnonymous, clientID.utf8.count <= 256 else {
+                return refuse(.v3IdentifierRejected, v5: .clientIdentifierNotValid)
+            }
+            clientID = TerminalID.escaped(clientID)
+        }
+
+        var issuedAt = ""
+        if let password = connect.passwordString, !password.isEmpty {
+            guard connect.username == nil || connect.username == clientID else {
+                return refuse(.v3NotAuthorized, v5: .notAuthorized)
+            }
+            switch node.credentials.verify(terminal: clientID, password: password, now: FleetClock.nowSeconds()) {
+            case .success(let verified): issuedAt = String(verified.issuedAt)
+            case .failure(let failure):
+                logger.info("credential refused", metadata: ["terminal": "\(clientID)", "reason": "\(failure)"])
+                return refuse(.v3NotAuthorized, v5: .notAuthorized, reason: "credential refused")
+            }
+        } else if !node.configuration.allowAnonymous {
+            return refuse(.v3BadUserNameOrPassword, v5: .badUserNameOrPassword, reason: "a credential is required as the password")
+        }
+
+        terminal = clientID
+        persistentAtConnect = sessionExpiry > 0
+        if let will = connect.will {
+            // Published later as the terminal's PUBLISH would be: the same rules for its topic.
+            guard MQTTTopic.isValidTopicName(will.topic), MQTTTopic.levelCount(will.topic) <= node.configuration.maximumTopicLevels
+            else {
+                return refuse(.v3NotAuthorized, v5: .topicNameInvalid, reason: "the will topic is not a valid topic name")
+            }
+            let message = StoredMessage(
+                published: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties,
+                origin: clientID)
+            self.will = Will(message: message, delay: will.properties.integer(.willDelayInterval) ?? 0)
+        }
+        epoch = FleetClock.newEpoch()
+        connectedAt = FleetClock.nowMillis()
+        var keepAliveSeconds = connect.keepAlive
+        let maximumKeepAlive = node.configuration.maximumKeepAlive
+        if version.hasProperties, maximumKeepAlive > 0, keepAliveSeconds == 0 || Int(keepAliveSeconds) > maximumKeepAlive {
+            // MQTT 5 lets the server set the keep alive (CONNACK server keep alive); a 3.1.1
+            // client cannot be told, so it keeps its own.
+            keepAliveSeconds = UInt16(clamping: maximumKeepAlive)
+            serverKeepAlive = keepAliveSeconds
+        }
+        keepAlive = .seconds(Int64(keepAliveSeconds))
+        phase = .registering
+        guard let limiter = node.connectLimiter else { return register(issuedAt: issuedAt, assignedID: assigned) }
+        guard let delay = limiter.admit() else {
+            node.metrics.connectsThrottled.increment()
+            return refuse(.v3ServerUnavailable, v5: .connectionRateExceeded)
+        }
+        guard delay > .zero, let context else { return register(issuedAt: issuedAt, assignedID: assigned) }
+        node.metrics.connectsThrottled.increment()
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let (issued, assignedID) = (issuedAt, assigned)
+        context.eventLoop.scheduleTask(in: delay) {
+            if case .registering = loopBound.value.phase { loopBound.value.register(issuedAt: issued, assignedID: assignedID) }
+        }
+    }
+
+    func register(issuedAt: String, assignedID: String?) {
+        guard let context else { return }
+        // The script reads the head of the list: the backlog's first read.
+        guard let read = backlog.nextRead(room: window, window: window) else { preconditionFailure("a new session reads its list") }
+        let keys = node.keys
+        let command = FleetScripts.register.command(
+            keys: [
+                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
+                keys.sent(terminal), keys.released(terminal), keys.releasing(terminal),
+            ],
+            arguments: [
+                node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt,
+                String(read.count), sessionExpiry > 0 ? "1" : "0",
+            ]
+        )
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture([command]).hop(to: context.eventLoop).whenComplete { result in
+            loopBound.value.registered(
+                result.flatMap { replies in Result { try SessionRegistration(reply: replies[0].throwingError()) } }, read: read,
+                assignedID: assignedID)
+        }
+    }
+
+    /// A registration waiting for the terminal's previous connection to stop (a takeover);
+    /// boxed, since most connections never wait.
+    final class PendingTakeover {
+        var registration: SessionRegistration
+        let read: StoredBacklog.Read
+        let assignedID: String?
+        var deadline: Scheduled<Void>?
+
+        init(registration: SessionRegistration, read: StoredBacklog.Read, assignedID: String?) {
+            self.registration = registration
+            self.read = read
+            self.assignedID = assignedID
+        }
+    }
+
+    /// How long a new connection waits for its predecessor to stop before it goes ahead.
+    static let takeoverTimeout = TimeAmount.seconds(3)
+
+    func registered(_ result: Result<SessionRegistration, any Error>, read: StoredBacklog.Read, assignedID: String?) {
+        guard case .registering = phase, let context else { return }
+        let registration: SessionRegistration
+        switch result {
+        case .success(let decoded):
+            registration = decoded
+        case .failure(SessionRegistration.Failure.revoked):
+            logger.info("credential revoked")
+            return refuse(.v3NotAuthorized, v5: .notAuthorized, reason: "credential revoked")
+        case .failure(let error):
+            logger.warning("session registration failed", metadata: ["error": "\(error)"])
+            return refuse(.v3ServerUnavailable, v5: .serverUnavailable)
+        }
+        let handle = SessionHandle(
+            terminal: terminal, epoch: epoch, connectedAt: connectedAt, handler: NIOLoopBound(self, eventLoop: context.eventLoop))
+        self.handle = handle
+        // Takeover: the previous connection of this terminal stops delivering (wherever it
+        // is) before this one starts, so no message goes out on both; what it sent and did not
+        // see acknowledged is then read again and goes out here with DUP.
+        let oldNode = registration.oldNode
+        if let previous = node.registry.register(handle) {
+            waitForPredecessor(registration, read: read, assignedID: assignedID)
+            let successor = self.epoch
+            previous.execute { old in
+                old.takenOver()
+                handle.execute { $0.predecessorStopped(successor: successor) }
+            }
+        } else if !oldNode.isEmpty, oldNode != node.nodeID {
+            waitForPredecessor(registration, read: read, assignedID: assignedID)
+            var kick = NodeEvent(kind: .kick, terminals: [terminal], epoch: registration.oldEpoch)
+            (kick.from, kick.successor) = (node.nodeID, epoch)
+            let successor = self.epoch
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            node.redis.pipelineFuture([RedisCommand("SPUBLISH", node.keys.nodeChannel(oldNode), kick.encoded())])
+                .hop(to: context.eventLoop).whenComplete { result in
+                    // Nobody listens on that node's channel (it died): nothing to wait for, and
+                    // nothing changed since the registration read (a reconnect storm after a
+                    // node died costs no extra read). Redis unavailable: read again when it is.
+                    guard case .success(let replies) = result, replies.first?.int ?? 0 > 0 else {
+                        let unheard = (try? result.get())?.first?.int == 0
+                        return loopBound.value.predecessorStopped(successor: successor, reload: !unheard)
+                    }
+                }
+        } else {
+            activate(registration, read: read, assignedID: assignedID)
+        }
+    }
+
+    func waitForPredecessor(_ registration: SessionRegistration, read: StoredBacklog.Read, assignedID: String?) {
+        guard let context else { return }
+        let pending = PendingTakeover(registration: registration, read: read, assignedID: assignedID)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let successor = epoch
+        pending.deadline = context.eventLoop.scheduleTask(in: Self.takeoverTimeout) {
+            loopBound.value.logger.info("the previous connection did not confirm it stopped: going ahead")
+            loopBound.value.predecessorStopped(successor: successor)
+        }
+        pendingTakeover = pending
+    }
+
+    /// The terminal's previous connection stopped (or could not be reached): read what it
+    /// left in Redis and start.
+    func predecessorStopped(successor: String, reload: Bool = true) {
+        guard successor == epoch, case .registering = phase, let pending = pendingTakeover, let context else { return }
+        pendingTakeover = nil
+        pending.deadline?.cancel()
+        guard reload else { return activate(pending.registration, read: pending.read, assignedID: pending.assignedID) }
+        let commands = SessionRegistration.reloadCommands(keys: node.keys, terminal: terminal, window: pending.read.count)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundPending = NIOLoopBound(pending, eventLoop: context.eventLoop)
+        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
+            let handler = loopBound.value
+            let pending = boundPending.value
+            guard case .registering = handler.phase else { return }
+            var registration = pending.registration
+            switch result {
+            case .success(let replies): registration.reload(replies)
+            case .failure(let error):
+                handler.logger.warning("reading the session after a takeover failed", metadata: ["error": "\(error)"])
+                return handler.refuse(.v3ServerUnavailable, v5: .serverUnavailable)
+            }
+            handler.activate(registration, read: pending.read, assignedID: pending.assignedID)
+        }
+    }
+
+    /// Starts the session: CONNACK, restored subscriptions, PUBRELs of a resumed session, the
+    /// stored list, then what arrived meanwhile.
+    func activate(_ registration: SessionRegistration, read: StoredBacklog.Read, assignedID: String?) {
+        let sessionPresent = !cleanStart && registration.sessionExisted
+        // A clean start ended the old session: its filters leave the offline index.
+        let discarded = registration.discardedFilters.filter { SharedFilter($0) == nil }
+        var commands: [RedisCommand] = []
+        if !discarded.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: discarded)) }
+        awaitingRelease = Set(registration.released)
+
+        subscriptions = [:]
+        var indexed: [String] = []
+        var restored: [String] = []
+        for (filter, encoded) in registration.subscriptions {
+            guard let subscription = Subscription(encoded: encoded) else { continue }
+            if isAutomatic(filter) {
+                setAutomatic(filter, subscription)
+                continue
+            }
+            subscriptions[filter] = subscription
+            if joinLocalIndex(filter) { indexed.append(filter) }
+            if SharedFilter(filter) == nil { restored.append(filter) }
+        }
+        if !indexed.isEmpty { commands.append(node.indexUpdateCommand(adding: true, filters: indexed)) }
+        if sessionExpiry > 0, !restored.isEmpty {
+            commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: true, filters: restored))
+        }
+        if !commands.isEmpty { node.redis.fireAndForget(commands) }
+
+        var properties: MQTTProperties = []
+        if version.hasProperties {
+            if let assignedID { properties.append(.assignedClientIdentifier, .string(assignedID)) }
+            if let requested = requestedSessionExpiry, requested != sessionExpiry {
+                properties.append(.sessionExpiryInterval, .fourByteInteger(sessionExpiry))
+            }
+            if let serverKeepAlive { properties.append(.serverKeepAlive, .twoByteInteger(serverKeepAlive)) }
+            properties.append(.receiveMaximum, .twoByteInteger(UInt16(clamping: node.configuration.receiveMaximum)))
+            properties.append(.maximumPacketSize, .fourByteInteger(UInt32(node.configuration.maximumPacketSize)))
+            properties.append(.topicAliasMaximum, .twoByteInteger(UInt16(clamping: node.configuration.topicAliasMaximum)))
+        }
+        write(.connAck(MQTTConnAckPacket(sessionPresent: sessionPresent, reasonCode: .success, properties: properties)), flush: false)
+        // A resumed session's QoS 2 messages that were received but not completed: PUBREL again
+        // with their packet ids (MQTT 4.4).
+        if sessionPresent {
+            for packetID in registration.releasing where packetID != 0 {
+                let placeholder = StoredMessage(id: "pubrel:\(packetID)", qos: 2, expiresAt: 0, topic: "", payload: [])
+                inflight[packetID] = Inflight(message: placeholder, entry: nil, tracked: false, qos: .exactlyOnce, released: true)
+                write(.pubRel(MQTTAckPacket(packetIdentifier: packetID)), flush: false)
+            }
+        }
+        phase = .active
+        node.metrics.connectsAccepted.increment()
+        node.metrics.connections.increment()
+        startKeepAliveTimer()
+
+        readCompleted(read, entries: registration.queue, sent: registration.sent)
+        let live = earlyDeliveries
+        earlyDeliveries = []
+        for early in live {
+            if early.routed {
+                deliverPublished(early.message, shared: early.shared)
+            } else {
+                deliverLive(early.message, tracked: early.tracked)
+            }
+        }
+
+        let early = earlyPackets
+        earlyPackets = []
+        for packet in early { process(packet) }
+        flush()
+    }
+
+    /// Refuses the CONNECT; MQTT 5 clients also get `reason` as the reason string.
+    func refuse(_ v3: MQTTReasonCode, v5: MQTTReasonCode, reason: String? = nil) {
+        node.metrics.connectsRefused.increment()
+        let code = version.hasProperties ? v5 : v3
+        var properties: MQTTProperties = []
+        if version.hasProperties, let reason { properties.append(.reasonString, .string(reason)) }
+        write(.connAck(MQTTConnAckPacket(sessionPresent: false, reasonCode: code, properties: properties)), flush: true)
+        close()
+    }
+
+    /// Whether the client accepts reason strings on acknowledgements (MQTT 5 request problem
+    /// information; CONNACK and DISCONNECT carry them regardless).
+    var wantsProblemInformation: Bool { version.hasProperties && requestsProblemInformation }
+
+    /// A DISCONNECT from the server, with a reason string.
+    func serverDisconnect(_ code: MQTTReasonCode, _ reason: String) -> MQTTPacket {
+        .disconnect(MQTTDisconnectPacket(reasonCode: code, properties: [MQTTProperty(.reasonString, .string(reason))]))
+    }
+}
