@@ -11,9 +11,14 @@ public enum MQTTTopic {
         return count
     }
 
+    /// Whether `topic` contains a wildcard character (`+` or `#`).
+    public static func hasWildcard(_ topic: String) -> Bool {
+        topic.utf8.contains { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }
+    }
+
     /// Whether `topic` can be published to: non-empty, without wildcards.
     public static func isValidTopicName(_ topic: String) -> Bool {
-        !topic.isEmpty && !topic.utf8.contains(UInt8(ascii: "+")) && !topic.utf8.contains(UInt8(ascii: "#"))
+        !topic.isEmpty && !hasWildcard(topic)
     }
 
     /// Whether `filter` is a valid topic filter: non-empty, `#` only as the whole last level,

@@ -228,8 +228,8 @@ extension MQTTConnectionHandler {
             let pending = boundPending.value
             guard case .registering = handler.phase else { return }
             var registration = pending.registration
-            switch result {
-            case .success(let replies): registration.reload(replies)
+            switch result.flatMap({ replies in Result { try registration.reload(replies) } }) {
+            case .success: break
             case .failure(let error):
                 handler.logger.warning("reading the session after a takeover failed", metadata: ["error": "\(error)"])
                 return handler.refuse(.v3ServerUnavailable, v5: .serverUnavailable)

@@ -106,7 +106,7 @@ extension MQTTConnectionHandler {
     /// number of retained topics; see README).
     func sendRetained(for requested: [(filter: String, subscription: Subscription)]) {
         guard let context else { return }
-        let wildcard = requested.contains { $0.filter.contains("+") || $0.filter.contains("#") }
+        let wildcard = requested.contains { MQTTTopic.hasWildcard($0.filter) }
         let command =
             wildcard
             ? RedisCommand("HVALS", node.keys.retained)

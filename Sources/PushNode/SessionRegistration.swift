@@ -57,8 +57,10 @@ struct SessionRegistration {
     }
 
     /// Applies the replies to ``reloadCommands(keys:terminal:window:)``.
-    mutating func reload(_ replies: [RedisReply]) {
-        guard replies.count == 5, !replies.contains(where: \.isError) else { return }
+    /// Throws when Redis did not answer every read.
+    mutating func reload(_ replies: [RedisReply]) throws(Failure) {
+        guard replies.count == 5 else { throw .unexpectedReply(.array(replies)) }
+        if let failed = replies.first(where: \.isError) { throw .unexpectedReply(failed) }
         subscriptions = replies[0].pairs ?? [:]
         queue = replies[1].array?.compactMap(\.string) ?? []
         sent = Self.packetIDs(replies[2])

@@ -41,7 +41,8 @@ public struct MQTTPublishPacket: Hashable, Sendable {
         let dup = flags & 0x08 != 0
         if qos == .atMostOnce && dup { throw MQTTCodecError(.invalidFlags, "PUBLISH QoS 0 with DUP set") }
         let topic = try body.mqttReadString()
-        if topic.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
+        // Empty is allowed here: an MQTT 5 PUBLISH may name its topic by alias only.
+        if MQTTTopic.hasWildcard(topic) {
             throw MQTTCodecError(.protocolViolation, "topic name contains a wildcard")
         }
         var packetIdentifier: UInt16?
