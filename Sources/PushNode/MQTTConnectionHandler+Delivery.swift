@@ -329,20 +329,7 @@ extension MQTTConnectionHandler {
     ///
     /// `countReach`: a broadcast, whose status counts the terminals it reached.
     func deliverLive(_ message: StoredMessage, tracked: Bool, countReach: Bool = false, payload: ByteBuffer? = nil) {
-        switch phase {
-        case .registering:
-            guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
-                node.metrics.dropped.increment()
-                if tracked { record(message.id, .dropped) }
-                return
-            }
-            earlyDeliveries.append((message, tracked, false, nil))
-            return
-        case .active:
-            break
-        case .awaitingConnect, .draining, .stopped, .closed:
-            return
-        }
+        if holdUntilActive(message, tracked: tracked, routed: false, shared: nil) { return }
         var message = message
         // Unicast events name the terminals and leave the topic to each of them.
         if message.topic.isEmpty { message.topic = "push/\(terminal)" }
@@ -357,6 +344,26 @@ extension MQTTConnectionHandler {
         flush()
         if tracked { record(message.id, sent ? .delivered : .dropped) }
         if sent && countReach { node.status.countReach(message.id) }
+    }
+
+    /// Live messages that come before the session is active wait (bounded) until it is, so they
+    /// never overtake the stored backlog; a session past its end takes nothing. Returns true
+    /// when the caller is done with `message` (kept for later, dropped, or not for this phase).
+    func holdUntilActive(_ message: StoredMessage, tracked: Bool, routed: Bool, shared: String?) -> Bool {
+        switch phase {
+        case .registering:
+            guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
+                node.metrics.dropped.increment()
+                if tracked { record(message.id, .dropped) }
+                return true
+            }
+            earlyDeliveries.append((message, tracked, routed, shared))
+            return true
+        case .active:
+            return false
+        case .awaitingConnect, .draining, .stopped, .closed:
+            return true
+        }
     }
 
     /// Sends waiting routed messages while the window has room and the socket takes them.
@@ -382,19 +389,7 @@ extension MQTTConnectionHandler {
     /// 1/2 message is written to Redis while in flight, so a reconnect on any node gets it
     /// again; when the session cannot take it now it waits there instead of being dropped.
     func deliverPublished(_ message: StoredMessage, shared: String?, payload: ByteBuffer? = nil) {
-        switch phase {
-        case .registering:
-            guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
-                node.metrics.dropped.increment()
-                return
-            }
-            earlyDeliveries.append((message, false, true, shared))
-            return
-        case .active:
-            break
-        case .awaitingConnect, .draining, .stopped, .closed:
-            return
-        }
+        if holdUntilActive(message, tracked: false, routed: true, shared: shared) { return }
         guard let delivery = delivery(for: message, shared: shared) else { return }
         let keep = sessionExpiry > 0 && delivery.qos > .atMostOnce && shared == nil
         if !keep, delivery.qos > .atMostOnce, !waiting.isEmpty || context?.channel.isWritable == false || inflight.count >= window {
