@@ -27,6 +27,9 @@ public struct FleetKeys: Sendable, Hashable {
     /// SET of MQTT packet ids of QoS 2 messages to the terminal whose PUBREL was sent and whose
     /// PUBCOMP has not come (persistent sessions: PUBREL is sent again on reconnect).
     public func releasing(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:releasing" }
+    /// STRING: the will (JSON ``StoredMessage``) of the terminal's last connection, kept while
+    /// its delay runs (see ``wills``).
+    public func will(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:will" }
     /// STRING unix time: credentials issued at or before it are refused.
     public func revoked(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:revoked" }
 
@@ -47,6 +50,8 @@ public struct FleetKeys: Sendable, Hashable {
     /// SET of terminals with a persistent session subscribed to `filter`: their messages are
     /// stored while they are away.
     public func storedSubscribers(_ filter: String) -> String { "\(prefix)psubs:\(filter)" }
+    /// ZSET terminal -> when its delayed will is due (unix milliseconds, Redis's clock).
+    public var wills: String { "\(prefix)wills" }
     /// HASH topic -> retained message (JSON ``StoredMessage``).
     public var retained: String { "\(prefix)retained" }
 

@@ -4,7 +4,7 @@ import RedisClient
 public enum FleetScripts {
     /// Registers a session and reads what it needs, atomically.
     ///
-    /// KEYS: route, session, subscriptions, revoked, queue, sent, released, releasing.
+    /// KEYS: route, session, subscriptions, revoked, queue, sent, released, releasing, will.
     /// ARGV: node, epoch, connectedAt, cleanStart (0/1), issuedAt ("" skips the revocation
     /// check), queue read limit, persistent (0/1: the session outlives the connection).
     /// Returns `{"revoked"}` or `{"ok", oldNode, oldEpoch, sessionPresent, subs, queue, sent,
@@ -12,13 +12,15 @@ public enum FleetScripts {
     /// route closes the race with a control node that stores a message and then reads the
     /// route. A clean start discards the old session: its subscriptions (returned, so the
     /// node can leave the offline index) and the messages stored for them; pushes addressed
-    /// to the terminal stay.
+    /// to the terminal stay. A will kept for the terminal's previous connection is dropped:
+    /// the session came back before its delay ended.
     public static let register = RedisScript(
         """
         local rev = redis.call('GET', KEYS[4])
         if rev and ARGV[5] ~= '' and tonumber(ARGV[5]) <= tonumber(rev) then return {'revoked'} end
         local old = redis.call('HMGET', KEYS[1], 'node', 'epoch')
         redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'connectedAt', ARGV[3])
+        redis.call('DEL', KEYS[9])
         local present = 0
         local discarded = {}
         if ARGV[4] == '1' then
@@ -249,6 +251,6 @@ public enum FleetScripts {
     /// Every script, for SCRIPT LOAD on connect.
     public static let all = [
         register, unregister, reassertRoute, enqueue, store, trim, transition, indexUpdate, storedSubscriptions, storeForSubscriber,
-        sweepNode,
+        sweepNode, keepWill, scheduleWill, claimWills, settleWill, deleteIfEqual,
     ]
 }

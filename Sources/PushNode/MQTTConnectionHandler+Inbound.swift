@@ -202,7 +202,8 @@ extension MQTTConnectionHandler {
         write(.pubComp(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code)), flush: true)
     }
 
-    /// Publishes the will (after its delay, unless the session came back on any node by then).
+    /// Publishes the will, or with a delay keeps it in Redis (``DelayedWills``), unless the
+    /// session continues on another connection.
     func publishWill() {
         guard let will = self.will?.message, let willDelay = self.will?.delay else { return }
         self.will = nil
@@ -210,20 +211,8 @@ extension MQTTConnectionHandler {
         // The will waits no longer than the session lives; a takeover continues the session,
         // so a delayed will is not sent then.
         let delay = min(willDelay, sessionExpiry)
-        let node = self.node
-        guard delay > 0 else {
-            node.metrics.willsPublished.increment()
-            _ = node.route(will)
-            return
-        }
-        guard !wasTakenOver, let context else { return }
-        let routeKey = node.keys.route(terminal)
-        context.eventLoop.scheduleTask(in: .seconds(Int64(delay))) {
-            node.redis.pipelineFuture([RedisCommand("EXISTS", routeKey)]).whenSuccess { replies in
-                guard replies.first?.int == 0 else { return }
-                node.metrics.willsPublished.increment()
-                _ = node.route(will)
-            }
-        }
+        guard delay > 0 else { return DelayedWills.publish(will, context: node) }
+        guard !wasTakenOver else { return }
+        DelayedWills(context: node).keep(will, terminal: terminal, epoch: epoch, delay: Int(delay))
     }
 }

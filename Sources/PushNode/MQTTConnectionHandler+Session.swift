@@ -120,7 +120,7 @@ extension MQTTConnectionHandler {
         let command = FleetScripts.register.command(
             keys: [
                 keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
-                keys.sent(terminal), keys.released(terminal), keys.releasing(terminal),
+                keys.sent(terminal), keys.released(terminal), keys.releasing(terminal), keys.will(terminal),
             ],
             arguments: [
                 node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt,

@@ -161,6 +161,7 @@ public final class PushNode: Service, Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.consumeEvents() }
             group.addTask { await self.heartbeat() }
+            group.addTask { await DelayedWills(context: context).sweep() }
             try? await gracefulShutdown()
             context.logger.info("push node shutting down")
             for server in servers { try? await server.close() }

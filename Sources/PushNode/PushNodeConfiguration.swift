@@ -77,6 +77,10 @@ public struct PushNodeConfiguration: Sendable {
     /// Levels a topic name or filter from a terminal may have (SUBSCRIBE, PUBLISH, will).
     public var maximumTopicLevels: Int = MQTTTopic.defaultMaximumLevels
 
+    /// Delayed wills waiting in Redis across the fleet, checked by the node keeping one; a will
+    /// beyond it is published without its delay.
+    public var maximumDelayedWills: Int = 100_000
+
     public init(redis: RedisConfiguration, mqttHost: String, mqttPort: Int, nodeID: String, secret: String) {
         self.redis = redis
         self.mqttHost = mqttHost

@@ -66,4 +66,8 @@ struct PushNodeMetrics: Sendable {
     let routed = Counter(label: "pushfleet_node_publishes_routed_total")
     let storedForSessions = Counter(label: "pushfleet_node_messages_stored_for_sessions_total")
     let willsPublished = Counter(label: "pushfleet_node_wills_published_total")
+    /// Delayed wills kept in Redis until due.
+    let willsKept = Counter(label: "pushfleet_node_wills_kept_total")
+    /// Delayed wills published at once because the fleet held its bound of them.
+    let willsUndelayed = Counter(label: "pushfleet_node_wills_undelayed_total")
 }

@@ -206,6 +206,12 @@ struct NodeCommand: AsyncParsableCommand {
     var maxSubscriptions: Int?
 
     @Option(
+        help:
+            "Delayed wills (MQTT 5 will delay) waiting in Redis across the fleet; beyond it a will is published without its delay (env PUSHFLEET_MAX_DELAYED_WILLS; default 100000)."
+    )
+    var maxDelayedWills: Int?
+
+    @Option(
         help: "Levels a topic name or filter from a terminal may have (env PUSHFLEET_MAX_TOPIC_LEVELS; default 128)."
     )
     var maxTopicLevels: Int?
@@ -320,6 +326,8 @@ struct NodeCommand: AsyncParsableCommand {
         }
         configuration.maximumSubscriptions =
             try positive(maxSubscriptions, env: "MAX_SUBSCRIPTIONS", option: "--max-subscriptions") ?? configuration.maximumSubscriptions
+        configuration.maximumDelayedWills =
+            try positive(maxDelayedWills, env: "MAX_DELAYED_WILLS", option: "--max-delayed-wills") ?? configuration.maximumDelayedWills
         configuration.maximumConnections =
             try positive(maxConnections, env: "MAX_CONNECTIONS", option: "--max-connections") ?? configuration.maximumConnections
         configuration.connectTimeout =

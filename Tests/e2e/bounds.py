@@ -111,6 +111,95 @@ def test_a_will_topic_with_a_wildcard_gets_a_refusing_connack(fleet):
     client.close()
 
 
+def connect_with_delayed_will(port, name, payload, delay, expiry=120):
+    client = RawMQTT(port)
+    props = b"\x11" + expiry.to_bytes(4, "big")  # session expiry
+    will_props = b"\x18" + delay.to_bytes(4, "big")  # will delay interval
+    ack = client.connect(name, level=5, clean=True, props=props, will=(f"wills/{name}", payload, 1, False), will_props=will_props)
+    assert ack[0] == 0x20 and ack[1][1] == 0, ack
+    return client
+
+
+def test_node_memory_stays_flat_while_1000_delayed_wills_of_64_kib_wait(fleet):
+    """Delayed wills waited in node memory, one scheduled task each: 1,000 wills of 64 KiB
+    with a 60 s delay grew the node by ~64 MiB a round. They wait in Redis now."""
+    port = fleet.node_ports[1]
+    payload = b"w" * 65535  # the largest will payload (a two-byte length)
+    rss = []
+    for round_number in range(3):
+        clients = [connect_with_delayed_will(port, f"flood-{index}", payload, delay=60) for index in range(1000)]
+        for client in clients:
+            client.close()  # no DISCONNECT: the wills are due in 60 s
+        wait_for(lambda: int(fleet.redis_cli("ZCARD", "pushfleet:wills")) == 1000, timeout=20, what="1,000 wills in Redis")
+        time.sleep(1.0)
+        rss.append(fleet.rss_kib("node2") / 1024)
+    assert fleet.redis_cli("STRLEN", "pushfleet:{t:flood-7}:will") and int(fleet.redis_cli("STRLEN", "pushfleet:{t:flood-7}:will")) > 65535
+    assert rss[2] - rss[0] < 20, f"node RSS by round (MiB): {[round(r) for r in rss]}"
+    # Not published by anyone later in the suite.
+    fleet.redis_cli("DEL", "pushfleet:wills")
+
+
+def test_a_delayed_will_survives_the_death_of_its_node_and_is_published_once(fleet):
+    watcher = RawMQTT(fleet.node_ports[0])
+    assert watcher.connect("will-watcher") == (0x20, b"\x00\x00")
+    assert suback_codes(subscribe_many(watcher, ["wills/#"], qos=1)) == [1]
+    time.sleep(0.3)
+    connect_with_delayed_will(fleet.node_ports[1], "orphan", b"my node died", delay=2).close()
+    wait_for(lambda: fleet.redis_cli("ZSCORE", "pushfleet:wills", "orphan"), what="the will kept in Redis")
+    fleet.kill("node2")
+    try:
+        watcher.sock.settimeout(10)
+        first, body = watcher.read()
+        message = parse_publish(first, body)
+        assert (message["topic"], message["payload"]) == ("wills/orphan", b"my node died"), message
+        watcher.puback(message["id"])
+        # Published once: no second copy, nothing left in Redis.
+        watcher.sock.settimeout(3)
+        try:
+            extra = watcher.read()
+        except OSError:
+            extra = None
+        assert extra is None, extra
+        assert not fleet.redis_cli("ZSCORE", "pushfleet:wills", "orphan")
+        assert fleet.redis_cli("EXISTS", "pushfleet:{t:orphan}:will") == "0"
+    finally:
+        watcher.close()
+        fleet.restart("node2")
+        wait_port(fleet.node_ports[1])
+        wait_for(lambda: http_status(f"http://127.0.0.1:{fleet.admin_ports[1]}/readyz") == 200, what="node2 ready again")
+
+
+def test_a_delayed_will_one_past_the_fleets_bound_is_published_at_once(fleet):
+    fleet.redis_cli("DEL", "pushfleet:wills")
+    redis, port = f"redis://127.0.0.1:{fleet.redis_port}", free_port()
+    fleet.start("node-wills", [fleet.binary, "node", "--redis", redis, "--secret", SECRET, "--node-id", "wills",
+                               "--mqtt", f"127.0.0.1:{port}", "--allow-anonymous", "--max-delayed-wills", "2"])
+    watcher = RawMQTT(fleet.node_ports[0])
+    try:
+        wait_port(port)
+        assert watcher.connect("bound-watcher") == (0x20, b"\x00\x00")
+        assert suback_codes(subscribe_many(watcher, ["wills/#"], qos=0)) == [0]
+        time.sleep(0.3)
+        for index in range(2):
+            connect_with_delayed_will(port, f"bound-{index}", b"later", delay=60).close()
+        wait_for(lambda: int(fleet.redis_cli("ZCARD", "pushfleet:wills")) == 2, what="two wills kept")
+        watcher.sock.settimeout(0.5)
+        try:
+            early = watcher.read()
+        except OSError:
+            early = None
+        assert early is None, early
+        connect_with_delayed_will(port, "bound-2", b"now", delay=60).close()
+        watcher.sock.settimeout(5)
+        message = parse_publish(*watcher.read())
+        assert (message["topic"], message["payload"]) == ("wills/bound-2", b"now"), message
+        assert int(fleet.redis_cli("ZCARD", "pushfleet:wills")) == 2
+    finally:
+        watcher.close()
+        fleet.kill("node-wills", signal.SIGTERM)
+        fleet.redis_cli("DEL", "pushfleet:wills")
+
+
 def test_outbound_topic_aliases_stay_within_the_nodes_maximum(fleet):
     receiver = RawMQTT(fleet.node_ports[0])
     # Topic alias maximum 1000 (property 0x22) from the client; the node's default is 32.

@@ -16,10 +16,25 @@ import urllib.request
 SECRET = "e2e-secret-of-32-bytes-for-tests"
 
 
+_next_port = 10_000 + (os.getpid() % 200) * 100
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port no earlier call in this process gave out, free right now, and below the
+    kernel's ephemeral range (32768 and up): a port bound with 0 comes from that range, where
+    any outgoing connection (a node's to Redis) may take it as its source port before the
+    server meant for it binds."""
+    global _next_port
+    for _ in range(22_000):
+        port = _next_port
+        _next_port = 10_000 if _next_port >= 31_999 else _next_port + 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free loopback port below 32000")
 
 
 def wait_port(port, timeout=20.0):
