@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "pushfleet", targets: ["pushfleet"]),
         .library(name: "MQTTCodec", targets: ["MQTTCodec"]),
+        .library(name: "FleetCore", targets: ["FleetCore"]),
         .library(name: "RedisClient", targets: ["RedisClient"]),
         .library(name: "PushNode", targets: ["PushNode"]),
         .library(name: "ControlNode", targets: ["ControlNode"]),
@@ -47,23 +48,41 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The domain: ids, keys, stored messages and node events, the topic trie, credentials.
         .target(
             name: "FleetCore",
             dependencies: [
-                "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // The fleet's Redis side both kinds of node share: Lua scripts, topic routing.
+        .target(
+            name: "FleetRedis",
+            dependencies: [
+                "FleetCore", "RedisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // `/healthz`, `/readyz`, `/metrics` for both kinds of node.
+        .target(
+            name: "FleetHTTP",
+            dependencies: [.product(name: "Hummingbird", package: "hummingbird")],
+            swiftSettings: swiftSettings
+        ),
+        // A redis-server child process: for `pushfleet dev` and the tests, never linked by a node.
+        .target(
+            name: "LocalRedis",
+            dependencies: [.product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "PushNode",
             dependencies: [
-                "MQTTCodec", "RedisClient", "FleetCore",
+                "MQTTCodec", "RedisClient", "FleetCore", "FleetRedis", "FleetHTTP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -80,7 +99,7 @@ let package = Package(
         .target(
             name: "ControlNode",
             dependencies: [
-                "RedisClient", "FleetCore",
+                "RedisClient", "FleetCore", "FleetRedis", "FleetHTTP", "MQTTCodec",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -104,7 +123,7 @@ let package = Package(
         .executableTarget(
             name: "pushfleet",
             dependencies: [
-                "PushNode", "ControlNode", "FleetCore", "RedisClient", "MQTTCodec", "BenchKit",
+                "PushNode", "ControlNode", "FleetCore", "FleetRedis", "LocalRedis", "RedisClient", "MQTTCodec", "BenchKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,7 +136,7 @@ let package = Package(
         .testTarget(
             name: "MQTTCodecTests",
             dependencies: [
-                "MQTTCodec",
+                "MQTTCodec", "FleetTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
@@ -126,7 +145,7 @@ let package = Package(
         .target(
             name: "FleetTestSupport",
             dependencies: [
-                "FleetCore", "RedisClient",
+                "FleetCore", "LocalRedis", "RedisClient",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -138,7 +157,9 @@ let package = Package(
         ),
         .testTarget(
             name: "FleetCoreTests",
-            dependencies: ["FleetCore", "MQTTCodec", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: [
+                "FleetCore", "FleetRedis", "MQTTCodec", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "PushNodeTests",
@@ -147,14 +168,16 @@ let package = Package(
         .testTarget(
             name: "BenchKitTests",
             dependencies: [
-                "BenchKit", "PushNode", "FleetCore", "MQTTCodec", "RedisClient", "FleetTestSupport",
+                "BenchKit", "PushNode", "FleetCore", "FleetRedis", "MQTTCodec", "RedisClient", "FleetTestSupport",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .testTarget(
             name: "ControlNodeTests",
-            dependencies: ["ControlNode", "FleetCore", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio")]
+            dependencies: [
+                "ControlNode", "FleetCore", "FleetRedis", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
     ]
 )

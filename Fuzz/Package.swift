@@ -1,6 +1,7 @@
 // swift-tools-version:6.0
-// Coverage-guided fuzzing of the MQTT decoder (libFuzzer). Not part of the main build: see
-// scripts/fuzz, which builds this package with -sanitize=fuzzer and runs it.
+// Coverage-guided fuzzing (libFuzzer) of what parses untrusted bytes: the MQTT decoder, API
+// request bodies, command stream entries, the JSON nodes read from Redis. Not part of the
+// main build: see scripts/fuzz, which builds this package with -sanitize=fuzzer and runs it.
 import PackageDescription
 
 let package = Package(
@@ -8,8 +9,11 @@ let package = Package(
     dependencies: [.package(path: "..")],
     targets: [
         .executableTarget(
-            name: "MQTTDecoderFuzzer",
-            dependencies: [.product(name: "MQTTCodec", package: "main")],
+            name: "PushFleetFuzzer",
+            dependencies: [
+                .product(name: "MQTTCodec", package: "main"),
+                .product(name: "ControlNode", package: "main"),
+            ],
             swiftSettings: [.unsafeFlags(["-parse-as-library"])]
         )
     ]

@@ -125,7 +125,9 @@ struct CommandStreamConsumer: Sendable {
         } catch let error as APIError {
             logger.info("invalid command stream entry", metadata: ["entry": "\(id)", "error": "\(error.message)"])
             _ = try await redis.pipeline([
-                RedisCommand("HSET", keys.messageStatus(id), "error", error.message, "createdAt", String(FleetClock.nowMillis())),
+                RedisCommand(
+                    "HSET", keys.messageStatus(id), MessageStatusField.error, error.message, MessageStatusField.createdAt,
+                    String(FleetClock.nowMillis())),
                 RedisCommand("EXPIRE", keys.messageStatus(id), String(configuration.statusRetention)),
             ])
         }

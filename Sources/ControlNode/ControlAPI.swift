@@ -12,28 +12,12 @@ struct ControlAPI: Sendable {
 
     var keys: FleetKeys { configuration.keys }
 
-    struct CredentialRequest: Decodable {
-        var terminal: String
-        var ttl: Int?
-    }
-
     struct CredentialResponse: Encodable {
         var terminal: String
         var username: String
         var password: String
         var expiresAt: Int64
         var endpoints: [String]
-    }
-
-    struct PushRequest: Decodable {
-        var to: [String]?
-        var topic: String?
-        var broadcast: Bool?
-        var payload: String?
-        var payloadBase64: String?
-        var qos: Int?
-        var ttl: Int?
-        var idempotencyKey: String?
     }
 
     func addRoutes(to router: Router<BasicRequestContext>) {
@@ -110,10 +94,6 @@ struct ControlAPI: Sendable {
         return try json(receipt, status: .accepted)
     }
 
-    struct BatchRequest: Decodable {
-        var messages: [PushRequest]
-    }
-
     /// One result per message of a batch, in order: a receipt or an error.
     struct BatchResult: Encodable {
         struct ErrorBody: Encodable {
@@ -163,18 +143,7 @@ struct ControlAPI: Sendable {
     }
 
     private func command(from body: PushRequest) throws -> PushCommand {
-        let command = try PushCommand(
-            to: body.to,
-            topic: body.topic,
-            broadcast: body.broadcast ?? false,
-            payload: body.payload,
-            payloadBase64: body.payloadBase64,
-            qos: body.qos ?? 1,
-            ttl: body.ttl ?? 86_400,
-            idempotencyKey: body.idempotencyKey
-        )
-        try command.validate(configuration)
-        return command
+        try body.command(configuration)
     }
 
     // MARK: Status
@@ -199,36 +168,36 @@ struct ControlAPI: Sendable {
         if let scan = try replies[1].throwingError().array, scan.count == 2 {
             for (terminal, state) in try hash(scan[1]) where terminals.count < 1000 { terminals[terminal] = state }
         }
+        typealias Field = MessageStatusField
         func number(_ name: String) -> Int64 { Int64(fields[name] ?? "0") ?? 0 }
-        let kind = fields["kind"] ?? "unicast"
-        var counts = Dictionary(
-            uniqueKeysWithValues: ["targets", "delivered", "acknowledged", "queued", "expired", "dropped"].map { ($0, number($0)) })
+        let kind = fields[Field.kind] ?? "unicast"
+        var counts = Dictionary(uniqueKeysWithValues: Field.counts.map { ($0, number($0)) })
         var body: [String: JSONValue] = ["id": .string(id), "kind": .string(kind)]
-        for name in ["qos", "ttl", "createdAt"] { body[name] = .int(number(name)) }
+        for name in [Field.qos, Field.ttl, Field.createdAt] { body[name] = .int(number(name)) }
         switch kind {
         case "topic":
-            body["nodes"] = .int(number("nodes"))
-            body["storedForSessions"] = .int(number("storedForSessions"))
+            body[Field.nodes] = .int(number(Field.nodes))
+            body[Field.storedForSessions] = .int(number(Field.storedForSessions))
         case "broadcast":
-            body["nodes"] = .int(number("nodes"))
+            body[Field.nodes] = .int(number(Field.nodes))
         default:
-            let (qos, ttl) = (number("qos"), number("ttl"))
-            if ttl > 0, FleetClock.nowMillis() >= number("createdAt") + ttl * 1000 {
+            let (qos, ttl) = (number(Field.qos), number(Field.ttl))
+            if ttl > 0, FleetClock.nowMillis() >= number(Field.createdAt) + ttl * 1000 {
                 func late(_ state: String) -> Bool {
                     state == MessageState.queued.rawValue || (qos > 0 && state == MessageState.delivered.rawValue)
                 }
                 var states = Array(terminals.values)
-                if Int64(terminals.count) < counts["targets", default: 0] {
+                if Int64(terminals.count) < counts[Field.targets, default: 0] {
                     states = (try await redis.send("HVALS", keys.messageTargets(id)).array ?? []).compactMap(\.string)
                 }
-                counts["expired", default: 0] += Int64(states.filter(late).count)
-                counts["queued"] = 0
+                counts[Field.count(.expired), default: 0] += Int64(states.filter(late).count)
+                counts[Field.count(.queued)] = 0
                 terminals = terminals.mapValues { late($0) ? MessageState.expired.rawValue : $0 }
             }
         }
         for (name, value) in counts { body[name] = .int(value) }
         body["terminals"] = .object(terminals.mapValues { .string($0) })
-        if let error = fields["error"] { body["error"] = .string(error) }
+        if let error = fields[Field.error] { body["error"] = .string(error) }
         return try json(body, status: .ok)
     }
 
@@ -291,16 +260,7 @@ struct ControlAPI: Sendable {
         } catch {
             throw APIError(.contentTooLarge, "payload_too_large", "request body too large")
         }
-        do {
-            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
-        } catch DecodingError.keyNotFound(let key, _) {
-            throw APIError.badRequest("missing field \"\(key.stringValue)\"")
-        } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
-            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
-            throw APIError.badRequest("field \"\(path)\" has the wrong type")
-        } catch {
-            throw APIError(.badRequest, "invalid_json", "request body is not valid JSON")
-        }
+        return try APIRequestBody.decode(T.self, from: buffer)
     }
 
     private func hash(_ reply: RedisReply) throws -> [String: String] {

@@ -1,4 +1,6 @@
 import FleetCore
+import FleetHTTP
+import FleetRedis
 import Hummingbird
 import Logging
 import NIOCore
@@ -61,37 +63,50 @@ public struct ControlNode: Service {
     public func run() async throws {
         redis.start()
         let (index, redis, keys, logger) = (self.index, self.redis, configuration.keys, self.logger)
-        let indexChannel = keys.indexChannel
-        subscriber.onSubscribed { channel in
-            guard channel == indexChannel else { return }
-            // Changes announced before Redis had the subscription (at start, or while the
-            // subscriber was away) were not heard: read the index again.
-            Task {
-                do {
-                    try await index.load(from: redis, keys: keys)
-                } catch {
-                    logger.warning("reading the fleet index failed", metadata: ["error": "\(error)"])
-                }
-            }
-        }
         subscriber.subscribe([keys.indexChannel])
         subscriber.start()
         let app = makeApplication()
         let consumer = CommandStreamConsumer(configuration: configuration, redis: streamRedis, dispatcher: dispatcher, logger: logger)
         let subscriber = self.subscriber
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask {
-                for await message in subscriber.messages {
-                    if let change = IndexChange.decode(Array(message.payload.readableBytesView)) { index.apply(change) }
+        // Whatever ends the node (a shutdown, or a start-up failure such as a busy port), its
+        // Redis connections are closed.
+        do {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask {
+                    for await event in subscriber.events {
+                        // Changes were dropped (this node fell behind), or announced before Redis
+                        // had the subscription (at start, or while the subscriber was away): either
+                        // way not heard, so the index is read again.
+                        var reload = subscriber.takeOverflow() > 0
+                        switch event {
+                        case .message(let message):
+                            if !reload, let change = IndexChange.decode(Array(message.payload.readableBytesView)) { index.apply(change) }
+                        case .subscribed:
+                            reload = true
+                        }
+                        guard reload else { continue }
+                        do {
+                            try await index.load(from: redis, keys: keys)
+                        } catch {
+                            logger.warning("reading the fleet index failed", metadata: ["error": "\(error)"])
+                        }
+                    }
                 }
+                if configuration.consumeCommandStream {
+                    group.addTask { await cancelWhenGracefulShutdown { await consumer.run() } }
+                }
+                try await app.run()
+                group.cancelAll()
             }
-            if configuration.consumeCommandStream {
-                group.addTask { await cancelWhenGracefulShutdown { await consumer.run() } }
-            }
-            try await app.run()
-            group.cancelAll()
-            await subscriber.close()
+        } catch {
+            await closeRedis()
+            throw error
         }
+        await closeRedis()
+    }
+
+    private func closeRedis() async {
+        await subscriber.close()
         await streamRedis.close()
         await redis.close()
     }

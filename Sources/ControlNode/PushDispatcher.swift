@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -93,10 +94,12 @@ public struct PushDispatcher: Sendable {
         let key = keys.messageStatus(id)
         // A broadcast reaches the terminals online at that moment: nothing waits, whatever its ttl.
         let ttl = kind == "broadcast" ? 0 : command.ttl
-        let fields = [
-            key, "createdAt", String(FleetClock.nowMillis()), "kind", kind, "qos", String(command.qos), "ttl", String(ttl),
-            "targets", String(targets), "queued", String(queued), "delivered", "0", "acknowledged", "0", "expired", "0", "dropped", "0",
+        typealias Field = MessageStatusField
+        var fields = [
+            key, Field.createdAt, String(FleetClock.nowMillis()), Field.kind, kind, Field.qos, String(command.qos), Field.ttl, String(ttl),
+            Field.targets, String(targets),
         ]
+        for state in MessageState.allCases { fields += [Field.count(state), state == .queued ? String(queued) : "0"] }
         return [RedisCommand("HSET", fields + extra), RedisCommand("EXPIRE", key, String(configuration.statusRetention))]
     }
 
@@ -323,7 +326,8 @@ public struct PushDispatcher: Sendable {
         let outcome = try await router.route(message, storeForAbsent: command.ttl > 0 && command.qos > 0).get()
         _ = try await redis.send(
             RedisCommand(
-                "HSET", keys.messageStatus(id), "complete", "1", "nodes", String(outcome.nodes), "storedForSessions", String(outcome.stored)
+                "HSET", keys.messageStatus(id), MessageStatusField.complete, "1", MessageStatusField.nodes, String(outcome.nodes),
+                MessageStatusField.storedForSessions, String(outcome.stored)
             )
         )
         return PushReceipt(id: id, targets: 0)
@@ -339,7 +343,8 @@ public struct PushDispatcher: Sendable {
         }
         // Every node that heard it counts the terminals it wrote it to into `delivered`.
         let nodes = replies.last?.int ?? 0
-        _ = try await redis.send(RedisCommand("HSET", keys.messageStatus(id), "complete", "1", "nodes", String(nodes)))
+        _ = try await redis.send(
+            RedisCommand("HSET", keys.messageStatus(id), MessageStatusField.complete, "1", MessageStatusField.nodes, String(nodes)))
         return PushReceipt(id: id, targets: 0)
     }
 

@@ -226,9 +226,14 @@ struct JSONScanner {
         return expect(UInt8(ascii: "]")) ? values : nil
     }
 
+    /// Objects and arrays an unknown value may nest at most: skipping recurses once per level,
+    /// and the bytes come from Redis, which anyone with access may write.
+    static let maximumDepth = 64
+
     /// Skips one value of any kind (an unknown key's).
-    mutating func skipValue() -> Bool {
+    mutating func skipValue(depth: Int = 0) -> Bool {
         skipWhitespace()
+        guard depth < Self.maximumDepth else { return fail() ?? false }
         guard position < bytes.count else { return fail() ?? false }
         switch bytes[position] {
         case UInt8(ascii: "\""):
@@ -242,7 +247,7 @@ struct JSONScanner {
                 if opening == UInt8(ascii: "{") {
                     guard string() != nil, expect(UInt8(ascii: ":")) else { return false }
                 }
-                guard skipValue() else { return false }
+                guard skipValue(depth: depth + 1) else { return false }
             } while peek(UInt8(ascii: ","))
             return expect(closing)
         case UInt8(ascii: "t"), UInt8(ascii: "f"):

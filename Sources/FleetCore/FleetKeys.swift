@@ -54,6 +54,8 @@ public struct FleetKeys: Sendable, Hashable {
     public var wills: String { "\(prefix)wills" }
     /// HASH topic -> retained message (JSON ``StoredMessage``).
     public var retained: String { "\(prefix)retained" }
+    /// STRING: the bytes of the entries in ``retained``, kept by ``FleetScripts/retain``.
+    public var retainedBytes: String { "\(prefix)retained:bytes" }
 
     /// HASH of a message's counts and metadata.
     public func messageStatus(_ id: String) -> String { "\(prefix){m:\(id)}:status" }

@@ -122,6 +122,14 @@ public struct MQTTProperties: Hashable, Sendable, ExpressibleByArrayLiteral {
         }
     }
 
+    /// Bytes of the user properties' names and values (UTF-8), what a bound on them counts.
+    public var userPropertyBytes: Int {
+        properties.reduce(0) {
+            if case .stringPair(let key, let value) = $1.value { return $0 + key.utf8.count + value.utf8.count }
+            return $0
+        }
+    }
+
     /// Reads a property length and that many bytes of properties.
     static func read(from buffer: inout ByteBuffer) throws -> MQTTProperties {
         let length = Int(try buffer.mqttReadVariableInteger())

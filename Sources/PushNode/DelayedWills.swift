@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import Logging
 import NIOCore
 import RedisClient
@@ -62,7 +63,20 @@ struct DelayedWills: Sendable {
     }
 
     static func publish(_ will: StoredMessage, context: PushNodeContext) {
-        context.route(will).whenSuccess { context.metrics.willsPublished.increment() }
+        route(will, context: context).whenSuccess { context.metrics.willsPublished.increment() }
+    }
+
+    /// Routes a will; one the fleet's retained bounds refuse goes out without RETAIN (it was
+    /// accepted with its CONNECT, within the size bound, and is not dropped).
+    static func route(_ will: StoredMessage, context: PushNodeContext) -> EventLoopFuture<Void> {
+        context.route(will).flatMapError { error in
+            guard error is TopicRouter.RetainedStoreFull else { return context.redis.eventLoop.makeFailedFuture(error) }
+            context.logger.warning(
+                "retained messages at their bound: a will published without RETAIN", metadata: ["topic": "\(will.topic)"])
+            var unretained = will
+            unretained.retain = nil
+            return context.route(unretained)
+        }
     }
 
     /// Publishes the wills that are due, until cancelled.
@@ -95,7 +109,7 @@ struct DelayedWills: Sendable {
                 guard let will = StoredMessage.decode(entry) else { continue }
                 // Published before its claim is settled: a node dying here leaves the lease
                 // to run out and the will to the next sweep (at least once).
-                try await context.route(will).get()
+                try await Self.route(will, context: context).get()
                 context.metrics.willsPublished.increment()
             }
             if let entry { settle.append(FleetScripts.deleteIfEqual.command(keys: [keys.will(claim.terminal)], arguments: [entry])) }

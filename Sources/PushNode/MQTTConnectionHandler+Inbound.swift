@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import Logging
 import MQTTCodec
 import NIOCore
@@ -99,32 +100,22 @@ extension MQTTConnectionHandler {
 
     func route(_ publish: MQTTPublishPacket, topic: String, packetID: UInt16?) {
         node.metrics.published.increment()
-        var refusal: MQTTReasonCode?
-        if MQTTTopic.levelCount(topic) > node.configuration.maximumTopicLevels {
-            refusal = .topicNameInvalid
+        let limits = node.configuration
+        var refusal: (code: MQTTReasonCode, why: String)?
+        if MQTTTopic.levelCount(topic) > limits.maximumTopicLevels {
+            refusal = (.topicNameInvalid, "more than \(limits.maximumTopicLevels) topic levels")
         } else if !node.acl.mayPublish(topic, terminal: terminal) {
-            refusal = .notAuthorized
+            refusal = (.notAuthorized, "not allowed to publish to \(topic)")
         } else if version.hasProperties, publish.properties.integer(.payloadFormatIndicator) == 1,
             String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
         {
-            refusal = .payloadFormatInvalid
+            refusal = (.payloadFormatInvalid, "payload is not valid UTF-8")
+        } else if publish.retain, publish.payload.readableBytes > limits.maximumRetainedSize {
+            refusal = (.quotaExceeded, "a retained payload over \(limits.maximumRetainedSize) bytes")
+        } else if publish.properties.userPropertyBytes > limits.maximumUserPropertyBytes {
+            refusal = (.implementationSpecificError, "user properties over \(limits.maximumUserPropertyBytes) bytes")
         }
-        if let refusal {
-            node.metrics.publishesRefused.increment()
-            logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(refusal)"])
-            guard let packetID else { return }
-            // MQTT 3.1.1 cannot refuse a PUBLISH: it is acknowledged and dropped.
-            let code: MQTTReasonCode = version.hasProperties ? refusal : .success
-            let why =
-                switch refusal {
-                case .notAuthorized: "not allowed to publish to \(topic)"
-                case .topicNameInvalid: "more than \(node.configuration.maximumTopicLevels) topic levels"
-                default: "payload is not valid UTF-8"
-                }
-            inboundPending.append(
-                InboundPublish(packetID: packetID, qos: publish.qos, reasonCode: code, reasonString: wantsProblemInformation ? why : nil))
-            return flushInboundAcks()
-        }
+        if let refusal { return refuse(publish, packetID: packetID, topic: topic, refusal.code, why: refusal.why) }
         let message = StoredMessage(
             published: topic, payload: publish.payload, qos: publish.qos, retain: publish.retain, properties: publish.properties,
             origin: terminal)
@@ -143,6 +134,11 @@ extension MQTTConnectionHandler {
             switch result {
             case .success:
                 handler.inboundPending[index].reasonCode = .success
+            case .failure(let error as TopicRouter.RetainedStoreFull):
+                // Refused in its place among the acknowledgements (3.1.1: acknowledged, dropped).
+                handler.node.metrics.publishesRefused.increment()
+                handler.inboundPending[index].reasonCode = handler.version.hasProperties ? .quotaExceeded : .success
+                if handler.wantsProblemInformation { handler.inboundPending[index].reasonString = "\(error)" }
             case .failure(let error):
                 handler.logger.warning("routing a publish failed", metadata: ["error": "\(error)"])
                 // Not accepted: MQTT 5 says so; a 3.1.1 client learns it by the connection closing
@@ -152,6 +148,19 @@ extension MQTTConnectionHandler {
             }
             handler.flushInboundAcks()
         }
+    }
+
+    /// Refuses a PUBLISH: MQTT 5 with `code` (and `why` if the client wants problem
+    /// information); MQTT 3.1.1 cannot refuse one, so it is acknowledged and dropped.
+    func refuse(_ publish: MQTTPublishPacket, packetID: UInt16?, topic: String, _ code: MQTTReasonCode, why: String) {
+        node.metrics.publishesRefused.increment()
+        logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(why)"])
+        guard let packetID else { return }
+        inboundPending.append(
+            InboundPublish(
+                packetID: packetID, qos: publish.qos, reasonCode: version.hasProperties ? code : .success,
+                reasonString: wantsProblemInformation ? why : nil))
+        flushInboundAcks()
     }
 
     func routeStarted() {

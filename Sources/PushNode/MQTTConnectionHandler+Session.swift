@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import Logging
 import MQTTCodec
 import NIOCore
@@ -75,11 +76,20 @@ extension MQTTConnectionHandler {
 
         terminal = clientID
         persistentAtConnect = sessionExpiry > 0
+        let limits = node.configuration
+        if connect.properties.userPropertyBytes + (connect.will?.properties.userPropertyBytes ?? 0) > limits.maximumUserPropertyBytes {
+            return refuse(
+                .v3NotAuthorized, v5: .packetTooLarge, reason: "user properties over \(limits.maximumUserPropertyBytes) bytes")
+        }
         if let will = connect.will {
             // Published later as the terminal's PUBLISH would be: the same rules for its topic.
-            guard MQTTTopic.isValidTopicName(will.topic), MQTTTopic.levelCount(will.topic) <= node.configuration.maximumTopicLevels
+            guard MQTTTopic.isValidTopicName(will.topic), MQTTTopic.levelCount(will.topic) <= limits.maximumTopicLevels
             else {
                 return refuse(.v3NotAuthorized, v5: .topicNameInvalid, reason: "the will topic is not a valid topic name")
+            }
+            guard !will.retain || will.payload.readableBytes <= limits.maximumRetainedSize else {
+                return refuse(
+                    .v3NotAuthorized, v5: .quotaExceeded, reason: "a retained will over \(limits.maximumRetainedSize) bytes")
             }
             let message = StoredMessage(
                 published: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties,

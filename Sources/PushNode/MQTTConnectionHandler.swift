@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import Logging
 import MQTTCodec
 import NIOCore

@@ -1,4 +1,6 @@
 import FleetCore
+import FleetHTTP
+import FleetRedis
 import Hummingbird
 import Logging
 import MQTTCodec
@@ -32,6 +34,8 @@ public final class PushNode: Service, Sendable {
         let router = TopicRouter(
             redis: redis, keys: configuration.keys, index: index, queueCap: configuration.offlineQueueCap,
             storedLifetime: configuration.maximumSessionExpiry, localNode: configuration.nodeID,
+            retainedLimits: TopicRouter.RetainedLimits(
+                messages: configuration.maximumRetainedMessages, bytes: configuration.maximumRetainedBytes),
             deliverLocally: { message, target in
                 PushNodeContext.deliver(message, target: target, local: local, registry: registry, metrics: metrics)
             }
@@ -104,55 +108,19 @@ public final class PushNode: Service, Sendable {
                 }
             )
         }
-        let nodeChannel = keys.nodeChannel(configuration.nodeID)
-        let indexChannel = keys.indexChannel
-        subscriber.onSubscribed { channel in
-            switch channel {
-            case indexChannel:
-                // Changes announced before this subscription (at start, or while the subscriber
-                // was away) were not heard: read the index now.
-                Task { await Self.loadIndex(context) }
-            case nodeChannel:
-                // A wake published before Redis had this subscription reached nobody; every
-                // session registered by then reads its list again. Sessions register from the
-                // moment the listener is up, which can be before this confirmation.
-                for handle in context.registry.all { handle.execute { $0.wake() } }
-            default:
-                break
-            }
-        }
         context.redis.start()
         subscriber.subscribe([keys.nodeChannel(configuration.nodeID)], sharded: true)
         subscriber.subscribe([keys.broadcastChannel, keys.indexChannel])
         subscriber.start()
 
-        let tls = try makeTLSContext()
-        var servers: [any Channel] = []
-        let tcp = MQTTListener(.tcp, host: configuration.mqttHost, port: configuration.mqttPort)
-        for listener in [tcp] + configuration.listeners {
-            let transport = listener.transport
-            let server = try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 4096)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.maxMessagesPerRead, value: 16)
-                // Terminals send little: start small, grow when a connection reads more.
-                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        guard context.connectionSlots.take() else {
-                            context.metrics.connectsRefused.increment()
-                            return try channel.configureBusyRefusal(transport: transport, tls: tls, node: context)
-                        }
-                        channel.closeFuture.whenComplete { _ in context.connectionSlots.release() }
-                        try channel.configureMQTTPipeline(transport: transport, tls: tls, node: context)
-                    }
-                }
-                .bind(host: listener.host, port: listener.port)
-                .get()
-            servers.append(server)
-            context.logger.info(
-                "push node listening", metadata: ["listener": "\(transport.rawValue)://\(listener.host):\(server.localAddress?.port ?? 0)"])
+        let servers: [any Channel]
+        do {
+            servers = try await bindListeners(tls: try makeTLSContext())
+        } catch {
+            // A start-up failure (TLS files, a busy port) leaves nothing open behind it.
+            await subscriber.close()
+            await context.redis.close()
+            throw error
         }
         let port = servers[0].localAddress?.port
         boundPort.withLockedValue { $0 = port }
@@ -176,6 +144,45 @@ public final class PushNode: Service, Sendable {
         }
         await subscriber.close()
         await context.redis.close()
+    }
+
+    /// Binds the MQTT listeners; if one fails, closes those already bound and throws.
+    private func bindListeners(tls: NIOSSLContext?) async throws -> [any Channel] {
+        let context = self.context
+        var servers: [any Channel] = []
+        let tcp = MQTTListener(.tcp, host: configuration.mqttHost, port: configuration.mqttPort)
+        for listener in [tcp] + configuration.listeners {
+            let transport = listener.transport
+            let bound = ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.maxMessagesPerRead, value: 16)
+                // Terminals send little: start small, grow when a connection reads more.
+                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        guard context.connectionSlots.take() else {
+                            context.metrics.connectsRefused.increment()
+                            return try channel.configureBusyRefusal(transport: transport, tls: tls, node: context)
+                        }
+                        channel.closeFuture.whenComplete { _ in context.connectionSlots.release() }
+                        try channel.configureMQTTPipeline(transport: transport, tls: tls, node: context)
+                    }
+                }
+                .bind(host: listener.host, port: listener.port)
+            let server: any Channel
+            do {
+                server = try await bound.get()
+            } catch {
+                for server in servers { try? await server.close() }
+                throw error
+            }
+            servers.append(server)
+            context.logger.info(
+                "push node listening", metadata: ["listener": "\(transport.rawValue)://\(listener.host):\(server.localAddress?.port ?? 0)"])
+        }
+        return servers
     }
 
     /// Closes up to `count` sessions at `drainRate` per second with DISCONNECT 0x9C "use another
@@ -226,12 +233,37 @@ public final class PushNode: Service, Sendable {
         }
     }
 
-    /// Dispatches node channel, broadcast channel and index channel events.
+    /// Dispatches node channel, broadcast channel and index channel events, in order.
     private func consumeEvents() async {
         let registry = context.registry
         let indexChannel = configuration.keys.indexChannel
-        for await message in subscriber.messages {
+        let nodeChannel = configuration.keys.nodeChannel(configuration.nodeID)
+        for await event in subscriber.events {
             if Task.isCancelled { break }
+            if subscriber.takeOverflow() > 0 {
+                // Events were dropped: what they announced is read from Redis again.
+                context.metrics.subscriberOverflows.increment()
+                await Self.loadIndex(context)
+                for handle in registry.all { handle.execute { $0.wake() } }
+            }
+            let message: RedisPubSubMessage
+            switch event {
+            case .subscribed(indexChannel):
+                // Changes announced before this subscription (at start, or while the subscriber
+                // was away) were not heard: read the index now, before the changes after it.
+                await Self.loadIndex(context)
+                continue
+            case .subscribed(nodeChannel):
+                // A wake published before Redis had this subscription reached nobody; every
+                // session registered by then reads its list again. Sessions register from the
+                // moment the listener is up, which can be before this confirmation.
+                for handle in registry.all { handle.execute { $0.wake() } }
+                continue
+            case .subscribed:
+                continue
+            case .message(let received):
+                message = received
+            }
             if message.channel == indexChannel {
                 guard let change = IndexChange.decode(Array(message.payload.readableBytesView)) else { continue }
                 // This node's own entries come from its sessions, applied when they change.

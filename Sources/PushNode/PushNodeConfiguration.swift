@@ -81,6 +81,19 @@ public struct PushNodeConfiguration: Sendable {
     /// beyond it is published without its delay.
     public var maximumDelayedWills: Int = 100_000
 
+    /// Largest payload of a retained message a terminal sets (a PUBLISH or a will with RETAIN),
+    /// in bytes; beyond it the PUBLISH is refused (MQTT 5: 0x97) and the CONNECT carrying
+    /// such a will too.
+    public var maximumRetainedSize: Int = 65_536
+    /// Retained messages the fleet holds at most, checked when a terminal sets a new one;
+    /// beyond it the PUBLISH is refused (MQTT 5: 0x97).
+    public var maximumRetainedMessages: Int = 100_000
+    /// Bytes of retained messages (as stored) the fleet holds at most, checked likewise.
+    public var maximumRetainedBytes: Int = 256 * 1024 * 1024
+    /// Bytes of MQTT 5 user properties (names and values) one CONNECT, will or PUBLISH may
+    /// carry; beyond it the CONNECT gets CONNACK 0x95 and the PUBLISH is refused (0x83).
+    public var maximumUserPropertyBytes: Int = 8_192
+
     public init(redis: RedisConfiguration, mqttHost: String, mqttPort: Int, nodeID: String, secret: String) {
         self.redis = redis
         self.mqttHost = mqttHost

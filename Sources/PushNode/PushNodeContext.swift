@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import Logging
 import Metrics
 import RedisClient
@@ -66,6 +67,9 @@ struct PushNodeMetrics: Sendable {
     let routed = Counter(label: "pushfleet_node_publishes_routed_total")
     let storedForSessions = Counter(label: "pushfleet_node_messages_stored_for_sessions_total")
     let willsPublished = Counter(label: "pushfleet_node_wills_published_total")
+    /// Times the node fell so far behind its subscriber that events were dropped (it then
+    /// re-reads the index and has every session re-read its list).
+    let subscriberOverflows = Counter(label: "pushfleet_node_subscriber_overflows_total")
     /// Delayed wills kept in Redis until due.
     let willsKept = Counter(label: "pushfleet_node_wills_kept_total")
     /// Delayed wills published at once because the fleet held its bound of them.

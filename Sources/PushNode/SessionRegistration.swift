@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import RedisClient
 
 /// What a session needs from Redis when it starts, decoded once from the ``FleetScripts/register``

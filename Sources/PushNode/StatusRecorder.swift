@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -97,7 +98,8 @@ final class StatusRecorder: Sendable {
         if !reach.isEmpty {
             // The status was created before the broadcast went out; a lost count only
             // understates the reach.
-            redis.fireAndForget(reach.map { RedisCommand("HINCRBY", keys.messageStatus($0.key), "delivered", String($0.value)) })
+            redis.fireAndForget(
+                reach.map { RedisCommand("HINCRBY", keys.messageStatus($0.key), MessageStatusField.count(.delivered), String($0.value)) })
         }
         if more { scheduleTick() }
     }
@@ -152,16 +154,5 @@ final class StatusRecorder: Sendable {
     static func merged(_ old: MessageState?, _ new: MessageState) -> MessageState {
         guard let old else { return new }
         return new.rank > old.rank ? new : old
-    }
-}
-
-extension MessageState {
-    /// Order of the states: a state never moves to a lower rank.
-    var rank: Int {
-        switch self {
-        case .queued: 1
-        case .delivered: 2
-        case .acknowledged, .expired, .dropped: 3
-        }
     }
 }

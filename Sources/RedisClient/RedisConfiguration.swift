@@ -1,8 +1,9 @@
+import Foundation
 import NIOCore
 
 /// Where and how to connect to Redis.
 ///
-/// Built from a URL: `redis://[:password@]host[:port][/database]`. Timeouts bound every
+/// Built from a URL: `redis://[[user]:password@]host[:port][/database]`. Timeouts bound every
 /// command: a reply that does not arrive in `commandTimeout` fails the command and resets
 /// the connection. After a connection is lost the client reconnects with exponential backoff
 /// from `minimumBackoff` to `maximumBackoff`; while disconnected, commands fail at once with
@@ -10,6 +11,8 @@ import NIOCore
 public struct RedisConfiguration: Sendable, Hashable {
     public var host: String
     public var port: Int
+    /// User name for Redis ACLs (AUTH user password); none: the default user.
+    public var username: String?
     public var password: String?
     public var database: Int
     public var connectTimeout: TimeAmount = .seconds(2)
@@ -24,35 +27,28 @@ public struct RedisConfiguration: Sendable, Hashable {
         self.database = database
     }
 
-    /// Parses `redis://[:password@]host[:port][/database]`.
+    /// Parses `redis://[[user]:password@]host[:port][/database]` with a URL parser: a user name
+    /// (Redis ACLs), an IPv6 host in brackets, percent-encoded user names and passwords.
     public init(url: String) throws {
-        guard url.hasPrefix("redis://") else { throw RedisError(.invalidConfiguration, "expected redis://host:port, got \(url)") }
-        var rest = Substring(url.dropFirst("redis://".count))
-        var password: String?
-        if let at = rest.lastIndex(of: "@") {
-            let credentials = rest[..<at]
-            password = String(credentials.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).last ?? "")
-            rest = rest[rest.index(after: at)...]
-        }
-        var database = 0
-        if let slash = rest.firstIndex(of: "/") {
-            let db = rest[rest.index(after: slash)...]
-            if !db.isEmpty {
-                guard let value = Int(db) else { throw RedisError(.invalidConfiguration, "bad database in \(url)") }
-                database = value
+        let expected = "expected redis://[[user]:password@]host[:port][/database]"
+        guard let components = URLComponents(string: url), components.scheme?.lowercased() == "redis" else {
+            if url.lowercased().hasPrefix("rediss://") {
+                throw RedisError(.invalidConfiguration, "TLS to Redis (rediss://) is not supported")
             }
-            rest = rest[..<slash]
+            throw RedisError(.invalidConfiguration, "\(expected), got \(url)")
         }
-        var host = String(rest)
-        var port = 6379
-        if let colon = rest.lastIndex(of: ":") {
-            guard let value = Int(rest[rest.index(after: colon)...]), (1...65535).contains(value) else {
-                throw RedisError(.invalidConfiguration, "bad port in \(url)")
-            }
-            port = value
-            host = String(rest[..<colon])
-        }
+        var host = components.host ?? ""
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { throw RedisError(.invalidConfiguration, "missing host in \(url)") }
-        self.init(host: host, port: port, password: password?.isEmpty == true ? nil : password, database: database)
+        let port = components.port ?? 6379
+        guard (1...65535).contains(port) else { throw RedisError(.invalidConfiguration, "bad port in \(url)") }
+        var database = 0
+        let path = components.path.drop { $0 == "/" }
+        if !path.isEmpty {
+            guard let value = Int(path), value >= 0 else { throw RedisError(.invalidConfiguration, "bad database in \(url)") }
+            database = value
+        }
+        self.init(host: host, port: port, password: components.password.flatMap { $0.isEmpty ? nil : $0 }, database: database)
+        username = components.user.flatMap { $0.isEmpty ? nil : $0 }
     }
 }

@@ -144,6 +144,16 @@ public final class RedisConnection: @unchecked Sendable {
         }
     }
 
+    /// Writes commands without waiting for their replies, only if connected right now: for
+    /// commands an ``onConnect(_:)`` hook also sends, which must not go twice when the
+    /// connection comes up after them.
+    public func fireAndForgetIfConnected(_ commands: [RedisCommand]) {
+        eventLoop.execute {
+            guard case .connected = self.state else { return }
+            self.fireAndForget(commands)
+        }
+    }
+
     private func retryingNoScript(commands: [RedisCommand], replies: [RedisReply]) -> EventLoopFuture<[RedisReply]> {
         var retries: [(Int, RedisCommand)] = []
         for (index, reply) in replies.enumerated() {
@@ -223,7 +233,9 @@ public final class RedisConnection: @unchecked Sendable {
         state = .connected(channel)
         channel.closeFuture.hop(to: eventLoop).whenComplete { _ in self.disconnected(channel) }
         var setup: [RedisCommand] = []
-        if let password = configuration.password { setup.append(RedisCommand("AUTH", password)) }
+        if let password = configuration.password {
+            setup.append(RedisCommand("AUTH", [configuration.username, password].compactMap { $0 }))
+        }
         if configuration.database != 0 { setup.append(RedisCommand("SELECT", String(configuration.database))) }
         if onPush == nil {
             for script in scripts { setup.append(RedisCommand("SCRIPT", "LOAD", script.source)) }

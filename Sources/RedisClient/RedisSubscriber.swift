@@ -8,10 +8,21 @@ public struct RedisPubSubMessage: Sendable, Hashable {
     public var payload: ByteBuffer
 }
 
+/// What a subscriber hears, in order.
+public enum RedisSubscriberEvent: Sendable, Hashable {
+    /// A message on a subscribed channel.
+    case message(RedisPubSubMessage)
+    /// Redis confirmed a subscription to the channel (after every reconnect too): from now on,
+    /// what is published there arrives; what was published before did not.
+    case subscribed(String)
+}
+
 /// A dedicated subscriber connection whose messages arrive as an async sequence.
 ///
 /// Channels are re-subscribed on every reconnect. `sharded` channels use SSUBSCRIBE (Redis 7
 /// sharded pub/sub, which Redis Cluster routes by the channel's slot); others use SUBSCRIBE.
+/// At most `bufferLimit` events wait for the consumer; beyond it events are dropped and
+/// ``takeOverflow()`` says so, so the consumer can read the state it missed from Redis.
 public final class RedisSubscriber: Sendable {
     private struct Channels {
         var plain: Set<String> = []
@@ -20,17 +31,17 @@ public final class RedisSubscriber: Sendable {
 
     private let connection: RedisConnection
     private let channels = NIOLockedValueBox(Channels())
-    /// Every message on every subscribed channel, in arrival order.
-    public let messages: AsyncStream<RedisPubSubMessage>
-    private let continuation: AsyncStream<RedisPubSubMessage>.Continuation
-    private let subscribedHooks: NIOLockedValueBox<[@Sendable (String) -> Void]>
+    /// Every event, in arrival order.
+    public let events: AsyncStream<RedisSubscriberEvent>
+    private let continuation: AsyncStream<RedisSubscriberEvent>.Continuation
+    private let overflowed: NIOLockedValueBox<Int>
 
-    public init(configuration: RedisConfiguration, eventLoop: any EventLoop, logger: Logger) {
-        let (stream, continuation) = AsyncStream.makeStream(of: RedisPubSubMessage.self, bufferingPolicy: .unbounded)
-        self.messages = stream
+    public init(configuration: RedisConfiguration, eventLoop: any EventLoop, logger: Logger, bufferLimit: Int = 100_000) {
+        let (stream, continuation) = AsyncStream.makeStream(of: RedisSubscriberEvent.self, bufferingPolicy: .bufferingOldest(bufferLimit))
+        self.events = stream
         self.continuation = continuation
-        let subscribedHooks = NIOLockedValueBox<[@Sendable (String) -> Void]>([])
-        self.subscribedHooks = subscribedHooks
+        let overflowed = NIOLockedValueBox(0)
+        self.overflowed = overflowed
         self.connection = RedisConnection(configuration: configuration, eventLoop: eventLoop, logger: logger) { reply in
             // RESP2 pushes: [message, channel, payload] or [smessage, channel, payload]; and
             // [subscribe, channel, count] or [ssubscribe, channel, count] once Redis has the
@@ -38,14 +49,22 @@ public final class RedisSubscriber: Sendable {
             guard case .array(let parts) = reply, parts.count == 3, let kind = parts[0].string, let channel = parts[1].string else {
                 return
             }
+            let event: RedisSubscriberEvent
             switch kind {
             case "message", "smessage":
                 guard case .bulkString(let payload) = parts[2] else { return }
-                continuation.yield(RedisPubSubMessage(channel: channel, payload: payload))
+                event = .message(RedisPubSubMessage(channel: channel, payload: payload))
             case "subscribe", "ssubscribe":
-                for hook in subscribedHooks.withLockedValue({ $0 }) { hook(channel) }
+                event = .subscribed(channel)
             default:
-                break
+                return
+            }
+            if case .dropped = continuation.yield(event) {
+                let first = overflowed.withLockedValue { count in
+                    count += 1
+                    return count == 1
+                }
+                if first { logger.warning("subscriber buffer full: dropping events", metadata: ["limit": "\(bufferLimit)"]) }
             }
         }
         let channels = self.channels
@@ -61,6 +80,24 @@ public final class RedisSubscriber: Sendable {
         }
     }
 
+    /// The messages of ``events``, without the subscription confirmations.
+    public var messages: AsyncCompactMapSequence<AsyncStream<RedisSubscriberEvent>, RedisPubSubMessage> {
+        events.compactMap {
+            guard case .message(let message) = $0 else { return nil }
+            return message
+        }
+    }
+
+    /// The number of events dropped since the last call because the consumer fell
+    /// `bufferLimit` behind (0: none); the consumer has missed messages and should read the
+    /// state they announced from Redis.
+    public func takeOverflow() -> Int {
+        overflowed.withLockedValue { count in
+            defer { count = 0 }
+            return count
+        }
+    }
+
     /// Whether the subscriber connection is up.
     public var isConnected: Bool { get async { await connection.isConnected } }
 
@@ -70,23 +107,17 @@ public final class RedisSubscriber: Sendable {
     /// Registers a callback told `true` on every connect and `false` on every disconnect.
     public func onStateChange(_ hook: @escaping @Sendable (Bool) -> Void) { connection.onStateChange(hook) }
 
-    /// Registers a callback told a channel's name each time Redis confirms a subscription to it
-    /// (after every reconnect too): from then on, what is published there arrives. A
-    /// connection state change comes earlier, before Redis has taken the subscription.
-    public func onSubscribed(_ hook: @escaping @Sendable (String) -> Void) {
-        subscribedHooks.withLockedValue { $0.append(hook) }
-    }
-
     /// Subscribes to channels; the subscription survives reconnects.
     public func subscribe(_ names: [String], sharded: Bool = false) {
         let added = channels.withLockedValue { channels in
             names.filter { sharded ? channels.sharded.insert($0).inserted : channels.plain.insert($0).inserted }
         }
         guard !added.isEmpty else { return }
+        // Not connected yet: the connect hook subscribes to every channel, these included.
         if sharded {
-            connection.fireAndForget(added.map { RedisCommand("SSUBSCRIBE", $0) })
+            connection.fireAndForgetIfConnected(added.map { RedisCommand("SSUBSCRIBE", $0) })
         } else {
-            connection.fireAndForget([RedisCommand("SUBSCRIBE", added)])
+            connection.fireAndForgetIfConnected([RedisCommand("SUBSCRIBE", added)])
         }
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import ControlNode
 import FleetCore
 import Foundation
+import LocalRedis
 import Logging
 import PushNode
 import RedisClient

@@ -19,7 +19,7 @@ struct PushFleetCommand: AsyncParsableCommand {
 
 /// Options every server command shares.
 struct CommonOptions: ParsableArguments {
-    @Option(help: "Redis URL, redis://[:password@]host:port[/db] (env PUSHFLEET_REDIS; default redis://127.0.0.1:6379).")
+    @Option(help: "Redis URL, redis://[[user]:password@]host[:port][/db] (env PUSHFLEET_REDIS; default redis://127.0.0.1:6379).")
     var redis: String?
 
     @Option(help: "Shared secret that signs terminal credentials, 16 bytes or more (env PUSHFLEET_SECRET; required).")

@@ -1,4 +1,5 @@
 import FleetCore
+import FleetTestSupport
 import Foundation
 import Testing
 
@@ -25,7 +26,7 @@ struct CompactJSONTests {
     }
 
     @Test func storedEntriesAreWhatFoundationWritesAndReadBack() throws {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator(seed: 0x5EED_0001)
         for _ in 0..<500 {
             let message = Self.randomMessage(using: &generator)
             let foundation = String(decoding: try FleetJSON.encoder.encode(message), as: UTF8.self)
@@ -35,7 +36,7 @@ struct CompactJSONTests {
     }
 
     @Test func nodeEventsAreWhatFoundationWritesAndReadBack() throws {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator(seed: 0x5EED_0002)
         for _ in 0..<300 {
             let kind = [NodeEvent.Kind.wake, .deliver, .kick, .stopped, .publish].randomElement(using: &generator)!
             var event = NodeEvent(kind: kind)

@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import FleetTestSupport
 import Logging
 import NIOPosix
@@ -93,7 +94,11 @@ struct FleetScriptsTests {
         let channel = keys.indexChannel
         subscriber.subscribe([channel])
         subscriber.start()
-        while !(await subscriber.isConnected) { try await Task.sleep(for: .milliseconds(10)) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !(await subscriber.isConnected) {
+            guard ContinuousClock.now < deadline else { throw RedisError(.unavailable, "the subscriber did not connect within 10 s") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
         try await Task.sleep(for: .milliseconds(50))
         func update(_ owner: String, _ op: String, _ filters: String...) async throws -> Int64? {
             try await redis.send(
@@ -210,6 +215,29 @@ struct FleetScriptsTests {
                     keys: [keys.messageStatus("gone"), keys.messageTargets("gone")], arguments: ["a", "delivered"])
             ).int == 0)
         #expect(try await redis.send("EXISTS", keys.messageTargets("gone")).int == 0)
+        await redis.close()
+    }
+
+    @Test func retainedMessagesKeepTheirByteCountWithinBounds() async throws {
+        func retain(_ topic: String, _ entry: String, most: Int = 2, bytes: Int = 10) async throws -> Int64? {
+            try await redis.send(
+                FleetScripts.retain.command(
+                    keys: [keys.retained, keys.retainedBytes], arguments: [topic, entry, String(most), String(bytes)])
+            ).int
+        }
+        func counted() async throws -> Int64? { try await redis.send("GET", keys.retainedBytes).string.flatMap { Int64($0) } }
+        #expect(try await retain("a", "1234") == 1)
+        #expect(try await retain("b", "12") == 1)
+        #expect(try await counted() == 6)
+        #expect(try await retain("c", "1") == 0)  // a third message: one past the count
+        #expect(try await retain("a", "123456789") == 0)  // 9 + 2 bytes: one past the bytes
+        #expect(try await retain("a", "12345678") == 1)  // 8 + 2: at the bound, replacing
+        #expect(try await counted() == 10)
+        #expect(try await retain("a", "", most: 2, bytes: 10) == 1)  // a delete always goes through
+        #expect(try await counted() == 2)
+        #expect(try await retain("c", "1", most: 0, bytes: 0) == 1)  // no bounds
+        #expect(try await redis.send("HLEN", keys.retained).int == 2)
+        #expect(try await counted() == 3)
         await redis.close()
     }
 }

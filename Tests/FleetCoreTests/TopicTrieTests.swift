@@ -1,4 +1,5 @@
 import FleetCore
+import FleetTestSupport
 import MQTTCodec
 import Testing
 
@@ -28,7 +29,7 @@ struct TopicTrieTests {
     }
 
     @Test func agreesWithFilterMatchingOnRandomFiltersAndTopics() {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator(seed: 0x5EED_0003)
         let levels = ["a", "b", "", "$c"]
         func topic() -> String {
             (0..<Int.random(in: 1...4, using: &generator)).map { _ in levels.randomElement(using: &generator)! }.joined(separator: "/")

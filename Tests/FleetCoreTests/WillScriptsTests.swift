@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import FleetTestSupport
 import RedisClient
 import Testing

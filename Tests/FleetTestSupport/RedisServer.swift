@@ -1,5 +1,6 @@
 import FleetCore
 import Foundation
+import LocalRedis
 import Logging
 import NIOPosix
 import RedisClient

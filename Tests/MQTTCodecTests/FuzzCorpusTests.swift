@@ -1,40 +1,19 @@
-import Foundation
+import FleetTestSupport
 import MQTTCodec
 import NIOCore
 import Testing
 
-/// The fuzzer's corpus and every input that once crashed it, run through the same check as
-/// `Fuzz/Sources/MQTTDecoderFuzzer` (no fuzzer needed): the first byte picks the version, the
-/// rest is a peer's byte stream; every packet decoded must encode and decode to itself.
+/// The fuzzer's corpus and every input that once crashed it, through the check the fuzzer
+/// runs (``MQTTCodecFuzzing/decoder(_:)``): every packet decoded encodes and decodes to itself.
 @Suite struct FuzzCorpusTests {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent().appendingPathComponent("Fuzz")
-
-    static func inputs(_ folder: String) throws -> [(String, [UInt8])] {
-        let directory = root.appendingPathComponent(folder)
-        return try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted().map { name in
-            (name, Array(try Data(contentsOf: directory.appendingPathComponent(name))))
-        }
-    }
-
-    /// Decodes `input` as the fuzz target does; returns the packets it decoded.
     static func check(_ input: [UInt8]) -> [MQTTPacket] {
-        guard let first = input.first else { return [] }
-        let version: MQTTProtocolVersion = first & 1 == 0 ? .v3_1_1 : .v5
-        var buffer = ByteBuffer(bytes: input.dropFirst())
-        var packets: [MQTTPacket] = []
-        while let packet = try? MQTTPacket.read(from: &buffer, version: version, maximumPacketSize: 1 << 20) {
-            packets.append(packet)
-            var encoded = ByteBuffer()
-            guard (try? packet.write(to: &encoded, version: version)) != nil else { continue }
-            let again = try? MQTTPacket.read(from: &encoded, version: version, maximumPacketSize: 1 << 21)
-            #expect(again == packet, "round trip of \(packet)")
-        }
+        let (packets, problems) = MQTTCodecFuzzing.decoder(input)
+        #expect(problems.isEmpty)
         return packets
     }
 
     @Test func regressionInputsAreHandled() throws {
-        let inputs = try Self.inputs("regressions/mqtt-decoder")
+        let inputs = try FuzzInputs.read("regressions/mqtt-decoder")
         #expect(!inputs.isEmpty)
         for (_, input) in inputs { _ = Self.check(input) }
     }
@@ -48,7 +27,7 @@ import Testing
     }
 
     @Test func theCorpusRoundTrips() throws {
-        let inputs = try Self.inputs("corpus/mqtt-decoder")
+        let inputs = try FuzzInputs.read("corpus/mqtt-decoder")
         #expect(inputs.count > 100, "the committed corpus")
         var decoded = 0
         for (_, input) in inputs { decoded += Self.check(input).count }

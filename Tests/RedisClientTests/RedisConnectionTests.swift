@@ -91,15 +91,19 @@ struct RedisConnectionTests {
 
     @Test func reconnectsAfterRedisKillsTheConnection() async throws {
         try await connection.send("SET", "before", "1")
+        let idBefore = try await connection.send("CLIENT", "ID").int
         // CLIENT KILL TYPE normal closes every normal connection, ours included.
         let killer = server.connection()
-        try await killer.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        #expect(try await killer.send("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes").int ?? 0 >= 1)
         var value: String?
         for _ in 0..<100 where value == nil {
             value = try? await connection.send("GET", "before").string
             if value == nil { try await Task.sleep(for: .milliseconds(50)) }
         }
         #expect(value == "1")
+        // Answered on a new connection: the kill happened and the client reconnected.
+        let idAfter = try await connection.send("CLIENT", "ID").int
+        #expect(idBefore != nil && idAfter != nil && idAfter != idBefore)
         await killer.close()
         await connection.close()
     }
@@ -158,21 +162,66 @@ struct RedisConnectionTests {
             eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
             logger: Logger(label: "test")
         )
-        let (confirmed, continuation) = AsyncStream.makeStream(of: String.self)
-        subscriber.onSubscribed { continuation.yield($0) }
         subscriber.subscribe(["plain"])
         subscriber.subscribe(["node:2"], sharded: true)
         subscriber.start()
+        var iterator = subscriber.events.makeAsyncIterator()
         var channels: Set<String> = []
-        for await channel in confirmed {
-            channels.insert(channel)
-            if channels.count == 2 { break }
+        while channels.count < 2, let event = await iterator.next() {
+            if case .subscribed(let channel) = event { channels.insert(channel) }
         }
         #expect(channels == ["plain", "node:2"])
         // Confirmed means live: the very next publish reaches it, no retry needed.
         #expect(try await connection.send("SPUBLISH", "node:2", "x").int == 1)
         #expect(try await connection.send("PUBLISH", "plain", "y").int == 1)
+        // Subscribed before the connection came up: once, not by the connect hook and again
+        // by the queued command (each confirmation makes a node reload its index or wake
+        // every session). The two messages come next, no confirmation between.
+        var next: [RedisSubscriberEvent] = []
+        while next.count < 2, let event = await iterator.next() { next.append(event) }
+        #expect(next.allSatisfy { if case .message = $0 { true } else { false } }, "\(next)")
         await subscriber.close()
+        await connection.close()
+    }
+
+    @Test func aSubscriberThatFallsBehindItsBufferDropsAndSaysSo() async throws {
+        let subscriber = RedisSubscriber(
+            configuration: server.configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"),
+            bufferLimit: 10)
+        subscriber.subscribe(["burst"])
+        subscriber.start()
+        for _ in 0..<100 {
+            if (try await connection.send("PUBSUB", "NUMSUB", "burst").array?.last?.int ?? 0) > 0 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(subscriber.takeOverflow() == 0)
+        // Nobody reads: the confirmation and 9 messages fill the buffer, 41 are dropped.
+        for index in 0..<50 { try await connection.send("PUBLISH", "burst", "m\(index)") }
+        try await connection.send("PING")
+        var dropped = 0
+        for _ in 0..<100 where dropped == 0 {
+            dropped = subscriber.takeOverflow()
+            if dropped == 0 { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(dropped == 41)
+        var kept: [String] = []
+        var iterator = subscriber.events.makeAsyncIterator()
+        while kept.count < 9, let event = await iterator.next() {
+            if case .message(let message) = event { kept.append(String(buffer: message.payload)) }
+        }
+        #expect(kept == (0..<9).map { "m\($0)" })
+        await subscriber.close()
+        await connection.close()
+    }
+
+    @Test func authenticatesAsAnACLUserFromTheURL() async throws {
+        try await connection.send("ACL", "SETUSER", "fleet", "on", ">p@ss:word", "~*", "&*", "+@all")
+        let url = "redis://fleet:p%40ss%3Aword@127.0.0.1:\(server.port)/0"
+        let user = RedisConnection(
+            configuration: try RedisConfiguration(url: url), eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: Logger(label: "test"))
+        #expect(try await user.send("ACL", "WHOAMI").string == "fleet")
+        await user.close()
         await connection.close()
     }
 
@@ -185,6 +234,13 @@ struct RedisConnectionTests {
         #expect(try RedisConfiguration(url: "redis://localhost").port == 6379)
         #expect(throws: RedisError.self) { try RedisConfiguration(url: "http://x") }
         #expect(throws: RedisError.self) { try RedisConfiguration(url: "redis://h:99999") }
+        #expect(throws: RedisError.self) { try RedisConfiguration(url: "redis://h:abc") }
+        #expect(throws: RedisError.self) { try RedisConfiguration(url: "redis:///3") }
+        #expect(throws: RedisError.self) { try RedisConfiguration(url: "rediss://h") }
+        let acl = try RedisConfiguration(url: "redis://pushfleet:p%40ss%3Aword@[::1]:6390/3")
+        #expect(acl.username == "pushfleet" && acl.password == "p@ss:word")
+        #expect(acl.host == "::1" && acl.port == 6390 && acl.database == 3)
+        #expect(try RedisConfiguration(url: "redis://localhost").username == nil)
         server.stop()
     }
 }

@@ -301,7 +301,8 @@ def takeovers(fleet, terminal, count, level):
     def reader(client, number):
         """Reads and acknowledges until the server closes the connection."""
         client.sock.settimeout(15)
-        while True:
+        deadline = time.time() + 120
+        while time.time() < deadline:
             try:
                 packet = client.read()
             except OSError:

@@ -1,0 +1,282 @@
+import FleetCore
+import RedisClient
+
+/// The Lua scripts that keep the Redis state consistent.
+public enum FleetScripts {
+    /// Registers a session and reads what it needs, atomically.
+    ///
+    /// KEYS: route, session, subscriptions, revoked, queue, sent, released, releasing, will.
+    /// ARGV: node, epoch, connectedAt, cleanStart (0/1), issuedAt ("" skips the revocation
+    /// check), queue read limit, persistent (0/1: the session outlives the connection).
+    /// Returns `{"revoked"}` or `{"ok", oldNode, oldEpoch, sessionPresent, subs, queue, sent,
+    /// discardedFilters, released, releasing}`. Reading the queue in the same script as writing the
+    /// route closes the race with a control node that stores a message and then reads the
+    /// route. A clean start discards the old session: its subscriptions (returned, so the
+    /// node can leave the offline index) and the messages stored for them; pushes addressed
+    /// to the terminal stay. A will kept for the terminal's previous connection is dropped:
+    /// the session came back before its delay ended.
+    public static let register = RedisScript(
+        """
+        local rev = redis.call('GET', KEYS[4])
+        if rev and ARGV[5] ~= '' and tonumber(ARGV[5]) <= tonumber(rev) then return {'revoked'} end
+        local old = redis.call('HMGET', KEYS[1], 'node', 'epoch')
+        redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'connectedAt', ARGV[3])
+        redis.call('DEL', KEYS[9])
+        local present = 0
+        local discarded = {}
+        if ARGV[4] == '1' then
+          discarded = redis.call('HKEYS', KEYS[3])
+          redis.call('DEL', KEYS[2], KEYS[3], KEYS[7], KEYS[8])
+          for _, entry in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
+            if string.find(entry, '"session":true', 1, true) then redis.call('LREM', KEYS[5], 1, entry) end
+          end
+        else
+          present = redis.call('EXISTS', KEYS[2])
+        end
+        if ARGV[7] == '1' then
+          redis.call('SET', KEYS[2], '1')
+          redis.call('PERSIST', KEYS[3])
+          redis.call('PERSIST', KEYS[7])
+          redis.call('PERSIST', KEYS[8])
+        end
+        local subs = redis.call('HGETALL', KEYS[3])
+        local queue = redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[6]) - 1)
+        local sent = redis.call('HGETALL', KEYS[6])
+        local released = redis.call('SMEMBERS', KEYS[7])
+        local releasing = redis.call('SMEMBERS', KEYS[8])
+        return {'ok', old[1] or '', old[2] or '', present, subs, queue, sent, discarded, released, releasing}
+        """
+    )
+
+    /// Removes a route only if it still belongs to the connection that is ending, and ends or
+    /// keeps the session.
+    ///
+    /// KEYS: route, session, subscriptions, released, releasing. ARGV: epoch, session expiry in seconds
+    /// (0: the session ends now).
+    /// Returns 1 when the route was removed.
+    public static let unregister = RedisScript(
+        """
+        if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+        redis.call('DEL', KEYS[1])
+        local expiry = tonumber(ARGV[2])
+        if expiry == 0 then
+          redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+        else
+          redis.call('SET', KEYS[2], '1', 'EX', expiry)
+          redis.call('EXPIRE', KEYS[3], expiry)
+          redis.call('EXPIRE', KEYS[4], expiry)
+          redis.call('EXPIRE', KEYS[5], expiry)
+        end
+        return 1
+        """
+    )
+
+    /// Writes a live connection's route back after Redis lost it (restart without the data),
+    /// unless another connection registered since.
+    ///
+    /// KEYS: route. ARGV: node, epoch, connectedAt. Returns 1 when written.
+    public static let reassertRoute = RedisScript(
+        """
+        local epoch = redis.call('HGET', KEYS[1], 'epoch')
+        if epoch and epoch ~= ARGV[2] then return 0 end
+        redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'connectedAt', ARGV[3])
+        return 1
+        """
+    )
+
+    /// Appends a message to a terminal's list, trims it to the cap and extends its expiry.
+    ///
+    /// KEYS: queue. ARGV: entry, cap, ttl in milliseconds, dedupe ("1": skip if the exact
+    /// entry is already in the list, for a retried push).
+    /// Returns the entries pushed out by the cap (oldest first).
+    public static let enqueue = RedisScript(
+        """
+        if ARGV[4] == '1' and redis.call('LPOS', KEYS[1], ARGV[1]) then return {} end
+        local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+        local cap = tonumber(ARGV[2])
+        local dropped = {}
+        if n > cap then dropped = redis.call('LPOP', KEYS[1], n - cap) end
+        local ttl = tonumber(ARGV[3])
+        if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+        return dropped
+        """
+    )
+
+    /// Stores a retried push for one terminal unless its entry is there already, and reads
+    /// where the terminal is connected: ``enqueue`` plus the route's `node`.
+    ///
+    /// KEYS: queue, route. ARGV: as ``enqueue``.
+    /// Returns the node id ("" when not connected), then the entries pushed out by the cap.
+    public static let store = RedisScript(
+        """
+        local node = redis.call('HGET', KEYS[2], 'node') or ''
+        if ARGV[4] == '1' and redis.call('LPOS', KEYS[1], ARGV[1]) then return {node} end
+        local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+        local cap = tonumber(ARGV[2])
+        local reply = {node}
+        if n > cap then
+          for _, entry in ipairs(redis.call('LPOP', KEYS[1], n - cap)) do reply[#reply + 1] = entry end
+        end
+        local ttl = tonumber(ARGV[3])
+        if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+        return reply
+        """
+    )
+
+    /// Trims a terminal's list to the cap, oldest first (after plain RPUSHes made it longer).
+    ///
+    /// KEYS: queue. ARGV: cap. Returns the entries removed.
+    public static let trim = RedisScript(
+        """
+        local n = redis.call('LLEN', KEYS[1]) - tonumber(ARGV[1])
+        if n > 0 then return redis.call('LPOP', KEYS[1], n) end
+        return {}
+        """
+    )
+
+    /// Moves one terminal's state for a message forward and keeps the counts exact.
+    ///
+    /// KEYS: message status, message targets. ARGV: terminal, new state.
+    /// `delivered` counts targets that were delivered (acknowledged ones included); `queued`
+    /// counts those still waiting. Returns 1 when the state changed.
+    public static let transition = RedisScript(
+        """
+        if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+        local rank = {\(MessageState.allCases.map { "\($0.rawValue) = \($0.rank)" }.joined(separator: ", "))}
+        local old = redis.call('HGET', KEYS[2], ARGV[1])
+        local new = ARGV[2]
+        if old and rank[old] >= rank[new] then return 0 end
+        redis.call('HSET', KEYS[2], ARGV[1], new)
+        if old == 'queued' then redis.call('HINCRBY', KEYS[1], 'queued', -1) end
+        if new == 'acknowledged' and old ~= 'delivered' then redis.call('HINCRBY', KEYS[1], 'delivered', 1) end
+        redis.call('HINCRBY', KEYS[1], new, 1)
+        return 1
+        """
+    )
+
+    /// Adds filters to or removes them from one owner's index set and announces what changed.
+    ///
+    /// KEYS: the owner's index set. ARGV: index channel, owner, operation (`+`, `-`, or `=`
+    /// to replace the whole set), filters. Returns the number of filters changed.
+    public static let indexUpdate = RedisScript(
+        """
+        local changed = {}
+        if ARGV[3] == '=' then
+          redis.call('DEL', KEYS[1])
+          for i = 4, #ARGV do
+            redis.call('SADD', KEYS[1], ARGV[i])
+            changed[#changed + 1] = ARGV[i]
+          end
+        else
+          for i = 4, #ARGV do
+            local n
+            if ARGV[3] == '+' then n = redis.call('SADD', KEYS[1], ARGV[i]) else n = redis.call('SREM', KEYS[1], ARGV[i]) end
+            if n == 1 then changed[#changed + 1] = ARGV[i] end
+          end
+          if #changed == 0 then return 0 end
+        end
+        redis.call('PUBLISH', ARGV[1], cjson.encode({owner = ARGV[2], op = ARGV[3], filters = changed}))
+        return #changed
+        """
+    )
+
+    /// Adds a persistent session to (or removes it from) the stored-subscriber sets of some
+    /// filters, keeping the stored owner's index set and its announcements in step: a filter
+    /// is in the index while at least one persistent session subscribes to it.
+    ///
+    /// KEYS: the stored owner's index set, then one stored-subscriber set per filter.
+    /// ARGV: index channel, terminal, operation (`+` or `-`), then the filters in KEYS order.
+    public static let storedSubscriptions = RedisScript(
+        """
+        local changed = {}
+        for i = 2, #KEYS do
+          local filter = ARGV[i + 2]
+          if ARGV[3] == '+' then
+            redis.call('SADD', KEYS[i], ARGV[2])
+            if redis.call('SADD', KEYS[1], filter) == 1 then changed[#changed + 1] = filter end
+          else
+            redis.call('SREM', KEYS[i], ARGV[2])
+            if redis.call('SCARD', KEYS[i]) == 0 and redis.call('SREM', KEYS[1], filter) == 1 then
+              changed[#changed + 1] = filter
+            end
+          end
+        end
+        if #changed > 0 then
+          redis.call('PUBLISH', ARGV[1], cjson.encode({owner = '*', op = ARGV[3], filters = changed}))
+        end
+        return #changed
+        """
+    )
+
+    /// Stores a published message for a persistent session that is not connected, or whose
+    /// node did not get the message (its channel had no listener: the node died).
+    ///
+    /// KEYS: session, route, queue. ARGV: entry, cap, ttl in milliseconds, then the ids of the
+    /// nodes the message reached.
+    /// Returns -1 when the session no longer exists (the caller drops it from the filter's
+    /// set), 0 when the terminal's node got the message (it delivers it live), 1 when stored,
+    /// or the id of the node the terminal is connected to when stored for a terminal whose
+    /// node did not get the message (the caller wakes it there).
+    public static let storeForSubscriber = RedisScript(
+        """
+        if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+        local node = redis.call('HGET', KEYS[2], 'node')
+        if node then
+          for i = 4, #ARGV do
+            if ARGV[i] == node then return 0 end
+          end
+        end
+        local n = redis.call('RPUSH', KEYS[3], ARGV[1])
+        local cap = tonumber(ARGV[2])
+        if n > cap then redis.call('LPOP', KEYS[3], n - cap) end
+        local ttl = tonumber(ARGV[3])
+        if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+        if node then return node end
+        return 1
+        """
+    )
+
+    /// Drops the index set of a node whose liveness key expired, and announces it.
+    ///
+    /// KEYS: the node's liveness key, its index set. ARGV: index channel, node id.
+    /// Returns 1 when the node was dead and had filters.
+    public static let sweepNode = RedisScript(
+        """
+        if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+        redis.call('DEL', KEYS[2])
+        redis.call('PUBLISH', ARGV[1], cjson.encode({owner = ARGV[2], op = '='}))
+        return 1
+        """
+    )
+
+    /// Sets or deletes a retained message, keeping the byte count of the fleet's retained
+    /// messages, within bounds on their number and bytes (a delete always goes through).
+    ///
+    /// KEYS: retained, retained bytes. ARGV: topic, entry ("" deletes), most messages, most
+    /// bytes (0: no bound). Returns 1 when done, 0 when a bound refused it.
+    public static let retain = RedisScript(
+        """
+        local old = redis.call('HSTRLEN', KEYS[1], ARGV[1])
+        if ARGV[2] == '' then
+          if old > 0 then
+            redis.call('HDEL', KEYS[1], ARGV[1])
+            redis.call('DECRBY', KEYS[2], old)
+          end
+          return 1
+        end
+        local most, bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+        if most > 0 and old == 0 and redis.call('HLEN', KEYS[1]) >= most then return 0 end
+        local size = string.len(ARGV[2])
+        if bytes > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') - old + size > bytes then return 0 end
+        redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('INCRBY', KEYS[2], size - old)
+        return 1
+        """
+    )
+
+    /// Every script, for SCRIPT LOAD on connect.
+    public static let all = [
+        register, unregister, reassertRoute, enqueue, store, trim, transition, indexUpdate, storedSubscriptions, storeForSubscriber,
+        sweepNode, retain, keepWill, scheduleWill, claimWills, settleWill, deleteIfEqual,
+    ]
+}

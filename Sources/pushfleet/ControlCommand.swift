@@ -1,0 +1,130 @@
+import ArgumentParser
+import ControlNode
+import FleetCore
+import Foundation
+import Logging
+import MQTTCodec
+import PushNode
+import RedisClient
+import ServiceLifecycle
+
+struct ControlCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "control",
+        abstract: "Run a control node: HTTP API, credentials, fan-out, command stream consumer."
+    )
+
+    @OptionGroup var common: CommonOptions
+
+    @Option(help: "HTTP listen address HOST:PORT (env PUSHFLEET_LISTEN; default 127.0.0.1:8080).")
+    var listen: String?
+
+    @Option(
+        help: "Require 'Authorization: Bearer KEY' on every call but /healthz, /readyz, /metrics (env PUSHFLEET_API_KEY; default none).")
+    var apiKey: String?
+
+    @Option(
+        help:
+            "File of more API keys, one a line: KEY SCOPE[,SCOPE...] [REQUESTS_PER_SECOND], scopes push, credentials, read, admin (env PUSHFLEET_API_KEYS_FILE)."
+    )
+    var apiKeysFile: String?
+
+    @Flag(
+        help:
+            "Allow --listen on an address other machines reach without --api-key: anyone who reaches it mints credentials and pushes (env PUSHFLEET_INSECURE=1)."
+    )
+    var insecure = false
+
+    @Option(help: "Comma separated MQTT endpoints advertised with credentials (env PUSHFLEET_ENDPOINTS; default: the live push nodes).")
+    var endpoints: String?
+
+    @Option(help: "Consumer name in the command stream group (env PUSHFLEET_CONSUMER; default control-<host>-<pid>).")
+    var consumer: String?
+
+    @Option(help: "Seconds message status records are kept (env PUSHFLEET_STATUS_RETENTION; default 604800).")
+    var statusRetention: Int?
+
+    @Option(help: "Most stored messages per terminal; older ones are dropped and counted (env PUSHFLEET_QUEUE_CAP; default 1000).")
+    var queueCap: Int?
+
+    @Option(
+        help:
+            "Seconds before another control node claims a command stream entry left unacknowledged (env PUSHFLEET_CLAIM_IDLE; default 30).")
+    var claimIdle: Int?
+
+    @Option(
+        help:
+            "Most terminals the pushes of one API request address together; beyond it 413 (env PUSHFLEET_MAX_REQUEST_TARGETS; default 100000)."
+    )
+    var maxRequestTargets: Int?
+
+    @Option(
+        help:
+            "Most bytes one API request may store, each stored push's payload times its targets; beyond it 413 (env PUSHFLEET_MAX_REQUEST_BYTES; default 67108864)."
+    )
+    var maxRequestBytes: Int?
+
+    @Option(help: "Seconds an HTTP connection may stay idle or take to send a request head (env PUSHFLEET_HTTP_IDLE_TIMEOUT; default 30).")
+    var httpIdleTimeout: Int?
+
+    func run() async throws {
+        Bootstrap.logging(level: try common.level())
+        let metrics = Bootstrap.metrics()
+        let logger = Logger(label: "pushfleet.control")
+        let configuration = try makeConfiguration()
+        let node = ControlNode(configuration: configuration, logger: logger, metrics: metrics)
+        logger.info(
+            "control node starting", metadata: ["listen": "\(configuration.host):\(configuration.port)", "redis": "\(common.redisURL)"])
+        let group = ServiceGroup(services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+
+    func makeConfiguration() throws -> ControlNodeConfiguration {
+        let (host, port) = try parseHostPort(listen ?? env("LISTEN") ?? "127.0.0.1:8080", option: "--listen")
+        let name = consumer ?? env("CONSUMER") ?? "control-\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        let key = apiKey ?? env("API_KEY")
+        var keys: [APIKey] = []
+        if let path = apiKeysFile ?? env("API_KEYS_FILE") {
+            guard let contents = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ValidationError("cannot read --api-keys-file \(path)")
+            }
+            do { keys = try APIKey.parse(file: contents) } catch { throw ValidationError("\(error)") }
+        }
+        let open = insecure || ["1", "true", "yes"].contains(env("INSECURE")?.lowercased() ?? "")
+        guard key != nil || !keys.isEmpty || isLoopback(host) || open else {
+            throw ValidationError("--listen \(host) is reachable from other machines: give --api-key (or --insecure to serve the API open)")
+        }
+        var configuration = ControlNodeConfiguration(
+            redis: try RedisConfiguration(url: common.redisURL),
+            host: host,
+            port: port,
+            secret: try common.requiredSecret(),
+            apiKey: key,
+            consumerName: name
+        )
+        configuration.apiKeys = keys
+        configuration.keys = FleetKeys(prefix: common.prefix)
+        if let endpoints = endpoints ?? env("ENDPOINTS") {
+            configuration.advertisedEndpoints = endpoints.split(separator: ",").map(String.init)
+        }
+        configuration.statusRetention =
+            try positive(statusRetention, env: "STATUS_RETENTION", option: "--status-retention") ?? configuration.statusRetention
+        configuration.offlineQueueCap = try positive(queueCap, env: "QUEUE_CAP", option: "--queue-cap") ?? configuration.offlineQueueCap
+        configuration.claimIdle = try positive(claimIdle, env: "CLAIM_IDLE", option: "--claim-idle") ?? configuration.claimIdle
+        configuration.httpIdleTimeout =
+            try positive(httpIdleTimeout, env: "HTTP_IDLE_TIMEOUT", option: "--http-idle-timeout") ?? configuration.httpIdleTimeout
+        configuration.maximumRequestTargets =
+            try positive(maxRequestTargets, env: "MAX_REQUEST_TARGETS", option: "--max-request-targets")
+            ?? configuration.maximumRequestTargets
+        configuration.maximumRequestBytes =
+            try positive(maxRequestBytes, env: "MAX_REQUEST_BYTES", option: "--max-request-bytes") ?? configuration.maximumRequestBytes
+        return configuration
+    }
+}
+
+/// An integer option from the flag or `PUSHFLEET_<env>`, which must be positive.
+func positive(_ flag: Int?, env name: String, option: String) throws -> Int? {
+    guard let value = flag ?? env(name).flatMap({ Int($0) }) else { return nil }
+    guard value > 0 else { throw ValidationError("\(option) must be positive") }
+    return value
+}
