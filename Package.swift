@@ -163,7 +163,9 @@ let package = Package(
         ),
         .testTarget(
             name: "PushNodeTests",
-            dependencies: ["PushNode", "FleetCore", "MQTTCodec", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "PushNode", "FleetCore", "MQTTCodec", "RedisClient", "FleetTestSupport", .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "BenchKitTests",
@@ -176,7 +178,8 @@ let package = Package(
         .testTarget(
             name: "ControlNodeTests",
             dependencies: [
-                "ControlNode", "FleetCore", "FleetRedis", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
+                "ControlNode", "FleetCore", "FleetRedis", "RedisClient", "FleetTestSupport",
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
     ]

@@ -1,9 +1,7 @@
 import FleetCore
-import FleetRedis
 import Logging
 import MQTTCodec
 import NIOCore
-import RedisClient
 
 /// Messages towards the terminal: the stored list, live pushes, routed publishes, acknowledgements.
 extension MQTTConnectionHandler {
@@ -15,16 +13,13 @@ extension MQTTConnectionHandler {
     func pumpStored() {
         guard case .active = phase, let context, context.channel.isWritable else { return }
         guard let read = backlog.nextRead(room: window - inflight.count, window: window) else { return }
-        var commands = [RedisCommand("LRANGE", node.keys.queue(terminal), String(read.start), String(read.start + read.count - 1))]
-        if read.withSent { commands.append(RedisCommand("HGETALL", node.keys.sent(terminal))) }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
+        store.read(read).hop(to: context.eventLoop).whenComplete { result in
             let handler = loopBound.value
             guard case .active = handler.phase else { return }
             switch result {
-            case .success(let replies):
-                let entries = replies[0].array?.compactMap(\.string) ?? []
-                handler.readCompleted(read, entries: entries, sent: read.withSent ? SessionRegistration.packetIDs(replies[1]) : nil)
+            case .success(let listed):
+                handler.readCompleted(read, entries: listed.entries, sent: listed.sent)
             case .failure(let error):
                 handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
                 handler.backlog.readFailed()
@@ -49,14 +44,13 @@ extension MQTTConnectionHandler {
     /// the session lacks. Stops when the window is full or the socket does not take more; the
     /// rest is read again later.
     func deliverStored(_ entries: ArraySlice<String>, _ messages: ArraySlice<StoredMessage?>) {
-        var commands: [RedisCommand] = []
+        var writes: [SessionWrite] = []
         var removed: [String] = []
         let now = FleetClock.nowMillis()
-        let queueKey = node.keys.queue(terminal)
         for (entry, message) in zip(entries, messages) {
             guard let message else {
                 logger.warning("dropping an unreadable stored entry")
-                commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                writes.append(.removeEntry(entry))
                 continue
             }
             // Sent by this connection and waiting for its acknowledgement (a read from the head).
@@ -67,8 +61,7 @@ extension MQTTConnectionHandler {
             if removing.contains(message.id) { continue }
             if message.isExpired(nowMillis: now) {
                 node.metrics.expired.increment()
-                commands.append(RedisCommand("LREM", queueKey, "1", entry))
-                commands.append(RedisCommand("HDEL", node.keys.sent(terminal), message.id))
+                writes += [.removeEntry(entry), .forgetSent(messageID: message.id)]
                 if message.hasStatus { record(message.id, .expired) }
                 backlog.removed(message.id)
                 continue
@@ -83,7 +76,7 @@ extension MQTTConnectionHandler {
                 // under no local) is discarded; a push waits for the terminal to subscribe to
                 // push/<id> again.
                 if message.session == true {
-                    commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                    writes.append(.removeEntry(entry))
                     backlog.removed(message.id)
                 } else {
                     backlog.handled(message.id)
@@ -101,23 +94,23 @@ extension MQTTConnectionHandler {
                 let packetID = send(
                     message, delivery: delivery, dup: earlier != nil, entry: entry, tracked: message.hasStatus, packetID: earlier)
             else {
-                commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                writes.append(.removeEntry(entry))
                 if message.hasStatus { record(message.id, .dropped) }
                 backlog.removed(message.id)
                 continue
             }
             if delivery.qos == .atMostOnce {
-                commands.append(RedisCommand("LREM", queueKey, "1", entry))
+                writes.append(.removeEntry(entry))
                 removed.append(message.id)
                 backlog.removed(message.id)
             } else {
                 backlog.handled(message.id)
-                if packetID != earlier { commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID))) }
+                if packetID != earlier { writes.append(.recordSent(messageID: message.id, packetID: packetID)) }
             }
             if message.hasStatus { record(message.id, .delivered) }
         }
         flush()
-        if !commands.isEmpty { removeFromList(commands, ids: removed) }
+        if !writes.isEmpty { removeFromList(writes, ids: removed) }
     }
 
     /// How `message` goes to this session, or nil when no subscription takes it. Overlapping
@@ -242,7 +235,7 @@ extension MQTTConnectionHandler {
         // application only on PUBREL: the message stays stored until PUBCOMP, so it is sent
         // again rather than lost.
         recordAcknowledged(pending)
-        node.redis.fireAndForget([RedisCommand("SADD", node.keys.releasing(terminal), String(ack.packetIdentifier))])
+        store.send([.awaitCompletion(packetID: ack.packetIdentifier)])
     }
 
     /// QoS 2, second half: PUBCOMP frees the packet id.
@@ -253,7 +246,7 @@ extension MQTTConnectionHandler {
         inflight[packetID] = nil
         inflightIDs.remove(done.message.id)
         if sessionExpiry > 0 {
-            node.redis.fireAndForget([RedisCommand("SREM", node.keys.releasing(terminal), String(packetID))])
+            store.send([.completed(packetID: packetID)])
         } else {
             recordAcknowledged(done)
         }
@@ -278,25 +271,24 @@ extension MQTTConnectionHandler {
     /// Removes an acknowledged message from Redis and records its state.
     func recordAcknowledged(_ done: Inflight) {
         node.metrics.acknowledged.increment()
-        var commands: [RedisCommand] = []
+        var writes: [SessionWrite] = []
         if let entry = done.entry {
-            commands.append(RedisCommand("LREM", node.keys.queue(terminal), "1", entry))
-            commands.append(RedisCommand("HDEL", node.keys.sent(terminal), done.message.id))
+            writes += [.removeEntry(entry), .forgetSent(messageID: done.message.id)]
             backlog.removed(done.message.id)
         }
         // Acknowledged after its ttl passed: the status already counts it expired (the
         // control node settles expiry when the status is read), and it stays so.
         if done.tracked { record(done.message.id, done.message.isExpired(nowMillis: FleetClock.nowMillis()) ? .expired : .acknowledged) }
-        if !commands.isEmpty { removeFromList(commands, ids: done.entry == nil ? [] : [done.message.id]) }
+        if !writes.isEmpty { removeFromList(writes, ids: done.entry == nil ? [] : [done.message.id]) }
     }
 
-    /// Sends `commands`, which take the messages `ids` out of the list; until Redis confirms,
+    /// Writes `writes`, which take the messages `ids` out of the list; until Redis confirms,
     /// list reads skip them.
-    func removeFromList(_ commands: [RedisCommand], ids: [String]) {
-        guard !ids.isEmpty, let context else { return node.redis.fireAndForget(commands) }
+    func removeFromList(_ writes: [SessionWrite], ids: [String]) {
+        guard !ids.isEmpty, let context else { return store.send(writes) }
         removing.formUnion(ids)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { _ in
+        store.write(writes).hop(to: context.eventLoop).whenComplete { _ in
             loopBound.value.removing.subtract(ids)
         }
     }
@@ -421,19 +413,16 @@ extension MQTTConnectionHandler {
         let ttl =
             message.expiresAt > 0
             ? max(1, message.expiresAt - FleetClock.nowMillis()) : Int64(node.configuration.maximumSessionExpiry) * 1000
-        var commands = [
-            FleetScripts.enqueue.command(
-                keys: [node.keys.queue(terminal)], arguments: [entry, String(node.configuration.offlineQueueCap), String(ttl), "0"])
-        ]
+        var writes: [SessionWrite] = [.keep(entry: entry, capacity: node.configuration.offlineQueueCap, lifetimeMillis: ttl)]
         if backlog.caughtUp, !backlog.isReading, context?.channel.isWritable == true, inflight.count < window,
             let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false, payload: payload)
         {
             backlog.handled(message.id)
-            commands.append(RedisCommand("HSET", node.keys.sent(terminal), message.id, String(packetID)))
-            node.redis.fireAndForget(commands)
+            writes.append(.recordSent(messageID: message.id, packetID: packetID))
+            store.send(writes)
             return flush()
         }
-        node.redis.fireAndForget(commands)
+        store.send(writes)
         backlog.woken()
         pumpStored()
     }

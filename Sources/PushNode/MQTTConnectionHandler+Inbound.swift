@@ -3,7 +3,6 @@ import FleetRedis
 import Logging
 import MQTTCodec
 import NIOCore
-import RedisClient
 
 /// Packets from an active session: PUBLISH and its QoS flows, DISCONNECT, wills.
 extension MQTTConnectionHandler {
@@ -190,7 +189,7 @@ extension MQTTConnectionHandler {
                 if code.rawValue < 0x80 {
                     awaitingRelease.insert(first.packetID)
                     if sessionExpiry > 0 {
-                        node.redis.fireAndForget([RedisCommand("SADD", node.keys.released(terminal), String(first.packetID))])
+                        store.send([.awaitRelease(packetID: first.packetID)])
                     }
                 }
                 write(.pubRec(ack), flush: false)
@@ -205,7 +204,7 @@ extension MQTTConnectionHandler {
     func released(_ packetID: UInt16) {
         let known = awaitingRelease.remove(packetID) != nil
         if known, sessionExpiry > 0 {
-            node.redis.fireAndForget([RedisCommand("SREM", node.keys.released(terminal), String(packetID))])
+            store.send([.released(packetID: packetID)])
         }
         let code: MQTTReasonCode = known || !version.hasProperties ? .success : .packetIdentifierNotFound
         write(.pubComp(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code)), flush: true)

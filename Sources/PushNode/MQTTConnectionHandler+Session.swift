@@ -1,9 +1,7 @@
 import FleetCore
-import FleetRedis
 import Logging
 import MQTTCodec
 import NIOCore
-import RedisClient
 
 /// CONNECT: credentials, registration in Redis, takeover of an earlier connection, CONNACK.
 extension MQTTConnectionHandler {
@@ -126,22 +124,12 @@ extension MQTTConnectionHandler {
         guard let context else { return }
         // The script reads the head of the list: the backlog's first read.
         guard let read = backlog.nextRead(room: window, window: window) else { preconditionFailure("a new session reads its list") }
-        let keys = node.keys
-        let command = FleetScripts.register.command(
-            keys: [
-                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
-                keys.sent(terminal), keys.released(terminal), keys.releasing(terminal), keys.will(terminal),
-            ],
-            arguments: [
-                node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt,
-                String(read.count), sessionExpiry > 0 ? "1" : "0",
-            ]
-        )
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        node.redis.pipelineFuture([command]).hop(to: context.eventLoop).whenComplete { result in
-            loopBound.value.registered(
-                result.flatMap { replies in Result { try SessionRegistration(reply: replies[0].throwingError()) } }, read: read,
-                assignedID: assignedID)
+        store.register(
+            epoch: epoch, connectedAt: connectedAt, cleanStart: cleanStart, issuedAt: issuedAt, readCount: read.count,
+            persistent: sessionExpiry > 0
+        ).hop(to: context.eventLoop).whenComplete { result in
+            loopBound.value.registered(result, read: read, assignedID: assignedID)
         }
     }
 
@@ -196,16 +184,15 @@ extension MQTTConnectionHandler {
             (kick.from, kick.successor) = (node.nodeID, epoch)
             let successor = self.epoch
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            node.redis.pipelineFuture([RedisCommand("SPUBLISH", node.keys.nodeChannel(oldNode), kick.encoded())])
-                .hop(to: context.eventLoop).whenComplete { result in
-                    // Nobody listens on that node's channel (it died): nothing to wait for, and
-                    // nothing changed since the registration read (a reconnect storm after a
-                    // node died costs no extra read). Redis unavailable: read again when it is.
-                    guard case .success(let replies) = result, replies.first?.int ?? 0 > 0 else {
-                        let unheard = (try? result.get())?.first?.int == 0
-                        return loopBound.value.predecessorStopped(successor: successor, reload: !unheard)
-                    }
+            store.kick(on: oldNode, kick).hop(to: context.eventLoop).whenComplete { result in
+                // Nobody listens on that node's channel (it died): nothing to wait for, and
+                // nothing changed since the registration read (a reconnect storm after a node
+                // died costs no extra read). Redis unavailable: read again when it is.
+                guard case .success(let listeners) = result, listeners > 0 else {
+                    let unheard = (try? result.get()) == 0
+                    return loopBound.value.predecessorStopped(successor: successor, reload: !unheard)
                 }
+            }
         } else {
             activate(registration, read: read, assignedID: assignedID)
         }
@@ -230,21 +217,19 @@ extension MQTTConnectionHandler {
         pendingTakeover = nil
         pending.deadline?.cancel()
         guard reload else { return activate(pending.registration, read: pending.read, assignedID: pending.assignedID) }
-        let commands = SessionRegistration.reloadCommands(keys: node.keys, terminal: terminal, window: pending.read.count)
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let boundPending = NIOLoopBound(pending, eventLoop: context.eventLoop)
-        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
+        store.reload(pending.registration, window: pending.read.count).hop(to: context.eventLoop).whenComplete { result in
             let handler = loopBound.value
             let pending = boundPending.value
             guard case .registering = handler.phase else { return }
-            var registration = pending.registration
-            switch result.flatMap({ replies in Result { try registration.reload(replies) } }) {
-            case .success: break
+            switch result {
+            case .success(let registration):
+                handler.activate(registration, read: pending.read, assignedID: pending.assignedID)
             case .failure(let error):
                 handler.logger.warning("reading the session after a takeover failed", metadata: ["error": "\(error)"])
-                return handler.refuse(.v3ServerUnavailable, v5: .serverUnavailable)
+                handler.refuse(.v3ServerUnavailable, v5: .serverUnavailable)
             }
-            handler.activate(registration, read: pending.read, assignedID: pending.assignedID)
         }
     }
 
@@ -254,8 +239,8 @@ extension MQTTConnectionHandler {
         let sessionPresent = !cleanStart && registration.sessionExisted
         // A clean start ended the old session: its filters leave the offline index.
         let discarded = registration.discardedFilters.filter { SharedFilter($0) == nil }
-        var commands: [RedisCommand] = []
-        if !discarded.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: discarded)) }
+        var writes: [SessionWrite] = []
+        if !discarded.isEmpty { writes.append(.storedSubscriptions(adding: false, filters: discarded)) }
         awaitingRelease = Set(registration.released)
 
         subscriptions = [:]
@@ -271,11 +256,9 @@ extension MQTTConnectionHandler {
             if joinLocalIndex(filter) { indexed.append(filter) }
             if SharedFilter(filter) == nil { restored.append(filter) }
         }
-        if !indexed.isEmpty { commands.append(node.indexUpdateCommand(adding: true, filters: indexed)) }
-        if sessionExpiry > 0, !restored.isEmpty {
-            commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: true, filters: restored))
-        }
-        if !commands.isEmpty { node.redis.fireAndForget(commands) }
+        if !indexed.isEmpty { writes.append(.nodeIndex(adding: true, filters: indexed)) }
+        if sessionExpiry > 0, !restored.isEmpty { writes.append(.storedSubscriptions(adding: true, filters: restored)) }
+        store.send(writes)
 
         var properties: MQTTProperties = []
         if version.hasProperties {

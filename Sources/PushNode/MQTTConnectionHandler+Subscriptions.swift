@@ -2,7 +2,6 @@ import FleetCore
 import Logging
 import MQTTCodec
 import NIOCore
-import RedisClient
 
 /// SUBSCRIBE and UNSUBSCRIBE, retained messages, the automatic subscriptions, the node index.
 extension MQTTConnectionHandler {
@@ -15,7 +14,7 @@ extension MQTTConnectionHandler {
             identifier = value
         }
         var codes: [MQTTReasonCode] = []
-        var record: [String] = []
+        var record: [String: String] = [:]
         var indexed: [String] = []
         var stored: [String] = []
         var retained: [(filter: String, subscription: Subscription)] = []
@@ -60,13 +59,13 @@ extension MQTTConnectionHandler {
                 // Kept with the session like any other (restored on reconnect), never indexed:
                 // pushes and broadcasts reach every session without the index.
                 setAutomatic(filter, subscription)
-                record += [filter, subscription.encoded]
+                record[filter] = subscription.encoded
                 codes.append(MQTTReasonCode(subscription.qos.rawValue))
                 continue
             }
             let isNew = subscriptions.updateValue(subscription, forKey: filter) == nil
             if isNew, joinLocalIndex(filter) { indexed.append(filter) }
-            record += [filter, subscription.encoded]
+            record[filter] = subscription.encoded
             if sessionExpiry > 0 && shared == nil { stored.append(filter) }
             switch requested.options.retainHandling {
             case .sendOnSubscribe where shared == nil: retained.append((filter, subscription))
@@ -75,10 +74,10 @@ extension MQTTConnectionHandler {
             }
             codes.append(MQTTReasonCode(subscription.qos.rawValue))
         }
-        var commands: [RedisCommand] = []
-        if !indexed.isEmpty { commands.append(node.indexUpdateCommand(adding: true, filters: indexed)) }
-        if !record.isEmpty { commands.append(RedisCommand("HSET", [node.keys.subscriptions(terminal)] + record)) }
-        if !stored.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: true, filters: stored)) }
+        var writes: [SessionWrite] = []
+        if !indexed.isEmpty { writes.append(.nodeIndex(adding: true, filters: indexed)) }
+        if !record.isEmpty { writes.append(.recordSubscriptions(record)) }
+        if !stored.isEmpty { writes.append(.storedSubscriptions(adding: true, filters: stored)) }
         var subackProperties: MQTTProperties = []
         if wantsProblemInformation, !refused.isEmpty {
             subackProperties.append(.reasonString, .string("not allowed to subscribe to " + refused.joined(separator: ", ")))
@@ -87,11 +86,11 @@ extension MQTTConnectionHandler {
         }
         let suback = MQTTPacket.subAck(
             MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes, properties: subackProperties))
-        guard !commands.isEmpty, let context else { return write(suback, flush: true) }
+        guard !writes.isEmpty, let context else { return write(suback, flush: true) }
         // SUBACK once the fleet index has the filters, so a publish sent after it finds them.
         let retainedFor = retained
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        node.redis.pipelineFuture(commands).hop(to: context.eventLoop).whenComplete { result in
+        store.write(writes).hop(to: context.eventLoop).whenComplete { result in
             let handler = loopBound.value
             if case .failure(let error) = result {
                 handler.logger.warning("recording subscriptions failed", metadata: ["error": "\(error)"])
@@ -106,18 +105,12 @@ extension MQTTConnectionHandler {
     /// number of retained topics; see README).
     func sendRetained(for requested: [(filter: String, subscription: Subscription)]) {
         guard let context else { return }
-        let wildcard = requested.contains { MQTTTopic.hasWildcard($0.filter) }
-        let command =
-            wildcard
-            ? RedisCommand("HVALS", node.keys.retained)
-            : RedisCommand("HMGET", [node.keys.retained] + requested.map(\.filter))
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        node.redis.pipelineFuture([command]).hop(to: context.eventLoop).whenSuccess { replies in
+        store.retained(for: requested.map(\.filter)).hop(to: context.eventLoop).whenSuccess { messages in
             let handler = loopBound.value
             guard case .active = handler.phase else { return }
             let now = FleetClock.nowMillis()
-            for entry in replies.first?.array?.compactMap(\.string) ?? [] {
-                guard let message = StoredMessage.decode(entry), !message.isExpired(nowMillis: now) else { continue }
+            for message in messages where !message.isExpired(nowMillis: now) {
                 var best: Subscription?
                 var identifiers: [UInt32] = []
                 for (filter, subscription) in requested where MQTTTopic.matches(filter: filter, topic: message.topic) {
@@ -153,10 +146,10 @@ extension MQTTConnectionHandler {
             if leaveLocalIndex(filter) { unindexed.append(filter) }
             if sessionExpiry > 0 && SharedFilter(filter) == nil { stored.append(filter) }
         }
-        var commands = [RedisCommand("HDEL", [node.keys.subscriptions(terminal)] + unsubscribe.topicFilters)]
-        if !unindexed.isEmpty { commands.append(node.indexUpdateCommand(adding: false, filters: unindexed)) }
-        if !stored.isEmpty { commands.append(node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: stored)) }
-        node.redis.fireAndForget(commands)
+        var writes: [SessionWrite] = [.forgetSubscriptions(unsubscribe.topicFilters)]
+        if !unindexed.isEmpty { writes.append(.nodeIndex(adding: false, filters: unindexed)) }
+        if !stored.isEmpty { writes.append(.storedSubscriptions(adding: false, filters: stored)) }
+        store.send(writes)
         write(.unsubAck(MQTTSubAckPacket(packetIdentifier: unsubscribe.packetIdentifier, reasonCodes: codes)), flush: true)
     }
 
@@ -190,6 +183,6 @@ extension MQTTConnectionHandler {
     /// Takes all of this connection's subscriptions out of the node's index.
     func leaveLocalIndex() {
         let unindexed = subscriptions.keys.filter { !isAutomatic($0) && leaveLocalIndex($0) }
-        if !unindexed.isEmpty { node.redis.fireAndForget([node.indexUpdateCommand(adding: false, filters: unindexed)]) }
+        if !unindexed.isEmpty { store.send([.nodeIndex(adding: false, filters: unindexed)]) }
     }
 }

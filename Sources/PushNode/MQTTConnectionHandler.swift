@@ -1,9 +1,7 @@
 import FleetCore
-import FleetRedis
 import Logging
 import MQTTCodec
 import NIOCore
-import RedisClient
 
 /// One terminal's MQTT connection: authentication, session registration, delivery and acks.
 ///
@@ -139,6 +137,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// messages that several acknowledgements let out leave in one write.
     var reading = false
     var flushDeferred = false
+
+    /// The session's state in Redis (its terminal's keys, once CONNECT named it).
+    var store: SessionStore { SessionStore(node: node, terminal: terminal) }
 
     init(node: PushNodeContext, encoder: MQTTPacketEncoder) {
         self.node = node
@@ -329,21 +330,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// stored-subscriber sets.
     func unregisterRoute() {
         guard !terminal.isEmpty else { return }
-        let keys = node.keys
-        let command = FleetScripts.unregister.command(
-            keys: [
-                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.released(terminal),
-                keys.releasing(terminal),
-            ],
-            arguments: [epoch, String(sessionExpiry)]
-        )
         let filters = subscriptions.keys.filter { !isAutomatic($0) && SharedFilter($0) == nil }
-        guard persistentAtConnect, sessionExpiry == 0, !filters.isEmpty else { return node.redis.fireAndForget([command]) }
-        let node = self.node
-        let terminal = self.terminal
-        node.redis.pipelineFuture([command]).whenSuccess { replies in
-            guard replies.first?.int == 1 else { return }
-            node.redis.fireAndForget([node.storedSubscriptionsCommand(terminal: terminal, adding: false, filters: filters)])
+        let store = self.store
+        let removal = store.unregister(epoch: epoch, expiry: sessionExpiry)
+        let logger = self.logger
+        removal.whenFailure { logger.warning("removing the route failed", metadata: ["error": "\($0)"]) }
+        guard persistentAtConnect, sessionExpiry == 0, !filters.isEmpty else { return }
+        removal.whenSuccess { removed in
+            if removed { store.send([.storedSubscriptions(adding: false, filters: filters)]) }
         }
     }
 

@@ -18,7 +18,7 @@ import ServiceLifecycle
 /// DISCONNECT 0x8B), removes their routes and its liveness key. Stored messages stay in Redis.
 public final class PushNode: Service, Sendable {
     public let configuration: PushNodeConfiguration
-    private let context: PushNodeContext
+    let context: PushNodeContext
     private let subscriber: RedisSubscriber
     private let group: any EventLoopGroup
     private let boundPort = NIOLockedValueBox<Int?>(nil)

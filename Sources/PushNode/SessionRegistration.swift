@@ -3,7 +3,7 @@ import FleetRedis
 import RedisClient
 
 /// What a session needs from Redis when it starts, decoded once from the ``FleetScripts/register``
-/// reply (and refreshed by ``reloadCommands(keys:terminal:window:)`` after a takeover).
+/// reply (and refreshed by ``SessionStore/reload(_:window:)`` after a takeover).
 struct SessionRegistration {
     /// The node and epoch of the terminal's previous connection ("" when there was none).
     var oldNode: String
@@ -45,19 +45,7 @@ struct SessionRegistration {
         releasing = Self.packetIDList(array[9])
     }
 
-    /// Reads the session's state again, after the terminal's previous connection stopped:
-    /// what that connection did until then (sent, acknowledged, subscribed) is in Redis now.
-    static func reloadCommands(keys: FleetKeys, terminal: String, window: Int) -> [RedisCommand] {
-        [
-            RedisCommand("HGETALL", keys.subscriptions(terminal)),
-            RedisCommand("LRANGE", keys.queue(terminal), "0", String(window - 1)),
-            RedisCommand("HGETALL", keys.sent(terminal)),
-            RedisCommand("SMEMBERS", keys.released(terminal)),
-            RedisCommand("SMEMBERS", keys.releasing(terminal)),
-        ]
-    }
-
-    /// Applies the replies to ``reloadCommands(keys:terminal:window:)``.
+    /// Applies the replies to ``SessionStore/reload(_:window:)``'s reads.
     /// Throws when Redis did not answer every read.
     mutating func reload(_ replies: [RedisReply]) throws(Failure) {
         guard replies.count == 5 else { throw .unexpectedReply(.array(replies)) }

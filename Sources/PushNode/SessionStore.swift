@@ -1,0 +1,179 @@
+import FleetCore
+import FleetRedis
+import MQTTCodec
+import NIOCore
+import RedisClient
+
+/// One change a session makes to its state in Redis. The session says what happened; the
+/// store decides how Redis keeps it (which keys, which commands), so cutting the Redis cost
+/// of a message changes the store, not the session.
+enum SessionWrite: Hashable {
+    /// A stored entry is done with (acknowledged, expired, sent at QoS 0, unreadable, or
+    /// stored for a subscription the session no longer has): it leaves the list.
+    case removeEntry(String)
+    /// A message no longer awaits an acknowledgement under a packet id.
+    case forgetSent(messageID: String)
+    /// A message was sent under `packetID` and awaits its acknowledgement (redelivered with
+    /// DUP and the same id after a reconnect).
+    case recordSent(messageID: String, packetID: UInt16)
+    /// A routed message for this persistent session is kept in its list (capped, expiring).
+    case keep(entry: String, capacity: Int, lifetimeMillis: Int64)
+    /// QoS 2 from the terminal: PUBREC sent, PUBREL awaited (persistent sessions).
+    case awaitRelease(packetID: UInt16)
+    /// QoS 2 from the terminal: PUBREL came.
+    case released(packetID: UInt16)
+    /// QoS 2 to the terminal: PUBREL sent, PUBCOMP awaited (persistent sessions).
+    case awaitCompletion(packetID: UInt16)
+    /// QoS 2 to the terminal: PUBCOMP came.
+    case completed(packetID: UInt16)
+    /// Subscriptions kept with the session (filter -> encoded ``Subscription``).
+    case recordSubscriptions([String: String])
+    /// Subscriptions the session no longer has.
+    case forgetSubscriptions([String])
+    /// Filters this node's sessions now hold (`true`) or no longer hold (`false`): the
+    /// node's part of the fleet index, so terminal publishes are routed here.
+    case nodeIndex(adding: Bool, filters: [String])
+    /// Filters whose messages are stored for this persistent session while it is away
+    /// (`true`), or no longer (`false`).
+    case storedSubscriptions(adding: Bool, filters: [String])
+}
+
+/// What one read of the stored list returned.
+struct StoredListRead {
+    /// The entries, in list order.
+    var entries: [String]
+    /// Earlier deliveries not acknowledged (message id -> packet id), when the read asked.
+    var sent: [String: UInt16]?
+}
+
+/// Every Redis command a session issues, with replies decoded into typed values. One per
+/// connection (a value: the node's context and the terminal).
+struct SessionStore {
+    let node: PushNodeContext
+    let terminal: String
+
+    var redis: RedisConnection { node.redis }
+    var keys: FleetKeys { node.keys }
+
+    /// Registers the connection `epoch` (route, session) and reads the session's state and the
+    /// head of its stored list (`readCount` entries), atomically.
+    func register(
+        epoch: String, connectedAt: Int64, cleanStart: Bool, issuedAt: String, readCount: Int, persistent: Bool
+    ) -> EventLoopFuture<SessionRegistration> {
+        let command = FleetScripts.register.command(
+            keys: [
+                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
+                keys.sent(terminal), keys.released(terminal), keys.releasing(terminal), keys.will(terminal),
+            ],
+            arguments: [
+                node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt, String(readCount), persistent ? "1" : "0",
+            ]
+        )
+        return redis.pipelineFuture([command]).flatMapThrowing { replies in try SessionRegistration(reply: replies[0].throwingError()) }
+    }
+
+    /// Reads the session's state again into `registration` (after a takeover: what the
+    /// previous connection did until it stopped is in Redis now). Fails unless Redis answered
+    /// every read.
+    func reload(_ registration: SessionRegistration, window: Int) -> EventLoopFuture<SessionRegistration> {
+        let commands = [
+            RedisCommand("HGETALL", keys.subscriptions(terminal)),
+            RedisCommand("LRANGE", keys.queue(terminal), "0", String(window - 1)),
+            RedisCommand("HGETALL", keys.sent(terminal)),
+            RedisCommand("SMEMBERS", keys.released(terminal)),
+            RedisCommand("SMEMBERS", keys.releasing(terminal)),
+        ]
+        return redis.pipelineFuture(commands).flatMapThrowing { replies in
+            var reloaded = registration
+            try reloaded.reload(replies)
+            return reloaded
+        }
+    }
+
+    /// Tells the node `oldNode` to stop the terminal's previous connection; succeeds with the
+    /// number of listeners on that node's channel (0: the node is gone).
+    func kick(on oldNode: String, _ event: NodeEvent) -> EventLoopFuture<Int> {
+        redis.pipelineFuture([RedisCommand("SPUBLISH", keys.nodeChannel(oldNode), event.encoded())]).flatMapThrowing { replies in
+            Int(try replies[0].throwingError().int ?? 0)
+        }
+    }
+
+    /// Removes the route if it is still the connection `epoch`'s, and ends the session
+    /// (`expiry` 0) or keeps it that many seconds; succeeds with whether the route was removed.
+    func unregister(epoch: String, expiry: UInt32) -> EventLoopFuture<Bool> {
+        let command = FleetScripts.unregister.command(
+            keys: [
+                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.released(terminal),
+                keys.releasing(terminal),
+            ],
+            arguments: [epoch, String(expiry)]
+        )
+        return redis.pipelineFuture([command]).flatMapThrowing { replies in try replies[0].throwingError().int == 1 }
+    }
+
+    /// The retained messages for `filters`: one lookup per filter without wildcards, the whole
+    /// retained hash when one has a wildcard (matching is the caller's). Unreadable entries
+    /// are skipped.
+    func retained(for filters: [String]) -> EventLoopFuture<[StoredMessage]> {
+        let command =
+            filters.contains(where: MQTTTopic.hasWildcard)
+            ? RedisCommand("HVALS", keys.retained)
+            : RedisCommand("HMGET", [keys.retained] + filters)
+        return redis.pipelineFuture([command]).flatMapThrowing { replies in
+            (try replies[0].throwingError().array ?? []).compactMap { $0.string.flatMap(StoredMessage.decode) }
+        }
+    }
+
+    /// Reads part of the stored list (and what was sent unacknowledged, if `read` asks).
+    func read(_ read: StoredBacklog.Read) -> EventLoopFuture<StoredListRead> {
+        var commands = [RedisCommand("LRANGE", keys.queue(terminal), String(read.start), String(read.start + read.count - 1))]
+        if read.withSent { commands.append(RedisCommand("HGETALL", keys.sent(terminal))) }
+        return redis.pipelineFuture(commands).flatMapThrowing { replies in
+            StoredListRead(
+                entries: try replies[0].throwingError().array?.compactMap(\.string) ?? [],
+                sent: read.withSent ? SessionRegistration.packetIDs(try replies[1].throwingError()) : nil)
+        }
+    }
+
+    /// Writes `writes` in one pipeline, in order; succeeds once Redis has taken them.
+    func write(_ writes: [SessionWrite]) -> EventLoopFuture<Void> {
+        redis.pipelineFuture(writes.map(command)).flatMapThrowing { replies in
+            for reply in replies { _ = try reply.throwingError() }
+        }
+    }
+
+    /// Writes `writes` in one pipeline without waiting (failures are logged by the connection).
+    func send(_ writes: [SessionWrite]) {
+        guard !writes.isEmpty else { return }
+        redis.fireAndForget(writes.map(command))
+    }
+
+    func command(_ write: SessionWrite) -> RedisCommand {
+        switch write {
+        case .removeEntry(let entry):
+            RedisCommand("LREM", keys.queue(terminal), "1", entry)
+        case .forgetSent(let id):
+            RedisCommand("HDEL", keys.sent(terminal), id)
+        case .recordSent(let id, let packetID):
+            RedisCommand("HSET", keys.sent(terminal), id, String(packetID))
+        case .keep(let entry, let capacity, let lifetime):
+            FleetScripts.enqueue.command(keys: [keys.queue(terminal)], arguments: [entry, String(capacity), String(lifetime), "0"])
+        case .awaitRelease(let packetID):
+            RedisCommand("SADD", keys.released(terminal), String(packetID))
+        case .released(let packetID):
+            RedisCommand("SREM", keys.released(terminal), String(packetID))
+        case .awaitCompletion(let packetID):
+            RedisCommand("SADD", keys.releasing(terminal), String(packetID))
+        case .completed(let packetID):
+            RedisCommand("SREM", keys.releasing(terminal), String(packetID))
+        case .recordSubscriptions(let subscriptions):
+            RedisCommand("HSET", [keys.subscriptions(terminal)] + subscriptions.sorted { $0.key < $1.key }.flatMap { [$0.key, $0.value] })
+        case .forgetSubscriptions(let filters):
+            RedisCommand("HDEL", [keys.subscriptions(terminal)] + filters)
+        case .nodeIndex(let adding, let filters):
+            node.indexUpdateCommand(adding: adding, filters: filters)
+        case .storedSubscriptions(let adding, let filters):
+            node.storedSubscriptionsCommand(terminal: terminal, adding: adding, filters: filters)
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import FleetCore
+import FleetTestSupport
+import Logging
+import RedisClient
+import Testing
+
+@testable import PushNode
+
+/// The session store against a real redis-server: what a session writes, it reads back.
+@Suite(.serialized)
+struct SessionStoreTests {
+    let server: RedisServer
+    let node: PushNode
+    let keys = FleetKeys()
+
+    init() throws {
+        server = try RedisServer()
+        node = PushNode(
+            configuration: PushNodeConfiguration(
+                redis: server.configuration, mqttHost: "127.0.0.1", mqttPort: 0, nodeID: "n1", secret: "store-tests-secret-32-bytes-long"),
+            logger: Logger(label: "test"))
+    }
+
+    func store(_ terminal: String) -> SessionStore { SessionStore(node: node.context, terminal: terminal) }
+
+    func entry(_ id: String, session: Bool = false) -> String {
+        var message = StoredMessage(id: id, qos: 1, expiresAt: 0, topic: "push/t", payload: Array(id.utf8))
+        if session { message.session = true }
+        return message.encoded()
+    }
+
+    func register(_ store: SessionStore, epoch: String, clean: Bool = false) async throws -> SessionRegistration {
+        try await store.register(epoch: epoch, connectedAt: 1, cleanStart: clean, issuedAt: "", readCount: 10, persistent: true).get()
+    }
+
+    @Test func storedEntriesAndSentPacketIDsReadBackAndLeave() async throws {
+        let t = store("t1")
+        let first = try await register(t, epoch: "e1")
+        #expect(first.oldNode == "" && first.queue.isEmpty && !first.sessionExisted)
+        try await t.write([
+            .keep(entry: entry("m1"), capacity: 100, lifetimeMillis: 60_000),
+            .keep(entry: entry("m2"), capacity: 100, lifetimeMillis: 60_000),
+            .recordSent(messageID: "m1", packetID: 7),
+        ]).get()
+        let read = try await t.read(StoredBacklog.Read(start: 0, count: 10, anchor: nil, withSent: true)).get()
+        #expect(read.entries == [entry("m1"), entry("m2")])
+        #expect(read.sent == ["m1": 7])
+        // The second entry alone, without the sent hash.
+        let tail = try await t.read(StoredBacklog.Read(start: 1, count: 1, anchor: nil, withSent: false)).get()
+        #expect(tail.entries == [entry("m2")] && tail.sent == nil)
+        try await t.write([.removeEntry(entry("m1")), .forgetSent(messageID: "m1")]).get()
+        let after = try await t.read(StoredBacklog.Read(start: 0, count: 10, anchor: nil, withSent: true)).get()
+        #expect(after.entries == [entry("m2")] && after.sent == [:])
+        // The list keeps at most `capacity`, oldest out first.
+        try await t.write((3...6).map { .keep(entry: entry("m\($0)"), capacity: 3, lifetimeMillis: 60_000) }).get()
+        #expect(
+            try await t.read(StoredBacklog.Read(start: 0, count: 10, anchor: nil, withSent: false)).get().entries
+                == (4...6).map { entry("m\($0)") })
+    }
+
+    @Test func qos2ExchangesAndSubscriptionsComeBackWithTheSession() async throws {
+        let t = store("t2")
+        _ = try await register(t, epoch: "e1")
+        try await t.write([
+            .awaitRelease(packetID: 3), .awaitRelease(packetID: 4), .released(packetID: 3), .awaitCompletion(packetID: 9),
+            .recordSubscriptions(["news/#": "1", "chat/+": "2"]), .recordSubscriptions(["x": "0"]), .forgetSubscriptions(["x"]),
+        ]).get()
+        #expect(try await t.unregister(epoch: "e1", expiry: 60).get())
+        let again = try await register(t, epoch: "e2")
+        #expect(again.sessionExisted)
+        #expect(again.released == [4])
+        #expect(again.releasing == [9])
+        #expect(again.subscriptions == ["news/#": "1", "chat/+": "2"])
+        try await t.write([.completed(packetID: 9)]).get()
+        #expect(try await t.reload(again, window: 10).get().releasing.isEmpty)
+    }
+
+    @Test func aLateUnregisterLeavesTheNewerConnectionsRouteAndAKickReportsListeners() async throws {
+        let t = store("t3")
+        _ = try await register(t, epoch: "e1")
+        let second = try await register(t, epoch: "e2")
+        #expect(second.oldNode == "n1" && second.oldEpoch == "e1")
+        #expect(try await t.unregister(epoch: "e1", expiry: 0).get() == false)
+        #expect(try await node.context.redis.send("HGET", keys.route("t3"), "epoch").string == "e2")
+        #expect(try await t.kick(on: "nobody", NodeEvent(kind: .kick, terminals: ["t3"], epoch: "e2")).get() == 0)
+    }
+
+    @Test func retainedMessagesByExactFilterOrWholeForWildcards() async throws {
+        let redis = node.context.redis
+        let a = StoredMessage(id: "r1", qos: 0, expiresAt: 0, topic: "r/a", payload: [1])
+        let b = StoredMessage(id: "r2", qos: 0, expiresAt: 0, topic: "r/b", payload: [2])
+        try await redis.send("HSET", keys.retained, "r/a", a.encoded(), "r/b", b.encoded(), "r/bad", "not json")
+        let t = store("t4")
+        #expect(try await t.retained(for: ["r/a", "r/none"]).get() == [a])
+        #expect(Set(try await t.retained(for: ["r/+"]).get().map(\.id)) == ["r1", "r2"])
+    }
+}
