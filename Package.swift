@@ -73,6 +73,8 @@ let package = Package(
             dependencies: [.product(name: "Hummingbird", package: "hummingbird")],
             swiftSettings: swiftSettings
         ),
+        // Heap figures from the C library (glibc mallinfo2) for /metrics.
+        .target(name: "CHeapInfo"),
         // A redis-server child process: for `pushfleet dev` and the tests, never linked by a node.
         .target(
             name: "LocalRedis",
@@ -123,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "pushfleet",
             dependencies: [
-                "PushNode", "ControlNode", "FleetCore", "FleetRedis", "LocalRedis", "RedisClient", "MQTTCodec", "BenchKit",
+                "PushNode", "ControlNode", "FleetCore", "FleetRedis", "LocalRedis", "RedisClient", "MQTTCodec", "BenchKit", "CHeapInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -10,101 +10,39 @@ extension MQTTConnectionHandler {
     func connectReceived(_ connect: MQTTConnectPacket) {
         connectDeadline?.cancel()
         connectDeadline = nil
-        guard connect.protocolVersion.isSupported else {
-            // Answer in the 3.1.1 format: a client of an unknown version can parse that.
-            return refuse(.v3UnacceptableProtocolVersion, v5: .unsupportedProtocolVersion)
+        let negotiated = ConnectNegotiation.negotiate(
+            connect, configuration: node.configuration, credentials: node.credentials, now: FleetClock.nowSeconds(),
+            newID: FleetClock.newEpoch)
+        let terms: ConnectNegotiation.Terms
+        switch negotiated {
+        case .failure(let refusal):
+            version = refusal.version
+            encoder.version = version
+            requestsProblemInformation = refusal.requestsProblemInformation
+            if let detail = refusal.detail {
+                logger.info("connect refused", metadata: ["client": "\(connect.clientIdentifier)", "reason": "\(detail)"])
+            }
+            return refuse(refusal.v3, v5: refusal.v5, reason: refusal.reason)
+        case .success(let accepted):
+            terms = accepted
         }
-        version = connect.protocolVersion
+        version = terms.version
         encoder.version = version
-        cleanStart = connect.cleanStart
-        requestedSessionExpiry = connect.properties.integer(.sessionExpiryInterval)
-        requestsProblemInformation = connect.properties.integer(.requestProblemInformation) != 0
-        let maximumExpiry = UInt32(clamping: node.configuration.maximumSessionExpiry)
-        if version.hasProperties {
-            let properties = connect.properties
-            // Enhanced authentication (AUTH exchanges) is not offered.
-            if properties[.authenticationMethod] != nil {
-                return refuse(.v3NotAuthorized, v5: .badAuthenticationMethod, reason: "enhanced authentication is not offered")
-            }
-            if let value = properties.integer(.receiveMaximum) {
-                guard value > 0 else { return refuse(.v3ServerUnavailable, v5: .protocolError) }
-                clientReceiveMaximum = Int(value)
-            }
-            if let value = properties.integer(.maximumPacketSize) {
-                guard value > 0 else { return refuse(.v3ServerUnavailable, v5: .protocolError) }
-                clientMaximumPacketSize = Int(value)
-            }
-            clientTopicAliasMaximum = UInt16(clamping: properties.integer(.topicAliasMaximum) ?? 0)
-            sessionExpiry = min(properties.integer(.sessionExpiryInterval) ?? 0, maximumExpiry)
-        } else {
-            sessionExpiry = connect.cleanStart ? 0 : maximumExpiry
-        }
-
-        var clientID = connect.clientIdentifier
-        var assigned: String?
-        if clientID.isEmpty {
-            guard node.configuration.allowAnonymous, connect.cleanStart || version.hasProperties else {
-                return refuse(.v3IdentifierRejected, v5: .clientIdentifierNotValid)
-            }
-            clientID = "auto-" + FleetClock.newEpoch()
-            assigned = clientID
-        }
-        if !TerminalID.isValid(clientID) {
-            // Any client id MQTT allows is taken in anonymous mode, under a key-safe name.
-            guard node.configuration.allowAnonymous, clientID.utf8.count <= 256 else {
-                return refuse(.v3IdentifierRejected, v5: .clientIdentifierNotValid)
-            }
-            clientID = TerminalID.escaped(clientID)
-        }
-
-        var issuedAt = ""
-        if let password = connect.passwordString, !password.isEmpty {
-            guard connect.username == nil || connect.username == clientID else {
-                return refuse(.v3NotAuthorized, v5: .notAuthorized)
-            }
-            switch node.credentials.verify(terminal: clientID, password: password, now: FleetClock.nowSeconds()) {
-            case .success(let verified): issuedAt = String(verified.issuedAt)
-            case .failure(let failure):
-                logger.info("credential refused", metadata: ["terminal": "\(clientID)", "reason": "\(failure)"])
-                return refuse(.v3NotAuthorized, v5: .notAuthorized, reason: "credential refused")
-            }
-        } else if !node.configuration.allowAnonymous {
-            return refuse(.v3BadUserNameOrPassword, v5: .badUserNameOrPassword, reason: "a credential is required as the password")
-        }
-
-        terminal = clientID
+        cleanStart = terms.cleanStart
+        requestedSessionExpiry = terms.requestedSessionExpiry
+        requestsProblemInformation = terms.requestsProblemInformation
+        if let value = terms.clientReceiveMaximum { clientReceiveMaximum = value }
+        if let value = terms.clientMaximumPacketSize { clientMaximumPacketSize = value }
+        clientTopicAliasMaximum = terms.clientTopicAliasMaximum
+        sessionExpiry = terms.sessionExpiry
+        terminal = terms.terminal
         persistentAtConnect = sessionExpiry > 0
-        let limits = node.configuration
-        if connect.properties.userPropertyBytes + (connect.will?.properties.userPropertyBytes ?? 0) > limits.maximumUserPropertyBytes {
-            return refuse(
-                .v3NotAuthorized, v5: .packetTooLarge, reason: "user properties over \(limits.maximumUserPropertyBytes) bytes")
-        }
-        if let will = connect.will {
-            // Published later as the terminal's PUBLISH would be: the same rules for its topic.
-            guard MQTTTopic.isValidTopicName(will.topic), MQTTTopic.levelCount(will.topic) <= limits.maximumTopicLevels
-            else {
-                return refuse(.v3NotAuthorized, v5: .topicNameInvalid, reason: "the will topic is not a valid topic name")
-            }
-            guard !will.retain || will.payload.readableBytes <= limits.maximumRetainedSize else {
-                return refuse(
-                    .v3NotAuthorized, v5: .quotaExceeded, reason: "a retained will over \(limits.maximumRetainedSize) bytes")
-            }
-            let message = StoredMessage(
-                published: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties,
-                origin: clientID)
-            self.will = Will(message: message, delay: will.properties.integer(.willDelayInterval) ?? 0)
-        }
+        will = terms.will
+        serverKeepAlive = terms.serverKeepAlive
+        keepAlive = .seconds(Int64(terms.keepAliveSeconds))
+        let (issuedAt, assigned) = (terms.issuedAt, terms.assignedID)
         epoch = FleetClock.newEpoch()
         connectedAt = FleetClock.nowMillis()
-        var keepAliveSeconds = connect.keepAlive
-        let maximumKeepAlive = node.configuration.maximumKeepAlive
-        if version.hasProperties, maximumKeepAlive > 0, keepAliveSeconds == 0 || Int(keepAliveSeconds) > maximumKeepAlive {
-            // MQTT 5 lets the server set the keep alive (CONNACK server keep alive); a 3.1.1
-            // client cannot be told, so it keeps its own.
-            keepAliveSeconds = UInt16(clamping: maximumKeepAlive)
-            serverKeepAlive = keepAliveSeconds
-        }
-        keepAlive = .seconds(Int64(keepAliveSeconds))
         phase = .registering
         guard let limiter = node.connectLimiter else { return register(issuedAt: issuedAt, assignedID: assigned) }
         guard let delay = limiter.admit() else {

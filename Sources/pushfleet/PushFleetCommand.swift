@@ -1,4 +1,5 @@
 import ArgumentParser
+import CHeapInfo
 import Foundation
 import Logging
 import Metrics
@@ -76,10 +77,19 @@ enum Bootstrap {
     }
 
     /// Installs the Prometheus metrics backend; returns a renderer of the text format.
+    /// The Prometheus registry every metric goes to, and how `/metrics` renders it. Each
+    /// rendering first reads the heap (glibc `mallinfo2`, 0 elsewhere): bytes in use by live objects and
+    /// bytes free but kept, which RSS alone cannot tell apart.
     static func metrics() -> @Sendable () -> [UInt8] {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        return { registry.emitToBuffer() }
+        let inUse = Gauge(label: "pushfleet_heap_in_use_bytes")
+        let free = Gauge(label: "pushfleet_heap_free_bytes")
+        return {
+            inUse.record(Int(pushfleet_heap_in_use()))
+            free.record(Int(pushfleet_heap_free()))
+            return registry.emitToBuffer()
+        }
     }
 }
 
