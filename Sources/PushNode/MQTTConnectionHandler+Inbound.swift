@@ -65,36 +65,21 @@ extension MQTTConnectionHandler {
     // MARK: Terminal publishes
 
     func publishReceived(_ publish: MQTTPublishPacket) {
-        var topic = publish.topicName
-        if version.hasProperties, let alias = publish.properties.integer(.topicAlias) {
-            guard alias > 0, alias <= node.configuration.topicAliasMaximum else {
-                return disconnect(.topicAliasInvalid, "topic alias \(alias)")
-            }
-            if topic.isEmpty {
-                guard let known = inboundAliases[UInt16(alias)] else { return disconnect(.protocolError, "unknown topic alias \(alias)") }
-                topic = known
-            } else {
-                inboundAliases[UInt16(alias)] = topic
-            }
+        switch inbound.received(publish) {
+        case .route(let topic):
+            route(publish, topic: topic, packetID: publish.packetIdentifier)
+        case .acknowledgeAgain(let pubRec):
+            // The terminal resent a QoS 2 PUBLISH it already handed over: not routed again.
+            write(pubRec, flush: true)
+        case .disconnect(let code, let reason):
+            disconnect(code, reason)
+        case .close(let reason):
+            // MQTT 3.1.1 has no receive maximum to announce; reading also pauses while routes
+            // are pending (routeStarted).
+            node.metrics.protocolErrors.increment()
+            logger.info("closing the connection", metadata: ["reason": "\(reason)"])
+            close()
         }
-        guard let packetID = publish.packetIdentifier else { return route(publish, topic: topic, packetID: nil) }
-        if publish.qos == .exactlyOnce, awaitingRelease.contains(packetID) {
-            // The terminal resent a QoS 2 PUBLISH it already handed over: acknowledge, do not route again.
-            return write(.pubRec(MQTTAckPacket(packetIdentifier: packetID)), flush: true)
-        }
-        if inboundPending.count + awaitingRelease.count >= node.configuration.receiveMaximum {
-            guard !version.hasProperties else { return disconnect(.receiveMaximumExceeded, "receive maximum exceeded") }
-            // MQTT 3.1.1 has no receive maximum to announce; the same bound holds: reading
-            // pauses while routes are pending (below), and QoS 2 exchanges the client never
-            // releases end the connection.
-            let unreleased = awaitingRelease.count + inboundPending.lazy.filter { $0.qos == .exactlyOnce }.count
-            if publish.qos == .exactlyOnce, unreleased >= node.configuration.receiveMaximum {
-                node.metrics.protocolErrors.increment()
-                logger.info("closing: too many QoS 2 publishes without PUBREL")
-                return close()
-            }
-        }
-        route(publish, topic: topic, packetID: packetID)
     }
 
     func route(_ publish: MQTTPublishPacket, topic: String, packetID: UInt16?) {
@@ -125,25 +110,24 @@ extension MQTTConnectionHandler {
             node.route(message).hop(to: context.eventLoop).whenComplete { _ in loopBound.value.routeFinished() }
             return
         }
-        inboundPending.append(InboundPublish(packetID: packetID, qos: publish.qos))
         node.route(message).hop(to: context.eventLoop).whenComplete { result in
             let handler = loopBound.value
             handler.routeFinished()
-            guard let index = handler.inboundPending.firstIndex(where: { $0.packetID == packetID && $0.reasonCode == nil }) else { return }
             switch result {
             case .success:
-                handler.inboundPending[index].reasonCode = .success
+                handler.inbound.settle(packetID, code: .success)
             case .failure(let error as TopicRouter.RetainedStoreFull):
                 // Refused in its place among the acknowledgements (3.1.1: acknowledged, dropped).
                 handler.node.metrics.publishesRefused.increment()
-                handler.inboundPending[index].reasonCode = handler.version.hasProperties ? .quotaExceeded : .success
-                if handler.wantsProblemInformation { handler.inboundPending[index].reasonString = "\(error)" }
+                handler.inbound.settle(
+                    packetID, code: handler.version.hasProperties ? .quotaExceeded : .success,
+                    reason: handler.wantsProblemInformation ? "\(error)" : nil)
             case .failure(let error):
                 handler.logger.warning("routing a publish failed", metadata: ["error": "\(error)"])
                 // Not accepted: MQTT 5 says so; a 3.1.1 client learns it by the connection closing
                 // and sends the message again.
                 guard handler.version.hasProperties else { return handler.close() }
-                handler.inboundPending[index].reasonCode = .implementationSpecificError
+                handler.inbound.settle(packetID, code: .implementationSpecificError)
             }
             handler.flushInboundAcks()
         }
@@ -155,10 +139,7 @@ extension MQTTConnectionHandler {
         node.metrics.publishesRefused.increment()
         logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(why)"])
         guard let packetID else { return }
-        inboundPending.append(
-            InboundPublish(
-                packetID: packetID, qos: publish.qos, reasonCode: version.hasProperties ? code : .success,
-                reasonString: wantsProblemInformation ? why : nil))
+        inbound.settle(packetID, code: version.hasProperties ? code : .success, reason: wantsProblemInformation ? why : nil)
         flushInboundAcks()
     }
 
@@ -177,37 +158,20 @@ extension MQTTConnectionHandler {
         channel.setOption(ChannelOptions.autoRead, value: enabled).whenFailure { _ in }
     }
 
-    /// Writes the PUBACK / PUBREC of every finished inbound publish at the head of the queue.
+    /// Writes the PUBACK / PUBREC of every finished inbound publish at the head of the line; a
+    /// persistent session keeps its QoS 2 exchanges awaiting PUBREL in Redis.
     func flushInboundAcks() {
-        var wrote = false
-        while let first = inboundPending.first, let code = first.reasonCode {
-            inboundPending.removeFirst()
-            var ack = MQTTAckPacket(packetIdentifier: first.packetID, reasonCode: code)
-            if let reason = first.reasonString { ack.properties.append(.reasonString, .string(reason)) }
-            if first.qos == .exactlyOnce {
-                // A refusing PUBREC ends the exchange; a successful one waits for PUBREL.
-                if code.rawValue < 0x80 {
-                    awaitingRelease.insert(first.packetID)
-                    if sessionExpiry > 0 {
-                        store.send([.awaitRelease(packetID: first.packetID)])
-                    }
-                }
-                write(.pubRec(ack), flush: false)
-            } else {
-                write(.pubAck(ack), flush: false)
-            }
-            wrote = true
-        }
-        if wrote { flush() }
+        let (packets, awaiting) = inbound.readyAcknowledgements()
+        guard !packets.isEmpty else { return }
+        if sessionExpiry > 0, !awaiting.isEmpty { store.send(awaiting.map { .awaitRelease(packetID: $0) }) }
+        for packet in packets { write(packet, flush: false) }
+        flush()
     }
 
     func released(_ packetID: UInt16) {
-        let known = awaitingRelease.remove(packetID) != nil
-        if known, sessionExpiry > 0 {
-            store.send([.released(packetID: packetID)])
-        }
-        let code: MQTTReasonCode = known || !version.hasProperties ? .success : .packetIdentifierNotFound
-        write(.pubComp(MQTTAckPacket(packetIdentifier: packetID, reasonCode: code)), flush: true)
+        let (pubComp, known) = inbound.released(packetID)
+        if known, sessionExpiry > 0 { store.send([.released(packetID: packetID)]) }
+        write(pubComp, flush: true)
     }
 
     /// Publishes the will, or with a delay keeps it in Redis (``DelayedWills``), unless the

@@ -28,6 +28,9 @@ extension MQTTConnectionHandler {
         }
         version = terms.version
         encoder.version = version
+        inbound = InboundFlow(
+            receiveMaximum: node.configuration.receiveMaximum, topicAliasMaximum: node.configuration.topicAliasMaximum,
+            hasProperties: version.hasProperties)
         cleanStart = terms.cleanStart
         requestedSessionExpiry = terms.requestedSessionExpiry
         requestsProblemInformation = terms.requestsProblemInformation
@@ -179,7 +182,7 @@ extension MQTTConnectionHandler {
         let discarded = registration.discardedFilters.filter { SharedFilter($0) == nil }
         var writes: [SessionWrite] = []
         if !discarded.isEmpty { writes.append(.storedSubscriptions(adding: false, filters: discarded)) }
-        awaitingRelease = Set(registration.released)
+        inbound.resume(awaitingRelease: registration.released)
 
         subscriptions = [:]
         var indexed: [String] = []

@@ -80,15 +80,6 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     var connectDeadline: Scheduled<Void>?
     var handle: SessionHandle?
 
-    /// A QoS 1 or 2 PUBLISH from the terminal whose routing has not finished: its PUBACK /
-    /// PUBREC goes out when it and every earlier one are done (MQTT 4.6 ordering).
-    struct InboundPublish {
-        var packetID: UInt16
-        var qos: MQTTQoS
-        var reasonCode: MQTTReasonCode?
-        var reasonString: String?
-    }
-
     /// Topic filter -> subscription, without the automatic ones (below).
     var subscriptions: [String: Subscription] = [:]
     /// The automatic `push/<id>` and `broadcast` subscriptions (QoS 1 unless the terminal
@@ -111,14 +102,13 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     var clientReceiveMaximum = Int(UInt16.max)
     var clientMaximumPacketSize = Int.max
     var clientTopicAliasMaximum: UInt16 = 0
-    var inboundAliases: [UInt16: String] = [:]
     var outboundAliases: [String: UInt16] = [:]
-    var inboundPending: [InboundPublish] = []
+    /// Publishes from the terminal: aliases, acknowledgements in order, QoS 2 exchanges
+    /// (set up for the protocol version at CONNECT).
+    var inbound: InboundFlow
     /// QoS 1/2 messages routed to a session that does not outlive its connection, waiting for
     /// room in the window (the client's receive maximum) or a writable socket; bounded.
     var waiting = FIFO<(message: StoredMessage, shared: String?)>()
-    /// QoS 2 packet ids received, PUBREC sent, waiting for PUBREL.
-    var awaitingRelease: Set<UInt16> = []
     var inflight: [UInt16: Inflight] = [:]
     /// Ids of stored messages delivered for good (acknowledged, or sent at QoS 0) whose LREM
     /// has not been confirmed yet. List reads go out after those LREMs and cannot return
@@ -144,6 +134,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     init(node: PushNodeContext, encoder: MQTTPacketEncoder) {
         self.node = node
         self.encoder = encoder
+        self.inbound = InboundFlow(
+            receiveMaximum: node.configuration.receiveMaximum, topicAliasMaximum: node.configuration.topicAliasMaximum,
+            hasProperties: false)
     }
 
     /// A registration waiting for the previous connection to stop (see `PendingTakeover`).
