@@ -12,7 +12,7 @@ extension MQTTConnectionHandler {
     /// window at a time, as acknowledgements free it.
     func pumpStored() {
         guard case .active = phase, let context, context.channel.isWritable else { return }
-        guard let read = backlog.nextRead(room: window - inflight.count, window: window) else { return }
+        guard let read = backlog.nextRead(room: window - outbound.count, window: window) else { return }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         store.read(read).hop(to: context.eventLoop).whenComplete { result in
             let handler = loopBound.value
@@ -54,7 +54,7 @@ extension MQTTConnectionHandler {
                 continue
             }
             // Sent by this connection and waiting for its acknowledgement (a read from the head).
-            if inflightIDs.contains(message.id) {
+            if outbound.contains(messageID: message.id) {
                 backlog.handled(message.id)
                 continue
             }
@@ -83,7 +83,7 @@ extension MQTTConnectionHandler {
                 }
                 continue
             }
-            if delivery.qos > .atMostOnce && inflight.count >= window {
+            if delivery.qos > .atMostOnce && outbound.count >= window {
                 backlog.stopped()
                 break
             }
@@ -170,38 +170,18 @@ extension MQTTConnectionHandler {
                 return nil
             }
         }
-        if clientTopicAliasMaximum > 0 {
-            if let alias = outboundAliases[message.topic] {
-                publish.topicName = ""
-                publish.properties.append(.topicAlias, .twoByteInteger(alias))
-            } else if outboundAliases.count < min(Int(clientTopicAliasMaximum), node.configuration.topicAliasMaximum) {
-                let alias = UInt16(outboundAliases.count + 1)
-                outboundAliases[message.topic] = alias
-                publish.properties.append(.topicAlias, .twoByteInteger(alias))
-            }
+        if let (alias, isNew) = outbound.alias(for: message.topic) {
+            if !isNew { publish.topicName = "" }
+            publish.properties.append(.topicAlias, .twoByteInteger(alias))
         }
         var id: UInt16 = 0
         if delivery.qos != .atMostOnce {
-            if let preferred, preferred != 0, inflight[preferred] == nil {
-                id = preferred
-            } else {
-                id = allocatePacketID()
-            }
+            id = outbound.send(message, entry: entry, tracked: tracked, qos: delivery.qos, preferring: preferred)
             publish.packetIdentifier = id
-            inflight[id] = Inflight(message: message, entry: entry, tracked: tracked, qos: delivery.qos)
-            inflightIDs.insert(message.id)
         }
         node.metrics.delivered.increment()
         write(.publish(publish), flush: false)
         return id
-    }
-
-    func allocatePacketID() -> UInt16 {
-        while true {
-            let id = nextPacketID
-            nextPacketID = nextPacketID == .max ? 1 : nextPacketID + 1
-            if inflight[id] == nil { return id }
-        }
     }
 
     /// Records this terminal's state for a message in its status (batched, see ``StatusRecorder``).
@@ -212,58 +192,50 @@ extension MQTTConnectionHandler {
     /// QoS 2, first half: the terminal has the message (PUBREC); PUBREL goes out and the
     /// packet id stays taken until PUBCOMP.
     func received(_ ack: MQTTAckPacket) {
-        guard var pending = inflight[ack.packetIdentifier], pending.qos == .exactlyOnce, !pending.released else {
-            return protocolError("PUBREC for packet \(ack.packetIdentifier), which awaits no PUBREC")
-        }
-        if ack.reasonCode.rawValue >= 0x80 {
+        switch outbound.pubRec(ack) {
+        case .unexpected:
+            protocolError("PUBREC for packet \(ack.packetIdentifier), which awaits no PUBREC")
+        case .refused(let pending):
             // The terminal refused the message (MQTT 5): the exchange ends here, without
             // PUBREL, and the message is not kept for redelivery.
-            inflight[ack.packetIdentifier] = nil
-            inflightIDs.remove(pending.message.id)
             recordAcknowledged(pending)
             sendWaiting()
             pumpStored()
-            return
+        case .release(let pending):
+            write(.pubRel(MQTTAckPacket(packetIdentifier: ack.packetIdentifier)), flush: true)
+            guard sessionExpiry > 0 else { return }
+            // A persistent session keeps the exchange: the message leaves Redis now and a
+            // reconnect (on any node) sends PUBREL again. A clean session's client forgets its
+            // half of the exchange on reconnect, and many clients hand a QoS 2 message to the
+            // application only on PUBREL: the message stays stored until PUBCOMP, so it is sent
+            // again rather than lost.
+            recordAcknowledged(pending)
+            store.send([.awaitCompletion(packetID: ack.packetIdentifier)])
         }
-        pending.released = true
-        inflight[ack.packetIdentifier] = pending
-        write(.pubRel(MQTTAckPacket(packetIdentifier: ack.packetIdentifier)), flush: true)
-        guard sessionExpiry > 0 else { return }
-        // A persistent session keeps the exchange: the message leaves Redis now and a
-        // reconnect (on any node) sends PUBREL again. A clean session's client forgets its
-        // half of the exchange on reconnect, and many clients hand a QoS 2 message to the
-        // application only on PUBREL: the message stays stored until PUBCOMP, so it is sent
-        // again rather than lost.
-        recordAcknowledged(pending)
-        store.send([.awaitCompletion(packetID: ack.packetIdentifier)])
     }
 
     /// QoS 2, second half: PUBCOMP frees the packet id.
     func completed(_ packetID: UInt16) {
-        guard let done = inflight[packetID], done.released else {
+        guard let done = outbound.pubComp(packetID) else {
             return protocolError("PUBCOMP for packet \(packetID), which awaits no PUBCOMP")
         }
-        inflight[packetID] = nil
-        inflightIDs.remove(done.message.id)
         if sessionExpiry > 0 {
             store.send([.completed(packetID: packetID)])
         } else {
             recordAcknowledged(done)
         }
-        if case .draining = phase, inflight.isEmpty { return finishDraining() }
+        if case .draining = phase, outbound.isEmpty { return finishDraining() }
         sendWaiting()
         pumpStored()
     }
 
     func acknowledged(_ packetID: UInt16) {
         // A PUBACK for a packet id not in flight at QoS 1 (a late duplicate) is ignored.
-        guard let done = inflight[packetID], done.qos == .atLeastOnce else {
+        guard let done = outbound.pubAck(packetID) else {
             return logger.debug("PUBACK for a packet not in flight", metadata: ["packet": "\(packetID)", "phase": "\(phase)"])
         }
-        inflight[packetID] = nil
-        inflightIDs.remove(done.message.id)
         recordAcknowledged(done)
-        if case .draining = phase, inflight.isEmpty { return finishDraining() }
+        if case .draining = phase, outbound.isEmpty { return finishDraining() }
         sendWaiting()
         pumpStored()
     }
@@ -328,7 +300,7 @@ extension MQTTConnectionHandler {
         if message.topic.isEmpty { message.topic = "push/\(terminal)" }
         guard let delivery = delivery(for: message, shared: nil) else { return }
         // Online-only messages are not kept for a terminal that does not keep up.
-        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && inflight.count >= liveLimit) {
+        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && outbound.count >= liveLimit) {
             node.metrics.dropped.increment()
             if tracked { record(message.id, .dropped) }
             return
@@ -363,7 +335,7 @@ extension MQTTConnectionHandler {
     func sendWaiting() {
         guard !waiting.isEmpty, case .active = phase else { return }
         var sent = false
-        while let first = waiting.first, inflight.count < window, context?.channel.isWritable == true {
+        while let first = waiting.first, outbound.count < window, context?.channel.isWritable == true {
             waiting.removeFirst()
             guard let delivery = delivery(for: first.message, shared: first.shared) else { continue }
             sent = send(first.message, delivery: delivery, dup: false, entry: nil, tracked: false) != nil || sent
@@ -385,7 +357,7 @@ extension MQTTConnectionHandler {
         if holdUntilActive(message, tracked: false, routed: true, shared: shared) { return }
         guard let delivery = delivery(for: message, shared: shared) else { return }
         let keep = sessionExpiry > 0 && delivery.qos > .atMostOnce && shared == nil
-        if !keep, delivery.qos > .atMostOnce, !waiting.isEmpty || context?.channel.isWritable == false || inflight.count >= window {
+        if !keep, delivery.qos > .atMostOnce, !waiting.isEmpty || context?.channel.isWritable == false || outbound.count >= window {
             // Behind the ones already waiting, in order; beyond the cap the message is dropped.
             guard waiting.count < node.configuration.offlineQueueCap else {
                 node.metrics.dropped.increment()
@@ -395,7 +367,7 @@ extension MQTTConnectionHandler {
             return
         }
         if keep { return deliverKept(message, delivery: delivery, payload: payload) }
-        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && inflight.count >= liveLimit) {
+        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && outbound.count >= liveLimit) {
             node.metrics.dropped.increment()
             return
         }
@@ -414,7 +386,7 @@ extension MQTTConnectionHandler {
             message.expiresAt > 0
             ? max(1, message.expiresAt - FleetClock.nowMillis()) : Int64(node.configuration.maximumSessionExpiry) * 1000
         var writes: [SessionWrite] = [.keep(entry: entry, capacity: node.configuration.offlineQueueCap, lifetimeMillis: ttl)]
-        if backlog.caughtUp, !backlog.isReading, context?.channel.isWritable == true, inflight.count < window,
+        if backlog.caughtUp, !backlog.isReading, context?.channel.isWritable == true, outbound.count < window,
             let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false, payload: payload)
         {
             backlog.handled(message.id)

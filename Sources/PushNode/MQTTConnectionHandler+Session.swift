@@ -37,6 +37,7 @@ extension MQTTConnectionHandler {
         if let value = terms.clientReceiveMaximum { clientReceiveMaximum = value }
         if let value = terms.clientMaximumPacketSize { clientMaximumPacketSize = value }
         clientTopicAliasMaximum = terms.clientTopicAliasMaximum
+        outbound.aliasMaximum = min(Int(clientTopicAliasMaximum), node.configuration.topicAliasMaximum)
         sessionExpiry = terms.sessionExpiry
         terminal = terms.terminal
         persistentAtConnect = sessionExpiry > 0
@@ -218,7 +219,7 @@ extension MQTTConnectionHandler {
         if sessionPresent {
             for packetID in registration.releasing where packetID != 0 {
                 let placeholder = StoredMessage(id: "pubrel:\(packetID)", qos: 2, expiresAt: 0, topic: "", payload: [])
-                inflight[packetID] = Inflight(message: placeholder, entry: nil, tracked: false, qos: .exactlyOnce, released: true)
+                outbound.resumeRelease(packetID, placeholder: placeholder)
                 write(.pubRel(MQTTAckPacket(packetIdentifier: packetID)), flush: false)
             }
         }

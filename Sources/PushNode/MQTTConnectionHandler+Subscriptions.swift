@@ -119,7 +119,7 @@ extension MQTTConnectionHandler {
                 }
                 guard let best else { continue }
                 let qos = min(best.qos, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atMostOnce)
-                guard qos == .atMostOnce || handler.inflight.count < handler.window else { continue }
+                guard qos == .atMostOnce || handler.outbound.count < handler.window else { continue }
                 handler.send(
                     message, delivery: Delivery(qos: qos, retain: true, subscriptionIdentifiers: identifiers), dup: false, entry: nil,
                     tracked: false)

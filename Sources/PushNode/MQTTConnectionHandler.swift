@@ -38,18 +38,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    /// A QoS 1 or 2 message written to the terminal and not yet acknowledged.
-    struct Inflight {
-        var message: StoredMessage
-        /// The stored JSON entry, or nil for messages that were never stored.
-        var entry: String?
-        /// Whether the message has a per-terminal status record.
-        var tracked: Bool
-        /// The QoS it was sent with (the message's, capped by the subscription).
-        var qos: MQTTQoS
-        /// QoS 2 only: PUBREC arrived and PUBREL was sent; waiting for PUBCOMP.
-        var released = false
-    }
+    typealias Inflight = OutboundWindow.Inflight
 
     let node: PushNodeContext
     let encoder: MQTTPacketEncoder
@@ -102,20 +91,18 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     var clientReceiveMaximum = Int(UInt16.max)
     var clientMaximumPacketSize = Int.max
     var clientTopicAliasMaximum: UInt16 = 0
-    var outboundAliases: [String: UInt16] = [:]
     /// Publishes from the terminal: aliases, acknowledgements in order, QoS 2 exchanges
     /// (set up for the protocol version at CONNECT).
     var inbound: InboundFlow
     /// QoS 1/2 messages routed to a session that does not outlive its connection, waiting for
     /// room in the window (the client's receive maximum) or a writable socket; bounded.
     var waiting = FIFO<(message: StoredMessage, shared: String?)>()
-    var inflight: [UInt16: Inflight] = [:]
+    /// Messages towards the terminal in flight, their packet ids, outbound topic aliases.
+    var outbound = OutboundWindow()
     /// Ids of stored messages delivered for good (acknowledged, or sent at QoS 0) whose LREM
     /// has not been confirmed yet. List reads go out after those LREMs and cannot return
     /// them; a wake event that carries one of them (it raced a read) must not send it twice.
     var removing: Set<String> = []
-    var inflightIDs: Set<String> = []
-    var nextPacketID: UInt16 = 1
     /// Packets that arrived while the session was being registered.
     var earlyPackets: [MQTTPacket] = []
     /// Live messages that arrived before the stored backlog was delivered (`shared` is the
@@ -282,7 +269,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         guard case .active = phase, let context else { return close() }
         phase = .draining
         drainReason = reason
-        if inflight.isEmpty { return finishDraining() }
+        if outbound.isEmpty { return finishDraining() }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         context.eventLoop.scheduleTask(in: timeout) {
             if case .draining = loopBound.value.phase { loopBound.value.finishDraining() }
