@@ -26,14 +26,15 @@ struct DelayedWills: Sendable {
     /// Beyond ``PushNodeConfiguration/maximumDelayedWills`` waiting in the fleet it is
     /// published now (it is a message the terminal handed over: it is not dropped).
     func keep(_ will: StoredMessage, terminal: String, epoch: String, delay: Int) {
-        var entry = will
+        var kept = will
         // The will's own expiry counts from when it is published.
-        if entry.expiresAt > 0 { entry.expiresAt += Int64(delay) * 1000 }
+        if kept.expiresAt > 0 { kept.expiresAt += Int64(delay) * 1000 }
+        let entry = kept.encoded()
         let delayMillis = Int64(delay) * 1000
         let commands = [
             FleetScripts.keepWill.command(
                 keys: [keys.route(terminal), keys.will(terminal)],
-                arguments: [epoch, entry.encoded(), String(delayMillis + Self.graceMillis)]),
+                arguments: [epoch, entry, String(delayMillis + Self.graceMillis)]),
             FleetScripts.scheduleWill.command(
                 keys: [keys.wills], arguments: [terminal, String(delayMillis), String(context.configuration.maximumDelayedWills)]),
         ]
@@ -49,7 +50,7 @@ struct DelayedWills: Sendable {
                         metadata: ["terminal": "\(terminal)", "bound": "\(context.configuration.maximumDelayedWills)"])
                     context.metrics.willsUndelayed.increment()
                     context.redis.fireAndForget([
-                        FleetScripts.deleteIfEqual.command(keys: [keys.will(terminal)], arguments: [entry.encoded()])
+                        FleetScripts.deleteIfEqual.command(keys: [keys.will(terminal)], arguments: [entry])
                     ])
                     return Self.publish(will, context: context)
                 }

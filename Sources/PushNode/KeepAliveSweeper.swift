@@ -6,14 +6,29 @@ import NIOCore
 /// bytes for every idle terminal). A connection is closed at most a second after 1.5 times
 /// its keep alive passed without a packet.
 ///
-/// Confined to `eventLoop`: every call is made on it.
-final class KeepAliveSweeper: @unchecked Sendable {
+/// Confined to `eventLoop`: every call is made on it (the box checks).
+final class KeepAliveSweeper: Sendable {
     private let eventLoop: any EventLoop
-    private var members: [MQTTConnectionHandler] = []
-    private var task: RepeatedTask?
+    private let state: NIOLoopBoundBox<Members>
+
+    private struct Members {
+        var handlers: [MQTTConnectionHandler] = []
+        var task: RepeatedTask?
+    }
+
+    private var members: [MQTTConnectionHandler] {
+        get { state.value.handlers }
+        _modify { yield &state.value.handlers }
+    }
+
+    private var task: RepeatedTask? {
+        get { state.value.task }
+        _modify { yield &state.value.task }
+    }
 
     init(eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
+        self.state = NIOLoopBoundBox.makeBoxSendingValue(Members(), eventLoop: eventLoop)
     }
 
     func add(_ handler: MQTTConnectionHandler) {

@@ -123,6 +123,7 @@ final class StatusRecorder: Sendable {
             }
         }
         guard !commands.isEmpty else { return }
+        let count = commands.count
         redis.pipelineFuture(commands).whenComplete { result in
             switch result {
             case .success(let replies):
@@ -130,7 +131,7 @@ final class StatusRecorder: Sendable {
                     self.logger.warning("recording delivery states failed", metadata: ["error": "\(failure)"])
                 }
             case .failure:
-                self.retry(states, count: commands.count)
+                self.retry(states, count: count)
             }
         }
     }

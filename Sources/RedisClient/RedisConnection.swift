@@ -12,7 +12,7 @@ import NIOPosix
 /// After the connection drops, the client reconnects with exponential backoff. On every
 /// (re)connect it authenticates, selects the database, loads the registered scripts and runs
 /// the `onConnect` hooks (a subscriber re-subscribes there) before any queued command.
-public final class RedisConnection: @unchecked Sendable {
+public final class RedisConnection: Sendable {
     private enum State {
         case idle
         case connecting
@@ -21,18 +21,48 @@ public final class RedisConnection: @unchecked Sendable {
         case closed
     }
 
+    /// Everything that changes, confined to `eventLoop` (checked by the box).
+    private struct LoopState {
+        var state: State = .idle
+        var queued: [RedisRequest] = []
+        var failures = 0
+        var flushScheduled = false
+        var connectHooks: [@Sendable (RedisConnection) -> [RedisCommand]] = []
+        var stateHooks: [@Sendable (Bool) -> Void] = []
+    }
+
     /// The event loop that owns this connection.
     public let eventLoop: any EventLoop
     public let configuration: RedisConfiguration
     private let logger: Logger
     private let scripts: [RedisScript]
     private let onPush: (@Sendable (RedisReply) -> Void)?
-    private var state: State = .idle
-    private var queued: [RedisRequest] = []
-    private var failures = 0
-    private var flushScheduled = false
-    private var connectHooks: [@Sendable (RedisConnection) -> [RedisCommand]] = []
-    private var stateHooks: [@Sendable (Bool) -> Void] = []
+    private let loopState: NIOLoopBoundBox<LoopState>
+
+    private var state: State {
+        get { loopState.value.state }
+        _modify { yield &loopState.value.state }
+    }
+    private var queued: [RedisRequest] {
+        get { loopState.value.queued }
+        _modify { yield &loopState.value.queued }
+    }
+    private var failures: Int {
+        get { loopState.value.failures }
+        _modify { yield &loopState.value.failures }
+    }
+    private var flushScheduled: Bool {
+        get { loopState.value.flushScheduled }
+        _modify { yield &loopState.value.flushScheduled }
+    }
+    private var connectHooks: [@Sendable (RedisConnection) -> [RedisCommand]] {
+        get { loopState.value.connectHooks }
+        _modify { yield &loopState.value.connectHooks }
+    }
+    private var stateHooks: [@Sendable (Bool) -> Void] {
+        get { loopState.value.stateHooks }
+        _modify { yield &loopState.value.stateHooks }
+    }
 
     /// - Parameters:
     ///   - scripts: Lua scripts loaded with SCRIPT LOAD on every connect.
@@ -49,6 +79,7 @@ public final class RedisConnection: @unchecked Sendable {
         self.logger = logger
         self.scripts = scripts
         self.onPush = onPush
+        self.loopState = NIOLoopBoundBox.makeBoxSendingValue(LoopState(), eventLoop: eventLoop)
     }
 
     /// Starts connecting; safe to call more than once.
