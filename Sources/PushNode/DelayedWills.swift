@@ -107,11 +107,16 @@ struct DelayedWills: Sendable {
             let entry = reads[offset * 2].string
             let connected = reads[offset * 2 + 1].int == 1
             if let entry, !connected {
-                guard let will = StoredMessage.decode(entry) else { continue }
-                // Published before its claim is settled: a node dying here leaves the lease
-                // to run out and the will to the next sweep (at least once).
-                try await Self.route(will, context: context).get()
-                context.metrics.willsPublished.increment()
+                if let will = StoredMessage.decode(entry) {
+                    // Published before its claim is settled: a node dying here leaves the lease
+                    // to run out and the will to the next sweep (at least once).
+                    try await Self.route(will, context: context).get()
+                    context.metrics.willsPublished.increment()
+                } else {
+                    // Unreadable (written by hand?): settled like a published one, not claimed
+                    // again at every lease.
+                    context.logger.warning("dropping an unreadable delayed will", metadata: ["terminal": "\(claim.terminal)"])
+                }
             }
             if let entry { settle.append(FleetScripts.deleteIfEqual.command(keys: [keys.will(claim.terminal)], arguments: [entry])) }
             settle.append(FleetScripts.settleWill.command(keys: [keys.wills], arguments: [claim.terminal, claim.lease]))

@@ -193,6 +193,16 @@ def test_a_delayed_will_survives_the_death_of_its_node_and_is_published_once(fle
         wait_for(lambda: http_status(f"http://127.0.0.1:{fleet.admin_ports[1]}/readyz") == 200, what="node2 ready again")
 
 
+def test_an_unreadable_delayed_will_written_into_redis_is_dropped_once(fleet):
+    """Anyone with Redis can write there: a will that does not decode is settled (dropped with
+    a warning), not claimed again at every 30 s lease, and no node stops."""
+    fleet.redis_cli("SET", "pushfleet:{t:garbled}:will", "{not json")
+    fleet.redis_cli("ZADD", "pushfleet:wills", "0", "garbled")
+    wait_for(lambda: not fleet.redis_cli("ZSCORE", "pushfleet:wills", "garbled"), timeout=10, what="the claim settled")
+    assert fleet.redis_cli("EXISTS", "pushfleet:{t:garbled}:will") == "0"
+    assert node_alive(fleet, fleet.node_ports[0]) and node_alive(fleet, fleet.node_ports[1])
+
+
 def test_a_delayed_will_one_past_the_fleets_bound_is_published_at_once(fleet):
     fleet.redis_cli("DEL", "pushfleet:wills")
     redis, port = f"redis://127.0.0.1:{fleet.redis_port}", free_port()
