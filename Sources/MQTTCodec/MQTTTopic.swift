@@ -36,16 +36,25 @@ public enum MQTTTopic {
     /// Whether `filter` matches the topic name `topic`. A filter starting with a wildcard does
     /// not match topics starting with `$`.
     public static func matches(filter: String, topic: String) -> Bool {
-        if topic.hasPrefix("$") && (filter.hasPrefix("+") || filter.hasPrefix("#")) { return false }
+        covers(pattern: filter, filter: topic)
+    }
+
+    /// Whether the filter `pattern` matches every topic that `filter` matches (`news/#` covers
+    /// `news/sport/+`, not `#`). With a topic name for `filter` this is ``matches(filter:topic:)``:
+    /// the one implementation of MQTT's matching rules (4.7) that the topic ACL and the
+    /// sessions use; the fleet's topic trie is held to it by a randomized test.
+    public static func covers(pattern: String, filter: String) -> Bool {
+        // A filter starting with a wildcard does not reach topics starting with `$` (4.7.2).
+        if filter.hasPrefix("$") != pattern.hasPrefix("$") && (pattern.hasPrefix("+") || pattern.hasPrefix("#")) { return false }
+        let p = pattern.split(separator: "/", omittingEmptySubsequences: false)
         let f = filter.split(separator: "/", omittingEmptySubsequences: false)
-        let t = topic.split(separator: "/", omittingEmptySubsequences: false)
-        var index = 0
-        while index < f.count {
-            if f[index] == "#" { return true }
-            guard index < t.count else { return false }
-            if f[index] != "+" && f[index] != t[index] { return false }
-            index += 1
+        for (index, level) in p.enumerated() {
+            // `a/#` takes `a` and everything below it.
+            if level == "#" { return true }
+            guard index < f.count, f[index] != "#" else { return false }
+            if level == "+" { continue }
+            if level != f[index] { return false }
         }
-        return index == t.count
+        return p.count == f.count
     }
 }

@@ -25,27 +25,13 @@ struct TopicACL: Sendable {
     func maySubscribe(_ filter: String, terminal: String) -> Bool {
         if open { return true }
         let filter = SharedFilter(filter)?.filter ?? filter
-        return subscribePatterns.contains { Self.covers(pattern: $0.replacingClientID(with: terminal), filter: filter) }
+        return subscribePatterns.contains { MQTTTopic.covers(pattern: $0.replacingClientID(with: terminal), filter: filter) }
     }
 
     func mayPublish(_ topic: String, terminal: String) -> Bool {
         if topic.hasPrefix("$SYS/") || topic == "$SYS" { return false }
         if open { return true }
         return publishPatterns.contains { MQTTTopic.matches(filter: $0.replacingClientID(with: terminal), topic: topic) }
-    }
-
-    /// Whether every topic `filter` matches is matched by `pattern`.
-    static func covers(pattern: String, filter: String) -> Bool {
-        if filter.hasPrefix("$") != pattern.hasPrefix("$") && (pattern.hasPrefix("+") || pattern.hasPrefix("#")) { return false }
-        let p = pattern.split(separator: "/", omittingEmptySubsequences: false)
-        let f = filter.split(separator: "/", omittingEmptySubsequences: false)
-        for (index, level) in p.enumerated() {
-            if level == "#" { return true }
-            guard index < f.count, f[index] != "#" else { return false }
-            if level == "+" { continue }
-            if level != f[index] { return false }
-        }
-        return p.count == f.count
     }
 }
 

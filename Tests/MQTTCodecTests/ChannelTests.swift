@@ -111,5 +111,17 @@ struct ChannelTests {
         #expect(!MQTTTopic.matches(filter: "a/+", topic: "a/b/c"))
         #expect(!MQTTTopic.matches(filter: "#", topic: "$SYS/x"))
         #expect(MQTTTopic.matches(filter: "$SYS/#", topic: "$SYS/x"))
+        #expect(!MQTTTopic.matches(filter: "+/x", topic: "$SYS/x"))
+        #expect(MQTTTopic.matches(filter: "a//b", topic: "a//b") && !MQTTTopic.matches(filter: "a/+", topic: "a//b"))
+    }
+
+    @Test func filtersCoverFilters() {
+        #expect(MQTTTopic.covers(pattern: "news/#", filter: "news/sport/+"))
+        #expect(MQTTTopic.covers(pattern: "news/#", filter: "news/#"))
+        #expect(MQTTTopic.covers(pattern: "news/+", filter: "news/+"))
+        #expect(!MQTTTopic.covers(pattern: "news/+", filter: "news/#"))
+        #expect(!MQTTTopic.covers(pattern: "news/#", filter: "#"))
+        #expect(!MQTTTopic.covers(pattern: "+/a", filter: "$SYS/a"))
+        #expect(!MQTTTopic.covers(pattern: "a/b", filter: "a/+"))
     }
 }
