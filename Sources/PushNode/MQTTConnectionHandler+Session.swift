@@ -67,6 +67,7 @@ extension MQTTConnectionHandler {
         // The script reads the head of the list: the backlog's first read.
         guard let read = backlog.nextRead(room: window, window: window) else { preconditionFailure("a new session reads its list") }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        registerSentAt = .now()
         store.register(
             epoch: epoch, connectedAt: connectedAt, cleanStart: cleanStart, issuedAt: issuedAt, readCount: read.count,
             persistent: sessionExpiry > 0
@@ -113,7 +114,11 @@ extension MQTTConnectionHandler {
         // is) before this one starts, so no message goes out on both; what it sent and did not
         // see acknowledged is then read again and goes out here with DUP.
         let oldNode = registration.oldNode
-        if let previous = node.registry.register(handle) {
+        let previous = node.registry.register(handle)
+        // A wake that came while the registration was under way (after its list read, before
+        // this handle was findable) reached no session: the list is read again.
+        if node.registry.takeMissedWake(for: terminal, since: registerSentAt) { backlog.woken() }
+        if let previous {
             waitForPredecessor(registration, read: read, assignedID: assignedID)
             let successor = self.epoch
             previous.execute { old in

@@ -126,6 +126,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             hasProperties: false)
     }
 
+    /// When the register script went out (wakes that found no session since are caught up on).
+    var registerSentAt = NIODeadline.uptimeNanoseconds(0)
+
     /// A registration waiting for the previous connection to stop (see `PendingTakeover`).
     var pendingTakeover: PendingTakeover?
 

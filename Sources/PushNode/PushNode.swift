@@ -280,9 +280,21 @@ public final class PushNode: Service, Sendable {
                 if let entries = event.entries, entries.count == terminals.count {
                     var byTerminal: [String: [String]] = [:]
                     for (terminal, entry) in zip(terminals, entries) { byTerminal[terminal, default: []].append(entry) }
-                    for (terminal, new) in byTerminal { registry.handle(for: terminal)?.execute { $0.wake(entries: new) } }
+                    for (terminal, new) in byTerminal {
+                        guard let handle = registry.handle(for: terminal) else {
+                            registry.missedWake(for: terminal)
+                            continue
+                        }
+                        handle.execute { $0.wake(entries: new) }
+                    }
                 } else {
-                    for terminal in terminals { registry.handle(for: terminal)?.execute { $0.wake() } }
+                    for terminal in terminals {
+                        guard let handle = registry.handle(for: terminal) else {
+                            registry.missedWake(for: terminal)
+                            continue
+                        }
+                        handle.execute { $0.wake() }
+                    }
                 }
             case .kick:
                 guard let terminal = event.terminals?.first else { continue }

@@ -26,6 +26,34 @@ final class SessionRegistry: Sendable {
 
     var all: [SessionHandle] { sessions.withLockedValue { Array($0.values) } }
     var count: Int { sessions.withLockedValue { $0.count } }
+
+    /// Wakes that found no session, by terminal and time. A terminal whose registration is
+    /// under way (its register script read the list, its reply has not come back) is not
+    /// findable yet: a wake for an entry stored in that gap would be lost, so the session
+    /// checks here once it is registered. Bounded: past ``missedWakeLimit`` entries, those
+    /// older than ``missedWakeLifetime`` go, then all.
+    private let missedWakes = NIOLockedValueBox([String: NIODeadline]())
+    static let missedWakeLimit = 10_000
+    static let missedWakeLifetime = TimeAmount.seconds(30)
+
+    /// Records that a wake for `terminal` found no session.
+    func missedWake(for terminal: String, at now: NIODeadline = .now()) {
+        missedWakes.withLockedValue { missed in
+            if missed.count >= Self.missedWakeLimit {
+                missed = missed.filter { now - $0.value < Self.missedWakeLifetime }
+                if missed.count >= Self.missedWakeLimit { missed.removeAll(keepingCapacity: true) }
+            }
+            missed[terminal] = now
+        }
+    }
+
+    /// Whether a wake for `terminal` found no session at or after `since`; forgets it.
+    func takeMissedWake(for terminal: String, since: NIODeadline) -> Bool {
+        guard let at = missedWakes.withLockedValue({ $0.removeValue(forKey: terminal) }) else { return false }
+        return at >= since
+    }
+
+    var missedWakeCount: Int { missedWakes.withLockedValue { $0.count } }
 }
 
 /// A registered connection: its terminal, epoch, and a way to reach its handler.
