@@ -36,8 +36,7 @@ extension MQTTConnectionHandler {
         requestsProblemInformation = terms.requestsProblemInformation
         if let value = terms.clientReceiveMaximum { clientReceiveMaximum = value }
         if let value = terms.clientMaximumPacketSize { clientMaximumPacketSize = value }
-        clientTopicAliasMaximum = terms.clientTopicAliasMaximum
-        outbound.aliasMaximum = min(Int(clientTopicAliasMaximum), node.configuration.topicAliasMaximum)
+        outbound.aliasMaximum = min(Int(terms.clientTopicAliasMaximum), node.configuration.topicAliasMaximum)
         sessionExpiry = terms.sessionExpiry
         terminal = terms.terminal
         persistentAtConnect = sessionExpiry > 0

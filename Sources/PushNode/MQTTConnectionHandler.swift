@@ -90,7 +90,6 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// What the client accepts (MQTT 5 CONNECT properties).
     var clientReceiveMaximum = Int(UInt16.max)
     var clientMaximumPacketSize = Int.max
-    var clientTopicAliasMaximum: UInt16 = 0
     /// Publishes from the terminal: aliases, acknowledgements in order, QoS 2 exchanges
     /// (set up for the protocol version at CONNECT).
     var inbound: InboundFlow

@@ -44,6 +44,25 @@ def node_alive(fleet, port):
     return answer == (0x20, b"\x00\x00")
 
 
+def start_extra_node(fleet, node_id, *flags):
+    """Starts one more anonymous push node on the fleet's Redis with `flags`; returns its MQTT
+    port once it listens. Stop it with fleet.kill(f"node-{node_id}", signal.SIGTERM)."""
+    port = free_port()
+    fleet.start(f"node-{node_id}", [fleet.binary, "node", "--redis", f"redis://127.0.0.1:{fleet.redis_port}", "--secret", SECRET,
+                                    "--node-id", node_id, "--mqtt", f"127.0.0.1:{port}", "--allow-anonymous", *flags])
+    wait_port(port)
+    return port
+
+
+def read_or_none(client, seconds):
+    """The next packet within `seconds`, or None if none came."""
+    client.sock.settimeout(seconds)
+    try:
+        return client.read()
+    except OSError:
+        return None
+
+
 def test_a_filter_or_topic_of_60000_levels_is_refused_and_the_node_stays_up(fleet):
     port = fleet.node_ports[0]
     client = RawMQTT(port)
@@ -178,11 +197,7 @@ def test_a_delayed_will_survives_the_death_of_its_node_and_is_published_once(fle
         assert (message["topic"], message["payload"]) == ("wills/orphan", b"my node died"), message
         watcher.puback(message["id"])
         # Published once: no second copy, nothing left in Redis.
-        watcher.sock.settimeout(3)
-        try:
-            extra = watcher.read()
-        except OSError:
-            extra = None
+        extra = read_or_none(watcher, 3)
         assert extra is None, extra
         assert not fleet.redis_cli("ZSCORE", "pushfleet:wills", "orphan")
         assert fleet.redis_cli("EXISTS", "pushfleet:{t:orphan}:will") == "0"
@@ -205,23 +220,16 @@ def test_an_unreadable_delayed_will_written_into_redis_is_dropped_once(fleet):
 
 def test_a_delayed_will_one_past_the_fleets_bound_is_published_at_once(fleet):
     fleet.redis_cli("DEL", "pushfleet:wills")
-    redis, port = f"redis://127.0.0.1:{fleet.redis_port}", free_port()
-    fleet.start("node-wills", [fleet.binary, "node", "--redis", redis, "--secret", SECRET, "--node-id", "wills",
-                               "--mqtt", f"127.0.0.1:{port}", "--allow-anonymous", "--max-delayed-wills", "2"])
+    port = start_extra_node(fleet, "wills", "--max-delayed-wills", "2")
     watcher = RawMQTT(fleet.node_ports[0])
     try:
-        wait_port(port)
         assert watcher.connect("bound-watcher") == (0x20, b"\x00\x00")
         assert suback_codes(subscribe_many(watcher, ["wills/#"], qos=0)) == [0]
         time.sleep(0.3)
         for index in range(2):
             connect_with_delayed_will(port, f"bound-{index}", b"later", delay=60).close()
         wait_for(lambda: int(fleet.redis_cli("ZCARD", "pushfleet:wills")) == 2, what="two wills kept")
-        watcher.sock.settimeout(0.5)
-        try:
-            early = watcher.read()
-        except OSError:
-            early = None
+        early = read_or_none(watcher, 0.5)
         assert early is None, early
         connect_with_delayed_will(port, "bound-2", b"now", delay=60).close()
         watcher.sock.settimeout(5)
@@ -275,13 +283,9 @@ def test_a_retained_payload_one_past_its_size_is_refused(fleet):
 
 def test_the_fleets_retained_messages_stop_at_their_count_and_bytes_and_a_retained_will_at_its_size(fleet):
     clear_retained(fleet)
-    redis, port = f"redis://127.0.0.1:{fleet.redis_port}", free_port()
-    fleet.start("node-retained", [fleet.binary, "node", "--redis", redis, "--secret", SECRET, "--node-id", "retained",
-                                  "--mqtt", f"127.0.0.1:{port}", "--allow-anonymous", "--max-retained", "3",
-                                  "--max-retained-bytes", "7000", "--max-retained-size", "3000"])
+    port = start_extra_node(fleet, "retained", "--max-retained", "3", "--max-retained-bytes", "7000", "--max-retained-size", "3000")
     watcher = RawMQTT(fleet.node_ports[0])
     try:
-        wait_port(port)
         assert watcher.connect("ret-watcher") == (0x20, b"\x00\x00")
         assert suback_codes(subscribe_many(watcher, ["count/#"], qos=0)) == [0]
         time.sleep(0.3)
