@@ -24,6 +24,8 @@ public struct StoredMessage: Codable, Hashable, Sendable {
     public var retain: Bool?
     /// Stored for a persistent session's subscription (discarded when that session starts clean).
     public var session: Bool?
+    /// The entry field that holds ``session`` (scripts that act on it are given this name).
+    public static let sessionField = "session"
     /// MQTT 5 payload format indicator, content type, response topic, correlation data
     /// (base64) and user properties, forwarded unchanged.
     public var format: UInt8?
@@ -73,7 +75,7 @@ public struct StoredMessage: Codable, Hashable, Sendable {
         writer.field("qos", integer: qos)
         writer.field("responseTopic", responseTopic)
         writer.field("retain", bool: retain)
-        writer.field("session", bool: session)
+        writer.field(Self.sessionField, bool: session)
         writer.field("topic", topic)
         if let user {
             writer.key("user")
@@ -113,7 +115,7 @@ public struct StoredMessage: Codable, Hashable, Sendable {
             case "payload": payload = scanner.string()
             case "origin": message.origin = scanner.string()
             case "retain": message.retain = scanner.bool()
-            case "session": message.session = scanner.bool()
+            case Self.sessionField: message.session = scanner.bool()
             case "format": message.format = scanner.integer().flatMap { UInt8(exactly: $0) }
             case "contentType": message.contentType = scanner.string()
             case "responseTopic": message.responseTopic = scanner.string()

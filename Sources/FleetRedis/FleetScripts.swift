@@ -7,7 +7,8 @@ public enum FleetScripts {
     ///
     /// KEYS: route, session, subscriptions, revoked, queue, sent, released, releasing, will.
     /// ARGV: node, epoch, connectedAt, cleanStart (0/1), issuedAt ("" skips the revocation
-    /// check), queue read limit, persistent (0/1: the session outlives the connection).
+    /// check), queue read limit, persistent (0/1: the session outlives the connection), the
+    /// entry field that marks messages stored for a subscription (``StoredMessage/sessionField``).
     /// Returns `{"revoked"}` or `{"ok", oldNode, oldEpoch, sessionPresent, subs, queue, sent,
     /// discardedFilters, released, releasing}`. Reading the queue in the same script as writing the
     /// route closes the race with a control node that stores a message and then reads the
@@ -28,7 +29,8 @@ public enum FleetScripts {
           discarded = redis.call('HKEYS', KEYS[3])
           redis.call('DEL', KEYS[2], KEYS[3], KEYS[7], KEYS[8])
           for _, entry in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
-            if string.find(entry, '"session":true', 1, true) then redis.call('LREM', KEYS[5], 1, entry) end
+            local ok, message = pcall(cjson.decode, entry)
+            if ok and type(message) == 'table' and message[ARGV[8]] == true then redis.call('LREM', KEYS[5], 1, entry) end
           end
         else
           present = redis.call('EXISTS', KEYS[2])

@@ -23,7 +23,7 @@ enum ConnectNegotiation {
         var clientTopicAliasMaximum: UInt16 = 0
         /// When the credential was issued, for the revocation check ("" for none).
         var issuedAt = ""
-        var will: MQTTConnectionHandler.Will? = nil
+        var will: MQTTSession.Will? = nil
         var keepAliveSeconds: UInt16
         /// A keep alive the node sets instead of the client's (MQTT 5 CONNACK).
         var serverKeepAlive: UInt16? = nil
@@ -127,7 +127,7 @@ enum ConnectNegotiation {
             let message = StoredMessage(
                 published: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties,
                 origin: terms.terminal)
-            terms.will = MQTTConnectionHandler.Will(message: message, delay: will.properties.integer(.willDelayInterval) ?? 0)
+            terms.will = MQTTSession.Will(message: message, delay: will.properties.integer(.willDelayInterval) ?? 0)
         }
         let maximumKeepAlive = configuration.maximumKeepAlive
         if version.hasProperties, maximumKeepAlive > 0, terms.keepAliveSeconds == 0 || Int(terms.keepAliveSeconds) > maximumKeepAlive {

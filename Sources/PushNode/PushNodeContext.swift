@@ -26,6 +26,8 @@ final class PushNodeContext: Sendable {
     let keepAliveSweepers = KeepAliveSweepers()
     /// Connections held, against ``PushNodeConfiguration/maximumConnections``.
     let connectionSlots: ConnectionSlots
+    /// What the node's MQTT sessions share.
+    let sessionEnvironment: SessionEnvironment
 
     init(
         configuration: PushNodeConfiguration, redis: RedisConnection, registry: SessionRegistry, credentials: CredentialAuthority,
@@ -45,6 +47,8 @@ final class PushNodeContext: Sendable {
         self.router = router
         self.status = StatusRecorder(redis: redis, keys: configuration.keys, logger: logger)
         self.connectionSlots = ConnectionSlots(limit: configuration.maximumConnections)
+        self.sessionEnvironment = SessionEnvironment(
+            configuration: configuration, credentials: credentials, acl: acl, local: local, metrics: metrics, logger: logger)
     }
 
     var keys: FleetKeys { configuration.keys }

@@ -3,7 +3,7 @@ import FleetRedis
 import RedisClient
 
 /// What a session needs from Redis when it starts, decoded once from the ``FleetScripts/register``
-/// reply (and refreshed by ``SessionStore/reload(_:window:)`` after a takeover).
+/// reply (and refreshed by ``RedisSessionStore/reload(_:window:)`` after a takeover).
 struct SessionRegistration {
     /// The node and epoch of the terminal's previous connection ("" when there was none).
     var oldNode: String
@@ -29,6 +29,22 @@ struct SessionRegistration {
         case unexpectedReply(RedisReply)
     }
 
+    init(
+        oldNode: String = "", oldEpoch: String = "", sessionExisted: Bool = false, subscriptions: [String: String] = [:],
+        queue: [String] = [], sent: [String: UInt16] = [:], discardedFilters: [String] = [], released: [UInt16] = [],
+        releasing: [UInt16] = []
+    ) {
+        self.oldNode = oldNode
+        self.oldEpoch = oldEpoch
+        self.sessionExisted = sessionExisted
+        self.subscriptions = subscriptions
+        self.queue = queue
+        self.sent = sent
+        self.discardedFilters = discardedFilters
+        self.released = released
+        self.releasing = releasing
+    }
+
     /// Decodes the register script's reply.
     init(reply: RedisReply) throws(Failure) {
         guard let array = reply.array, let status = array.first?.string else { throw .unexpectedReply(reply) }
@@ -45,7 +61,7 @@ struct SessionRegistration {
         releasing = Self.packetIDList(array[9])
     }
 
-    /// Applies the replies to ``SessionStore/reload(_:window:)``'s reads.
+    /// Applies the replies to ``RedisSessionStore/reload(_:window:)``'s reads.
     /// Throws when Redis did not answer every read.
     mutating func reload(_ replies: [RedisReply]) throws(Failure) {
         guard replies.count == 5 else { throw .unexpectedReply(.array(replies)) }

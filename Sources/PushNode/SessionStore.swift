@@ -46,9 +46,34 @@ struct StoredListRead {
     var sent: [String: UInt16]?
 }
 
-/// Every Redis command a session issues, with replies decoded into typed values. One per
-/// connection (a value: the node's context and the terminal).
-struct SessionStore {
+/// Where a session keeps its state: registration, its stored list, what it sent, its
+/// subscriptions and QoS 2 exchanges. Replies come decoded into typed values. The session
+/// (``MQTTSession``) never calls it: it asks for these through its actions, and the
+/// connection performs them here.
+protocol SessionStore {
+    /// Registers the connection (route, session) and reads the session's state and the head
+    /// of its stored list, atomically.
+    func register(_ request: SessionRegisterRequest) -> EventLoopFuture<SessionRegistration>
+    /// Reads the session's state again after the previous connection stopped.
+    func reload(_ registration: SessionRegistration, window: Int) -> EventLoopFuture<SessionRegistration>
+    /// Tells `oldNode` to stop the terminal's previous connection; succeeds with the number
+    /// of nodes that heard it.
+    func kick(on oldNode: String, _ event: NodeEvent) -> EventLoopFuture<Int>
+    /// Removes the route if it is still `epoch`'s; ends the session or keeps it `expiry` s.
+    func unregister(epoch: String, expiry: UInt32) -> EventLoopFuture<Bool>
+    /// The retained messages for `filters` (matching is the caller's).
+    func retained(for filters: [String]) -> EventLoopFuture<[StoredMessage]>
+    /// Reads part of the stored list.
+    func read(_ read: StoredBacklog.Read) -> EventLoopFuture<StoredListRead>
+    /// Applies `writes` in order; succeeds once they are kept.
+    func write(_ writes: [SessionWrite]) -> EventLoopFuture<Void>
+    /// Applies `writes` in order without waiting.
+    func send(_ writes: [SessionWrite])
+}
+
+/// The session store in Redis: every Redis command a session issues. One per connection (a
+/// value: the node's context and the terminal).
+struct RedisSessionStore: SessionStore {
     let node: PushNodeContext
     let terminal: String
 
@@ -57,16 +82,15 @@ struct SessionStore {
 
     /// Registers the connection `epoch` (route, session) and reads the session's state and the
     /// head of its stored list (`readCount` entries), atomically.
-    func register(
-        epoch: String, connectedAt: Int64, cleanStart: Bool, issuedAt: String, readCount: Int, persistent: Bool
-    ) -> EventLoopFuture<SessionRegistration> {
+    func register(_ request: SessionRegisterRequest) -> EventLoopFuture<SessionRegistration> {
         let command = FleetScripts.register.command(
             keys: [
                 keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
                 keys.sent(terminal), keys.released(terminal), keys.releasing(terminal), keys.will(terminal),
             ],
             arguments: [
-                node.nodeID, epoch, String(connectedAt), cleanStart ? "1" : "0", issuedAt, String(readCount), persistent ? "1" : "0",
+                node.nodeID, request.epoch, String(request.connectedAt), request.cleanStart ? "1" : "0", request.issuedAt,
+                String(request.readCount), request.persistent ? "1" : "0", StoredMessage.sessionField,
             ]
         )
         return redis.pipelineFuture([command]).flatMapThrowing { replies in try SessionRegistration(reply: replies[0].throwingError()) }

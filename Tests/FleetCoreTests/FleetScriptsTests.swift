@@ -25,7 +25,7 @@ struct FleetScriptsTests {
                     keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal),
                     keys.queue(terminal), keys.sent(terminal), keys.released(terminal), keys.releasing(terminal), keys.will(terminal),
                 ],
-                arguments: [node, epoch, "1", clean ? "1" : "0", issuedAt, "10", clean ? "0" : "1"]
+                arguments: [node, epoch, "1", clean ? "1" : "0", issuedAt, "10", clean ? "0" : "1", StoredMessage.sessionField]
             )
         )
         return reply.array ?? []

@@ -110,7 +110,7 @@ struct WillScriptsTests {
                     keys.route("r"), keys.session("r"), keys.subscriptions("r"), keys.revoked("r"), keys.queue("r"), keys.sent("r"),
                     keys.released("r"), keys.releasing("r"), keys.will("r"),
                 ],
-                arguments: ["n2", "e2", "1", "0", "", "10", "1"]))
+                arguments: ["n2", "e2", "1", "0", "", "10", "1", StoredMessage.sessionField]))
         #expect(reply.array?.first?.string == "ok")
         #expect(try await redis.send("EXISTS", keys.will("r")).int == 0)
         await redis.close()

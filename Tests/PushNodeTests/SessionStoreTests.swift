@@ -21,7 +21,7 @@ struct SessionStoreTests {
             logger: Logger(label: "test"))
     }
 
-    func store(_ terminal: String) -> SessionStore { SessionStore(node: node.context, terminal: terminal) }
+    func store(_ terminal: String) -> RedisSessionStore { RedisSessionStore(node: node.context, terminal: terminal) }
 
     func entry(_ id: String, session: Bool = false) -> String {
         var message = StoredMessage(id: id, qos: 1, expiresAt: 0, topic: "push/t", payload: Array(id.utf8))
@@ -29,8 +29,10 @@ struct SessionStoreTests {
         return message.encoded()
     }
 
-    func register(_ store: SessionStore, epoch: String, clean: Bool = false) async throws -> SessionRegistration {
-        try await store.register(epoch: epoch, connectedAt: 1, cleanStart: clean, issuedAt: "", readCount: 10, persistent: true).get()
+    func register(_ store: some SessionStore, epoch: String, clean: Bool = false) async throws -> SessionRegistration {
+        try await store.register(
+            SessionRegisterRequest(epoch: epoch, connectedAt: 1, cleanStart: clean, issuedAt: "", readCount: 10, persistent: true)
+        ).get()
     }
 
     @Test func storedEntriesAndSentPacketIDsReadBackAndLeave() async throws {
@@ -93,5 +95,21 @@ struct SessionStoreTests {
         let t = store("t4")
         #expect(try await t.retained(for: ["r/a", "r/none"]).get() == [a])
         #expect(Set(try await t.retained(for: ["r/+"]).get().map(\.id)) == ["r1", "r2"])
+    }
+
+    @Test func aCleanStartDropsWhatWasKeptForSubscriptionsAndKeepsPushes() async throws {
+        let t = store("t5")
+        _ = try await register(t, epoch: "e1")
+        // A push whose topic carries the marker's text is a push all the same.
+        let lookalike = StoredMessage(id: "p2", qos: 1, expiresAt: 0, topic: "a/\"session\":true", payload: [1]).encoded()
+        try await t.write([
+            .keep(entry: entry("p1"), capacity: 100, lifetimeMillis: 60_000),
+            .keep(entry: entry("s1", session: true), capacity: 100, lifetimeMillis: 60_000),
+            .keep(entry: lookalike, capacity: 100, lifetimeMillis: 60_000),
+            .keep(entry: "not json", capacity: 100, lifetimeMillis: 60_000),
+            .keep(entry: entry("s2", session: true), capacity: 100, lifetimeMillis: 60_000),
+        ]).get()
+        let clean = try await register(t, epoch: "e2", clean: true)
+        #expect(clean.queue == [entry("p1"), lookalike, "not json"])
     }
 }

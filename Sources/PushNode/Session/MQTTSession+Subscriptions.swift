@@ -1,13 +1,10 @@
 import FleetCore
 import Logging
 import MQTTCodec
-import NIOCore
 
 /// SUBSCRIBE and UNSUBSCRIBE, retained messages, the automatic subscriptions, the node index.
-extension MQTTConnectionHandler {
-    // MARK: Subscriptions
-
-    func subscribeReceived(_ subscribe: MQTTSubscribePacket) {
+extension MQTTSession {
+    mutating func subscribeReceived(_ subscribe: MQTTSubscribePacket) {
         var identifier: UInt32?
         if version.hasProperties, let value = subscribe.properties.integer(.subscriptionIdentifier) {
             guard value > 0 else { return disconnect(.protocolError, "subscription identifier 0") }
@@ -17,7 +14,7 @@ extension MQTTConnectionHandler {
         var record: [String: String] = [:]
         var indexed: [String] = []
         var stored: [String] = []
-        var retained: [(filter: String, subscription: Subscription)] = []
+        var retained: [RetainedRequest] = []
         var refused: [String] = []
         var overQuota = false
         // A filter given several times in one SUBSCRIBE: each gets its code, the last one's
@@ -27,7 +24,7 @@ extension MQTTConnectionHandler {
             let filter = requested.topicFilter
             let shared = SharedFilter(filter)
             guard
-                MQTTTopic.levelCount(filter) <= node.configuration.maximumTopicLevels,
+                MQTTTopic.levelCount(filter) <= configuration.maximumTopicLevels,
                 filter.hasPrefix("$share/") ? shared.map({ MQTTTopic.isValidFilter($0.filter) }) ?? false : MQTTTopic.isValidFilter(filter)
             else {
                 codes.append(version.hasProperties ? .topicFilterInvalid : .v3SubscribeFailure)
@@ -36,7 +33,7 @@ extension MQTTConnectionHandler {
             if shared != nil && requested.options.noLocal && version.hasProperties {
                 return disconnect(.protocolError, "no local on a shared subscription")
             }
-            guard node.acl.maySubscribe(filter, terminal: terminal) else {
+            guard environment.acl.maySubscribe(filter, terminal: terminal) else {
                 codes.append(version.hasProperties ? .notAuthorized : .v3SubscribeFailure)
                 refused.append(filter)
                 continue
@@ -44,7 +41,7 @@ extension MQTTConnectionHandler {
             let subscription = Subscription(
                 qos: requested.options.qos, noLocal: requested.options.noLocal, retainAsPublished: requested.options.retainAsPublished,
                 identifier: identifier)
-            guard isAutomatic(filter) || subscriptions[filter] != nil || subscriptions.count < node.configuration.maximumSubscriptions
+            guard isAutomatic(filter) || subscriptions[filter] != nil || subscriptions.count < configuration.maximumSubscriptions
             else {
                 codes.append(version.hasProperties ? .quotaExceeded : .v3SubscribeFailure)
                 overQuota = true
@@ -68,8 +65,8 @@ extension MQTTConnectionHandler {
             record[filter] = subscription.encoded
             if sessionExpiry > 0 && shared == nil { stored.append(filter) }
             switch requested.options.retainHandling {
-            case .sendOnSubscribe where shared == nil: retained.append((filter, subscription))
-            case .sendOnSubscribeIfNew where shared == nil && isNew: retained.append((filter, subscription))
+            case .sendOnSubscribe where shared == nil: retained.append(RetainedRequest(filter: filter, subscription: subscription))
+            case .sendOnSubscribeIfNew where shared == nil && isNew: retained.append(RetainedRequest(filter: filter, subscription: subscription))
             default: break
             }
             codes.append(MQTTReasonCode(subscription.qos.rawValue))
@@ -82,53 +79,47 @@ extension MQTTConnectionHandler {
         if wantsProblemInformation, !refused.isEmpty {
             subackProperties.append(.reasonString, .string("not allowed to subscribe to " + refused.joined(separator: ", ")))
         } else if wantsProblemInformation, overQuota {
-            subackProperties.append(.reasonString, .string("at most \(node.configuration.maximumSubscriptions) subscriptions per session"))
+            subackProperties.append(.reasonString, .string("at most \(configuration.maximumSubscriptions) subscriptions per session"))
         }
         let suback = MQTTPacket.subAck(
             MQTTSubAckPacket(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes, properties: subackProperties))
-        guard !writes.isEmpty, let context else { return write(suback, flush: true) }
+        guard !writes.isEmpty else { return write(suback, flush: true) }
         // SUBACK once the fleet index has the filters, so a publish sent after it finds them.
-        let retainedFor = retained
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        store.write(writes).hop(to: context.eventLoop).whenComplete { result in
-            let handler = loopBound.value
-            if case .failure(let error) = result {
-                handler.logger.warning("recording subscriptions failed", metadata: ["error": "\(error)"])
-            }
-            handler.write(suback, flush: true)
-            if !retainedFor.isEmpty { handler.sendRetained(for: retainedFor) }
-        }
+        emit(.recordSubscriptions(writes, SubscribeReply(suback: suback, retained: retained)))
     }
 
-    /// Sends the retained messages matching new subscriptions. A filter without wildcards is
-    /// one HGET; a wildcard filter reads the whole retained hash (its cost grows with the
-    /// number of retained topics; see README).
-    func sendRetained(for requested: [(filter: String, subscription: Subscription)]) {
-        guard let context else { return }
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        store.retained(for: requested.map(\.filter)).hop(to: context.eventLoop).whenSuccess { messages in
-            let handler = loopBound.value
-            guard case .active = handler.phase else { return }
-            let now = FleetClock.nowMillis()
-            for message in messages where !message.isExpired(nowMillis: now) {
-                var best: Subscription?
-                var identifiers: [UInt32] = []
-                for (filter, subscription) in requested where MQTTTopic.matches(filter: filter, topic: message.topic) {
-                    if best == nil || subscription.qos > best!.qos { best = subscription }
-                    if let id = subscription.identifier { identifiers.append(id) }
-                }
-                guard let best else { continue }
-                let qos = min(best.qos, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atMostOnce)
-                guard qos == .atMostOnce || handler.outbound.count < handler.window else { continue }
-                handler.send(
-                    message, delivery: Delivery(qos: qos, retain: true, subscriptionIdentifiers: identifiers), dup: false, entry: nil,
-                    tracked: false)
-            }
-            handler.flush()
+    /// The subscriptions of a SUBSCRIBE were recorded (or recording them `failed`): SUBACK,
+    /// then the retained messages for them.
+    mutating func subscriptionsRecorded(_ reply: SubscribeReply, failed error: (any Error)? = nil) {
+        if let error { logger.warning("recording subscriptions failed", metadata: ["error": "\(error)"]) }
+        switch phase {
+        case .active, .draining: break
+        default: return
         }
+        write(reply.suback, flush: true)
+        if !reply.retained.isEmpty { emit(.readRetained(reply.retained)) }
     }
 
-    func unsubscribeReceived(_ unsubscribe: MQTTUnsubscribePacket) {
+    /// Sends the retained messages matching new subscriptions (read by `readRetained`).
+    mutating func retainedRead(_ messages: [StoredMessage], for requested: [RetainedRequest]) {
+        guard case .active = phase else { return }
+        let now = clock.wallMillis
+        for message in messages where !message.isExpired(nowMillis: now) {
+            var best: Subscription?
+            var identifiers: [UInt32] = []
+            for request in requested where MQTTTopic.matches(filter: request.filter, topic: message.topic) {
+                if best == nil || request.subscription.qos > best!.qos { best = request.subscription }
+                if let id = request.subscription.identifier { identifiers.append(id) }
+            }
+            guard let best else { continue }
+            let qos = min(best.qos, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atMostOnce)
+            guard qos == .atMostOnce || outbound.count < window else { continue }
+            send(message, delivery: Delivery(qos: qos, retain: true, subscriptionIdentifiers: identifiers), dup: false, entry: nil, tracked: false)
+        }
+        flush()
+    }
+
+    mutating func unsubscribeReceived(_ unsubscribe: MQTTUnsubscribePacket) {
         var codes: [MQTTReasonCode] = []
         var unindexed: [String] = []
         var stored: [String] = []
@@ -149,7 +140,7 @@ extension MQTTConnectionHandler {
         var writes: [SessionWrite] = [.forgetSubscriptions(unsubscribe.topicFilters)]
         if !unindexed.isEmpty { writes.append(.nodeIndex(adding: false, filters: unindexed)) }
         if !stored.isEmpty { writes.append(.storedSubscriptions(adding: false, filters: stored)) }
-        store.send(writes)
+        store(writes)
         write(.unsubAck(MQTTSubAckPacket(packetIdentifier: unsubscribe.packetIdentifier, reasonCodes: codes)), flush: true)
     }
 
@@ -165,7 +156,7 @@ extension MQTTConnectionHandler {
         return filter == "broadcast" ? broadcastSubscription : pushSubscription
     }
 
-    func setAutomatic(_ filter: String, _ subscription: Subscription?) {
+    mutating func setAutomatic(_ filter: String, _ subscription: Subscription?) {
         if filter == "broadcast" { broadcastSubscription = subscription } else { pushSubscription = subscription }
     }
 
@@ -173,16 +164,16 @@ extension MQTTConnectionHandler {
 
     /// Adds a filter to the node's local index; true when the fleet index must learn it.
     func joinLocalIndex(_ filter: String) -> Bool {
-        node.local.add(member, filter: filter)
+        environment.local.add(member, filter: filter)
     }
 
     func leaveLocalIndex(_ filter: String) -> Bool {
-        node.local.remove(member, filter: filter)
+        environment.local.remove(member, filter: filter)
     }
 
     /// Takes all of this connection's subscriptions out of the node's index.
-    func leaveLocalIndex() {
+    mutating func leaveLocalIndex() {
         let unindexed = subscriptions.keys.filter { !isAutomatic($0) && leaveLocalIndex($0) }
-        if !unindexed.isEmpty { store.send([.nodeIndex(adding: false, filters: unindexed)]) }
+        if !unindexed.isEmpty { store([.nodeIndex(adding: false, filters: unindexed)]) }
     }
 }

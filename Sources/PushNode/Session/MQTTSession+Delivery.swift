@@ -4,33 +4,32 @@ import MQTTCodec
 import NIOCore
 
 /// Messages towards the terminal: the stored list, live pushes, routed publishes, acknowledgements.
-extension MQTTConnectionHandler {
-    // MARK: Delivery
-
+extension MQTTSession {
     /// Reads the next entries of the stored list when there may be some and the window has
     /// room for them (see ``StoredBacklog``): a backlog of any length drains in order, a
     /// window at a time, as acknowledgements free it.
-    func pumpStored() {
-        guard case .active = phase, let context, context.channel.isWritable else { return }
+    mutating func pumpStored() {
+        guard case .active = phase, writable else { return }
         guard let read = backlog.nextRead(room: window - outbound.count, window: window) else { return }
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        store.read(read).hop(to: context.eventLoop).whenComplete { result in
-            let handler = loopBound.value
-            guard case .active = handler.phase else { return }
-            switch result {
-            case .success(let listed):
-                handler.readCompleted(read, entries: listed.entries, sent: listed.sent)
-            case .failure(let error):
-                handler.logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
-                handler.backlog.readFailed()
-            }
+        emit(.readStored(read))
+    }
+
+    /// A list read (`readStored`) answered.
+    mutating func storedRead(_ read: StoredBacklog.Read, _ result: Result<StoredListRead, any Error>) {
+        guard case .active = phase else { return }
+        switch result {
+        case .success(let listed):
+            readCompleted(read, entries: listed.entries, sent: listed.sent)
+        case .failure(let error):
+            logger.warning("reading stored messages failed", metadata: ["error": "\(error)"])
+            backlog.readFailed()
         }
     }
 
     /// Handles a list read: the new entries go out, then the next read if there may be more.
-    func readCompleted(_ read: StoredBacklog.Read, entries: [String], sent: [String: UInt16]?) {
+    mutating func readCompleted(_ read: StoredBacklog.Read, entries: [String], sent: [String: UInt16]?) {
         let messages = entries.map { StoredMessage.decode($0) }
-        switch backlog.readCompleted(read, ids: messages.map { $0?.id }, sent: sent, now: .now()) {
+        switch backlog.readCompleted(read, ids: messages.map { $0?.id }, sent: sent, now: clock.uptime) {
         case .mismatch:
             logger.debug("stored list changed under the session: reading it from its head")
         case .entries(let fresh):
@@ -43,10 +42,10 @@ extension MQTTConnectionHandler {
     /// acknowledged), removed (expired, unreadable, sent at QoS 0), or kept for a subscription
     /// the session lacks. Stops when the window is full or the socket does not take more; the
     /// rest is read again later.
-    func deliverStored(_ entries: ArraySlice<String>, _ messages: ArraySlice<StoredMessage?>) {
+    mutating func deliverStored(_ entries: ArraySlice<String>, _ messages: ArraySlice<StoredMessage?>) {
         var writes: [SessionWrite] = []
         var removed: [String] = []
-        let now = FleetClock.nowMillis()
+        let now = clock.wallMillis
         for (entry, message) in zip(entries, messages) {
             guard let message else {
                 logger.warning("dropping an unreadable stored entry")
@@ -60,14 +59,14 @@ extension MQTTConnectionHandler {
             }
             if removing.contains(message.id) { continue }
             if message.isExpired(nowMillis: now) {
-                node.metrics.expired.increment()
+                metrics.expired.increment()
                 writes += [.removeEntry(entry), .forgetSent(messageID: message.id)]
                 if message.hasStatus { record(message.id, .expired) }
                 backlog.removed(message.id)
                 continue
             }
             // A terminal that does not read: the rest waits in Redis until it drains its socket.
-            if context?.channel.isWritable == false {
+            if !writable {
                 backlog.stopped()
                 break
             }
@@ -149,13 +148,13 @@ extension MQTTConnectionHandler {
     /// larger than the client's maximum packet size: such a message is discarded as if it had
     /// been sent (MQTT 5 3.1.2.11.4).
     @discardableResult
-    func send(
+    mutating func send(
         _ message: StoredMessage, delivery: Delivery, dup: Bool, entry: String?, tracked: Bool, packetID preferred: UInt16? = nil,
         payload shared: ByteBuffer? = nil
     ) -> UInt16? {
         let properties =
             version.hasProperties
-            ? message.outboundProperties(subscriptionIdentifiers: delivery.subscriptionIdentifiers, nowMillis: FleetClock.nowMillis())
+            ? message.outboundProperties(subscriptionIdentifiers: delivery.subscriptionIdentifiers, nowMillis: clock.wallMillis)
             : []
         let payload = shared ?? message.payloadBuffer()
         var publish = MQTTPublishPacket(
@@ -165,7 +164,7 @@ extension MQTTConnectionHandler {
             var scratch = ByteBuffer()
             try? MQTTPacket.publish(publish).write(to: &scratch, version: version)
             guard scratch.readableBytes <= clientMaximumPacketSize else {
-                node.metrics.dropped.increment()
+                metrics.dropped.increment()
                 logger.debug("message over the client's maximum packet size discarded", metadata: ["message": "\(message.id)"])
                 return nil
             }
@@ -179,19 +178,16 @@ extension MQTTConnectionHandler {
             id = outbound.send(message, entry: entry, tracked: tracked, qos: delivery.qos, preferring: preferred)
             publish.packetIdentifier = id
         }
-        node.metrics.delivered.increment()
+        metrics.delivered.increment()
         write(.publish(publish), flush: false)
         return id
     }
 
     /// Records this terminal's state for a message in its status (batched, see ``StatusRecorder``).
-    func record(_ messageID: String, _ state: MessageState) {
-        node.status.record(messageID, terminal: terminal, state)
-    }
-
+    
     /// QoS 2, first half: the terminal has the message (PUBREC); PUBREL goes out and the
     /// packet id stays taken until PUBCOMP.
-    func received(_ ack: MQTTAckPacket) {
+    mutating func received(_ ack: MQTTAckPacket) {
         switch outbound.pubRec(ack) {
         case .unexpected:
             protocolError("PUBREC for packet \(ack.packetIdentifier), which awaits no PUBREC")
@@ -210,17 +206,17 @@ extension MQTTConnectionHandler {
             // application only on PUBREL: the message stays stored until PUBCOMP, so it is sent
             // again rather than lost.
             recordAcknowledged(pending)
-            store.send([.awaitCompletion(packetID: ack.packetIdentifier)])
+            store([.awaitCompletion(packetID: ack.packetIdentifier)])
         }
     }
 
     /// QoS 2, second half: PUBCOMP frees the packet id.
-    func completed(_ packetID: UInt16) {
+    mutating func completed(_ packetID: UInt16) {
         guard let done = outbound.pubComp(packetID) else {
             return protocolError("PUBCOMP for packet \(packetID), which awaits no PUBCOMP")
         }
         if sessionExpiry > 0 {
-            store.send([.completed(packetID: packetID)])
+            store([.completed(packetID: packetID)])
         } else {
             recordAcknowledged(done)
         }
@@ -229,7 +225,7 @@ extension MQTTConnectionHandler {
         pumpStored()
     }
 
-    func acknowledged(_ packetID: UInt16) {
+    mutating func acknowledged(_ packetID: UInt16) {
         // A PUBACK for a packet id not in flight at QoS 1 (a late duplicate) is ignored.
         guard let done = outbound.pubAck(packetID) else {
             return logger.debug("PUBACK for a packet not in flight", metadata: ["packet": "\(packetID)", "phase": "\(phase)"])
@@ -241,8 +237,8 @@ extension MQTTConnectionHandler {
     }
 
     /// Removes an acknowledged message from Redis and records its state.
-    func recordAcknowledged(_ done: Inflight) {
-        node.metrics.acknowledged.increment()
+    mutating func recordAcknowledged(_ done: Inflight) {
+        metrics.acknowledged.increment()
         var writes: [SessionWrite] = []
         if let entry = done.entry {
             writes += [.removeEntry(entry), .forgetSent(messageID: done.message.id)]
@@ -250,39 +246,41 @@ extension MQTTConnectionHandler {
         }
         // Acknowledged after its ttl passed: the status already counts it expired (the
         // control node settles expiry when the status is read), and it stays so.
-        if done.tracked { record(done.message.id, done.message.isExpired(nowMillis: FleetClock.nowMillis()) ? .expired : .acknowledged) }
+        if done.tracked { record(done.message.id, done.message.isExpired(nowMillis: clock.wallMillis) ? .expired : .acknowledged) }
         if !writes.isEmpty { removeFromList(writes, ids: done.entry == nil ? [] : [done.message.id]) }
     }
 
     /// Writes `writes`, which take the messages `ids` out of the list; until Redis confirms,
     /// list reads skip them.
-    func removeFromList(_ writes: [SessionWrite], ids: [String]) {
-        guard !ids.isEmpty, let context else { return store.send(writes) }
+    mutating func removeFromList(_ writes: [SessionWrite], ids: [String]) {
+        guard !ids.isEmpty else { return store(writes) }
         removing.formUnion(ids)
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        store.write(writes).hop(to: context.eventLoop).whenComplete { _ in
-            loopBound.value.removing.subtract(ids)
-        }
+        emit(.storeRemoving(writes, ids: ids))
+    }
+
+    /// Redis confirmed (or failed) the removal of `ids` from the list.
+    mutating func removalConfirmed(_ ids: [String]) {
+        removing.subtract(ids)
     }
 
     /// Told by a `wake` event that carries the new entries themselves. A session that has
     /// handled everything older delivers them at once, without reading the list (they are
     /// the list's newest entries); any other reads the list (``StoredBacklog``).
-    func wake(entries: [String]) {
-        guard case .active = phase, backlog.mayDeliverFromWake(now: .now()) else { return wake() }
+    mutating func wake(entries: [String]) {
+        guard case .active = phase, backlog.mayDeliverFromWake(now: clock.uptime) else { return wake() }
         deliverStored(entries[...], entries.map { StoredMessage.decode($0) }[...])
         pumpStored()
     }
 
     /// Told by a `wake` event: the terminal's list has new entries.
-    func wake() {
+    mutating func wake() {
         switch phase {
         case .active:
             backlog.woken()
             pumpStored()
         // The registration read the list; entries stored after that are read once it completes.
-        case .registering: backlog.woken()
-        case .awaitingConnect, .draining, .stopped, .closed: break
+        case .connecting: backlog.woken()
+        case .awaitingConnect, .draining, .stopped, .closed, .modifying: break
         }
     }
 
@@ -293,49 +291,51 @@ extension MQTTConnectionHandler {
     /// `payload`: the message's payload decoded once for all the sessions it goes to.
     ///
     /// `countReach`: a broadcast, whose status counts the terminals it reached.
-    func deliverLive(_ message: StoredMessage, tracked: Bool, countReach: Bool = false, payload: ByteBuffer? = nil) {
+    mutating func deliverLive(_ message: StoredMessage, tracked: Bool, countReach: Bool = false, payload: ByteBuffer? = nil) {
         if holdUntilActive(message, tracked: tracked, routed: false, shared: nil) { return }
         var message = message
         // Unicast events name the terminals and leave the topic to each of them.
         if message.topic.isEmpty { message.topic = "push/\(terminal)" }
         guard let delivery = delivery(for: message, shared: nil) else { return }
         // Online-only messages are not kept for a terminal that does not keep up.
-        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && outbound.count >= liveLimit) {
-            node.metrics.dropped.increment()
+        if !writable || (delivery.qos > .atMostOnce && outbound.count >= liveLimit) {
+            metrics.dropped.increment()
             if tracked { record(message.id, .dropped) }
             return
         }
         let sent = send(message, delivery: delivery, dup: false, entry: nil, tracked: tracked, payload: payload) != nil
         flush()
         if tracked { record(message.id, sent ? .delivered : .dropped) }
-        if sent && countReach { node.status.countReach(message.id) }
+        if sent && countReach { emit(.countReach(messageID: message.id)) }
     }
 
     /// Live messages that come before the session is active wait (bounded) until it is, so they
     /// never overtake the stored backlog; a session past its end takes nothing. Returns true
     /// when the caller is done with `message` (kept for later, dropped, or not for this phase).
-    func holdUntilActive(_ message: StoredMessage, tracked: Bool, routed: Bool, shared: String?) -> Bool {
+    mutating func holdUntilActive(_ message: StoredMessage, tracked: Bool, routed: Bool, shared: String?) -> Bool {
         switch phase {
-        case .registering:
-            guard earlyDeliveries.count < 4 * node.configuration.inflightWindow else {
-                node.metrics.dropped.increment()
+        case .connecting(var connecting):
+            guard connecting.deliveries.count < 4 * configuration.inflightWindow else {
+                metrics.dropped.increment()
                 if tracked { record(message.id, .dropped) }
                 return true
             }
-            earlyDeliveries.append((message, tracked, routed, shared))
+            phase = .modifying
+            connecting.deliveries.append(EarlyDelivery(message: message, tracked: tracked, routed: routed, shared: shared))
+            phase = .connecting(connecting)
             return true
         case .active:
             return false
-        case .awaitingConnect, .draining, .stopped, .closed:
+        case .awaitingConnect, .draining, .stopped, .closed, .modifying:
             return true
         }
     }
 
     /// Sends waiting routed messages while the window has room and the socket takes them.
-    func sendWaiting() {
+    mutating func sendWaiting() {
         guard !waiting.isEmpty, case .active = phase else { return }
         var sent = false
-        while let first = waiting.first, outbound.count < window, context?.channel.isWritable == true {
+        while let first = waiting.first, outbound.count < window, writable {
             waiting.removeFirst()
             guard let delivery = delivery(for: first.message, shared: first.shared) else { continue }
             sent = send(first.message, delivery: delivery, dup: false, entry: nil, tracked: false) != nil || sent
@@ -353,22 +353,22 @@ extension MQTTConnectionHandler {
     /// the shared subscription this session was picked for). For a persistent session a QoS
     /// 1/2 message is written to Redis while in flight, so a reconnect on any node gets it
     /// again; when the session cannot take it now it waits there instead of being dropped.
-    func deliverPublished(_ message: StoredMessage, shared: String?, payload: ByteBuffer? = nil) {
+    mutating func deliverPublished(_ message: StoredMessage, shared: String?, payload: ByteBuffer? = nil) {
         if holdUntilActive(message, tracked: false, routed: true, shared: shared) { return }
         guard let delivery = delivery(for: message, shared: shared) else { return }
         let keep = sessionExpiry > 0 && delivery.qos > .atMostOnce && shared == nil
-        if !keep, delivery.qos > .atMostOnce, !waiting.isEmpty || context?.channel.isWritable == false || outbound.count >= window {
+        if !keep, delivery.qos > .atMostOnce, !waiting.isEmpty || !writable || outbound.count >= window {
             // Behind the ones already waiting, in order; beyond the cap the message is dropped.
-            guard waiting.count < node.configuration.offlineQueueCap else {
-                node.metrics.dropped.increment()
+            guard waiting.count < configuration.offlineQueueCap else {
+                metrics.dropped.increment()
                 return
             }
             waiting.append((message, shared))
             return
         }
         if keep { return deliverKept(message, delivery: delivery, payload: payload) }
-        if context?.channel.isWritable == false || (delivery.qos > .atMostOnce && outbound.count >= liveLimit) {
-            node.metrics.dropped.increment()
+        if !writable || (delivery.qos > .atMostOnce && outbound.count >= liveLimit) {
+            metrics.dropped.increment()
             return
         }
         send(message, delivery: delivery, dup: false, entry: nil, tracked: false, payload: payload)
@@ -378,23 +378,23 @@ extension MQTTConnectionHandler {
     /// A routed QoS 1/2 message for a persistent session: stored in the terminal's list first.
     /// When the session has handled everything before it in the list, it goes out at once;
     /// otherwise it waits behind the entries not read yet and is read in order.
-    func deliverKept(_ message: StoredMessage, delivery: Delivery, payload: ByteBuffer?) {
+    mutating func deliverKept(_ message: StoredMessage, delivery: Delivery, payload: ByteBuffer?) {
         var stored = message
         stored.session = true
         let entry = stored.encoded()
         let ttl =
             message.expiresAt > 0
-            ? max(1, message.expiresAt - FleetClock.nowMillis()) : Int64(node.configuration.maximumSessionExpiry) * 1000
-        var writes: [SessionWrite] = [.keep(entry: entry, capacity: node.configuration.offlineQueueCap, lifetimeMillis: ttl)]
-        if backlog.caughtUp, !backlog.isReading, context?.channel.isWritable == true, outbound.count < window,
+            ? max(1, message.expiresAt - clock.wallMillis) : Int64(configuration.maximumSessionExpiry) * 1000
+        var writes: [SessionWrite] = [.keep(entry: entry, capacity: configuration.offlineQueueCap, lifetimeMillis: ttl)]
+        if backlog.caughtUp, !backlog.isReading, writable, outbound.count < window,
             let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false, payload: payload)
         {
             backlog.handled(message.id)
             writes.append(.recordSent(messageID: message.id, packetID: packetID))
-            store.send(writes)
+            store(writes)
             return flush()
         }
-        store.send(writes)
+        store(writes)
         backlog.woken()
         pumpStored()
     }

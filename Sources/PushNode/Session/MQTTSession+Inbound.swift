@@ -1,14 +1,11 @@
 import FleetCore
-import FleetRedis
 import Logging
 import MQTTCodec
 import NIOCore
 
 /// Packets from an active session: PUBLISH and its QoS flows, DISCONNECT, wills.
-extension MQTTConnectionHandler {
-    // MARK: Packets from an active session
-
-    func process(_ packet: MQTTPacket) {
+extension MQTTSession {
+    mutating func process(_ packet: MQTTPacket) {
         switch packet {
         case .publish(let publish):
             publishReceived(publish)
@@ -35,13 +32,13 @@ extension MQTTConnectionHandler {
         }
     }
 
-    func protocolError(_ reason: String) {
+    mutating func protocolError(_ reason: String) {
         disconnect(.protocolError, reason)
     }
 
     /// Ends the connection for a client's mistake: MQTT 5 gets DISCONNECT with the reason.
-    func disconnect(_ code: MQTTReasonCode, _ reason: String) {
-        node.metrics.protocolErrors.increment()
+    mutating func disconnect(_ code: MQTTReasonCode, _ reason: String) {
+        metrics.protocolErrors.increment()
         logger.info("closing the connection", metadata: ["reason": "\(reason)", "code": "\(code)"])
         if version.hasProperties { write(serverDisconnect(code, reason), flush: true) }
         close()
@@ -49,22 +46,21 @@ extension MQTTConnectionHandler {
 
     /// Unacknowledged QoS 1/2 messages towards the terminal at most: ours, or less if the
     /// client's receive maximum says so.
-    var window: Int { min(node.configuration.inflightWindow, clientReceiveMaximum) }
+    var window: Int { min(configuration.inflightWindow, clientReceiveMaximum) }
 
-    func disconnectReceived(_ disconnect: MQTTDisconnectPacket) {
+    mutating func disconnectReceived(_ disconnect: MQTTDisconnectPacket) {
         if let requested = disconnect.properties.integer(.sessionExpiryInterval) {
             // A session that ends with the connection cannot be made to outlive it (MQTT 5 3.14.2.2.2).
             guard sessionExpiry > 0 || requested == 0 else { return protocolError("session expiry set on DISCONNECT after 0 on CONNECT") }
-            sessionExpiry = min(requested, UInt32(clamping: node.configuration.maximumSessionExpiry))
+            sessionExpiry = min(requested, UInt32(clamping: configuration.maximumSessionExpiry))
         }
-        disconnected = true
         if disconnect.reasonCode != .disconnectWithWill { will = nil }
         close()
     }
 
     // MARK: Terminal publishes
 
-    func publishReceived(_ publish: MQTTPublishPacket) {
+    mutating func publishReceived(_ publish: MQTTPublishPacket) {
         switch inbound.received(publish) {
         case .route(let topic):
             route(publish, topic: topic, packetID: publish.packetIdentifier)
@@ -75,20 +71,20 @@ extension MQTTConnectionHandler {
             disconnect(code, reason)
         case .close(let reason):
             // MQTT 3.1.1 has no receive maximum to announce; reading also pauses while routes
-            // are pending (routeStarted).
-            node.metrics.protocolErrors.increment()
+            // are pending (see `routesPending`).
+            metrics.protocolErrors.increment()
             logger.info("closing the connection", metadata: ["reason": "\(reason)"])
             close()
         }
     }
 
-    func route(_ publish: MQTTPublishPacket, topic: String, packetID: UInt16?) {
-        node.metrics.published.increment()
-        let limits = node.configuration
+    mutating func route(_ publish: MQTTPublishPacket, topic: String, packetID: UInt16?) {
+        metrics.published.increment()
+        let limits = configuration
         var refusal: (code: MQTTReasonCode, why: String)?
         if MQTTTopic.levelCount(topic) > limits.maximumTopicLevels {
             refusal = (.topicNameInvalid, "more than \(limits.maximumTopicLevels) topic levels")
-        } else if !node.acl.mayPublish(topic, terminal: terminal) {
+        } else if !environment.acl.mayPublish(topic, terminal: terminal) {
             refusal = (.notAuthorized, "not allowed to publish to \(topic)")
         } else if version.hasProperties, publish.properties.integer(.payloadFormatIndicator) == 1,
             String(validating: publish.payload.readableBytesView, as: UTF8.self) == nil
@@ -103,88 +99,71 @@ extension MQTTConnectionHandler {
         let message = StoredMessage(
             published: topic, payload: publish.payload, qos: publish.qos, retain: publish.retain, properties: publish.properties,
             origin: terminal)
-        guard let context else { return }
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        routeStarted()
-        guard let packetID else {
-            node.route(message).hop(to: context.eventLoop).whenComplete { _ in loopBound.value.routeFinished() }
-            return
+        routesPending += 1
+        if routesPending == configuration.receiveMaximum { emit(.setReading(false)) }
+        emit(.route(message, packetID: packetID))
+    }
+
+    /// The fleet took (or refused) a publish of this terminal; `packetID` nil for QoS 0.
+    mutating func routed(packetID: UInt16?, _ outcome: RouteOutcome) {
+        routesPending -= 1
+        if routesPending == configuration.receiveMaximum / 2 { emit(.setReading(true)) }
+        guard let packetID else { return }
+        switch outcome {
+        case .accepted:
+            inbound.settle(packetID, code: .success)
+        case .retainedStoreFull(let why):
+            // Refused in its place among the acknowledgements (3.1.1: acknowledged, dropped).
+            metrics.publishesRefused.increment()
+            inbound.settle(
+                packetID, code: version.hasProperties ? .quotaExceeded : .success, reason: wantsProblemInformation ? why : nil)
+        case .failed(let error):
+            logger.warning("routing a publish failed", metadata: ["error": "\(error)"])
+            // Not accepted: MQTT 5 says so; a 3.1.1 client learns it by the connection closing
+            // and sends the message again.
+            guard version.hasProperties else { return close() }
+            inbound.settle(packetID, code: .implementationSpecificError)
         }
-        node.route(message).hop(to: context.eventLoop).whenComplete { result in
-            let handler = loopBound.value
-            handler.routeFinished()
-            switch result {
-            case .success:
-                handler.inbound.settle(packetID, code: .success)
-            case .failure(let error as TopicRouter.RetainedStoreFull):
-                // Refused in its place among the acknowledgements (3.1.1: acknowledged, dropped).
-                handler.node.metrics.publishesRefused.increment()
-                handler.inbound.settle(
-                    packetID, code: handler.version.hasProperties ? .quotaExceeded : .success,
-                    reason: handler.wantsProblemInformation ? "\(error)" : nil)
-            case .failure(let error):
-                handler.logger.warning("routing a publish failed", metadata: ["error": "\(error)"])
-                // Not accepted: MQTT 5 says so; a 3.1.1 client learns it by the connection closing
-                // and sends the message again.
-                guard handler.version.hasProperties else { return handler.close() }
-                handler.inbound.settle(packetID, code: .implementationSpecificError)
-            }
-            handler.flushInboundAcks()
-        }
+        flushInboundAcks()
     }
 
     /// Refuses a PUBLISH: MQTT 5 with `code` (and `why` if the client wants problem
     /// information); MQTT 3.1.1 cannot refuse one, so it is acknowledged and dropped.
-    func refuse(_ publish: MQTTPublishPacket, packetID: UInt16?, topic: String, _ code: MQTTReasonCode, why: String) {
-        node.metrics.publishesRefused.increment()
+    mutating func refuse(_ publish: MQTTPublishPacket, packetID: UInt16?, topic: String, _ code: MQTTReasonCode, why: String) {
+        metrics.publishesRefused.increment()
         logger.debug("publish refused", metadata: ["topic": "\(topic)", "reason": "\(why)"])
         guard let packetID else { return }
         inbound.settle(packetID, code: version.hasProperties ? code : .success, reason: wantsProblemInformation ? why : nil)
         flushInboundAcks()
     }
 
-    func routeStarted() {
-        routesPending += 1
-        if routesPending == node.configuration.receiveMaximum { setReading(false) }
-    }
-
-    func routeFinished() {
-        routesPending -= 1
-        if routesPending == node.configuration.receiveMaximum / 2 { setReading(true) }
-    }
-
-    func setReading(_ enabled: Bool) {
-        guard let channel = context?.channel else { return }
-        channel.setOption(ChannelOptions.autoRead, value: enabled).whenFailure { _ in }
-    }
-
     /// Writes the PUBACK / PUBREC of every finished inbound publish at the head of the line; a
     /// persistent session keeps its QoS 2 exchanges awaiting PUBREL in Redis.
-    func flushInboundAcks() {
+    mutating func flushInboundAcks() {
         let (packets, awaiting) = inbound.readyAcknowledgements()
         guard !packets.isEmpty else { return }
-        if sessionExpiry > 0, !awaiting.isEmpty { store.send(awaiting.map { .awaitRelease(packetID: $0) }) }
+        if sessionExpiry > 0, !awaiting.isEmpty { store(awaiting.map { .awaitRelease(packetID: $0) }) }
         for packet in packets { write(packet, flush: false) }
         flush()
     }
 
-    func released(_ packetID: UInt16) {
+    mutating func released(_ packetID: UInt16) {
         let (pubComp, known) = inbound.released(packetID)
-        if known, sessionExpiry > 0 { store.send([.released(packetID: packetID)]) }
+        if known, sessionExpiry > 0 { store([.released(packetID: packetID)]) }
         write(pubComp, flush: true)
     }
 
     /// Publishes the will, or with a delay keeps it in Redis (``DelayedWills``), unless the
     /// session continues on another connection.
-    func publishWill() {
+    mutating func publishWill() {
         guard let will = self.will?.message, let willDelay = self.will?.delay else { return }
         self.will = nil
-        guard node.acl.mayPublish(will.topic, terminal: terminal) else { return }
+        guard environment.acl.mayPublish(will.topic, terminal: terminal) else { return }
         // The will waits no longer than the session lives; a takeover continues the session,
         // so a delayed will is not sent then.
         let delay = min(willDelay, sessionExpiry)
-        guard delay > 0 else { return DelayedWills.publish(will, context: node) }
+        guard delay > 0 else { return emit(.publishWill(will)) }
         guard !wasTakenOver else { return }
-        DelayedWills(context: node).keep(will, terminal: terminal, epoch: epoch, delay: Int(delay))
+        emit(.keepWill(will, epoch: epoch, delay: Int(delay)))
     }
 }
