@@ -21,10 +21,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// Where this connection is in its event loop's ``KeepAliveSweeper`` (-1: not in it).
     var sweepSlot = -1
     var handle: SessionHandle?
-    /// The terminal's previous connection on this node, while it is being stopped.
-    var predecessor: SessionHandle?
-    private var connectDeadline: Scheduled<Void>?
-    private var takeoverDeadline: Scheduled<Void>?
+    /// The terminal's previous connection on this node, while it is being stopped (boxed:
+    /// rare, and an idle connection should not carry its room).
+    private var predecessor: Predecessor?
+    /// The connect deadline, then the takeover deadline (never both at once).
+    private var deadline: Scheduled<Void>?
     /// Packets of one socket read are being handled: flushes wait for the read's end, so the
     /// messages that several acknowledgements let out leave in one write.
     private var reading = false
@@ -93,7 +94,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if sweepSlot >= 0 { node.keepAliveSweepers.sweeper(for: context.eventLoop).remove(self) }
-        takeoverDeadline?.cancel()
+        deadline?.cancel()
         session.closed()
         perform()
         if let handle {
@@ -163,12 +164,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             context.channel.setOption(ChannelOptions.autoRead, value: enabled).whenFailure { _ in }
         case .schedule(let timer, let delay):
             schedule(timer, after: delay, on: context.eventLoop)
-        case .cancel(.connectDeadline):
-            connectDeadline?.cancel()
-            connectDeadline = nil
-        case .cancel(.takeover):
-            takeoverDeadline?.cancel()
-            takeoverDeadline = nil
+        case .cancel(.connectDeadline), .cancel(.takeover):
+            deadline?.cancel()
+            deadline = nil
         case .cancel:
             break
         case .watchKeepAlive:
@@ -178,7 +176,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case .claimHandle:
             claimHandle(on: context.eventLoop)
         case .stopLocalPredecessor(let successor):
-            guard let previous = predecessor, let handle else { return }
+            guard let previous = predecessor?.handle, let handle else { return }
             predecessor = nil
             previous.execute { old in
                 old.takenOver()
@@ -246,8 +244,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let bound = NIOLoopBound(self, eventLoop: loop)
         let scheduled = loop.scheduleTask(in: delay) { bound.value.feed { $0.timerFired(timer) } }
         switch timer {
-        case .connectDeadline: connectDeadline = scheduled
-        case .takeover: takeoverDeadline = scheduled
+        case .connectDeadline, .takeover: deadline = scheduled
         case .admission, .drain: break
         }
     }
@@ -265,9 +262,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             terminal: session.terminal, epoch: session.epoch, connectedAt: session.connectedAt,
             handler: NIOLoopBound(self, eventLoop: loop))
         self.handle = handle
-        predecessor = node.registry.register(handle)
+        let previous = node.registry.register(handle)
+        predecessor = previous.map(Predecessor.init)
         let missed = node.registry.takeMissedWake(for: session.terminal, since: session.registerSentAt)
-        session.handleClaimed(previousHere: predecessor != nil, missedWake: missed)
+        session.handleClaimed(previousHere: previous != nil, missedWake: missed)
+    }
+
+    private final class Predecessor {
+        let handle: SessionHandle
+        init(_ handle: SessionHandle) { self.handle = handle }
     }
 
     private func unregister(epoch: String, expiry: UInt32, forgetStoredFilters forget: [String]) {
