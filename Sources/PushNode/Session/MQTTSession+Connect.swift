@@ -170,16 +170,13 @@ extension MQTTSession {
         if !discarded.isEmpty { writes.append(.storedSubscriptions(adding: false, filters: discarded)) }
         inbound.resume(awaitingRelease: registration.released)
 
-        subscriptions = [:]
+        subscriptions = SubscriptionTable()
         var indexed: [String] = []
         var restored: [String] = []
         for (filter, encoded) in registration.subscriptions {
             guard let subscription = Subscription(encoded: encoded) else { continue }
-            if isAutomatic(filter) {
-                setAutomatic(filter, subscription)
-                continue
-            }
-            subscriptions[filter] = subscription
+            subscriptions.subscribe(filter, subscription, terminal: terminal)
+            if isAutomatic(filter) { continue }
             if joinLocalIndex(filter) { indexed.append(filter) }
             if SharedFilter(filter) == nil { restored.append(filter) }
         }

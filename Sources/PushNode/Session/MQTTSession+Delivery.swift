@@ -112,35 +112,10 @@ extension MQTTSession {
         if !writes.isEmpty { removeFromList(writes, ids: removed) }
     }
 
-    /// How `message` goes to this session, or nil when no subscription takes it. Overlapping
-    /// subscriptions deliver once, at the highest QoS, with every subscription identifier
-    /// (MQTT 5 3.3.4); a shared subscription delivers on its own.
+    /// How `message` goes to this session, or nil when no subscription takes it (see
+    /// ``SubscriptionTable/delivery(for:shared:terminal:)``).
     func delivery(for message: StoredMessage, shared: String?) -> Delivery? {
-        let published = MQTTQoS(rawValue: min(message.qos, 2)) ?? .atLeastOnce
-        let retained = message.retain == true
-        if let shared {
-            guard let subscription = subscriptions[shared] else { return nil }
-            return Delivery(
-                qos: min(subscription.qos, published), retain: subscription.retainAsPublished && retained,
-                subscriptionIdentifiers: subscription.identifier.map { [$0] } ?? [])
-        }
-        var best: MQTTQoS?
-        var retain = false
-        var identifiers: [UInt32] = []
-        if let subscription = automatic(message.topic), !(subscription.noLocal && message.origin == terminal) {
-            best = subscription.qos
-            retain = subscription.retainAsPublished && retained
-            if let identifier = subscription.identifier { identifiers.append(identifier) }
-        }
-        for (filter, subscription) in subscriptions where !filter.hasPrefix("$share/") {
-            guard MQTTTopic.matches(filter: filter, topic: message.topic) else { continue }
-            if subscription.noLocal && message.origin == terminal { continue }
-            best = max(best ?? subscription.qos, subscription.qos)
-            if subscription.retainAsPublished && retained { retain = true }
-            if let identifier = subscription.identifier { identifiers.append(identifier) }
-        }
-        guard let best else { return nil }
-        return Delivery(qos: min(best, published), retain: retain, subscriptionIdentifiers: identifiers)
+        subscriptions.delivery(for: message, shared: shared, terminal: terminal)
     }
 
     /// Writes one PUBLISH (not flushed) and tracks it when QoS 1 or 2, under `packetID` if that
@@ -184,7 +159,7 @@ extension MQTTSession {
     }
 
     /// Records this terminal's state for a message in its status (batched, see ``StatusRecorder``).
-    
+
     /// QoS 2, first half: the terminal has the message (PUBREC); PUBREL goes out and the
     /// packet id stays taken until PUBCOMP.
     mutating func received(_ ack: MQTTAckPacket) {

@@ -41,7 +41,9 @@ extension MQTTSession {
             let subscription = Subscription(
                 qos: requested.options.qos, noLocal: requested.options.noLocal, retainAsPublished: requested.options.retainAsPublished,
                 identifier: identifier)
-            guard isAutomatic(filter) || subscriptions[filter] != nil || subscriptions.count < configuration.maximumSubscriptions
+            guard
+                isAutomatic(filter) || subscriptions.subscription(filter, terminal: terminal) != nil
+                    || subscriptions.count < configuration.maximumSubscriptions
             else {
                 codes.append(version.hasProperties ? .quotaExceeded : .v3SubscribeFailure)
                 overQuota = true
@@ -55,18 +57,19 @@ extension MQTTSession {
             if isAutomatic(filter) {
                 // Kept with the session like any other (restored on reconnect), never indexed:
                 // pushes and broadcasts reach every session without the index.
-                setAutomatic(filter, subscription)
+                subscriptions.subscribe(filter, subscription, terminal: terminal)
                 record[filter] = subscription.encoded
                 codes.append(MQTTReasonCode(subscription.qos.rawValue))
                 continue
             }
-            let isNew = subscriptions.updateValue(subscription, forKey: filter) == nil
+            let isNew = subscriptions.subscribe(filter, subscription, terminal: terminal)
             if isNew, joinLocalIndex(filter) { indexed.append(filter) }
             record[filter] = subscription.encoded
             if sessionExpiry > 0 && shared == nil { stored.append(filter) }
             switch requested.options.retainHandling {
             case .sendOnSubscribe where shared == nil: retained.append(RetainedRequest(filter: filter, subscription: subscription))
-            case .sendOnSubscribeIfNew where shared == nil && isNew: retained.append(RetainedRequest(filter: filter, subscription: subscription))
+            case .sendOnSubscribeIfNew where shared == nil && isNew:
+                retained.append(RetainedRequest(filter: filter, subscription: subscription))
             default: break
             }
             codes.append(MQTTReasonCode(subscription.qos.rawValue))
@@ -114,7 +117,9 @@ extension MQTTSession {
             guard let best else { continue }
             let qos = min(best.qos, MQTTQoS(rawValue: min(message.qos, 2)) ?? .atMostOnce)
             guard qos == .atMostOnce || outbound.count < window else { continue }
-            send(message, delivery: Delivery(qos: qos, retain: true, subscriptionIdentifiers: identifiers), dup: false, entry: nil, tracked: false)
+            send(
+                message, delivery: Delivery(qos: qos, retain: true, subscriptionIdentifiers: identifiers), dup: false, entry: nil,
+                tracked: false)
         }
         flush()
     }
@@ -124,12 +129,12 @@ extension MQTTSession {
         var unindexed: [String] = []
         var stored: [String] = []
         for filter in unsubscribe.topicFilters {
+            let existed = subscriptions.unsubscribe(filter, terminal: terminal)
             if isAutomatic(filter) {
-                codes.append(automatic(filter) == nil ? .noSubscriptionExisted : .success)
-                setAutomatic(filter, nil)
+                codes.append(existed ? .success : .noSubscriptionExisted)
                 continue
             }
-            guard subscriptions.removeValue(forKey: filter) != nil else {
+            guard existed else {
                 codes.append(.noSubscriptionExisted)
                 continue
             }
@@ -146,18 +151,7 @@ extension MQTTSession {
 
     /// `push/<id>` and `broadcast`: every session has them; pushes reach them without the index.
     func isAutomatic(_ filter: String) -> Bool {
-        filter == "broadcast" || (filter.hasPrefix("push/") && filter.utf8.count == terminal.utf8.count + 5 && filter.hasSuffix(terminal))
-    }
-
-    /// The automatic subscription `filter` names (kept in two fields, not in `subscriptions`:
-    /// an idle session then holds no dictionary at all).
-    func automatic(_ filter: String) -> Subscription? {
-        guard isAutomatic(filter) else { return nil }
-        return filter == "broadcast" ? broadcastSubscription : pushSubscription
-    }
-
-    mutating func setAutomatic(_ filter: String, _ subscription: Subscription?) {
-        if filter == "broadcast" { broadcastSubscription = subscription } else { pushSubscription = subscription }
+        SubscriptionTable.isAutomatic(filter, terminal: terminal)
     }
 
     var member: LocalSubscriptions.Member { LocalSubscriptions.Member(terminal: terminal, epoch: epoch) }
@@ -173,7 +167,7 @@ extension MQTTSession {
 
     /// Takes all of this connection's subscriptions out of the node's index.
     mutating func leaveLocalIndex() {
-        let unindexed = subscriptions.keys.filter { !isAutomatic($0) && leaveLocalIndex($0) }
+        let unindexed = subscriptions.filters.keys.filter { leaveLocalIndex($0) }
         if !unindexed.isEmpty { store([.nodeIndex(adding: false, filters: unindexed)]) }
     }
 }

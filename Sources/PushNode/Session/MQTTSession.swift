@@ -100,12 +100,7 @@ struct MQTTSession {
     var requestedSessionExpiry: UInt32?
     var requestsProblemInformation = true
     var lastReceived: NIODeadline
-    /// Topic filter -> subscription, without the automatic ones (below).
-    var subscriptions: [String: Subscription] = [:]
-    /// The automatic `push/<id>` and `broadcast` subscriptions (QoS 1 unless the terminal
-    /// subscribed to them itself; nil after it unsubscribed).
-    var pushSubscription: Subscription? = Subscription(qos: .atLeastOnce)
-    var broadcastSubscription: Subscription? = Subscription(qos: .atLeastOnce)
+    var subscriptions = SubscriptionTable()
     /// Whether the session outlives the connection, and for how many seconds after it.
     var sessionExpiry: UInt32 = 0
     var persistentAtConnect = false
@@ -325,7 +320,7 @@ struct MQTTSession {
         guard !terminal.isEmpty else { return }
         var forget: [String] = []
         if persistentAtConnect, sessionExpiry == 0 {
-            forget = subscriptions.keys.filter { !isAutomatic($0) && SharedFilter($0) == nil }
+            forget = subscriptions.filters.keys.filter { SharedFilter($0) == nil }
         }
         emit(.unregister(epoch: epoch, expiry: sessionExpiry, forgetStoredFilters: forget))
     }
