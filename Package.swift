@@ -178,6 +178,13 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "MessagePathTests",
+            dependencies: [
+                "ControlNode", "PushNode", "FleetCore", "FleetRedis", "MQTTCodec", "RedisClient", "FleetTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
             name: "ControlNodeTests",
             dependencies: [
                 "ControlNode", "FleetCore", "FleetRedis", "RedisClient", "FleetTestSupport",

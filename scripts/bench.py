@@ -39,6 +39,55 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_ticks(pid):
+    """User + system CPU of a process so far, in clock ticks (1/100 s)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def command_calls(redis_port):
+    """Calls per command since the last CONFIG RESETSTAT (`INFO commandstats`, Lua's inner
+    calls included), without the measurement's own INFO and CONFIG."""
+    out = subprocess.run(["redis-cli", "-p", str(redis_port), "INFO", "commandstats"], capture_output=True, text=True,
+                         timeout=10).stdout
+    calls = {}
+    for line in out.splitlines():
+        if line.startswith("cmdstat_"):
+            name, stats = line[len("cmdstat_"):].split(":", 1)
+            fields = dict(item.split("=") for item in stats.split(","))
+            if name not in ("info", "config"):
+                calls[name] = int(fields["calls"])
+    return calls
+
+
+class CostMeter:
+    """What delivering costs the servers: CPU of every server process (PushFleet: redis-server,
+    control node, push node; Mosquitto: mosquitto) and, for PushFleet, Redis commands. The
+    load tool is not counted for either. Started before the messages are sent, read once the
+    subscribers have them."""
+
+    def __init__(self, server):
+        self.server = server
+        self.pids = server.cost_pids()
+        if isinstance(server, PushFleet):
+            subprocess.run(["redis-cli", "-p", str(server.redis_port), "CONFIG", "RESETSTAT"], capture_output=True, timeout=10)
+        self.start = {name: cpu_ticks(pid) for name, pid in self.pids.items()}
+
+    def per_message(self, delivered):
+        """Per delivered message: server CPU in microseconds (all of it, and Redis's), Redis
+        commands."""
+        used = {name: cpu_ticks(pid) - self.start[name] for name, pid in self.pids.items()}
+        delivered = max(1, delivered)
+        cost = {"server_cpu_us_per_message": sum(used.values()) * 10_000 / delivered}
+        if isinstance(self.server, PushFleet):
+            calls = command_calls(self.server.redis_port)
+            cost["redis_cpu_us_per_message"] = used["redis"] * 10_000 / delivered
+            cost["redis_commands_per_message"] = sum(calls.values()) / delivered
+            cost["redis_commands"] = calls
+        return cost
+
+
 def last_json(text):
     for line in reversed(text.strip().splitlines()):
         if line.startswith("{"):
@@ -62,6 +111,9 @@ class Mosquitto:
     @property
     def server_pid(self):
         return self.proc.pid
+
+    def cost_pids(self):
+        return {"mosquitto": self.proc.pid}
 
     def terminal_args(self, unicast_topic=True, topic=None):
         if topic:
@@ -107,6 +159,9 @@ class PushFleet:
     @property
     def server_pid(self):
         return self.node.pid
+
+    def cost_pids(self):
+        return {"redis": self.procs[0].pid, "control": self.procs[1].pid, "node": self.node.pid}
 
     def terminal_args(self, unicast_topic=True, topic=None):
         return ["--port", str(self.port), "--secret", SECRET] + (["--topic", topic] if topic else [])
@@ -184,6 +239,7 @@ class Bench:
             targets = 1 if fanout_topic else terminals
             pub_command = server.publish_args(self.binary, prefix, targets, messages, qos, rate, topic=fanout_topic)
             self.commands.setdefault(scenario, {})[kind] = (sub_command, pub_command)
+            meter = CostMeter(server)
             pub = subprocess.run(pub_command, capture_output=True, text=True, timeout=600)
             sent = last_json(pub.stdout)["sent"] * (terminals if fanout_topic else 1)
             out, _ = sub.communicate(timeout=600)
@@ -191,6 +247,7 @@ class Bench:
             result = {"messages_per_second": summary["messagesPerSecond"], "p50_ms": summary["p50Ms"], "p99_ms": summary["p99Ms"],
                       "max_ms": summary["maxMs"], "sent": sent, "unique": summary["unique"],
                       "lost": max(0, sent - summary["unique"]), "duplicated": summary["duplicates"]}
+            result.update(meter.per_message(summary["unique"]))
             self.record(scenario, kind, result)
             return result
         finally:
@@ -217,6 +274,8 @@ def backlog_scenario(bench, kind, run, terminals, per_terminal):
             away = [bench.binary, "bench", "conn", "--count", str(terminals), "--prefix", prefix, *persistent, *terminal_args]
             subprocess.run(away, capture_output=True, text=True, timeout=120, check=True)
         pub_command = server.publish_args(bench.binary, prefix, terminals, messages, 1, 0)
+        # From the push (stored, or queued in Mosquitto's sessions) to the last delivery.
+        meter = CostMeter(server)
         pub = subprocess.run(pub_command, capture_output=True, text=True, timeout=600)
         sent = last_json(pub.stdout)["sent"]
         time.sleep(1.0)
@@ -229,6 +288,7 @@ def backlog_scenario(bench, kind, run, terminals, per_terminal):
         result = {"seconds_until_all": seconds, "messages_per_second": summary["unique"] / seconds if seconds else 0,
                   "sent": sent, "unique": summary["unique"], "lost": max(0, sent - summary["unique"]),
                   "duplicated": summary["duplicates"]}
+        result.update(meter.per_message(summary["unique"]))
         bench.record("g", kind, result)
     finally:
         server.stop()
@@ -396,6 +456,45 @@ def f_report(runs):
     ]
 
 
+def cost_report(r):
+    """What one delivered message costs the servers, per scenario (medians)."""
+    lines = [
+        "## Cost per delivered message",
+        "",
+        "Server CPU from `/proc/<pid>/stat` (PushFleet: redis-server + control node + push node; "
+        "Mosquitto: mosquitto; the load tool is not counted), from just before the push to the last "
+        "delivery; Redis commands from `INFO commandstats` after `CONFIG RESETSTAT` (every command any "
+        "fleet process sent, and those Lua scripts ran).",
+        "",
+        "| scenario | Redis commands | Redis CPU | PushFleet CPU | Mosquitto CPU | ratio | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scenario, label in (("c", "c. unicast QoS 1"), ("d", "d. unicast QoS 0"), ("e", "e. fan-out"),
+                            ("g", "g. backlogs on reconnect")):
+        pushfleet = [run for run in r.get(scenario, {}).get("PushFleet", []) if "server_cpu_us_per_message" in run]
+        mosquitto = [run for run in r.get(scenario, {}).get("Mosquitto", []) if "server_cpu_us_per_message" in run]
+        if not pushfleet or not mosquitto:
+            continue
+        commands = median([run["redis_commands_per_message"] for run in pushfleet])
+        redis_cpu = median([run["redis_cpu_us_per_message"] for run in pushfleet])
+        fleet = median([run["server_cpu_us_per_message"] for run in pushfleet])
+        broker = median([run["server_cpu_us_per_message"] for run in mosquitto])
+        ratio = fleet / broker if broker else float("nan")
+        target = ""
+        if scenario == "c":
+            target = (f"<= 5 commands: {'met' if commands <= 5 else 'not met'}; <= 12 us: {'met' if redis_cpu <= 12 else 'not met'}; "
+                      f"<= 2.5x: {'met' if ratio <= 2.5 else 'not met'}")
+        lines.append(f"| {label} | {commands:.1f} | {redis_cpu:.1f} us | {fleet:.1f} us | {broker:.1f} us | {ratio:.2f}x | {target} |")
+    unicast = [run for run in r.get("c", {}).get("PushFleet", []) if "redis_commands" in run]
+    if unicast:
+        run = unicast[len(unicast) // 2]
+        delivered = max(1, run["unique"])
+        top = sorted(run["redis_commands"].items(), key=lambda item: -item[1])
+        lines += ["", "Redis commands per delivered message in scenario c, by command (one run): " +
+                  ", ".join(f"{name} {calls / delivered:.2f}" for name, calls in top if calls / delivered >= 0.01) + "."]
+    return lines
+
+
 def write_report(args, bench, info, seconds, half, own, sizes):
     r = bench.results
 
@@ -467,6 +566,8 @@ def write_report(args, bench, info, seconds, half, own, sizes):
         f"{'met' if p99 <= 10 else 'not met'} ({p99:.1f} ms).",
         "",
         *f_report(r.get("f", {}).get("PushFleet", [])),
+        "",
+        *cost_report(r),
         "",
         "## Lost and duplicated",
         "",
