@@ -158,20 +158,15 @@ struct ControlAPI: Sendable {
     /// `expired`, whether its node dropped the entry, the list key expired in Redis, or the
     /// terminal never came back. Nothing has to run at the moment of expiry.
     func messageStatus(_ id: String) async throws -> Response {
-        let replies = try await redis.pipeline([
-            RedisCommand("HGETALL", keys.messageStatus(id)),
-            RedisCommand("HSCAN", keys.messageTargets(id), "0", "COUNT", "1000"),
-        ])
-        let fields = try hash(replies[0].throwingError())
+        let fields = try hash(try await redis.send("HGETALL", keys.messageStatus(id)).throwingError())
         guard !fields.isEmpty else { throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)") }
-        var terminals: [String: String] = [:]
-        if let scan = try replies[1].throwingError().array, scan.count == 2 {
-            for (terminal, state) in try hash(scan[1]) where terminals.count < 1000 { terminals[terminal] = state }
-        }
         typealias Field = MessageStatusField
         func number(_ name: String) -> Int64 { Int64(fields[name] ?? "0") ?? 0 }
         let kind = fields[Field.kind] ?? "unicast"
         var counts = Dictionary(uniqueKeysWithValues: Field.counts.map { ($0, number($0)) })
+        // A unicast push's counts come from its targets' states.
+        var states = Field.targetStates(in: fields)
+        if kind == "unicast" { counts.merge(Field.counts(ofTargets: states.values)) { $1 } }
         var body: [String: JSONValue] = ["id": .string(id), "kind": .string(kind)]
         for name in [Field.qos, Field.ttl, Field.createdAt] { body[name] = .int(number(name)) }
         switch kind {
@@ -186,17 +181,15 @@ struct ControlAPI: Sendable {
                 func late(_ state: String) -> Bool {
                     state == MessageState.queued.rawValue || (qos > 0 && state == MessageState.delivered.rawValue)
                 }
-                var states = Array(terminals.values)
-                if Int64(terminals.count) < counts[Field.targets, default: 0] {
-                    states = (try await redis.send("HVALS", keys.messageTargets(id)).array ?? []).compactMap(\.string)
-                }
-                counts[Field.count(.expired), default: 0] += Int64(states.filter(late).count)
+                counts[Field.count(.expired), default: 0] += Int64(states.values.filter(late).count)
                 counts[Field.count(.queued)] = 0
-                terminals = terminals.mapValues { late($0) ? MessageState.expired.rawValue : $0 }
+                states = states.mapValues { late($0) ? MessageState.expired.rawValue : $0 }
             }
         }
         for (name, value) in counts { body[name] = .int(value) }
-        body["terminals"] = .object(terminals.mapValues { .string($0) })
+        // The state of each target, up to 1000 of them.
+        let listed = states.keys.sorted().prefix(1000)
+        body["terminals"] = .object(Dictionary(uniqueKeysWithValues: listed.map { ($0, JSONValue.string(states[$0]!)) }))
         if let error = fields[Field.error] { body["error"] = .string(error) }
         return try json(body, status: .ok)
     }

@@ -86,11 +86,8 @@ public struct PushDispatcher: Sendable {
         return receipt
     }
 
-    /// A message's status hash with its counts at zero (`queued` aside) and `extra` fields,
-    /// and its expiry.
-    private func statusCommands(
-        id: String, command: PushCommand, kind: String, targets: Int, queued: Int = 0, extra: [String] = []
-    ) -> [RedisCommand] {
+    /// A topic push's or broadcast's status hash with its counts at zero, and its expiry.
+    private func statusCommands(id: String, command: PushCommand, kind: String, targets: Int) -> [RedisCommand] {
         let key = keys.messageStatus(id)
         // A broadcast reaches the terminals online at that moment: nothing waits, whatever its ttl.
         let ttl = kind == "broadcast" ? 0 : command.ttl
@@ -99,8 +96,8 @@ public struct PushDispatcher: Sendable {
             key, Field.createdAt, String(FleetClock.nowMillis()), Field.kind, kind, Field.qos, String(command.qos), Field.ttl, String(ttl),
             Field.targets, String(targets),
         ]
-        for state in MessageState.allCases { fields += [Field.count(state), state == .queued ? String(queued) : "0"] }
-        return [RedisCommand("HSET", fields + extra), RedisCommand("EXPIRE", key, String(configuration.statusRetention))]
+        for state in MessageState.allCases { fields += [Field.count(state), "0"] }
+        return [RedisCommand("HSET", fields), RedisCommand("EXPIRE", key, String(configuration.statusRetention))]
     }
 
     /// The commands that store one push (ttl > 0) and read its targets' routes: the status
@@ -166,18 +163,26 @@ public struct PushDispatcher: Sendable {
             completeWhenStored: completeWhenStored && !retry)
     }
 
-    /// A new unicast message's status record: counts, metadata, and `queued` for every target.
+    /// A new unicast message's status record: its metadata and `queued` for every target, in
+    /// one hash (the counts are derived from the targets' states when it is read), created
+    /// with its expiry: one HSET and one EXPIRE for up to 500 targets.
     private func statusRecord(id: String, command: PushCommand, terminals: [String], expiresAt: Int64, complete: Bool) -> [RedisCommand] {
-        var commands = statusCommands(
-            id: id, command: command, kind: "unicast", targets: terminals.count, queued: terminals.count,
-            extra: ["expiresAt", String(expiresAt)] + (complete ? ["complete", "1"] : []))
-        let targetsKey = keys.messageTargets(id)
-        for start in stride(from: 0, to: terminals.count, by: 500) {
-            var pairs = [targetsKey]
-            for terminal in terminals[start..<min(start + 500, terminals.count)] { pairs += [terminal, MessageState.queued.rawValue] }
-            commands.append(RedisCommand("HSET", pairs))
+        let key = keys.messageStatus(id)
+        typealias Field = MessageStatusField
+        var fields = [
+            key, Field.createdAt, String(FleetClock.nowMillis()), Field.kind, "unicast", Field.qos, String(command.qos), Field.ttl,
+            String(command.ttl), Field.targets, String(terminals.count), "expiresAt", String(expiresAt),
+        ]
+        if complete { fields += [Field.complete, "1"] }
+        var commands: [RedisCommand] = []
+        for start in stride(from: 0, to: max(terminals.count, 1), by: 500) {
+            for terminal in terminals[start..<min(start + 500, terminals.count)] {
+                fields += [Field.target(terminal), MessageState.queued.rawValue]
+            }
+            commands.append(RedisCommand("HSET", fields))
+            fields = [key]
         }
-        if !terminals.isEmpty { commands.append(RedisCommand("EXPIRE", targetsKey, String(configuration.statusRetention))) }
+        commands.append(RedisCommand("EXPIRE", key, String(configuration.statusRetention)))
         return commands
     }
 
@@ -377,7 +382,7 @@ public struct PushDispatcher: Sendable {
                     if let failure = slice.first(where: \.isError) {
                         results[index] = .failure(RedisError(.server, failure.description))
                         // Its status was created complete: a refused push leaves no record.
-                        followUps.commands.append(RedisCommand("DEL", keys.messageStatus(plan.id), keys.messageTargets(plan.id)))
+                        followUps.commands.append(RedisCommand("DEL", keys.messageStatus(plan.id)))
                         continue
                     }
                     followUp(plan, replies: slice, wakes: wakes, into: &followUps)
@@ -424,7 +429,8 @@ public struct PushDispatcher: Sendable {
     }
 
     func transition(_ id: String, terminal: String, to state: MessageState) -> RedisCommand {
-        FleetScripts.transition.command(keys: [keys.messageStatus(id), keys.messageTargets(id)], arguments: [terminal, state.rawValue])
+        FleetScripts.transition.command(
+            keys: [keys.messageStatus(id)], arguments: [terminal, state.rawValue, MessageStatusField.targetPrefix])
     }
 }
 

@@ -57,10 +57,8 @@ public struct FleetKeys: Sendable, Hashable {
     /// STRING: the bytes of the entries in ``retained``, kept by ``FleetScripts/retain``.
     public var retainedBytes: String { "\(prefix)retained:bytes" }
 
-    /// HASH of a message's counts and metadata.
+    /// HASH of a message's metadata, its targets' states or its counts (``MessageStatusField``).
     public func messageStatus(_ id: String) -> String { "\(prefix){m:\(id)}:status" }
-    /// HASH terminal -> state for a message's targets.
-    public func messageTargets(_ id: String) -> String { "\(prefix){m:\(id)}:targets" }
     /// STRING mapping an API idempotency key to the message id it created.
     public func idempotency(_ key: String) -> String { "\(prefix)idem:\(key)" }
 

@@ -136,22 +136,20 @@ public enum FleetScripts {
         """
     )
 
-    /// Moves one terminal's state for a message forward and keeps the counts exact.
+    /// Moves one target's state for a unicast push forward (states never go back).
     ///
-    /// KEYS: message status, message targets. ARGV: terminal, new state.
-    /// `delivered` counts targets that were delivered (acknowledged ones included); `queued`
-    /// counts those still waiting. Returns 1 when the state changed.
+    /// KEYS: message status. ARGV: terminal, new state, the target field prefix
+    /// (``MessageStatusField/targetPrefix``). A status without that target (expired, or not a
+    /// unicast push to it) is left alone. Returns 1 when the state changed. The counts are
+    /// derived from the targets' states when the status is read.
     public static let transition = RedisScript(
         """
-        if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+        local field = ARGV[3] .. ARGV[1]
+        local old = redis.call('HGET', KEYS[1], field)
+        if not old then return 0 end
         local rank = {\(MessageState.allCases.map { "\($0.rawValue) = \($0.rank)" }.joined(separator: ", "))}
-        local old = redis.call('HGET', KEYS[2], ARGV[1])
-        local new = ARGV[2]
-        if old and rank[old] >= rank[new] then return 0 end
-        redis.call('HSET', KEYS[2], ARGV[1], new)
-        if old == 'queued' then redis.call('HINCRBY', KEYS[1], 'queued', -1) end
-        if new == 'acknowledged' and old ~= 'delivered' then redis.call('HINCRBY', KEYS[1], 'delivered', 1) end
-        redis.call('HINCRBY', KEYS[1], new, 1)
+        if rank[old] >= rank[ARGV[2]] then return 0 end
+        redis.call('HSET', KEYS[1], field, ARGV[2])
         return 1
         """
     )

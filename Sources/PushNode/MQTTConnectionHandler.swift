@@ -95,6 +95,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         if sweepSlot >= 0 { node.keepAliveSweepers.sweeper(for: context.eventLoop).remove(self) }
         deadline?.cancel()
+        flushSentRecords()
         session.closed()
         perform()
         if let handle {
@@ -152,6 +153,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case .flush:
             if reading { flushDeferred = true } else { context.flush() }
         case .close:
+            // The connection stops delivering: its `sent` records go to Redis now, ahead of
+            // whatever the node sends after (a takeover's `stopped` answer, the next read).
+            flushSentRecords()
             // What was written during this read (a refusing CONNACK, a DISCONNECT) goes out first.
             if flushDeferred {
                 flushDeferred = false
@@ -271,6 +275,11 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     private final class Predecessor {
         let handle: SessionHandle
         init(_ handle: SessionHandle) { self.handle = handle }
+    }
+
+    private func flushSentRecords() {
+        guard !session.terminal.isEmpty else { return }
+        node.sent.flush(terminal: session.terminal)
     }
 
     private func unregister(epoch: String, expiry: UInt32, forgetStoredFilters forget: [String]) {

@@ -135,6 +135,7 @@ public final class PushNode: Service, Sendable {
             for server in servers { try? await server.close() }
             await self.drainSessions()
             context.status.flush()
+            context.sent.flush()
             // After the routes' compare-and-delete scripts (same connection, in order).
             _ = try? await context.redis.pipeline([
                 RedisCommand("DEL", keys.node(configuration.nodeID)),

@@ -1,5 +1,6 @@
 import FleetCore
 import MQTTCodec
+import NIOCore
 import RedisClient
 
 /// Everything a push node needs to run.
@@ -93,6 +94,9 @@ public struct PushNodeConfiguration: Sendable {
     /// Bytes of MQTT 5 user properties (names and values) one CONNECT, will or PUBLISH may
     /// carry; beyond it the CONNECT gets CONNACK 0x95 and the PUBLISH is refused (0x83).
     public var maximumUserPropertyBytes: Int = 8_192
+    /// How long a `sent` record waits for its message's acknowledgement before it is written
+    /// (``SentRecorder``); tuning for tests, not a flag.
+    var sentRecordInterval: TimeAmount = .milliseconds(20)
 
     public init(redis: RedisConfiguration, mqttHost: String, mqttPort: Int, nodeID: String, secret: String) {
         self.redis = redis

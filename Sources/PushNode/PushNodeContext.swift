@@ -22,6 +22,8 @@ final class PushNodeContext: Sendable {
     let router: TopicRouter
     /// Delivery states for the messages' status records, batched.
     let status: StatusRecorder
+    /// The `sent` records of messages in flight, written a tick late (most never are).
+    let sent: SentRecorder
     /// Keep-alive checks, one sweeper per event loop.
     let keepAliveSweepers = KeepAliveSweepers()
     /// Connections held, against ``PushNodeConfiguration/maximumConnections``.
@@ -46,6 +48,7 @@ final class PushNodeContext: Sendable {
         self.acl = acl
         self.router = router
         self.status = StatusRecorder(redis: redis, keys: configuration.keys, logger: logger)
+        self.sent = SentRecorder(redis: redis, keys: configuration.keys, interval: configuration.sentRecordInterval)
         self.connectionSlots = ConnectionSlots(limit: configuration.maximumConnections)
         self.sessionEnvironment = SessionEnvironment(
             configuration: configuration, credentials: credentials, acl: acl, local: local, metrics: metrics, logger: logger)

@@ -161,15 +161,37 @@ struct RedisSessionStore: SessionStore {
 
     /// Writes `writes` in one pipeline, in order; succeeds once Redis has taken them.
     func write(_ writes: [SessionWrite]) -> EventLoopFuture<Void> {
-        redis.pipelineFuture(writes.map(command)).flatMapThrowing { replies in
+        let commands = commands(for: writes)
+        guard !commands.isEmpty else { return redis.eventLoop.makeSucceededVoidFuture() }
+        return redis.pipelineFuture(commands).flatMapThrowing { replies in
             for reply in replies { _ = try reply.throwingError() }
         }
     }
 
     /// Writes `writes` in one pipeline without waiting (failures are logged by the connection).
     func send(_ writes: [SessionWrite]) {
-        guard !writes.isEmpty else { return }
-        redis.fireAndForget(writes.map(command))
+        let commands = commands(for: writes)
+        guard !commands.isEmpty else { return }
+        redis.fireAndForget(commands)
+    }
+
+    /// The commands behind `writes`. `sent` records go through the node's ``SentRecorder``:
+    /// written a tick late, and not at all when the acknowledgement comes first (then their
+    /// removal costs nothing either).
+    func commands(for writes: [SessionWrite]) -> [RedisCommand] {
+        var commands: [RedisCommand] = []
+        commands.reserveCapacity(writes.count)
+        for write in writes {
+            switch write {
+            case .recordSent(let id, let packetID):
+                node.sent.record(terminal: terminal, id: id, packetID: packetID)
+            case .forgetSent(let id):
+                if !node.sent.forget(terminal: terminal, id: id) { commands.append(command(write)) }
+            default:
+                commands.append(command(write))
+            }
+        }
+        return commands
     }
 
     func command(_ write: SessionWrite) -> RedisCommand {

@@ -119,7 +119,7 @@ final class StatusRecorder: Sendable {
             for (terminal, state) in terminals {
                 commands.append(
                     FleetScripts.transition.command(
-                        keys: [keys.messageStatus(id), keys.messageTargets(id)], arguments: [terminal, state.rawValue]))
+                        keys: [keys.messageStatus(id)], arguments: [terminal, state.rawValue, MessageStatusField.targetPrefix]))
             }
         }
         guard !commands.isEmpty else { return }

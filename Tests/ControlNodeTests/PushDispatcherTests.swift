@@ -27,9 +27,10 @@ struct PushDispatcherTests {
     var dispatcher: PushDispatcher { PushDispatcher(configuration: configuration, redis: redis, logger: Logger(label: "test")) }
 
     func status(_ id: String) async throws -> [String: Int64] {
-        let names = ["targets", "queued", "delivered", "acknowledged", "expired", "dropped"]
-        let values = try await redis.send(RedisCommand("HMGET", [keys.messageStatus(id)] + names)).array ?? []
-        return Dictionary(uniqueKeysWithValues: zip(names, values.map { $0.int ?? -1 }))
+        let fields = try await redis.send("HGETALL", keys.messageStatus(id)).pairs ?? [:]
+        var counts = MessageStatusField.counts(ofTargets: MessageStatusField.targetStates(in: fields).values)
+        counts[MessageStatusField.targets] = fields[MessageStatusField.targets].flatMap { Int64($0) } ?? -1
+        return counts
     }
 
     func queue(_ terminal: String) async throws -> [StoredMessage] {

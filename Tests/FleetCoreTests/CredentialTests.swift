@@ -59,7 +59,6 @@ struct CredentialTests {
             #expect(key.hasPrefix("p:{t:t1}:"))
         }
         #expect(keys.messageStatus("m").hasPrefix("p:{m:m}:"))
-        #expect(keys.messageTargets("m").hasPrefix("p:{m:m}:"))
     }
 
     @Test func storedMessageRoundTrip() {

@@ -190,14 +190,16 @@ struct FleetScriptsTests {
         await redis.close()
     }
 
-    @Test func transitionsOnlyMoveForwardAndKeepCountsExact() async throws {
+    @Test func transitionsOnlyMoveForwardAndTheCountsFollowFromTheStates() async throws {
         let status = keys.messageStatus("m1")
-        let targets = keys.messageTargets("m1")
+        typealias Field = MessageStatusField
         try await redis.send(
-            "HSET", status, "targets", "3", "queued", "3", "delivered", "0", "acknowledged", "0", "expired", "0", "dropped", "0")
-        try await redis.send("HSET", targets, "a", "queued", "b", "queued", "c", "queued")
-        func move(_ terminal: String, _ state: MessageState) async throws -> Int64? {
-            try await redis.send(FleetScripts.transition.command(keys: [status, targets], arguments: [terminal, state.rawValue])).int
+            "HSET", status, Field.targets, "4", Field.target("a"), "queued", Field.target("b"), "queued", Field.target("c"), "queued",
+            Field.target("d"), "queued")
+        func move(_ terminal: String, _ state: MessageState, in key: String? = nil) async throws -> Int64? {
+            try await redis.send(
+                FleetScripts.transition.command(keys: [key ?? status], arguments: [terminal, state.rawValue, Field.targetPrefix])
+            ).int
         }
         #expect(try await move("a", .delivered) == 1)
         #expect(try await move("a", .acknowledged) == 1)
@@ -205,16 +207,16 @@ struct FleetScriptsTests {
         #expect(try await move("b", .acknowledged) == 1)  // ack without a recorded delivery
         #expect(try await move("c", .expired) == 1)
         #expect(try await move("c", .acknowledged) == 0)
-        let fields = try await redis.send("HMGET", status, "queued", "delivered", "acknowledged", "expired", "dropped").array?.compactMap(
-            \.int)
-        #expect(fields == [0, 2, 2, 1, 0])
-        // Unknown message (expired status record): nothing is created.
+        // A terminal the push did not address: nothing is added.
+        #expect(try await move("z", .delivered) == 0)
+        let fields = try await redis.send("HGETALL", status).pairs ?? [:]
+        let states = Field.targetStates(in: fields)
+        #expect(states == ["a": "acknowledged", "b": "acknowledged", "c": "expired", "d": "queued"])
         #expect(
-            try await redis.send(
-                FleetScripts.transition.command(
-                    keys: [keys.messageStatus("gone"), keys.messageTargets("gone")], arguments: ["a", "delivered"])
-            ).int == 0)
-        #expect(try await redis.send("EXISTS", keys.messageTargets("gone")).int == 0)
+            Field.counts(ofTargets: states.values) == ["queued": 1, "delivered": 2, "acknowledged": 2, "expired": 1, "dropped": 0])
+        // Unknown message (expired status record): nothing is created.
+        #expect(try await move("a", .delivered, in: keys.messageStatus("gone")) == 0)
+        #expect(try await redis.send("EXISTS", keys.messageStatus("gone")).int == 0)
         await redis.close()
     }
 

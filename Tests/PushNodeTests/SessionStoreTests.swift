@@ -44,6 +44,10 @@ struct SessionStoreTests {
             .keep(entry: entry("m2"), capacity: 100, lifetimeMillis: 60_000),
             .recordSent(messageID: "m1", packetID: 7),
         ]).get()
+        // The `sent` record waits for its tick (the acknowledgement usually comes first); a
+        // connection that stops writes its records at once.
+        #expect(try await t.read(StoredBacklog.Read(start: 0, count: 10, anchor: nil, withSent: true)).get().sent == [:])
+        node.context.sent.flush(terminal: "t1")
         let read = try await t.read(StoredBacklog.Read(start: 0, count: 10, anchor: nil, withSent: true)).get()
         #expect(read.entries == [entry("m1"), entry("m2")])
         #expect(read.sent == ["m1": 7])
@@ -111,5 +115,21 @@ struct SessionStoreTests {
         ]).get()
         let clean = try await register(t, epoch: "e2", clean: true)
         #expect(clean.queue == [entry("p1"), lookalike, "not json"])
+    }
+
+    @Test func aSentRecordAcknowledgedWithinItsTickNeverReachesRedis() async throws {
+        let t = store("t6")
+        _ = try await register(t, epoch: "e1")
+        try await t.write([.recordSent(messageID: "q1", packetID: 3), .recordSent(messageID: "q2", packetID: 4)]).get()
+        #expect(node.context.sent.pendingCount == 2)
+        // q1 acknowledged in time: no command at all for its record.
+        #expect(t.commands(for: [.forgetSent(messageID: "q1")]).isEmpty)
+        // q2 is still in flight at the tick (the node's is 20 ms): written then.
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(node.context.sent.pendingCount == 0)
+        let read = try await t.read(StoredBacklog.Read(start: 0, count: 10, anchor: nil, withSent: true)).get()
+        #expect(read.sent == ["q2": 4])
+        // Written, so its acknowledgement removes it.
+        #expect(t.commands(for: [.forgetSent(messageID: "q2")]).map(\.name) == ["HDEL"])
     }
 }
