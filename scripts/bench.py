@@ -65,7 +65,7 @@ class CostMeter:
     """What delivering costs the servers: CPU of every server process (PushFleet: redis-server,
     control node, push node; Mosquitto: mosquitto) and, for PushFleet, Redis commands. The
     load tool is not counted for either. Started before the messages are sent, read once the
-    subscribers have them."""
+    subscribers have them and the fleet has finished with them."""
 
     def __init__(self, server):
         self.server = server
@@ -74,9 +74,26 @@ class CostMeter:
             subprocess.run(["redis-cli", "-p", str(server.redis_port), "CONFIG", "RESETSTAT"], capture_output=True, timeout=10)
         self.start = {name: cpu_ticks(pid) for name, pid in self.pids.items()}
 
+    def settle(self, timeout=10.0):
+        """Waits until the fleet has finished with the messages the subscribers have: their
+        acknowledgements and the states behind them reach Redis a little after the last
+        delivery (the subscribers' last PUBACKs, states held for a tick). Done when Redis sees
+        fewer than 20 commands in 250 ms (liveness and sweeps go on)."""
+        if not isinstance(self.server, PushFleet):
+            return
+        deadline = time.time() + timeout
+        last = sum(command_calls(self.server.redis_port).values())
+        while time.time() < deadline:
+            time.sleep(0.25)
+            now = sum(command_calls(self.server.redis_port).values())
+            if now - last < 20:
+                return
+            last = now
+
     def per_message(self, delivered):
         """Per delivered message: server CPU in microseconds (all of it, and Redis's), Redis
-        commands."""
+        commands; read once the fleet has settled."""
+        self.settle()
         used = {name: cpu_ticks(pid) - self.start[name] for name, pid in self.pids.items()}
         delivered = max(1, delivered)
         cost = {"server_cpu_us_per_message": sum(used.values()) * 10_000 / delivered}
@@ -462,8 +479,8 @@ def cost_report(r):
         "## Cost per delivered message",
         "",
         "Server CPU from `/proc/<pid>/stat` (PushFleet: redis-server + control node + push node; "
-        "Mosquitto: mosquitto; the load tool is not counted), from just before the push to the last "
-        "delivery; Redis commands from `INFO commandstats` after `CONFIG RESETSTAT` (every command any "
+        "Mosquitto: mosquitto; the load tool is not counted), from just before the push until the "
+        "last delivery has been acknowledged and recorded; Redis commands from `INFO commandstats` after `CONFIG RESETSTAT` (every command any "
         "fleet process sent, and those Lua scripts ran).",
         "",
         "| scenario | Redis commands | Redis CPU | PushFleet CPU | Mosquitto CPU | ratio | target |",
