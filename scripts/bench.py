@@ -105,6 +105,24 @@ class CostMeter:
         return cost
 
 
+def summary_then_cost(sub, meter, timeout=600):
+    """Reads a lingering subscriber's summary line, then what the servers spent (its
+    terminals still connected, so their sessions' teardown is not counted), then stops it."""
+    deadline = time.time() + timeout
+    line = ""
+    while time.time() < deadline:
+        line = sub.stdout.readline()
+        if not line or line.startswith("{"):
+            break
+    if not line.startswith("{"):
+        raise RuntimeError("the subscriber ended without a summary")
+    summary = json.loads(line)
+    cost = meter.per_message(summary["unique"])
+    sub.terminate()
+    sub.wait(timeout=30)
+    return summary, cost
+
+
 def last_json(text):
     for line in reversed(text.strip().splitlines()):
         if line.startswith("{"):
@@ -248,7 +266,7 @@ class Bench:
             ready = os.path.join(workdir, "ready")
             expect = messages * (terminals if fanout_topic else 1)
             sub_command = [self.binary, "bench", "sub", "--count", str(terminals), "--prefix", prefix, "--qos", str(max(qos, 1)),
-                           "--expect", str(expect), "--seconds", "240", "--idle", "8", "--ready-file", ready,
+                           "--expect", str(expect), "--seconds", "240", "--idle", "8", "--ready-file", ready, "--linger", "30",
                            *server.terminal_args(unicast_topic=True, topic=fanout_topic)]
             sub = subprocess.Popen(sub_command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             wait_for(lambda: os.path.exists(ready), timeout=120, what="subscribers connected")
@@ -259,12 +277,11 @@ class Bench:
             meter = CostMeter(server)
             pub = subprocess.run(pub_command, capture_output=True, text=True, timeout=600)
             sent = last_json(pub.stdout)["sent"] * (terminals if fanout_topic else 1)
-            out, _ = sub.communicate(timeout=600)
-            summary = last_json(out)
+            summary, cost = summary_then_cost(sub, meter)
             result = {"messages_per_second": summary["messagesPerSecond"], "p50_ms": summary["p50Ms"], "p99_ms": summary["p99Ms"],
                       "max_ms": summary["maxMs"], "sent": sent, "unique": summary["unique"],
                       "lost": max(0, sent - summary["unique"]), "duplicated": summary["duplicates"]}
-            result.update(meter.per_message(summary["unique"]))
+            result.update(cost)
             self.record(scenario, kind, result)
             return result
         finally:
@@ -297,15 +314,15 @@ def backlog_scenario(bench, kind, run, terminals, per_terminal):
         sent = last_json(pub.stdout)["sent"]
         time.sleep(1.0)
         sub_command = [bench.binary, "bench", "sub", "--count", str(terminals), "--prefix", prefix, "--qos", "1",
-                       "--expect", str(messages), "--seconds", "300", "--idle", "10", *persistent, *terminal_args]
+                       "--expect", str(messages), "--seconds", "300", "--idle", "10", "--linger", "30", *persistent, *terminal_args]
         bench.commands.setdefault("g", {})[kind] = (pub_command, sub_command)
-        sub = subprocess.run(sub_command, capture_output=True, text=True, timeout=600)
-        summary = last_json(sub.stdout)
+        sub = subprocess.Popen(sub_command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        summary, cost = summary_then_cost(sub, meter)
         seconds = summary["sinceStartSeconds"]
         result = {"seconds_until_all": seconds, "messages_per_second": summary["unique"] / seconds if seconds else 0,
                   "sent": sent, "unique": summary["unique"], "lost": max(0, sent - summary["unique"]),
                   "duplicated": summary["duplicates"]}
-        result.update(meter.per_message(summary["unique"]))
+        result.update(cost)
         bench.record("g", kind, result)
     finally:
         server.stop()

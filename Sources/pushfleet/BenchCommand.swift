@@ -160,6 +160,12 @@ struct BenchSubscribe: AsyncParsableCommand {
     @Option(help: "Write this file once every terminal is connected (for scripts to wait on).")
     var readyFile: String?
 
+    @Option(
+        help:
+            "Seconds to keep the terminals connected after the summary (their last acknowledgements go out while a script reads what the servers spent)."
+    )
+    var linger = 0.0
+
     func run() async throws {
         let stats = BenchStats()
         let progress = reportProgress(stats, label: "sub")
@@ -196,6 +202,7 @@ struct BenchSubscribe: AsyncParsableCommand {
         let sinceStart = lastAt - started
         summary["sinceStartSeconds"] = Double(sinceStart.components.seconds) + Double(sinceStart.components.attoseconds) / 1e18
         printSummary(summary)
+        if linger > 0 { try? await Task.sleep(for: .milliseconds(Int(linger * 1000))) }
         for channel in channels { channel.close() }
     }
 }

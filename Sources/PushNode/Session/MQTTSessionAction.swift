@@ -5,6 +5,10 @@ import NIOCore
 
 /// What a session asks its connection to do. Actions that lead to a reply name the event that
 /// carries it back.
+///
+/// The cases a message's path takes (write, flush, store, recordState, readStored) are held
+/// inline; the rare large ones are boxed (`indirect`), so an event's actions stay small to
+/// build and copy.
 enum MQTTSessionAction {
     /// Write a packet to the terminal (not flushed).
     case write(MQTTPacket)
@@ -23,7 +27,7 @@ enum MQTTSessionAction {
     /// Ask the node's connect rate limiter: `admitted()` now or after a delay, or `throttled()`.
     case admit
     /// Run the register script; answered by `registered(_:)`.
-    case register(SessionRegisterRequest)
+    indirect case register(SessionRegisterRequest)
     /// Make this connection the one the node finds for its terminal; answered by
     /// `handleClaimed(previousHere:missedWake:)`.
     case claimHandle
@@ -31,9 +35,9 @@ enum MQTTSessionAction {
     /// `predecessorStopped(successor:)` once it stopped.
     case stopLocalPredecessor(successor: String)
     /// Tell the previous connection's node to stop it; answered by `kickAnswered(listeners:)`.
-    case kick(node: String, NodeEvent)
+    indirect case kick(node: String, NodeEvent)
     /// Read what the stopped predecessor left; answered by `reloaded(_:)`.
-    case reload(SessionRegistration, window: Int)
+    indirect case reload(SessionRegistration, window: Int)
     /// Read stored entries; answered by `storedRead(_:_:)`.
     case readStored(StoredBacklog.Read)
     /// Write to Redis, no reply needed.
@@ -42,7 +46,7 @@ enum MQTTSessionAction {
     /// out of the list).
     case storeRemoving([SessionWrite], ids: [String])
     /// Record new subscriptions, then `subscriptionsRecorded(_:failed:)` with `reply`.
-    case recordSubscriptions([SessionWrite], SubscribeReply)
+    indirect case recordSubscriptions([SessionWrite], SubscribeReply)
     /// Read the retained messages for new subscriptions; answered by `retainedRead(_:for:)`.
     case readRetained([RetainedRequest])
     /// The terminal's state for a tracked message (batched into the message's status).
@@ -50,14 +54,14 @@ enum MQTTSessionAction {
     /// A broadcast reached one more terminal.
     case countReach(messageID: String)
     /// Route a terminal's publish through the fleet; answered by `routed(packetID:_:)`.
-    case route(StoredMessage, packetID: UInt16?)
+    indirect case route(StoredMessage, packetID: UInt16?)
     /// Remove the route if it is still `epoch`'s and keep or end the session; on success
     /// with the route removed, `forgetStoredFilters` leave the stored-subscriber sets.
     case unregister(epoch: String, expiry: UInt32, forgetStoredFilters: [String])
     /// Publish the will now.
-    case publishWill(StoredMessage)
+    indirect case publishWill(StoredMessage)
     /// Keep the will in Redis for `delay` seconds (``DelayedWills``).
-    case keepWill(StoredMessage, epoch: String, delay: Int)
+    indirect case keepWill(StoredMessage, epoch: String, delay: Int)
 }
 
 /// Timers a session sets; `timerFired(_:)` says one went off.
