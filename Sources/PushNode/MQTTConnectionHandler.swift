@@ -94,7 +94,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if sweepSlot >= 0 { node.keepAliveSweepers.sweeper(for: context.eventLoop).remove(self) }
+        // The channel is gone: whichever deadline it holds goes with it.
         deadline?.cancel()
+        deadline = nil
         flushSentRecords()
         session.closed()
         perform()

@@ -76,7 +76,7 @@ final class SentRecorder: Sendable {
         }
     }
 
-    /// Records not written yet (for tests and metrics).
+    /// Records not written yet (tests read it).
     var pendingCount: Int {
         pending.withLockedValue { pending in (pending.old.values.map(\.count) + pending.young.values.map(\.count)).reduce(0, +) }
     }

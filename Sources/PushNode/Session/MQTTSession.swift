@@ -234,7 +234,6 @@ struct MQTTSession {
         }
         if case .connecting = phase { unregisterRoute() }
         phase = .closed
-        emit(.cancel(.connectDeadline))
         guard wasActive else { return }
         metrics.connections.decrement()
         leaveLocalIndex()
