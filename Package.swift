@@ -58,12 +58,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The fleet's Redis side both kinds of node share: Lua scripts, topic routing.
+        // The fleet's Redis side both kinds of node share: Lua scripts, topic routing, status writes.
         .target(
             name: "FleetRedis",
             dependencies: [
                 "FleetCore", "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -177,7 +177,7 @@ class PushFleet:
         redis_log = os.path.join(workdir, "redis.log")
         self.procs.append(subprocess.Popen(
             ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--logfile", redis_log]))
+             "--appendonly", "yes", "--appendfsync", "everysec", "--lazyfree-lazy-expire", "yes", "--logfile", redis_log]))
         wait_for(lambda: os.path.exists(redis_log) and "Ready to accept" in open(redis_log).read(), what="redis-server")
         redis = f"redis://127.0.0.1:{self.redis_port}"
         log = open(os.path.join(workdir, "pushfleet.log"), "a")
@@ -340,7 +340,7 @@ def fleet_scenario(bench, nodes=5, per_node=19000):
         redis_port, api_port = free_port(), free_port()
         redis_log = os.path.join(workdir, "redis.log")
         procs.append(subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", workdir,
-                                       "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--logfile", redis_log,
+                                       "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--lazyfree-lazy-expire", "yes", "--logfile", redis_log,
                                        "--maxclients", "1000"]))
         wait_for(lambda: os.path.exists(redis_log) and "Ready to accept" in open(redis_log).read(), what="redis-server")
         redis = f"redis://127.0.0.1:{redis_port}"

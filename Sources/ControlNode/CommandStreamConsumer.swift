@@ -1,4 +1,5 @@
 import FleetCore
+import FleetRedis
 import Foundation
 import Logging
 import RedisClient
@@ -63,7 +64,7 @@ struct CommandStreamConsumer: Sendable {
         )
         // [[stream, [[id, [field, value, ...]], ...]]]
         guard let streams = reply.array, let first = streams.first?.array, first.count == 2, let entries = first[1].array else { return 0 }
-        try await handle(entries)
+        try await handle(entries, fresh: id == ">")
         return entries.count
     }
 
@@ -76,37 +77,94 @@ struct CommandStreamConsumer: Sendable {
         )
         guard let parts = reply.array, parts.count >= 2, let entries = parts[1].array, !entries.isEmpty else { return }
         logger.info("claimed abandoned command stream entries", metadata: ["count": "\(entries.count)"])
-        try await handle(entries)
+        try await handle(entries, fresh: false)
     }
 
-    /// Handles one read of entries: pushes to disjoint terminals run concurrently (their Redis
-    /// commands share flushes), pushes to the same terminal in stream order; each node gets
-    /// one wake event for the read, and all entries are acknowledged with one XACK.
-    private func handle(_ entries: [RedisReply]) async throws {
-        var chains: [[(id: String, fields: [String: String])]] = []
-        var chainOf: [String: Int] = [:]  // terminal, topic or "broadcast" -> chain
+    /// Handles one read of entries. Entries read for the first time (`fresh`) that store
+    /// pushes to terminals go through ``PushDispatcher/pushMany(_:ids:wakes:)``: one pipeline
+    /// in stream order, with no lookup of an earlier attempt (there is none). The rest (topic
+    /// pushes, broadcasts, online-only pushes, invalid entries, and every entry read again or
+    /// claimed, which may have been half done) run one at a time: pushes to disjoint terminals
+    /// concurrently (their Redis commands share flushes), pushes to the same terminal in
+    /// stream order. Each node gets one wake event for the read, and the entries accepted are
+    /// acknowledged with one XACK; one that failed stays pending and is read again.
+    private func handle(_ entries: [RedisReply], fresh: Bool) async throws {
+        var parsed: [(id: String, fields: [String: String])] = []
         for entry in entries {
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
             // A deleted entry still pending shows as [id, nil].
-            let fields = Dictionary((parts[1].pairs ?? [:]).map { ($0.key.lowercased(), $0.value) }) { first, _ in first }
+            parsed.append((id, Dictionary((parts[1].pairs ?? [:]).map { ($0.key.lowercased(), $0.value) }) { first, _ in first }))
+        }
+        let wakes = WakeBatch()
+        var acknowledged: [String] = []
+        var failure: (any Error)?
+        var single = parsed
+        if fresh {
+            var batch: [(id: String, command: PushCommand)] = []
+            var rest: [(id: String, fields: [String: String])] = []
+            for entry in parsed {
+                if let command = try? Self.command(from: entry.fields), (try? command.validate(configuration)) != nil,
+                    case .terminals = command.audience, command.ttl > 0
+                {
+                    batch.append((entry.id, command))
+                } else {
+                    rest.append(entry)
+                }
+            }
+            // An entry run on its own must not overtake a batched one to the same terminal.
+            let batched = Set(batch.flatMap { Self.orderingKeys(of: $0.command) })
+            if !batch.isEmpty, rest.allSatisfy({ Self.orderingKeys($0.fields).allSatisfy { !batched.contains($0) } }) {
+                let results = await dispatcher.pushMany(batch.map(\.command), ids: batch.map(\.id), wakes: wakes)
+                for (entry, result) in zip(batch, results) {
+                    switch result {
+                    case .success: acknowledged.append(entry.id)
+                    case .failure(let error): failure = error
+                    }
+                }
+                single = rest
+            }
+        }
+        do {
+            try await handleOneByOne(single, fresh: fresh, wakes: wakes)
+            acknowledged += single.map(\.id)
+        } catch {
+            failure = error
+        }
+        await dispatcher.sendWakes(wakes)
+        if !acknowledged.isEmpty {
+            try await redis.send(RedisCommand("XACK", [keys.commandStream, keys.commandGroup] + acknowledged))
+        }
+        if let failure { throw failure }
+    }
+
+    /// Entries one push at a time: in stream order per terminal or topic, concurrently across.
+    private func handleOneByOne(_ entries: [(id: String, fields: [String: String])], fresh: Bool, wakes: WakeBatch) async throws {
+        var chains: [[(id: String, fields: [String: String])]] = []
+        var chainOf: [String: Int] = [:]  // terminal, topic or "broadcast" -> chain
+        for (id, fields) in entries {
             let keys = Self.orderingKeys(fields)
             let chain = keys.lazy.compactMap { chainOf[$0] }.first ?? chains.count
             if chain == chains.count { chains.append([]) }
             chains[chain].append((id, fields))
             for key in keys where chainOf[key] == nil { chainOf[key] = chain }
         }
-        let wakes = WakeBatch()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for chain in chains {
                 group.addTask {
-                    for (id, fields) in chain { try await handle(id: id, fields: fields, wakes: wakes) }
+                    for (id, fields) in chain { try await handle(id: id, fields: fields, fresh: fresh, wakes: wakes) }
                 }
             }
             try await group.waitForAll()
         }
-        await dispatcher.sendWakes(wakes)
-        let ids = chains.flatMap { $0.map(\.id) }
-        if !ids.isEmpty { try await redis.send(RedisCommand("XACK", [keys.commandStream, keys.commandGroup] + ids)) }
+    }
+
+    /// The ordering keys of a valid push (as ``orderingKeys(_:)`` finds them in its fields).
+    static func orderingKeys(of command: PushCommand) -> [String] {
+        switch command.audience {
+        case .terminals(let terminals): terminals.map { "t:" + $0 }
+        case .topic(let topic): ["topic:" + topic]
+        case .broadcast: ["broadcast"]
+        }
     }
 
     /// What an entry must stay in order with: its terminals, or its topic.
@@ -116,20 +174,19 @@ struct CommandStreamConsumer: Sendable {
         return ["broadcast"]
     }
 
-    private func handle(id: String, fields: [String: String], wakes: WakeBatch) async throws {
+    private func handle(id: String, fields: [String: String], fresh: Bool, wakes: WakeBatch) async throws {
         do {
             let command = try Self.command(from: fields)
             try command.validate(configuration)
             // A push already completed under this id (handled before, not acknowledged) returns at once.
-            _ = try await dispatcher.push(command, id: id, wakes: wakes)
+            _ = try await dispatcher.push(command, id: id, fresh: fresh, wakes: wakes)
         } catch let error as APIError {
             logger.info("invalid command stream entry", metadata: ["entry": "\(id)", "error": "\(error.message)"])
-            _ = try await redis.pipeline([
-                RedisCommand(
-                    "HSET", keys.messageStatus(id), MessageStatusField.error, error.message, MessageStatusField.createdAt,
-                    String(FleetClock.nowMillis())),
-                RedisCommand("EXPIRE", keys.messageStatus(id), String(configuration.statusRetention)),
-            ])
+            var status = StatusWrites()
+            let record = MessageStatusRecord(kind: "unicast", qos: 0, ttl: 0, createdAt: FleetClock.nowMillis(), expiresAt: 0)
+            status.set(MessageStatusField.record(id), record.encoded, of: id)
+            status.set(MessageStatusField.error(id), error.message, of: id)
+            _ = try await redis.pipeline(dispatcher.statusCommands(status))
         }
     }
 

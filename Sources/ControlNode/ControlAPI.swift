@@ -148,50 +148,8 @@ struct ControlAPI: Sendable {
 
     // MARK: Status
 
-    /// A message's status. Every kind has the counts; a unicast push also the state of each
-    /// target (up to 1000), a topic push the nodes it went to and the absent persistent
-    /// sessions it was stored for, a broadcast the nodes that got it (its `delivered` counts
-    /// the terminals they wrote it to).
-    ///
-    /// Expiry is settled here: once a unicast push's ttl has passed, a target that has not
-    /// acknowledged it (still queued, or delivered at QoS 1/2 without an acknowledgement) is
-    /// `expired`, whether its node dropped the entry, the list key expired in Redis, or the
-    /// terminal never came back. Nothing has to run at the moment of expiry.
     func messageStatus(_ id: String) async throws -> Response {
-        let fields = try hash(try await redis.send("HGETALL", keys.messageStatus(id)).throwingError())
-        guard !fields.isEmpty else { throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)") }
-        typealias Field = MessageStatusField
-        func number(_ name: String) -> Int64 { Int64(fields[name] ?? "0") ?? 0 }
-        let kind = fields[Field.kind] ?? "unicast"
-        var counts = Dictionary(uniqueKeysWithValues: Field.counts.map { ($0, number($0)) })
-        // A unicast push's counts come from its targets' states.
-        var states = Field.targetStates(in: fields)
-        if kind == "unicast" { counts.merge(Field.counts(ofTargets: states.values)) { $1 } }
-        var body: [String: JSONValue] = ["id": .string(id), "kind": .string(kind)]
-        for name in [Field.qos, Field.ttl, Field.createdAt] { body[name] = .int(number(name)) }
-        switch kind {
-        case "topic":
-            body[Field.nodes] = .int(number(Field.nodes))
-            body[Field.storedForSessions] = .int(number(Field.storedForSessions))
-        case "broadcast":
-            body[Field.nodes] = .int(number(Field.nodes))
-        default:
-            let (qos, ttl) = (number(Field.qos), number(Field.ttl))
-            if ttl > 0, FleetClock.nowMillis() >= number(Field.createdAt) + ttl * 1000 {
-                func late(_ state: String) -> Bool {
-                    state == MessageState.queued.rawValue || (qos > 0 && state == MessageState.delivered.rawValue)
-                }
-                counts[Field.count(.expired), default: 0] += Int64(states.values.filter(late).count)
-                counts[Field.count(.queued)] = 0
-                states = states.mapValues { late($0) ? MessageState.expired.rawValue : $0 }
-            }
-        }
-        for (name, value) in counts { body[name] = .int(value) }
-        // The state of each target, up to 1000 of them.
-        let listed = states.keys.sorted().prefix(1000)
-        body["terminals"] = .object(Dictionary(uniqueKeysWithValues: listed.map { ($0, JSONValue.string(states[$0]!)) }))
-        if let error = fields[Field.error] { body["error"] = .string(error) }
-        return try json(body, status: .ok)
+        try json(try await MessageStatusReader(redis: redis, keys: keys).status(of: id), status: .ok)
     }
 
     func terminalStatus(_ terminal: String) async throws -> Response {
@@ -268,7 +226,7 @@ struct ControlAPI: Sendable {
 }
 
 /// A JSON value for responses whose shape varies.
-enum JSONValue: Encodable {
+enum JSONValue: Encodable, Equatable {
     case string(String)
     case int(Int64)
     case bool(Bool)

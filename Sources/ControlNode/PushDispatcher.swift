@@ -17,6 +17,8 @@ public struct PushDispatcher: Sendable {
     let logger: Logger
     /// Routes topic pushes through the fleet index, like a terminal's publish.
     let router: TopicRouter
+    /// Gives the status buckets this node writes their expiry.
+    let statusExpiry: StatusBucketExpiry
 
     var keys: FleetKeys { configuration.keys }
 
@@ -31,17 +33,23 @@ public struct PushDispatcher: Sendable {
         self.router = TopicRouter(
             redis: redis, keys: configuration.keys, index: index, queueCap: configuration.offlineQueueCap,
             storedLifetime: configuration.maximumStoredLifetime)
+        self.statusExpiry = StatusBucketExpiry(.retention(Int64(configuration.statusRetention)))
     }
 
     /// Accepts `command` under `id` (a new id when nil). Throws ``RedisError`` when storage
     /// fails: then nothing was accepted.
-    /// - Parameter wakes: collects the `wake` events of many pushes (a batch), to be sent as one
-    ///   event per node by ``sendWakes(_:)``; nil sends this push's own at once.
-    public func push(_ command: PushCommand, id givenID: String? = nil, wakes: WakeBatch? = nil) async throws -> PushReceipt {
+    /// - Parameters:
+    ///   - fresh: `id` was never tried before (a command stream entry read for the first
+    ///     time), so there is no earlier attempt to look for.
+    ///   - wakes: collects the `wake` events of many pushes (a batch), to be sent as one
+    ///     event per node by ``sendWakes(_:)``; nil sends this push's own at once.
+    public func push(_ command: PushCommand, id givenID: String? = nil, fresh: Bool = false, wakes: WakeBatch? = nil) async throws
+        -> PushReceipt
+    {
         var id = givenID ?? FleetClock.newMessageID()
-        // Only a given id (a stream entry) or an idempotency key seen before can have an
-        // earlier attempt; a fresh id costs no extra round trip.
-        var mayHaveEarlierAttempt = givenID != nil
+        // Only a given id (a stream entry claimed or read again) or an idempotency key seen
+        // before can have an earlier attempt; a new id costs no extra round trip.
+        var mayHaveEarlierAttempt = givenID != nil && !fresh
         if let key = command.idempotencyKey {
             let idemKey = keys.idempotency(key)
             let claimed = try await redis.send("SET", idemKey, id, "NX", "EX", String(configuration.statusRetention))
@@ -49,10 +57,8 @@ public struct PushDispatcher: Sendable {
                 // Another call with this key is running or failed part way. Give a running one
                 // time to finish; then finish it ourselves under its id.
                 for attempt in 0..<20 {
-                    let status = try await redis.send("HMGET", keys.messageStatus(existing), "complete", "targets").array ?? []
-                    if status.first?.string == "1" {
-                        return PushReceipt(id: existing, targets: Int(status.last?.int ?? 0))
-                    }
+                    let earlier = try await earlierAttempt(existing)
+                    if earlier.complete { return PushReceipt(id: existing, targets: earlier.record?.targets.count ?? 0) }
                     if attempt < 19 { try await Task.sleep(for: .milliseconds(100)) }
                 }
                 id = existing
@@ -63,9 +69,9 @@ public struct PushDispatcher: Sendable {
         // earlier attempt that failed part way: finish it under its id, never start a second one.
         var earlierExpiresAt: Int64?
         if mayHaveEarlierAttempt {
-            let status = try await redis.send("HMGET", keys.messageStatus(id), "complete", "targets", "expiresAt").array ?? []
-            if status.first?.string == "1" { return PushReceipt(id: id, targets: Int(status[1].int ?? 0)) }
-            earlierExpiresAt = status.count == 3 ? status[2].int : nil
+            let earlier = try await earlierAttempt(id)
+            if earlier.complete { return PushReceipt(id: id, targets: earlier.record?.targets.count ?? 0) }
+            earlierExpiresAt = earlier.record?.expiresAt
         }
         let receipt: PushReceipt
         let kind: String
@@ -86,60 +92,69 @@ public struct PushDispatcher: Sendable {
         return receipt
     }
 
-    /// A topic push's or broadcast's status hash with its counts at zero, and its expiry.
-    private func statusCommands(id: String, command: PushCommand, kind: String, targets: Int) -> [RedisCommand] {
-        let key = keys.messageStatus(id)
-        // A broadcast reaches the terminals online at that moment: nothing waits, whatever its ttl.
-        let ttl = kind == "broadcast" ? 0 : command.ttl
-        typealias Field = MessageStatusField
-        var fields = [
-            key, Field.createdAt, String(FleetClock.nowMillis()), Field.kind, kind, Field.qos, String(command.qos), Field.ttl, String(ttl),
-            Field.targets, String(targets),
-        ]
-        for state in MessageState.allCases { fields += [Field.count(state), "0"] }
-        return [RedisCommand("HSET", fields), RedisCommand("EXPIRE", key, String(configuration.statusRetention))]
+    /// What an earlier attempt of message `id` left in its status: its record, and whether
+    /// it finished.
+    func earlierAttempt(_ id: String) async throws -> (record: MessageStatusRecord?, complete: Bool) {
+        let reply = try await redis.send(
+            RedisCommand(
+                "HMGET", keys.statusBucket(StatusBucket(messageID: id)), MessageStatusField.record(id), MessageStatusField.complete(id)))
+        let values = try reply.throwingError().array ?? []
+        return (values.first?.string.flatMap(MessageStatusRecord.init(decoding:)), values.last?.string == "1")
     }
 
-    /// The commands that store one push (ttl > 0) and read its targets' routes: the status
-    /// (unless a retry finds it), then per target its entry appended, the list's expiry
-    /// extended and its route read, in plain commands (Lua costs Redis several times more per
+    /// Writes `writes` into their buckets, and the buckets' expiry where this node has not
+    /// set it lately.
+    func statusCommands(_ writes: StatusWrites) -> [RedisCommand] {
+        writes.commands(keys: keys) + statusExpiry.commands(for: writes.fields.keys, keys: keys)
+    }
+
+    /// A topic push's or broadcast's status record, and its bucket's expiry.
+    private func statusCommands(id: String, command: PushCommand, kind: String) -> [RedisCommand] {
+        // A broadcast reaches the terminals online at that moment: nothing waits, whatever its ttl.
+        let ttl = kind == "broadcast" ? 0 : command.ttl
+        let record = MessageStatusRecord(kind: kind, qos: Int(command.qos), ttl: ttl, createdAt: FleetClock.nowMillis(), expiresAt: 0)
+        var writes = StatusWrites()
+        writes.set(MessageStatusField.record(id), record.encoded, of: id)
+        return statusCommands(writes)
+    }
+
+    /// The commands that store one push (ttl > 0) and read its targets' routes: per target
+    /// its entry appended, the list given the entry's lifetime if it has no expiry (a new
+    /// list), and its route read, in plain commands (Lua costs Redis several times more per
     /// call on this path); a retry appends with ``FleetScripts/store``, which skips entries
-    /// already there.
+    /// already there. ``storedPipeline(_:)`` puts the status around them; ``followUp`` extends
+    /// the expiry of lists that were there already.
     struct StoredPushPlan {
         var terminals: [String]
         var id: String
-        /// terminal -> its stored entry, for wake events (empty for a retry: its entries may be
-        /// in the lists already, and the nodes then read the lists).
+        /// terminal -> its stored entry, for wake events and list extensions (empty for a
+        /// retry: its entries may be in the lists already, and the nodes then read the lists).
         var entries: [String: String]
+        /// The store commands (``plainStoreCommands`` per target, or one script per target for
+        /// a retry).
         var commands: [RedisCommand]
-        var storeStart: Int
-        /// A retry: one ``FleetScripts/store`` per target (else ``plainStoreCommands`` commands).
+        /// A retry: one ``FleetScripts/store`` per target.
         var retry: Bool
-        /// The status is created complete: nothing is left to mark once the entries are stored.
-        var completeWhenStored: Bool
+        /// The status record to create (nil for a retry: the earlier attempt created it).
+        var record: MessageStatusRecord?
+        /// The entries' lifetime in milliseconds.
+        var ttlMillis: String
     }
 
-    /// Commands per target of a new push: RPUSH, PEXPIRE NX, PEXPIRE GT, HGET route.
-    static let plainStoreCommands = 4
+    /// Commands per target of a new push: RPUSH, PEXPIRE NX, HGET route.
+    static let plainStoreCommands = 3
 
-    /// - Parameters:
-    ///   - earlierExpiresAt: set when an earlier attempt of this message created its status:
-    ///     the status is kept, the entries are rebuilt byte for byte (same expiry) and appended
-    ///     only where they are missing.
-    ///   - completeWhenStored: the status is created complete, saving a command per push. Only
-    ///     for a push nothing retries under the same id (a fresh id without idempotency key):
-    ///     `complete` tells a retry that an earlier attempt finished.
-    func planStored(
-        _ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?, completeWhenStored: Bool = false
-    ) -> StoredPushPlan {
+    /// - Parameter earlierExpiresAt: set when an earlier attempt of this message created its
+    ///   status: the entries are rebuilt byte for byte (same expiry) and appended only where
+    ///   they are missing.
+    func planStored(_ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?) -> StoredPushPlan {
         let retry = earlierExpiresAt != nil
-        let expiresAt = earlierExpiresAt ?? FleetClock.nowMillis() + Int64(command.ttl) * 1000
-        var commands =
-            retry ? [] : statusRecord(id: id, command: command, terminals: terminals, expiresAt: expiresAt, complete: completeWhenStored)
-        let storeStart = commands.count
+        let now = FleetClock.nowMillis()
+        let expiresAt = earlierExpiresAt ?? now + Int64(command.ttl) * 1000
         var entries: [String: String] = [:]
         let ttlMillis = String(Int64(command.ttl) * 1000)
-        commands.reserveCapacity(commands.count + terminals.count * Self.plainStoreCommands)
+        var commands: [RedisCommand] = []
+        commands.reserveCapacity(terminals.count * Self.plainStoreCommands)
         for terminal in terminals {
             let entry = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload)
                 .encoded()
@@ -152,38 +167,40 @@ public struct PushDispatcher: Sendable {
             }
             entries[terminal] = entry
             commands.append(RedisCommand("RPUSH", queue, entry))
-            // The list lives as long as its longest-lived entry: set when it has no expiry,
-            // extended when this one lives longer.
+            // A list this push created lives as long as its entry. One that was there already
+            // has an expiry; the follow-up extends it when this entry lives longer.
             commands.append(RedisCommand("PEXPIRE", queue, ttlMillis, "NX"))
-            commands.append(RedisCommand("PEXPIRE", queue, ttlMillis, "GT"))
             commands.append(RedisCommand("HGET", keys.route(terminal), "node"))
         }
+        let record =
+            retry
+            ? nil
+            : MessageStatusRecord(kind: "unicast", qos: Int(command.qos), ttl: command.ttl, createdAt: now, expiresAt: expiresAt, targets: terminals)
         return StoredPushPlan(
-            terminals: terminals, id: id, entries: entries, commands: commands, storeStart: storeStart, retry: retry,
-            completeWhenStored: completeWhenStored && !retry)
+            terminals: terminals, id: id, entries: entries, commands: commands, retry: retry, record: record, ttlMillis: ttlMillis)
     }
 
-    /// A new unicast message's status record: its metadata and `queued` for every target, in
-    /// one hash (the counts are derived from the targets' states when it is read), created
-    /// with its expiry: one HSET and one EXPIRE for up to 500 targets.
-    private func statusRecord(id: String, command: PushCommand, terminals: [String], expiresAt: Int64, complete: Bool) -> [RedisCommand] {
-        let key = keys.messageStatus(id)
-        typealias Field = MessageStatusField
-        var fields = [
-            key, Field.createdAt, String(FleetClock.nowMillis()), Field.kind, "unicast", Field.qos, String(command.qos), Field.ttl,
-            String(command.ttl), Field.targets, String(terminals.count), "expiresAt", String(expiresAt),
-        ]
-        if complete { fields += [Field.complete, "1"] }
-        var commands: [RedisCommand] = []
-        for start in stride(from: 0, to: max(terminals.count, 1), by: 500) {
-            for terminal in terminals[start..<min(start + 500, terminals.count)] {
-                fields += [Field.target(terminal), MessageState.queued.rawValue]
-            }
-            commands.append(RedisCommand("HSET", fields))
-            fields = [key]
+    /// One pipeline storing `plans`: their status records first (one HSET per status bucket,
+    /// so a retry finds an earlier attempt's expiry and rebuilds its entries byte for byte),
+    /// then every plan's store commands, then `complete` for them all: Redis runs a
+    /// connection's commands in order, so a status found complete had all its entries stored.
+    /// Returns the pipeline and where each plan's commands start in it.
+    func storedPipeline(_ plans: [StoredPushPlan]) -> (commands: [RedisCommand], starts: [Int]) {
+        var records = StatusWrites()
+        var complete = StatusWrites()
+        for plan in plans {
+            if let record = plan.record { records.set(MessageStatusField.record(plan.id), record.encoded, of: plan.id) }
+            complete.set(MessageStatusField.complete(plan.id), "1", of: plan.id)
         }
-        commands.append(RedisCommand("EXPIRE", key, String(configuration.statusRetention)))
-        return commands
+        var commands = statusCommands(records)
+        var starts: [Int] = []
+        starts.reserveCapacity(plans.count)
+        for plan in plans {
+            starts.append(commands.count)
+            commands += plan.commands
+        }
+        commands += complete.commands(keys: keys)
+        return (commands, starts)
     }
 
     /// Commands sent once stored pushes' first pipeline answered.
@@ -191,49 +208,81 @@ public struct PushDispatcher: Sendable {
         var commands: [RedisCommand] = []
         /// Where in `commands` a list the push made longer than the cap is trimmed, and whose.
         var trims: [(index: Int, terminal: String)] = []
+        /// Where in `commands` a list that was there already has its expiry extended, and the
+        /// entry that needs it.
+        var extensions: [(index: Int, terminal: String, entry: String, ttlMillis: String)] = []
+        /// States to record (targets whose entries a cap pushed out).
+        var states = StatusWrites()
     }
 
-    /// What follows a stored push's first pipeline: lists over the cap trimmed (their oldest
-    /// entries then count as `dropped`), its targets' nodes added to `wakes`, and the status
-    /// marked complete (unless it was created so).
+    /// What follows a stored push's first pipeline (`replies`: its store commands' replies):
+    /// lists that were there already get their expiry extended when the new entry outlives
+    /// it, lists over the cap are trimmed (their oldest entries then count as `dropped`), and
+    /// its targets' nodes are added to `wakes`.
     func followUp(_ plan: StoredPushPlan, replies: ArraySlice<RedisReply>, wakes: WakeBatch, into followUp: inout FollowUp) {
         var byNode: [String: [String]] = [:]
         let cap = Int64(configuration.offlineQueueCap)
+        let now = FleetClock.nowMillis()
         for (offset, terminal) in plan.terminals.enumerated() {
             let node: String?
             if plan.retry {
                 // The route's node, then what the cap pushed out.
-                let reply = replies[replies.startIndex + plan.storeStart + offset].array ?? []
+                let reply = replies[replies.startIndex + offset].array ?? []
                 node = reply.first?.string
-                let dropped = reply.dropFirst().compactMap { $0.string.flatMap(StoredMessage.decode) }
-                followUp.commands += dropped.map { transition($0.id, terminal: terminal, to: .dropped) }
+                for dropped in reply.dropFirst().compactMap({ $0.string.flatMap(StoredMessage.decode) }) {
+                    followUp.states.record(.dropped, of: dropped.id, terminal: terminal, at: now)
+                }
             } else {
-                let base = replies.startIndex + plan.storeStart + offset * Self.plainStoreCommands
-                node = replies[base + 3].string
+                let base = replies.startIndex + offset * Self.plainStoreCommands
+                node = replies[base + 2].string
+                let queue = keys.queue(terminal)
+                if replies[base + 1].int == 0, let entry = plan.entries[terminal] {
+                    followUp.extensions.append((followUp.commands.count, terminal, entry, plan.ttlMillis))
+                    followUp.commands.append(RedisCommand("PEXPIRE", queue, plan.ttlMillis, "GT"))
+                }
                 if let length = replies[base].int, length > cap {
                     followUp.trims.append((followUp.commands.count, terminal))
-                    followUp.commands.append(FleetScripts.trim.command(keys: [keys.queue(terminal)], arguments: [String(cap)]))
+                    followUp.commands.append(FleetScripts.trim.command(keys: [queue], arguments: [String(cap)]))
                 }
             }
             if let node, !node.isEmpty { byNode[node, default: []].append(terminal) }
         }
         wakes.add(byNode, entries: plan.entries)
-        if !plan.completeWhenStored { followUp.commands.append(RedisCommand("HSET", keys.messageStatus(plan.id), "complete", "1")) }
     }
 
-    /// Sends a follow-up, then records `dropped` for the entries its trims pushed out.
-    func send(_ followUp: FollowUp) async throws -> [RedisReply] {
-        guard !followUp.commands.isEmpty else { return [] }
-        let replies = try await redis.pipeline(followUp.commands)
-        var dropped: [RedisCommand] = []
+    /// Sends a follow-up, then records `dropped` for the entries its trims pushed out, and
+    /// checks the lists whose expiry was not extended.
+    func send(_ followUp: FollowUp) async throws {
+        let commands = followUp.commands + statusCommands(followUp.states)
+        guard !commands.isEmpty else { return }
+        let replies = try await redis.pipeline(commands)
+        if let failure = replies.first(where: \.isError) {
+            logger.warning("push follow-up failed", metadata: ["error": "\(failure)"])
+        }
+        var dropped = StatusWrites()
+        let now = FleetClock.nowMillis()
         for (index, terminal) in followUp.trims {
             for entry in replies[index].array ?? [] {
                 guard let message = entry.string.flatMap(StoredMessage.decode) else { continue }
-                dropped.append(transition(message.id, terminal: terminal, to: .dropped))
+                dropped.record(.dropped, of: message.id, terminal: terminal, at: now)
             }
         }
-        if !dropped.isEmpty { _ = try await redis.pipeline(dropped) }
-        return replies
+        // Not extended: the list lives longer than the entry already, or its expiry came in
+        // between the two pipelines and took the new entry with it; that one is stored again.
+        let unextended = followUp.extensions.filter { replies[$0.index].int == 0 }
+        var again: [RedisCommand] = []
+        if !unextended.isEmpty {
+            let found = try await redis.pipeline(unextended.map { RedisCommand("LPOS", keys.queue($0.terminal), $0.entry) })
+            for (lost, reply) in zip(unextended, found) where reply.isNull {
+                let queue = keys.queue(lost.terminal)
+                again += [
+                    RedisCommand("RPUSH", queue, lost.entry), RedisCommand("PEXPIRE", queue, lost.ttlMillis, "NX"),
+                    RedisCommand("PEXPIRE", queue, lost.ttlMillis, "GT"),
+                ]
+            }
+        }
+        let last = again + statusCommands(dropped)
+        if !last.isEmpty { _ = try await redis.pipeline(last) }
     }
 
     private func pushToTerminals(
@@ -243,18 +292,17 @@ public struct PushDispatcher: Sendable {
             return try await pushOnline(terminals, command: command, id: id, earlierAttempt: earlierExpiresAt != nil)
         }
         let plan = planStored(terminals, command: command, id: id, earlierExpiresAt: earlierExpiresAt)
-        let replies = try await redis.pipeline(plan.commands)
+        let (commands, starts) = storedPipeline([plan])
+        let replies = try await redis.pipeline(commands)
         if let failure = replies.first(where: \.isError) {
+            await takeBackComplete([plan.id])
             throw RedisError(.server, failure.description)
         }
         let batch = wakes ?? WakeBatch()
         var followUp = FollowUp()
-        self.followUp(plan, replies: replies[...], wakes: batch, into: &followUp)
+        self.followUp(plan, replies: replies[starts[0]..<starts[0] + plan.commands.count], wakes: batch, into: &followUp)
         do {
-            let results = try await send(followUp)
-            if let failure = results.first(where: \.isError) {
-                logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
-            }
+            try await send(followUp)
         } catch {
             // Stored is accepted: the wake is only a hint, the terminals find the message on
             // their next wake or connect.
@@ -265,10 +313,29 @@ public struct PushDispatcher: Sendable {
         return PushReceipt(id: id, targets: terminals.count)
     }
 
+    /// A push that failed part way had its status written complete in the same pipeline:
+    /// that is taken back, so a retry finishes it rather than taking it for done.
+    private func takeBackComplete(_ ids: [String]) async {
+        guard !ids.isEmpty else { return }
+        var byBucket: [StatusBucket: [String]] = [:]
+        for id in ids { byBucket[StatusBucket(messageID: id), default: []].append(MessageStatusField.complete(id)) }
+        do {
+            _ = try await redis.pipeline(byBucket.map { RedisCommand("HDEL", [keys.statusBucket($0.key)] + $0.value) })
+        } catch {
+            logger.warning("a failed push's status could not be taken back", metadata: ["messages": "\(ids)", "error": "\(error)"])
+        }
+    }
+
     /// An online-only push (ttl 0): nothing is stored; each node holding targets gets the
     /// message once, the others' targets count as dropped.
     private func pushOnline(_ terminals: [String], command: PushCommand, id: String, earlierAttempt: Bool) async throws -> PushReceipt {
-        var commands = earlierAttempt ? [] : statusRecord(id: id, command: command, terminals: terminals, expiresAt: 0, complete: false)
+        var record = StatusWrites()
+        if !earlierAttempt {
+            let status = MessageStatusRecord(
+                kind: "unicast", qos: Int(command.qos), ttl: 0, createdAt: FleetClock.nowMillis(), expiresAt: 0, targets: terminals)
+            record.set(MessageStatusField.record(id), status.encoded, of: id)
+        }
+        var commands = statusCommands(record)
         let routeStart = commands.count
         for terminal in terminals { commands.append(RedisCommand("HGET", keys.route(terminal), "node")) }
         let replies = try await redis.pipeline(commands)
@@ -302,18 +369,21 @@ public struct PushDispatcher: Sendable {
                 RedisCommand("SPUBLISH", keys.nodeChannel(node), NodeEvent(kind: .deliver, terminals: held, message: message).encoded())
             )
         }
-        for terminal in offline { followUp.append(transition(id, terminal: terminal, to: .dropped)) }
-        followUp.append(RedisCommand("HSET", keys.messageStatus(id), "complete", "1"))
+        let now = FleetClock.nowMillis()
+        var states = StatusWrites()
+        for terminal in offline { states.record(.dropped, of: id, terminal: terminal, at: now) }
+        states.set(MessageStatusField.complete(id), "1", of: id)
         // Nothing is stored: if the nodes cannot be told, the push fails.
-        let results = try await redis.pipeline(followUp)
+        let results = try await redis.pipeline(followUp + states.commands(keys: keys))
         if let failure = results.first(where: \.isError) {
             logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
         }
         // An online-only event no node received is dropped for its terminals.
-        let unheard = liveEvents.filter { results[$0.0].int == 0 }.flatMap(\.1)
-        if !unheard.isEmpty {
-            _ = try await redis.pipeline(unheard.map { transition(id, terminal: $0, to: .dropped) })
+        var unheard = StatusWrites()
+        for (index, held) in liveEvents where results[index].int == 0 {
+            for terminal in held { unheard.record(.dropped, of: id, terminal: terminal, at: now) }
         }
+        if !unheard.isEmpty { _ = try await redis.pipeline(unheard.commands(keys: keys)) }
         return PushReceipt(id: id, targets: terminals.count)
     }
 
@@ -324,48 +394,50 @@ public struct PushDispatcher: Sendable {
     private func publishToTopic(_ command: PushCommand, topic: String, id: String) async throws -> PushReceipt {
         let expiresAt = command.ttl > 0 ? FleetClock.nowMillis() + Int64(command.ttl) * 1000 : 0
         let message = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: topic, payload: command.payload)
-        let replies = try await redis.pipeline(statusCommands(id: id, command: command, kind: "topic", targets: 0))
+        let replies = try await redis.pipeline(statusCommands(id: id, command: command, kind: "topic"))
         if let failure = replies.first(where: \.isError) {
             throw RedisError(.server, failure.description)
         }
         let outcome = try await router.route(message, storeForAbsent: command.ttl > 0 && command.qos > 0).get()
-        _ = try await redis.send(
-            RedisCommand(
-                "HSET", keys.messageStatus(id), MessageStatusField.complete, "1", MessageStatusField.nodes, String(outcome.nodes),
-                MessageStatusField.storedForSessions, String(outcome.stored)
-            )
-        )
+        var done = StatusWrites()
+        done.set(MessageStatusField.complete(id), "1", of: id)
+        done.set(MessageStatusField.nodes(id), String(outcome.nodes), of: id)
+        done.set(MessageStatusField.storedForSessions(id), String(outcome.stored), of: id)
+        _ = try await redis.pipeline(done.commands(keys: keys))
         return PushReceipt(id: id, targets: 0)
     }
 
     private func publishLive(_ command: PushCommand, topic: String, id: String, kind: String) async throws -> PushReceipt {
         let message = StoredMessage(id: id, qos: command.qos, expiresAt: 0, topic: topic, payload: command.payload)
-        var commands = statusCommands(id: id, command: command, kind: kind, targets: 0)
+        var commands = statusCommands(id: id, command: command, kind: kind)
         commands.append(RedisCommand("PUBLISH", keys.broadcastChannel, NodeEvent(kind: .deliver, message: message).encoded()))
         let replies = try await redis.pipeline(commands)
         if let failure = replies.first(where: \.isError) {
             throw RedisError(.server, failure.description)
         }
-        // Every node that heard it counts the terminals it wrote it to into `delivered`.
+        // Every node that heard it counts the terminals it wrote it to into its reach.
         let nodes = replies.last?.int ?? 0
-        _ = try await redis.send(
-            RedisCommand("HSET", keys.messageStatus(id), MessageStatusField.complete, "1", MessageStatusField.nodes, String(nodes)))
+        var done = StatusWrites()
+        done.set(MessageStatusField.complete(id), "1", of: id)
+        done.set(MessageStatusField.nodes(id), String(nodes), of: id)
+        _ = try await redis.pipeline(done.commands(keys: keys))
         return PushReceipt(id: id, targets: 0)
     }
 
-    /// Accepts many pushes at once (the batch endpoint). New stored pushes to terminals
-    /// (ttl > 0, no idempotency key) share one pipeline for storing and one for completing;
-    /// the others go through ``push(_:id:wakes:)`` one after the other. Each push is accepted or fails
-    /// on its own; `wakes` collects the nodes to notify.
-    public func pushMany(_ commands: [PushCommand], wakes: WakeBatch) async -> [Result<PushReceipt, any Error>] {
+    /// Accepts many pushes at once (the batch endpoint, and a read of the command stream).
+    /// Stored pushes to terminals (ttl > 0, no idempotency key) share one pipeline for storing
+    /// and one for what follows; the others go through ``push(_:id:wakes:)`` one after the
+    /// other. Each push is accepted or fails on its own; `wakes` collects the nodes to notify.
+    /// - Parameter ids: the pushes' message ids (command stream entries read for the first
+    ///   time: no earlier attempt can exist); nil gives each a new one.
+    public func pushMany(_ commands: [PushCommand], ids: [String]? = nil, wakes: WakeBatch) async -> [Result<PushReceipt, any Error>] {
         var results = [Result<PushReceipt, any Error>?](repeating: nil, count: commands.count)
         var plans: [(index: Int, plan: StoredPushPlan)] = []
         var others: [Int] = []
         for (index, command) in commands.enumerated() {
             if case .terminals(let terminals) = command.audience, command.ttl > 0, command.idempotencyKey == nil {
                 let plan = planStored(
-                    Array(Set(terminals)).sorted(), command: command, id: FleetClock.newMessageID(), earlierExpiresAt: nil,
-                    completeWhenStored: true)
+                    Array(Set(terminals)).sorted(), command: command, id: ids?[index] ?? FleetClock.newMessageID(), earlierExpiresAt: nil)
                 plans.append((index, plan))
             } else {
                 others.append(index)
@@ -373,16 +445,18 @@ public struct PushDispatcher: Sendable {
         }
         if !plans.isEmpty {
             do {
-                let replies = try await redis.pipeline(plans.flatMap(\.plan.commands))
+                let (pipeline, starts) = storedPipeline(plans.map(\.plan))
+                let replies = try await redis.pipeline(pipeline)
+                if let failure = replies[..<starts[0]].first(where: \.isError) {
+                    throw RedisError(.server, failure.description)
+                }
                 var followUps = FollowUp()
-                var start = 0
-                for (index, plan) in plans {
+                var failed: [String] = []
+                for ((index, plan), start) in zip(plans, starts) {
                     let slice = replies[start..<start + plan.commands.count]
-                    start += plan.commands.count
                     if let failure = slice.first(where: \.isError) {
                         results[index] = .failure(RedisError(.server, failure.description))
-                        // Its status was created complete: a refused push leaves no record.
-                        followUps.commands.append(RedisCommand("DEL", keys.messageStatus(plan.id)))
+                        failed.append(plan.id)
                         continue
                     }
                     followUp(plan, replies: slice, wakes: wakes, into: &followUps)
@@ -390,13 +464,16 @@ public struct PushDispatcher: Sendable {
                     Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", "unicast")]).increment()
                     Counter(label: "pushfleet_control_push_targets_total").increment(by: plan.terminals.count)
                 }
+                await takeBackComplete(failed)
                 do {
-                    _ = try await send(followUps)
+                    try await send(followUps)
                 } catch {
-                    // Stored is accepted; the status shows them incomplete until a node delivers.
-                    logger.warning("batch stored but not completed", metadata: ["error": "\(error)"])
+                    // Stored is accepted: lists keep the expiry they had, nodes hear of the
+                    // messages at their terminals' next wake or connect.
+                    logger.warning("batch stored, follow-up failed", metadata: ["error": "\(error)"])
                 }
             } catch {
+                await takeBackComplete(plans.map(\.plan.id))
                 for (index, _) in plans { results[index] = .failure(error) }
             }
         }
@@ -404,7 +481,7 @@ public struct PushDispatcher: Sendable {
         // only pushes): each has its own round trips.
         for index in others {
             do {
-                results[index] = .success(try await push(commands[index], wakes: wakes))
+                results[index] = .success(try await push(commands[index], id: ids?[index], fresh: ids != nil, wakes: wakes))
             } catch {
                 results[index] = .failure(error)
             }
@@ -426,11 +503,6 @@ public struct PushDispatcher: Sendable {
         } catch {
             logger.warning("pushes stored but nodes not notified", metadata: ["nodes": "\(byNode.count)", "error": "\(error)"])
         }
-    }
-
-    func transition(_ id: String, terminal: String, to state: MessageState) -> RedisCommand {
-        FleetScripts.transition.command(
-            keys: [keys.messageStatus(id)], arguments: [terminal, state.rawValue, MessageStatusField.targetPrefix])
     }
 }
 

@@ -1,8 +1,8 @@
 /// The Redis key and channel layout, shared by every node.
 ///
-/// Everything about one terminal carries the hash tag `{t:<id>}` and everything about one
-/// message `{m:<id>}`, so each group lives in one Redis Cluster slot and Lua scripts touching
-/// a group stay single-slot.
+/// Everything about one terminal carries the hash tag `{t:<id>}`, so it lives in one Redis
+/// Cluster slot and Lua scripts touching it stay single-slot; message statuses live in
+/// buckets of their own (``statusBucket(_:)``).
 public struct FleetKeys: Sendable, Hashable {
     /// Prefix of every key and channel (`pushfleet:` by default).
     public let prefix: String
@@ -57,8 +57,6 @@ public struct FleetKeys: Sendable, Hashable {
     /// STRING: the bytes of the entries in ``retained``, kept by ``FleetScripts/retain``.
     public var retainedBytes: String { "\(prefix)retained:bytes" }
 
-    /// HASH of a message's metadata, its targets' states or its counts (``MessageStatusField``).
-    public func messageStatus(_ id: String) -> String { "\(prefix){m:\(id)}:status" }
     /// STRING mapping an API idempotency key to the message id it created.
     public func idempotency(_ key: String) -> String { "\(prefix)idem:\(key)" }
 

@@ -136,24 +136,6 @@ public enum FleetScripts {
         """
     )
 
-    /// Moves one target's state for a unicast push forward (states never go back).
-    ///
-    /// KEYS: message status. ARGV: terminal, new state, the target field prefix
-    /// (``MessageStatusField/targetPrefix``). A status without that target (expired, or not a
-    /// unicast push to it) is left alone. Returns 1 when the state changed. The counts are
-    /// derived from the targets' states when the status is read.
-    public static let transition = RedisScript(
-        """
-        local field = ARGV[3] .. ARGV[1]
-        local old = redis.call('HGET', KEYS[1], field)
-        if not old then return 0 end
-        local rank = {\(MessageState.allCases.map { "\($0.rawValue) = \($0.rank)" }.joined(separator: ", "))}
-        if rank[old] >= rank[ARGV[2]] then return 0 end
-        redis.call('HSET', KEYS[1], field, ARGV[2])
-        return 1
-        """
-    )
-
     /// Adds filters to or removes them from one owner's index set and announces what changed.
     ///
     /// KEYS: the owner's index set. ARGV: index channel, owner, operation (`+`, `-`, or `=`
@@ -276,7 +258,7 @@ public enum FleetScripts {
 
     /// Every script, for SCRIPT LOAD on connect.
     public static let all = [
-        register, unregister, reassertRoute, enqueue, store, trim, transition, indexUpdate, storedSubscriptions, storeForSubscriber,
+        register, unregister, reassertRoute, enqueue, store, trim, indexUpdate, storedSubscriptions, storeForSubscriber,
         sweepNode, retain, keepWill, scheduleWill, claimWills, settleWill, deleteIfEqual,
     ]
 }

@@ -22,6 +22,8 @@ public final class LocalRedisServer: @unchecked Sendable {
             arguments: [
                 "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
                 "--appendonly", appendOnly ? "yes" : "no", "--appendfsync", "everysec", "--daemonize", "no",
+                // Status buckets expire whole (README "Redis key layout"): freed off the main thread.
+                "--lazyfree-lazy-expire", "yes",
                 "--loglevel", "notice", "--logfile", directory + "/redis.log",
             ])
         let log = directory + "/redis.log"

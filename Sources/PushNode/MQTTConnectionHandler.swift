@@ -97,7 +97,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         // The channel is gone: whichever deadline it holds goes with it.
         deadline?.cancel()
         deadline = nil
-        flushSentRecords()
+        flushDeferredWrites()
         session.closed()
         perform()
         if let handle {
@@ -155,9 +155,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         case .flush:
             if reading { flushDeferred = true } else { context.flush() }
         case .close:
-            // The connection stops delivering: its `sent` records go to Redis now, ahead of
-            // whatever the node sends after (a takeover's `stopped` answer, the next read).
-            flushSentRecords()
+            // The connection stops delivering: its `sent` records and removals go to Redis now,
+            // ahead of whatever the node sends after (a takeover's `stopped` answer, the next read).
+            flushDeferredWrites()
             // What was written during this read (a refusing CONNACK, a DISCONNECT) goes out first.
             if flushDeferred {
                 flushDeferred = false
@@ -217,11 +217,13 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
                 bound.value.feed { $0.kickAnswered(listeners: try? result.get()) }
             }
         case .reload(let registration, let window):
+            node.status.release()
             store.reload(registration, window: window).hop(to: loop).whenComplete { result in bound.value.feed { $0.reloaded(result) } }
         case .readStored(let read):
+            node.status.release()
             store.read(read).hop(to: loop).whenComplete { result in bound.value.feed { $0.storedRead(read, result) } }
         case .storeRemoving(let writes, let ids):
-            store.write(writes).hop(to: loop).whenComplete { _ in bound.value.feed { $0.removalConfirmed(ids) } }
+            store.remove(writes).hop(to: loop).whenComplete { _ in bound.value.feed { $0.removalConfirmed(ids) } }
         case .recordSubscriptions(let writes, let reply):
             store.write(writes).hop(to: loop).whenComplete { result in
                 let failure: (any Error)? = if case .failure(let error) = result { error } else { nil }
@@ -279,9 +281,13 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         init(_ handle: SessionHandle) { self.handle = handle }
     }
 
-    private func flushSentRecords() {
+    /// What the node holds back to batch goes to Redis now: this terminal's `sent` records,
+    /// and the removals from lists waiting for their final states (the connection stops, or
+    /// reads its list: the list must be as its acknowledgements left it).
+    private func flushDeferredWrites() {
         guard !session.terminal.isEmpty else { return }
         node.sent.flush(terminal: session.terminal)
+        node.status.release()
     }
 
     private func unregister(epoch: String, expiry: UInt32, forgetStoredFilters forget: [String]) {

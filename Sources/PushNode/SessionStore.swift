@@ -69,6 +69,10 @@ protocol SessionStore {
     func write(_ writes: [SessionWrite]) -> EventLoopFuture<Void>
     /// Applies `writes` in order without waiting.
     func send(_ writes: [SessionWrite])
+    /// Applies `writes`, which take messages out of the list, once the states recorded for
+    /// them are kept (never a removed message without its final state); succeeds once they
+    /// are kept too.
+    func remove(_ writes: [SessionWrite]) -> EventLoopFuture<Void>
 }
 
 /// The session store in Redis: every Redis command a session issues. One per connection (a
@@ -166,6 +170,22 @@ struct RedisSessionStore: SessionStore {
         return redis.pipelineFuture(commands).flatMapThrowing { replies in
             for reply in replies { _ = try reply.throwingError() }
         }
+    }
+
+    /// Writes `writes` in one pipeline right after the node's ``StatusRecorder`` sends the
+    /// states recorded so far, on the same connection.
+    func remove(_ writes: [SessionWrite]) -> EventLoopFuture<Void> {
+        // Now, not when sent: a `sent` record forgotten now never reaches Redis.
+        let commands = commands(for: writes)
+        guard !commands.isEmpty else { return redis.eventLoop.makeSucceededVoidFuture() }
+        let promise = redis.eventLoop.makePromise(of: Void.self)
+        let redis = self.redis
+        node.status.afterStates {
+            redis.pipelineFuture(commands).flatMapThrowing { replies in
+                for reply in replies { _ = try reply.throwingError() }
+            }.cascade(to: promise)
+        }
+        return promise.futureResult
     }
 
     /// Writes `writes` in one pipeline without waiting (failures are logged by the connection).

@@ -5,38 +5,55 @@ import NIOConcurrencyHelpers
 import NIOCore
 import RedisClient
 
-/// Records delivery states in the messages' status records. `delivered` waits one to two
-/// ticks of `interval` (each tick sends the states recorded during the tick before): a QoS 1
-/// message is usually acknowledged within that time, and its final state then replaces the
-/// waiting `delivered` (``FleetScripts/transition`` counts an acknowledged target as delivered
-/// too), one script call instead of two. Final states (acknowledged, expired, dropped) go at
-/// once, ahead of the command that removes the message from its list on the same connection
-/// (usually in the same write), so a node that dies never leaves a removed message without
-/// its final state; it loses at most `delivered` states of messages still in their lists,
-/// which another node delivers again.
+/// Records delivery states in the messages' status buckets (``StatusBucket``), a tick of
+/// `interval` at a time: each tick writes one HSET per bucket for every state of the tick
+/// before, however many messages and terminals they are about.
 ///
-/// States Redis did not take (it was down or restarting) are sent again with the next tick;
-/// the script ignores a state it has already applied.
+/// `delivered` waits one to two ticks: a QoS 1 message is usually acknowledged within that
+/// time, and its final state then replaces it. Final states (acknowledged, expired, dropped)
+/// go with the next tick, and the removals of those messages from their lists wait for them
+/// (``afterStates(_:)``): they go on the same connection right after, so a node that dies
+/// never leaves a removed message without its final state. It loses at most the states of its
+/// last tick, of messages still in their lists, which another node delivers again.
+///
+/// States Redis did not take (it was down or restarting) are sent again with the next tick.
+/// A state is a field of its own per terminal: writing one twice, or late, never moves a
+/// target's state back (``MessageStatusField/state(of:)``).
 final class StatusRecorder: Sendable {
-    /// message id -> terminal -> the most advanced state recorded.
-    private typealias States = [String: [String: MessageState]]
+    private struct Target: Hashable {
+        var id: String
+        var terminal: String
+    }
+
+    private struct Recorded {
+        var state: MessageState
+        var at: Int64
+    }
 
     private struct Pending {
-        /// Recorded during the current tick.
-        var young: States = [:]
-        /// Recorded during the tick before: sent at the next tick.
-        var old: States = [:]
+        /// `delivered` states recorded during the current tick.
+        var young: [Target: Recorded] = [:]
+        /// `delivered` states recorded during the tick before: sent at the next tick.
+        var old: [Target: Recorded] = [:]
+        /// Final states: sent at the next tick.
+        var finals: [Target: Recorded] = [:]
         /// Broadcast message id -> terminals it was written to since the last tick.
         var reach: [String: Int] = [:]
+        /// Run right after the next tick's states are on the connection.
+        var afterStates: [@Sendable () -> Void] = []
         var ticking = false
+
+        var count: Int { young.count + old.count + finals.count }
     }
 
     private let redis: RedisConnection
     private let keys: FleetKeys
     private let interval: TimeAmount
     private let pending = NIOLockedValueBox(Pending())
-    /// Messages whose states are kept for a Redis that does not answer, at most; beyond it
-    /// states that failed are dropped.
+    /// Gives a bucket a late state created anew (it had expired) an expiry of its own.
+    private let expiry = StatusBucketExpiry(.ifNone(86_400))
+    /// States kept for a Redis that does not answer, at most; beyond it states that failed
+    /// are dropped.
     private let limit: Int
     private let logger: Logger
 
@@ -50,19 +67,22 @@ final class StatusRecorder: Sendable {
 
     /// Records that `terminal`'s copy of message `id` reached `state`.
     func record(_ id: String, terminal: String, _ state: MessageState) {
-        guard state.rank < MessageState.acknowledged.rank else {
-            // Final: sent now; a `delivered` still waiting is replaced by it.
-            pending.withLockedValue { pending in
-                if pending.old[id]?.removeValue(forKey: terminal) != nil, pending.old[id]!.isEmpty { pending.old[id] = nil }
-                if pending.young[id]?.removeValue(forKey: terminal) != nil, pending.young[id]!.isEmpty { pending.young[id] = nil }
-            }
-            return send([id: [terminal: state]])
-        }
+        let target = Target(id: id, terminal: terminal)
+        let recorded = Recorded(state: state, at: FleetClock.nowMillis())
         let start = pending.withLockedValue { pending in
-            if let earlier = pending.old[id]?[terminal] {
-                pending.old[id]![terminal] = Self.merged(earlier, state)
-            } else {
-                pending.young[id, default: [:]][terminal] = Self.merged(pending.young[id]?[terminal], state)
+            if state.rank >= MessageState.acknowledged.rank {
+                // The first final state stands; a `delivered` still waiting is replaced by it.
+                pending.old[target] = nil
+                pending.young[target] = nil
+                if pending.finals[target] == nil { pending.finals[target] = recorded }
+            } else if pending.finals[target] == nil {
+                if let earlier = pending.old[target] {
+                    if state.rank > earlier.state.rank { pending.old[target] = recorded }
+                } else if let earlier = pending.young[target], earlier.state.rank >= state.rank {
+                    // Nothing more advanced.
+                } else {
+                    pending.young[target] = recorded
+                }
             }
             defer { pending.ticking = true }
             return !pending.ticking
@@ -80,50 +100,78 @@ final class StatusRecorder: Sendable {
         if start { scheduleTick() }
     }
 
+    /// Runs `body` (which writes on the same connection) once the final states recorded so far
+    /// are on the connection: at once when none wait, else right after the next tick (or
+    /// ``release()``) sends them.
+    func afterStates(_ body: @escaping @Sendable () -> Void) {
+        let now = pending.withLockedValue { pending in
+            guard !pending.finals.isEmpty || !pending.afterStates.isEmpty else { return true }
+            pending.afterStates.append(body)
+            return false
+        }
+        if now { body() }
+    }
+
     private func scheduleTick() {
         redis.eventLoop.scheduleTask(in: interval) { self.tick() }
     }
 
     private func tick() {
-        let (due, reach, more) = pending.withLockedValue { pending in
-            let due = pending.old
-            let reach = pending.reach
+        let more = pending.withLockedValue { pending in
+            var due = pending.old
+            due.merge(pending.finals) { _, final in final }
             pending.old = pending.young
             pending.young = [:]
-            pending.reach = [:]
+            send(due, after: &pending)
             pending.ticking = !pending.old.isEmpty
-            return (due, reach, pending.ticking)
-        }
-        send(due)
-        if !reach.isEmpty {
-            // The status was created before the broadcast went out; a lost count only
-            // understates the reach.
-            redis.fireAndForget(
-                reach.map { RedisCommand("HINCRBY", keys.messageStatus($0.key), MessageStatusField.count(.delivered), String($0.value)) })
+            return pending.ticking
         }
         if more { scheduleTick() }
     }
 
-    /// Sends everything pending now (at shutdown).
-    func flush() {
-        let states = pending.withLockedValue { pending in
-            defer { (pending.old, pending.young) = ([:], [:]) }
-            return pending.old.merging(pending.young) { old, young in old.merging(young, uniquingKeysWith: Self.merged) }
+    /// Sends the final states and the removals waiting for them now: a session that reads its
+    /// list, or stops (a takeover reads the list next), needs its removals in Redis first.
+    func release() {
+        pending.withLockedValue { pending in
+            guard !pending.afterStates.isEmpty || !pending.finals.isEmpty else { return }
+            send(pending.finals, after: &pending)
         }
-        send(states)
     }
 
-    private func send(_ states: States) {
-        var commands: [RedisCommand] = []
-        for (id, terminals) in states {
-            for (terminal, state) in terminals {
-                commands.append(
-                    FleetScripts.transition.command(
-                        keys: [keys.messageStatus(id)], arguments: [terminal, state.rawValue, MessageStatusField.targetPrefix]))
-            }
+    /// Sends everything pending now (at shutdown).
+    func flush() {
+        pending.withLockedValue { pending in
+            var due = pending.old
+            due.merge(pending.young) { old, _ in old }
+            due.merge(pending.finals) { _, final in final }
+            (pending.old, pending.young) = ([:], [:])
+            send(due, after: &pending)
+        }
+    }
+
+    /// Sends `states` (and the broadcast counts), then what waited for them, under the lock:
+    /// whatever another thread sends after goes on the connection after these.
+    private func send(_ states: [Target: Recorded], after pending: inout Pending) {
+        let after = pending.afterStates
+        let reach = pending.reach
+        (pending.finals, pending.reach, pending.afterStates) = ([:], [:], [])
+        send(states, reach: reach)
+        for body in after { body() }
+    }
+
+    private func send(_ states: [Target: Recorded], reach: [String: Int]) {
+        var writes = StatusWrites()
+        for (target, recorded) in states {
+            writes.record(recorded.state, of: target.id, terminal: target.terminal, at: recorded.at)
+        }
+        var commands = writes.commands(keys: keys) + expiry.commands(for: writes.fields.keys, keys: keys)
+        for (id, count) in reach {
+            // The status was created before the broadcast went out; a lost count only
+            // understates the reach.
+            commands.append(
+                RedisCommand("HINCRBY", keys.statusBucket(StatusBucket(messageID: id)), MessageStatusField.reach(id), String(count)))
         }
         guard !commands.isEmpty else { return }
-        let count = commands.count
         redis.pipelineFuture(commands).whenComplete { result in
             switch result {
             case .success(let replies):
@@ -131,29 +179,29 @@ final class StatusRecorder: Sendable {
                     self.logger.warning("recording delivery states failed", metadata: ["error": "\(failure)"])
                 }
             case .failure:
-                self.retry(states, count: count)
+                self.expiry.reset()
+                self.retry(states)
             }
         }
     }
 
     /// Puts states Redis did not take back for the next tick.
-    private func retry(_ states: States, count: Int) {
+    private func retry(_ states: [Target: Recorded]) {
         let (start, dropped) = pending.withLockedValue { pending -> (Bool, Bool) in
-            guard pending.young.count + pending.old.count + states.count <= limit else { return (false, true) }
-            pending.young.merge(states) { young, retried in young.merging(retried, uniquingKeysWith: Self.merged) }
+            guard pending.count + states.count <= limit else { return (false, true) }
+            for (target, recorded) in states {
+                if recorded.state.rank >= MessageState.acknowledged.rank {
+                    if pending.finals[target] == nil { pending.finals[target] = recorded }
+                } else if pending.finals[target] == nil, pending.young[target] == nil {
+                    pending.young[target] = recorded
+                }
+            }
             defer { pending.ticking = true }
             return (!pending.ticking, false)
         }
         if dropped {
-            logger.warning("Redis unavailable: delivery states dropped from message status", metadata: ["states": "\(count)"])
+            logger.warning("Redis unavailable: delivery states dropped from message status", metadata: ["states": "\(states.count)"])
         }
         if start { scheduleTick() }
-    }
-
-    /// The more advanced of two states; between two final ones, the first recorded (as the
-    /// transition script would keep it).
-    static func merged(_ old: MessageState?, _ new: MessageState) -> MessageState {
-        guard let old else { return new }
-        return new.rank > old.rank ? new : old
     }
 }

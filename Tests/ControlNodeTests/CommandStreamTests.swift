@@ -71,14 +71,59 @@ struct CommandStreamTests {
         await redis.close()
     }
 
+    /// Entries read for the first time (`>`) have no earlier attempt: they are stored in one
+    /// batch with no lookup, at the batch path's cost (README "Cost of a push").
+    @Test func freshEntriesAreStoredInOneBatchWithoutLookingForEarlierAttempts() async throws {
+        let count = 50
+        for index in 0..<count where index.isMultiple(of: 2) {
+            try await redis.send("HSET", keys.route("f\(index)"), "node", "n1", "epoch", "e")
+        }
+        for index in 0..<count {
+            _ = try await redis.send("XADD", keys.commandStream, "*", "to", "f\(index)", "payload", "m\(index)")
+        }
+        try await redis.send("XGROUP", "CREATE", keys.commandStream, keys.commandGroup, "0", "MKSTREAM")
+        try await redis.send("CONFIG", "RESETSTAT")
+        let task = Task { await consumer("c1").run() }
+        defer { task.cancel() }
+        try await waitUntil {
+            let pending = try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int ?? -1
+            let acknowledged = try await redis.send("INFO", "commandstats").string?.contains("cmdstat_xack:") ?? false
+            return pending == 0 && acknowledged
+        }
+        task.cancel()
+        let stats = try await redis.send("INFO", "commandstats").string ?? ""
+        func calls(_ name: String) -> Int {
+            guard let line = stats.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_\(name):") }),
+                let field = line.split(separator: ",").first(where: { $0.contains("calls=") })
+            else { return 0 }
+            return Int(field.split(separator: "=").last ?? "") ?? 0
+        }
+        #expect(calls("rpush") == count)
+        #expect(calls("pexpire") == count)
+        #expect(calls("hget") == count)
+        #expect(calls("hmget") == 0)
+        #expect(calls("evalsha") == 0)
+        #expect(calls("spublish") == 1)
+        #expect(calls("xack") == 1)
+        // Per status bucket: the records, `complete`, the expiry.
+        let buckets = calls("expireat")
+        #expect(buckets >= 1 && buckets <= 2 * StatusBucket.shards)
+        #expect(calls("hset") == 2 * buckets)
+        for index in 0..<count {
+            #expect(try await redis.send("LLEN", keys.queue("f\(index)")).int == 1)
+        }
+        await redis.close()
+    }
+
     @Test func invalidEntryIsAcknowledgedWithAnErrorStatus() async throws {
         let id = try await redis.send("XADD", keys.commandStream, "*", "payload", "no target").string!
         let task = Task { await consumer("c1").run() }
         defer { task.cancel() }
-        try await waitUntil { try await redis.send("HGET", keys.messageStatus(id), "error").string != nil }
+        let bucket = keys.statusBucket(StatusBucket(messageID: id))
+        try await waitUntil { try await redis.send("HGET", bucket, MessageStatusField.error(id)).string != nil }
         task.cancel()
         #expect(
-            try await redis.send("HGET", keys.messageStatus(id), "error").string?.contains(
+            try await redis.send("HGET", bucket, MessageStatusField.error(id)).string?.contains(
                 "exactly one of \"to\", \"topic\" or \"broadcast\"") == true)
         try await waitUntil { try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int == 0 }
         #expect(try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int == 0)

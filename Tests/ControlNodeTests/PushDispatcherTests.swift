@@ -26,11 +26,19 @@ struct PushDispatcherTests {
 
     var dispatcher: PushDispatcher { PushDispatcher(configuration: configuration, redis: redis, logger: Logger(label: "test")) }
 
+    /// The counts `GET /v1/messages/{id}` reports.
     func status(_ id: String) async throws -> [String: Int64] {
-        let fields = try await redis.send("HGETALL", keys.messageStatus(id)).pairs ?? [:]
-        var counts = MessageStatusField.counts(ofTargets: MessageStatusField.targetStates(in: fields).values)
-        counts[MessageStatusField.targets] = fields[MessageStatusField.targets].flatMap { Int64($0) } ?? -1
+        let body = try await MessageStatusReader(redis: redis, keys: keys).status(of: id)
+        var counts: [String: Int64] = [:]
+        for name in ["targets"] + MessageState.allCases.map(\.rawValue) {
+            if case .int(let value) = body[name] { counts[name] = value }
+        }
         return counts
+    }
+
+    /// Takes `complete` out of a message's status, as if its push had died before the end.
+    func uncomplete(_ id: String) async throws {
+        try await redis.send("HDEL", keys.statusBucket(StatusBucket(messageID: id)), MessageStatusField.complete(id))
     }
 
     func queue(_ terminal: String) async throws -> [StoredMessage] {
@@ -66,7 +74,7 @@ struct PushDispatcherTests {
         #expect(try await queue("m2").map(\.payloadBytes) == [[1], [2]])
         #expect(try await queue("m1").map(\.payloadBytes) == [[1], [4]])
         for (receipt, queued) in zip(receipts, [2, 1, 0, 1]) {
-            #expect(try await redis.send("HGET", keys.messageStatus(receipt.id), "complete").string == "1")
+            #expect(try await dispatcher.earlierAttempt(receipt.id).complete)
             #expect(try await status(receipt.id)["queued"] == Int64(queued))
         }
         #expect(try await status(receipts[2].id)["dropped"] == 1)  // m3 is offline
@@ -137,14 +145,14 @@ struct PushDispatcherTests {
         // A claimed stream entry or a retried API call runs the push again under its id.
         let command = PushCommand(audience: .terminals(["r1", "r2"]), payload: [7])
         _ = try await dispatcher.push(command, id: "1-0")
-        try await redis.send("HDEL", keys.messageStatus("1-0"), "complete")  // as if it had died before the end
+        try await uncomplete("1-0")
         _ = try await dispatcher.push(command, id: "1-0")
         #expect(try await queue("r1").map(\.id) == ["1-0"])
         #expect(try await queue("r2").map(\.id) == ["1-0"])
         #expect(try await status("1-0") == ["targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0])
         // An entry an unfinished attempt never stored is added by the next one.
         try await redis.send("DEL", keys.queue("r2"))
-        try await redis.send("HDEL", keys.messageStatus("1-0"), "complete")
+        try await uncomplete("1-0")
         _ = try await dispatcher.push(command, id: "1-0")
         #expect(try await queue("r2").map(\.id) == ["1-0"])
         #expect(try await queue("r1").count == 1)
@@ -152,6 +160,41 @@ struct PushDispatcherTests {
         try await redis.send("DEL", keys.queue("r2"))
         #expect(try await dispatcher.push(command, id: "1-0") == PushReceipt(id: "1-0", targets: 2))
         #expect(try await queue("r2").isEmpty)
+        await redis.close()
+    }
+
+    @Test func aListThatWasThereAlreadyLivesAsLongAsItsNewestEntry() async throws {
+        _ = try await dispatcher.push(PushCommand(audience: .terminals(["e1"]), payload: [1], ttl: 60))
+        let first = try await redis.send("PTTL", keys.queue("e1")).int ?? 0
+        #expect(first > 50_000 && first <= 60_000)
+        // A longer-lived entry extends the list (in the follow-up: the list had an expiry)...
+        _ = try await dispatcher.pushMany([PushCommand(audience: .terminals(["e1"]), payload: [2], ttl: 3600)], wakes: WakeBatch())
+        #expect(try await redis.send("PTTL", keys.queue("e1")).int ?? 0 > 3_500_000)
+        // ...a shorter-lived one leaves it alone.
+        _ = try await dispatcher.push(PushCommand(audience: .terminals(["e1"]), payload: [3], ttl: 5))
+        #expect(try await redis.send("PTTL", keys.queue("e1")).int ?? 0 > 3_500_000)
+        #expect(try await queue("e1").map(\.payloadBytes) == [[1], [2], [3]])
+        await redis.close()
+    }
+
+    @Test func anEntryWhoseListExpiredBeforeItsExtensionIsStoredAgain() async throws {
+        // The follow-up of a push whose list was there with an expiry, and expired between the
+        // two pipelines (with the new entry in it): the extension finds no list.
+        let entry = StoredMessage(id: "9-1", qos: 1, expiresAt: FleetClock.nowMillis() + 60_000, topic: "push/gone", payload: [9]).encoded()
+        var followUp = PushDispatcher.FollowUp()
+        followUp.extensions.append((0, "gone", entry, "60000"))
+        followUp.commands.append(RedisCommand("PEXPIRE", keys.queue("gone"), "60000", "GT"))
+        try await dispatcher.send(followUp)
+        #expect(try await redis.send("LRANGE", keys.queue("gone"), "0", "-1").array?.compactMap(\.string) == [entry])
+        #expect(try await redis.send("PTTL", keys.queue("gone")).int ?? 0 > 50_000)
+        // A list that simply outlives the entry is left as it is.
+        try await redis.send("RPUSH", keys.queue("long"), "x", entry)
+        try await redis.send("PEXPIRE", keys.queue("long"), "900000")
+        followUp = PushDispatcher.FollowUp()
+        followUp.extensions.append((0, "long", entry, "60000"))
+        followUp.commands.append(RedisCommand("PEXPIRE", keys.queue("long"), "60000", "GT"))
+        try await dispatcher.send(followUp)
+        #expect(try await redis.send("LLEN", keys.queue("long")).int == 2)
         await redis.close()
     }
 

@@ -58,7 +58,7 @@ struct CredentialTests {
         for key in [keys.route("t1"), keys.queue("t1"), keys.sent("t1"), keys.subscriptions("t1"), keys.session("t1"), keys.revoked("t1")] {
             #expect(key.hasPrefix("p:{t:t1}:"))
         }
-        #expect(keys.messageStatus("m").hasPrefix("p:{m:m}:"))
+        #expect(keys.statusBucket(StatusBucket(second: 7, shard: 1)) == "p:{s:7:1}:status")
     }
 
     @Test func storedMessageRoundTrip() {

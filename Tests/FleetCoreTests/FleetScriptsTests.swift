@@ -190,34 +190,74 @@ struct FleetScriptsTests {
         await redis.close()
     }
 
-    @Test func transitionsOnlyMoveForwardAndTheCountsFollowFromTheStates() async throws {
-        let status = keys.messageStatus("m1")
+    @Test func statesNeverMoveBackAndTheCountsFollowFromThem() async throws {
         typealias Field = MessageStatusField
-        try await redis.send(
-            "HSET", status, Field.targets, "4", Field.target("a"), "queued", Field.target("b"), "queued", Field.target("c"), "queued",
-            Field.target("d"), "queued")
-        func move(_ terminal: String, _ state: MessageState, in key: String? = nil) async throws -> Int64? {
-            try await redis.send(
-                FleetScripts.transition.command(keys: [key ?? status], arguments: [terminal, state.rawValue, Field.targetPrefix])
-            ).int
+        let id = FleetClock.newMessageID()
+        let bucket = keys.statusBucket(StatusBucket(messageID: id))
+        // Written in any order, by any writer, more than once: each state is a field of its own.
+        var writes = StatusWrites()
+        writes.record(.acknowledged, of: id, terminal: "a", at: 10)
+        writes.record(.delivered, of: id, terminal: "a", at: 20)  // late: does not move it back
+        writes.record(.delivered, of: id, terminal: "b", at: 10)
+        writes.record(.expired, of: id, terminal: "c", at: 30)
+        writes.record(.acknowledged, of: id, terminal: "c", at: 40)  // after expiry: the first final stands
+        writes.record(.dropped, of: id, terminal: "e", at: 5)
+        for command in writes.commands(keys: keys) { try await redis.send(command) }
+        var states: [MessageState] = []
+        for terminal in ["a", "b", "c", "d", "e"] {
+            let fields = Field.recordedStates.map { Field.state($0, of: id, terminal: terminal) }
+            let values = try await redis.send(RedisCommand("HMGET", [bucket] + fields)).array ?? []
+            states.append(Field.state(of: values.map(\.string)))
         }
-        #expect(try await move("a", .delivered) == 1)
-        #expect(try await move("a", .acknowledged) == 1)
-        #expect(try await move("a", .delivered) == 0)  // late duplicate: ignored
-        #expect(try await move("b", .acknowledged) == 1)  // ack without a recorded delivery
-        #expect(try await move("c", .expired) == 1)
-        #expect(try await move("c", .acknowledged) == 0)
-        // A terminal the push did not address: nothing is added.
-        #expect(try await move("z", .delivered) == 0)
-        let fields = try await redis.send("HGETALL", status).pairs ?? [:]
-        let states = Field.targetStates(in: fields)
-        #expect(states == ["a": "acknowledged", "b": "acknowledged", "c": "expired", "d": "queued"])
+        #expect(states == [.acknowledged, .delivered, .expired, .queued, .dropped])
         #expect(
-            Field.counts(ofTargets: states.values) == ["queued": 1, "delivered": 2, "acknowledged": 2, "expired": 1, "dropped": 0])
-        // Unknown message (expired status record): nothing is created.
-        #expect(try await move("a", .delivered, in: keys.messageStatus("gone")) == 0)
-        #expect(try await redis.send("EXISTS", keys.messageStatus("gone")).int == 0)
+            Field.counts(ofTargets: states) == ["queued": 1, "delivered": 2, "acknowledged": 1, "expired": 1, "dropped": 1])
         await redis.close()
+    }
+
+    @Test func statusBucketsComeFromTheMessageIdAndExpireOnce() async throws {
+        // A control node's id (hex ms) and a command stream entry id (decimal ms) of the same
+        // second share it; the shard comes from the id.
+        let ms: Int64 = 1_764_470_000_123
+        let apiID = String(ms, radix: 16) + "-00000000deadbeef"
+        #expect(StatusBucket(messageID: apiID).second == 1_764_470_000)
+        #expect(StatusBucket(messageID: "\(ms)-7").second == 1_764_470_000)
+        #expect(StatusBucket(messageID: "1-1").second == 0)
+        #expect(StatusBucket(messageID: "not an id").second == 0)
+        let shards = Set((0..<200).map { StatusBucket(messageID: "\(ms)-\($0)").shard })
+        #expect(shards == Set(0..<StatusBucket.shards))
+        // An id from the distant past still gets the full retention from now.
+        #expect(StatusBucket(messageID: "1-1").expiresAt(retention: 100, nowSeconds: 5000) == 5100)
+        #expect(StatusBucket(second: 6000, shard: 0).expiresAt(retention: 100, nowSeconds: 5000) == 6101)
+
+        // The expiry goes once per bucket in a while, not with every write.
+        let bucket = StatusBucket(messageID: "\(ms)-1")
+        let expiry = StatusBucketExpiry(.retention(600))
+        #expect(expiry.commands(for: [bucket], keys: keys, nowSeconds: 1000).count == 1)
+        #expect(expiry.commands(for: [bucket, bucket], keys: keys, nowSeconds: 1005).isEmpty)
+        #expect(expiry.commands(for: [bucket], keys: keys, nowSeconds: 1000 + 10).count == 1)
+        expiry.reset()
+        #expect(expiry.commands(for: [bucket], keys: keys, nowSeconds: 1011).count == 1)
+        // A push node's EXPIRE NX leaves a bucket's expiry alone and gives one to a bucket a
+        // late state created anew.
+        let key = keys.statusBucket(bucket)
+        try await redis.send("HSET", key, "f", "1")
+        try await redis.send("EXPIRE", key, "5000")
+        for command in StatusBucketExpiry(.ifNone(60)).commands(for: [bucket], keys: keys) { try await redis.send(command) }
+        #expect(try await redis.send("TTL", key).int ?? 0 > 4000)
+        try await redis.send("PERSIST", key)
+        for command in StatusBucketExpiry(.ifNone(60)).commands(for: [bucket], keys: keys) { try await redis.send(command) }
+        #expect(try await redis.send("TTL", key).int == 60)
+        await redis.close()
+    }
+
+    @Test func statusRecordsRoundTrip() {
+        let record = MessageStatusRecord(kind: "unicast", qos: 1, ttl: 60, createdAt: 5, expiresAt: 60_005, targets: ["a:1", "b.c", "d-e"])
+        #expect(MessageStatusRecord(decoding: record.encoded) == record)
+        let topic = MessageStatusRecord(kind: "topic", qos: 0, ttl: 0, createdAt: 5, expiresAt: 0)
+        #expect(MessageStatusRecord(decoding: topic.encoded) == topic)
+        #expect(MessageStatusRecord(decoding: "unicast|1|x|5|0|") == nil)
+        #expect(MessageStatusRecord(decoding: "") == nil)
     }
 
     @Test func retainedMessagesKeepTheirByteCountWithinBounds() async throws {

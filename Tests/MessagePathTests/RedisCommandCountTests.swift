@@ -77,7 +77,7 @@ struct RedisCommandCountTests {
             case .readStored(let read): session.storedRead(read, await result { try await store.read(read).get() })
             case .store(let writes): try await store.write(writes).get()
             case .storeRemoving(let writes, let ids):
-                try await store.write(writes).get()
+                try await store.remove(writes).get()
                 session.removalConfirmed(ids)
             case .recordState(let id, let state): status.record(id, terminal: session.terminal, state)
             default: break
@@ -90,16 +90,23 @@ struct RedisCommandCountTests {
         return written
     }
 
-    @Test func oneUnicastPushAndItsAcknowledgement() async throws {
-        // A terminal connected (MQTT 5, clean) to node n1.
-        var session = MQTTSession(environment: node.context.sessionEnvironment)
-        _ = try await run(&session) { $0.connectionOpened() }
-        let connack = try await run(&session) {
-            $0.packetReceived(.connect(MQTTConnectPacket(protocolVersion: .v5, clientIdentifier: "t1")))
+    /// Pushes to `count` connected terminals in one batch (as `POST /v1/push/batch` and a read
+    /// of the command stream store them), each delivered from its wake event's entry and
+    /// acknowledged within the status recorder's tick.
+    @Test func unicastPushesAndTheirAcknowledgements() async throws {
+        let count = 20
+        let terminals = (0..<count).map { "t\($0)" }
+        var sessions: [MQTTSession] = []
+        for terminal in terminals {
+            var session = MQTTSession(environment: node.context.sessionEnvironment)
+            _ = try await run(&session) { $0.connectionOpened() }
+            let connack = try await run(&session) {
+                $0.packetReceived(.connect(MQTTConnectPacket(protocolVersion: .v5, clientIdentifier: terminal)))
+            }
+            #expect(connack.first.map { if case .connAck(let ack) = $0 { ack.reasonCode == .success } else { false } } == true)
+            sessions.append(session)
         }
-        #expect(connack.first.map { if case .connAck(let ack) = $0 { ack.reasonCode == .success } else { false } } == true)
 
-        // The push, through the batch path (as POST /v1/push/batch and the command stream do).
         let control = server.connection(scripts: FleetScripts.all)
         let dispatcher = PushDispatcher(
             configuration: ControlNodeConfiguration(
@@ -109,37 +116,54 @@ struct RedisCommandCountTests {
         _ = try await control.send("PING")
         try await resetStats()
         let wakes = WakeBatch()
-        let receipts = await dispatcher.pushMany([PushCommand(audience: .terminals(["t1"]), payload: Array("hello".utf8))], wakes: wakes)
+        let receipts = await dispatcher.pushMany(
+            terminals.map { PushCommand(audience: .terminals([$0]), payload: Array("hello".utf8)) }, wakes: wakes)
         await dispatcher.sendWakes(wakes)
-        let id = try receipts[0].get().id
+        let ids = try receipts.map { try $0.get().id }
+        let buckets = Set(ids.map(StatusBucket.init(messageID:))).count
         let push = try await calls()
-        // Status: HSET and EXPIRE of the status hash (its target's state in it); store: RPUSH,
-        // PEXPIRE NX, PEXPIRE GT; route: HGET; the node's wake: SPUBLISH.
-        #expect(push == ["hset": 1, "expire": 1, "rpush": 1, "pexpire": 2, "hget": 1, "spublish": 1])
-        #expect(push.values.reduce(0, +) == 7)
+        // Per push: RPUSH, PEXPIRE NX (the list is new) and HGET of the route. Per status
+        // bucket the batch touches: HSET of the records, HSET of `complete`, EXPIREAT. Per
+        // node holding targets: one SPUBLISH.
+        #expect(push == ["rpush": count, "pexpire": count, "hget": count, "hset": 2 * buckets, "expireat": buckets, "spublish": 1])
+        #expect(buckets <= 2 * StatusBucket.shards)
 
-        // The node delivers it from the wake event's entry, the terminal acknowledges it.
-        let entries = try await stats.send("LRANGE", keys.queue("t1"), "0", "-1").array?.compactMap(\.string) ?? []
-        #expect(entries.count == 1)
-        try await resetStats()
-        let published = try await run(&session) { $0.wake(entries: entries) }
-        guard case .publish(let publish) = published.first, let packetID = publish.packetIdentifier else {
-            Issue.record("not delivered: \(published)")
-            return
+        // Each node delivers from the wake event's entry, each terminal acknowledges.
+        var stored: [[String]] = []
+        for terminal in terminals {
+            stored.append(try await stats.send("LRANGE", keys.queue(terminal), "0", "-1").array?.compactMap(\.string) ?? [])
         }
-        _ = try await run(&session, flush: true) { $0.packetReceived(.pubAck(MQTTAckPacket(packetIdentifier: packetID))) }
+        #expect(stored.allSatisfy { $0.count == 1 })
+        try await resetStats()
+        for (index, entries) in stored.enumerated() {
+            let published = try await run(&sessions[index]) { $0.wake(entries: entries) }
+            guard case .publish(let publish) = published.first, let packetID = publish.packetIdentifier else {
+                Issue.record("not delivered: \(published)")
+                return
+            }
+            _ = try await run(&sessions[index]) { $0.packetReceived(.pubAck(MQTTAckPacket(packetIdentifier: packetID))) }
+        }
+        status.flush()
+        _ = try await node.context.redis.send("PING")
         let delivery = try await calls()
-        // Delivery and acknowledgement: LREM, and the `acknowledged` transition (one EVALSHA
-        // running HGET and HSET of the target's state; `delivered`, still held for its tick, is
-        // folded into it). The `sent` record never reached Redis: acknowledged within its tick
-        // (it would cost an HSET, and an HDEL on the acknowledgement).
-        #expect(delivery == ["lrem": 1, "evalsha": 1, "hget": 1, "hset": 1])
-        #expect(delivery.values.reduce(0, +) == 4)
+        // Per acknowledgement: LREM. Per status bucket and tick: one HSET of the states
+        // (`delivered`, still held for its tick, gave way to `acknowledged`) and the bucket's
+        // EXPIRE NX (once in a while per node). The `sent` records never reached Redis:
+        // acknowledged within their tick (each would cost an HSET, and an HDEL on the
+        // acknowledgement).
+        #expect(delivery == ["lrem": count, "hset": buckets, "expire": buckets])
 
-        // And the status says so.
-        let state = try await stats.send("HGET", keys.messageStatus(id), MessageStatusField.target("t1")).string
-        #expect(state == MessageState.acknowledged.rawValue)
-        #expect(try await stats.send("LLEN", keys.queue("t1")).int == 0)
+        // Per message: 4 commands, and the batch's share of the rest.
+        let total = (push.values.reduce(0, +) + delivery.values.reduce(0, +))
+        #expect(total == 4 * count + 1 + 5 * buckets)
+
+        // And the statuses say so; the lists are empty.
+        for (id, terminal) in zip(ids, terminals) {
+            let fields = MessageStatusField.recordedStates.map { MessageStatusField.state($0, of: id, terminal: terminal) }
+            let values = try await stats.send(RedisCommand("HMGET", [keys.statusBucket(StatusBucket(messageID: id))] + fields)).array ?? []
+            #expect(MessageStatusField.state(of: values.map(\.string)) == .acknowledged)
+            #expect(try await stats.send("LLEN", keys.queue(terminal)).int == 0)
+        }
     }
 
     func result<T>(_ body: () async throws -> T) async -> Result<T, any Error> {

@@ -107,7 +107,7 @@ class Fleet:
 
     def start_redis(self):
         self.start("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
-                             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--lazyfree-lazy-expire", "yes",
                              "--logfile", os.path.join(self.dir, "redis-server.log")])
         # Ready by its own log, not just "something accepts on the port".
         wait_for(lambda: os.path.exists(os.path.join(self.dir, "redis-server.log")) and
