@@ -95,8 +95,11 @@ public struct PushNodeConfiguration: Sendable {
     /// carry; beyond it the CONNECT gets CONNACK 0x95 and the PUBLISH is refused (0x83).
     public var maximumUserPropertyBytes: Int = 8_192
     /// How long a `sent` record waits for its message's acknowledgement before it is written
-    /// (``SentRecorder``); tuning for tests, not a flag.
-    var sentRecordInterval: TimeAmount = .milliseconds(20)
+    /// (``SentRecorder``: one to two of these): longer than a mobile network's round trip, so
+    /// that a record is written (HSET, and HDEL on the acknowledgement) only for a terminal slow
+    /// to acknowledge, or when the connection stops; a node that dies loses the records of its
+    /// last second. Tuning for tests, not a flag.
+    var sentRecordInterval: TimeAmount = .milliseconds(500)
 
     public init(redis: RedisConfiguration, mqttHost: String, mqttPort: Int, nodeID: String, secret: String) {
         self.redis = redis

@@ -31,8 +31,8 @@ struct RedisCommandCountTests {
         var configuration = PushNodeConfiguration(
             redis: server.configuration, mqttHost: "127.0.0.1", mqttPort: 0, nodeID: "n1", secret: Self.secret)
         configuration.allowAnonymous = true
-        // The acknowledgement always comes within the `sent` record's tick (as it usually does
-        // within the node's 20 ms).
+        // The acknowledgement always comes within the `sent` record's wait (as it usually does
+        // within the node's 0.5 s).
         configuration.sentRecordInterval = .seconds(60)
         node = PushNode(configuration: configuration, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         stats = server.connection()
