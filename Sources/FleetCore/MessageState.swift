@@ -15,8 +15,8 @@ public enum MessageState: String, Codable, Sendable, CaseIterable {
 }
 
 extension MessageState {
-    /// Order of the states: a state never moves to a lower rank (the transition script keeps
-    /// the same order, built from this).
+    /// Order of the states: a target's state never moves to a lower rank (the status reader
+    /// takes the highest recorded, ``MessageStatusField/state(of:)``).
     public var rank: Int {
         switch self {
         case .queued: 1
