@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Wall-clock helpers and id generation.
 public enum FleetClock {
@@ -7,12 +8,18 @@ public enum FleetClock {
     /// Unix time in seconds.
     public static func nowSeconds() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
-    /// A new message id: milliseconds and 64 random bits, both hex, sortable by time.
+    /// A new message id: milliseconds and 64 bits, both hex, sortable by time. The 64 bits are
+    /// a random number drawn once per process plus a count of the ids it made: unique within
+    /// the process, and across processes as long as two random starts are not within a few
+    /// billion of each other, without a `getrandom` call per id.
     public static func newMessageID() -> String {
         let ms = String(UInt64(nowMillis()), radix: 16)
-        let random = String(UInt64.random(in: .min ... .max), radix: 16)
+        let random = String(idBase &+ idCounter.add(1, ordering: .relaxed).newValue, radix: 16)
         return ms + "-" + String(repeating: "0", count: 16 - random.count) + random
     }
+
+    private static let idBase = UInt64.random(in: .min ... .max)
+    private static let idCounter = Atomic<UInt64>(0)
 
     /// A new connection epoch: unique across nodes and restarts (it only has to differ between
     /// two connections of one terminal). At most 15 characters, so Swift keeps it inline and
