@@ -162,6 +162,7 @@ let package = Package(
             name: "FleetCoreTests",
             dependencies: [
                 "FleetCore", "FleetRedis", "MQTTCodec", "RedisClient", "FleetTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         .testTarget(

@@ -24,9 +24,12 @@ public struct CredentialAuthority: Sendable {
 
     private let secret: [UInt8]
     private var key: SymmetricKey { SymmetricKey(data: secret) }
+    /// HMAC keyed with the secret, copied for each check (keying it costs two hash blocks).
+    private let keyed: KeyedHMAC
 
     public init(secret: String) {
         self.secret = Array(secret.utf8)
+        self.keyed = KeyedHMAC(HMAC<SHA256>(key: SymmetricKey(data: Array(secret.utf8))))
     }
 
     /// Issues a credential for `terminal`, valid `ttl` seconds from `nowMillis`.
@@ -39,23 +42,108 @@ public struct CredentialAuthority: Sendable {
     }
 
     /// Verifies `password` for `terminal` at time `now` (unix seconds). `issuedAt` of the result is in milliseconds.
+    ///
+    /// Every push node runs this for every CONNECT: it reads the password's bytes in place,
+    /// decodes the signature into a stack buffer and feeds the signed text to a copy of the
+    /// keyed HMAC piece by piece, allocating nothing.
     public func verify(terminal: String, password: String, now: Int64) -> Result<Verified, Failure> {
-        let parts = password.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4, parts[0] == "v1", let issuedAt = Int64(parts[1]), let expiresAt = Int64(parts[2]),
-            let mac = Data(base64URL: String(parts[3]))
-        else { return .failure(.malformed) }
-        let message = Array("v1|\(terminal)|\(issuedAt)|\(expiresAt)".utf8)
-        guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: message, using: key) else {
-            return .failure(.badSignature)
+        var password = password
+        var terminal = terminal
+        return password.withUTF8 { password in
+            terminal.withUTF8 { terminal in verify(terminal: terminal, password: password, now: now) }
         }
-        guard expiresAt > now else { return .failure(.expired) }
-        return .success(Verified(issuedAt: issuedAt, expiresAt: expiresAt))
+    }
+
+    private func verify(terminal: UnsafeBufferPointer<UInt8>, password: UnsafeBufferPointer<UInt8>, now: Int64) -> Result<Verified, Failure> {
+        // v1.<issuedAt>.<expiresAt>.<signature>
+        guard password.count > 3, password[0] == UInt8(ascii: "v"), password[1] == UInt8(ascii: "1"), password[2] == UInt8(ascii: ".")
+        else { return .failure(.malformed) }
+        var position = 3
+        guard let issued = Self.number(in: password, from: &position), let expires = Self.number(in: password, from: &position) else {
+            return .failure(.malformed)
+        }
+        let signature = UnsafeBufferPointer(rebasing: password[position...])
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 33) { decoded in
+            guard Self.decodeBase64URL(signature, into: decoded) == SHA256.byteCount else { return .failure(.malformed) }
+            var hmac = keyed.hmac
+            ("v1|" as StaticString).withUTF8Buffer { hmac.update(data: UnsafeRawBufferPointer($0)) }
+            hmac.update(data: UnsafeRawBufferPointer(terminal))
+            ("|" as StaticString).withUTF8Buffer { hmac.update(data: UnsafeRawBufferPointer($0)) }
+            hmac.update(data: UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: password[issued.digits])))
+            ("|" as StaticString).withUTF8Buffer { hmac.update(data: UnsafeRawBufferPointer($0)) }
+            hmac.update(data: UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: password[expires.digits])))
+            let code = hmac.finalize()
+            // Constant time: every byte is compared whatever the first difference.
+            let difference = code.withUnsafeBytes { expected in
+                (0..<SHA256.byteCount).reduce(UInt8(0)) { $0 | (expected[$1] ^ decoded[$1]) }
+            }
+            guard difference == 0 else { return .failure(.badSignature) }
+            guard expires.value > now else { return .failure(.expired) }
+            return .success(Verified(issuedAt: issued.value, expiresAt: expires.value))
+        }
+    }
+
+    /// A decimal number as `issue` writes it (no sign, no leading zero, at most 18 digits)
+    /// followed by a dot, read from `position`, which moves past the dot.
+    private static func number(in bytes: UnsafeBufferPointer<UInt8>, from position: inout Int) -> (value: Int64, digits: Range<Int>)? {
+        let start = position
+        var value: Int64 = 0
+        while position < bytes.count, bytes[position] != UInt8(ascii: ".") {
+            let digit = bytes[position] &- UInt8(ascii: "0")
+            guard digit < 10, position - start < 18 else { return nil }
+            value = value * 10 + Int64(digit)
+            position += 1
+        }
+        let digits = start..<position
+        guard position < bytes.count, !digits.isEmpty, digits.count == 1 || bytes[start] != UInt8(ascii: "0") else { return nil }
+        position += 1
+        return (value, digits)
+    }
+
+    /// Decodes base64url (with or without its padding) into `output`; returns the
+    /// number of bytes, or -1 when the text is not base64url or longer than `output`.
+    private static func decodeBase64URL(_ text: UnsafeBufferPointer<UInt8>, into output: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        var count = text.count
+        while count > 0, text[count - 1] == UInt8(ascii: "=") { count -= 1 }
+        // Padding, when there is any, completes the last group of four.
+        guard text.count == count || text.count % 4 == 0, count % 4 != 1, count * 3 / 4 <= output.count else { return -1 }
+        var accumulator: UInt32 = 0
+        var bits = 0
+        var written = 0
+        for index in 0..<count {
+            let byte = text[index]
+            let value: UInt8
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = byte - UInt8(ascii: "A")
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = byte - UInt8(ascii: "a") + 26
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = byte - UInt8(ascii: "0") + 52
+            case UInt8(ascii: "-"): value = 62
+            case UInt8(ascii: "_"): value = 63
+            default: return -1
+            }
+            accumulator = accumulator << 6 | UInt32(value)
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                output[written] = UInt8(truncatingIfNeeded: accumulator >> UInt32(bits))
+                written += 1
+            }
+        }
+        return written
     }
 
     private func signature(terminal: String, issuedAt: Int64, expiresAt: Int64) -> String {
         let mac = HMAC<SHA256>.authenticationCode(for: Array("v1|\(terminal)|\(issuedAt)|\(expiresAt)".utf8), using: key)
         return Data(mac).base64URLEncodedString()
     }
+}
+
+/// A keyed HMAC that is only ever copied, never changed in place: each copy's updates copy its
+/// hash state first (swift-crypto's hash states are copy-on-write), so sharing it across
+/// threads is safe.
+private struct KeyedHMAC: @unchecked Sendable {
+    let hmac: HMAC<SHA256>
+    init(_ hmac: HMAC<SHA256>) { self.hmac = hmac }
 }
 
 extension Data {

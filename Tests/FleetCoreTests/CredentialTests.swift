@@ -1,3 +1,4 @@
+import Crypto
 import FleetCore
 import FleetTestSupport
 import Foundation
@@ -25,6 +26,59 @@ struct CredentialTests {
         let parts = issued.password.split(separator: ".")
         let forged = "v1.\(parts[1]).9999999999.\(parts[3])"
         #expect(authority.verify(terminal: "t1", password: forged, now: 1_000) == .failure(.badSignature))
+    }
+
+    /// The check reads the password in place; it must accept exactly what a straightforward
+    /// check (split, Foundation base64, HMAC over the reformatted text) accepts.
+    @Test func noAlteredCredentialIsAccepted() {
+        func reference(_ terminal: String, _ password: String, now: Int64) -> Bool {
+            let parts = password.split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count == 4, parts[0] == "v1", let issued = Int64(parts[1]), let expires = Int64(parts[2]),
+                String(issued) == parts[1], String(expires) == parts[2], let mac = Data(base64URL: String(parts[3]))
+            else { return false }
+            let code = HMAC<SHA256>.authenticationCode(for: Array("v1|\(terminal)|\(issued)|\(expires)".utf8), using: SymmetricKey(data: Array("s3cret".utf8)))
+            return Data(code) == mac && expires > now
+        }
+        var generator = SeededGenerator(seed: 0x5EED_0013)
+        let alphabet = Array("v1.0123456789-_=+/aZ".utf8)
+        for round in 0..<300 {
+            let terminal = "t\(UInt32.random(in: 0...999_999, using: &generator))"
+            let issued = authority.issue(terminal: terminal, ttl: Int64.random(in: 1...1_000_000, using: &generator), nowMillis: 1_700_000_000_000)
+            let verified = try? authority.verify(terminal: terminal, password: issued.password, now: 1_700_000_000).get()
+            #expect(verified?.issuedAt == 1_700_000_000_000 && verified?.expiresAt == issued.expiresAt)
+            // Every position changed, dropped, or doubled; bytes added at the end.
+            var bytes = Array(issued.password.utf8)
+            let index = round % bytes.count
+            var variants: [[UInt8]] = []
+            var changed = bytes
+            changed[index] = alphabet.randomElement(using: &generator)!
+            variants.append(changed)
+            var dropped = bytes
+            dropped.remove(at: index)
+            variants.append(dropped)
+            var doubled = bytes
+            doubled.insert(bytes[index], at: index)
+            variants.append(doubled)
+            bytes.append(alphabet.randomElement(using: &generator)!)
+            variants.append(bytes)
+            for variant in variants {
+                let password = String(decoding: variant, as: UTF8.self)
+                let accepted = (try? authority.verify(terminal: terminal, password: password, now: 1_700_000_000).get()) != nil
+                #expect(accepted == reference(terminal, password, now: 1_700_000_000), "\(password)")
+            }
+        }
+        // Leading zeros and signs are not how credentials are written: refused.
+        let issued = authority.issue(terminal: "t1", ttl: 60, nowMillis: 1_000_000)
+        let parts = issued.password.split(separator: ".")
+        for altered in ["v1.0\(parts[1]).\(parts[2]).\(parts[3])", "v1.+\(parts[1]).\(parts[2]).\(parts[3])"] {
+            #expect(authority.verify(terminal: "t1", password: altered, now: 1_000) == .failure(.malformed))
+        }
+        // The signature's padding is optional, as base64url has it.
+        #expect((try? authority.verify(terminal: "t1", password: issued.password + "=", now: 1_000).get()) != nil)
+        #expect(authority.verify(terminal: "t1", password: issued.password + "==", now: 1_000) == .failure(.malformed))
+        #expect(authority.verify(terminal: "t1", password: "", now: 1_000) == .failure(.malformed))
+        #expect(authority.verify(terminal: "t1", password: "v1.", now: 1_000) == .failure(.malformed))
+        #expect(authority.verify(terminal: "t1", password: "v1.1.2.", now: 1_000) == .failure(.malformed))
     }
 
     @Test func base64URLAgreesWithStandardBase64() {
