@@ -119,15 +119,14 @@ public struct PushDispatcher: Sendable {
     }
 
     /// The commands that store one push (ttl > 0) and read its targets' routes: per target
-    /// its entry appended, the list given the entry's lifetime if it has no expiry (a new
-    /// list), and its route read, in plain commands (Lua costs Redis several times more per
-    /// call on this path); a retry appends with ``FleetScripts/store``, which skips entries
-    /// already there. ``storedPipeline(_:)`` puts the status around them; ``followUp`` extends
-    /// the expiry of lists that were there already.
+    /// its entry appended, the list's expiry set or extended, and its route read, in plain
+    /// commands (Lua costs Redis several times more per call on this path); a retry appends
+    /// with ``FleetScripts/store``, which skips entries already there. ``storedPipeline(_:)``
+    /// puts the status around them.
     struct StoredPushPlan {
         var terminals: [String]
         var id: String
-        /// terminal -> its stored entry, for wake events and list extensions (empty for a
+        /// terminal -> its stored entry, for wake events (empty for a
         /// retry: its entries may be in the lists already, and the nodes then read the lists).
         var entries: [String: String]
         /// The store commands (``plainStoreCommands`` per target, or one script per target for
@@ -137,12 +136,10 @@ public struct PushDispatcher: Sendable {
         var retry: Bool
         /// The status record to create (nil for a retry: the earlier attempt created it).
         var record: MessageStatusRecord?
-        /// The entries' lifetime in milliseconds.
-        var ttlMillis: String
     }
 
-    /// Commands per target of a new push: RPUSH, PEXPIRE NX, HGET route.
-    static let plainStoreCommands = 3
+    /// Commands per target of a new push: RPUSH, PEXPIRE NX, PEXPIRE GT, HGET route.
+    static let plainStoreCommands = 4
 
     /// - Parameter earlierExpiresAt: set when an earlier attempt of this message created its
     ///   status: the entries are rebuilt byte for byte (same expiry) and appended only where
@@ -167,9 +164,14 @@ public struct PushDispatcher: Sendable {
             }
             entries[terminal] = entry
             commands.append(RedisCommand("RPUSH", queue, entry))
-            // A list this push created lives as long as its entry. One that was there already
-            // has an expiry; the follow-up extends it when this entry lives longer.
+            // The list lives as long as its longest-lived entry: a list this push created gets
+            // the entry's lifetime, one that was there already is extended if the entry outlives
+            // it. Both here, right after the append: extended later (only for lists that were
+            // there, which would save a command for new ones), a list whose expiry came in
+            // between would take the new entry with it, and then nothing tells that loss from
+            // a delivery that removed the entry.
             commands.append(RedisCommand("PEXPIRE", queue, ttlMillis, "NX"))
+            commands.append(RedisCommand("PEXPIRE", queue, ttlMillis, "GT"))
             commands.append(RedisCommand("HGET", keys.route(terminal), "node"))
         }
         let record =
@@ -177,7 +179,7 @@ public struct PushDispatcher: Sendable {
             ? nil
             : MessageStatusRecord(kind: "unicast", qos: Int(command.qos), ttl: command.ttl, createdAt: now, expiresAt: expiresAt, targets: terminals)
         return StoredPushPlan(
-            terminals: terminals, id: id, entries: entries, commands: commands, retry: retry, record: record, ttlMillis: ttlMillis)
+            terminals: terminals, id: id, entries: entries, commands: commands, retry: retry, record: record)
     }
 
     /// One pipeline storing `plans`: their status records first (one HSET per status bucket,
@@ -208,17 +210,13 @@ public struct PushDispatcher: Sendable {
         var commands: [RedisCommand] = []
         /// Where in `commands` a list the push made longer than the cap is trimmed, and whose.
         var trims: [(index: Int, terminal: String)] = []
-        /// Where in `commands` a list that was there already has its expiry extended, and the
-        /// entry that needs it.
-        var extensions: [(index: Int, terminal: String, entry: String, ttlMillis: String)] = []
         /// States to record (targets whose entries a cap pushed out).
         var states = StatusWrites()
     }
 
     /// What follows a stored push's first pipeline (`replies`: its store commands' replies):
-    /// lists that were there already get their expiry extended when the new entry outlives
-    /// it, lists over the cap are trimmed (their oldest entries then count as `dropped`), and
-    /// its targets' nodes are added to `wakes`.
+    /// lists over the cap are trimmed (their oldest entries then count as `dropped`), and its
+    /// targets' nodes are added to `wakes`.
     func followUp(_ plan: StoredPushPlan, replies: ArraySlice<RedisReply>, wakes: WakeBatch, into followUp: inout FollowUp) {
         var byNode: [String: [String]] = [:]
         let cap = Int64(configuration.offlineQueueCap)
@@ -234,15 +232,10 @@ public struct PushDispatcher: Sendable {
                 }
             } else {
                 let base = replies.startIndex + offset * Self.plainStoreCommands
-                node = replies[base + 2].string
-                let queue = keys.queue(terminal)
-                if replies[base + 1].int == 0, let entry = plan.entries[terminal] {
-                    followUp.extensions.append((followUp.commands.count, terminal, entry, plan.ttlMillis))
-                    followUp.commands.append(RedisCommand("PEXPIRE", queue, plan.ttlMillis, "GT"))
-                }
+                node = replies[base + 3].string
                 if let length = replies[base].int, length > cap {
                     followUp.trims.append((followUp.commands.count, terminal))
-                    followUp.commands.append(FleetScripts.trim.command(keys: [queue], arguments: [String(cap)]))
+                    followUp.commands.append(FleetScripts.trim.command(keys: [keys.queue(terminal)], arguments: [String(cap)]))
                 }
             }
             if let node, !node.isEmpty { byNode[node, default: []].append(terminal) }
@@ -250,8 +243,7 @@ public struct PushDispatcher: Sendable {
         wakes.add(byNode, entries: plan.entries)
     }
 
-    /// Sends a follow-up, then records `dropped` for the entries its trims pushed out, and
-    /// checks the lists whose expiry was not extended.
+    /// Sends a follow-up, then records `dropped` for the entries its trims pushed out.
     func send(_ followUp: FollowUp) async throws {
         let commands = followUp.commands + statusCommands(followUp.states)
         guard !commands.isEmpty else { return }
@@ -267,22 +259,7 @@ public struct PushDispatcher: Sendable {
                 dropped.record(.dropped, of: message.id, terminal: terminal, at: now)
             }
         }
-        // Not extended: the list lives longer than the entry already, or its expiry came in
-        // between the two pipelines and took the new entry with it; that one is stored again.
-        let unextended = followUp.extensions.filter { replies[$0.index].int == 0 }
-        var again: [RedisCommand] = []
-        if !unextended.isEmpty {
-            let found = try await redis.pipeline(unextended.map { RedisCommand("LPOS", keys.queue($0.terminal), $0.entry) })
-            for (lost, reply) in zip(unextended, found) where reply.isNull {
-                let queue = keys.queue(lost.terminal)
-                again += [
-                    RedisCommand("RPUSH", queue, lost.entry), RedisCommand("PEXPIRE", queue, lost.ttlMillis, "NX"),
-                    RedisCommand("PEXPIRE", queue, lost.ttlMillis, "GT"),
-                ]
-            }
-        }
-        let last = again + statusCommands(dropped)
-        if !last.isEmpty { _ = try await redis.pipeline(last) }
+        if !dropped.isEmpty { _ = try await redis.pipeline(statusCommands(dropped)) }
     }
 
     private func pushToTerminals(

@@ -99,7 +99,7 @@ struct CommandStreamTests {
             return Int(field.split(separator: "=").last ?? "") ?? 0
         }
         #expect(calls("rpush") == count)
-        #expect(calls("pexpire") == count)
+        #expect(calls("pexpire") == 2 * count)
         #expect(calls("hget") == count)
         #expect(calls("hmget") == 0)
         #expect(calls("evalsha") == 0)

@@ -167,34 +167,13 @@ struct PushDispatcherTests {
         _ = try await dispatcher.push(PushCommand(audience: .terminals(["e1"]), payload: [1], ttl: 60))
         let first = try await redis.send("PTTL", keys.queue("e1")).int ?? 0
         #expect(first > 50_000 && first <= 60_000)
-        // A longer-lived entry extends the list (in the follow-up: the list had an expiry)...
+        // A longer-lived entry extends the list...
         _ = try await dispatcher.pushMany([PushCommand(audience: .terminals(["e1"]), payload: [2], ttl: 3600)], wakes: WakeBatch())
         #expect(try await redis.send("PTTL", keys.queue("e1")).int ?? 0 > 3_500_000)
         // ...a shorter-lived one leaves it alone.
         _ = try await dispatcher.push(PushCommand(audience: .terminals(["e1"]), payload: [3], ttl: 5))
         #expect(try await redis.send("PTTL", keys.queue("e1")).int ?? 0 > 3_500_000)
         #expect(try await queue("e1").map(\.payloadBytes) == [[1], [2], [3]])
-        await redis.close()
-    }
-
-    @Test func anEntryWhoseListExpiredBeforeItsExtensionIsStoredAgain() async throws {
-        // The follow-up of a push whose list was there with an expiry, and expired between the
-        // two pipelines (with the new entry in it): the extension finds no list.
-        let entry = StoredMessage(id: "9-1", qos: 1, expiresAt: FleetClock.nowMillis() + 60_000, topic: "push/gone", payload: [9]).encoded()
-        var followUp = PushDispatcher.FollowUp()
-        followUp.extensions.append((0, "gone", entry, "60000"))
-        followUp.commands.append(RedisCommand("PEXPIRE", keys.queue("gone"), "60000", "GT"))
-        try await dispatcher.send(followUp)
-        #expect(try await redis.send("LRANGE", keys.queue("gone"), "0", "-1").array?.compactMap(\.string) == [entry])
-        #expect(try await redis.send("PTTL", keys.queue("gone")).int ?? 0 > 50_000)
-        // A list that simply outlives the entry is left as it is.
-        try await redis.send("RPUSH", keys.queue("long"), "x", entry)
-        try await redis.send("PEXPIRE", keys.queue("long"), "900000")
-        followUp = PushDispatcher.FollowUp()
-        followUp.extensions.append((0, "long", entry, "60000"))
-        followUp.commands.append(RedisCommand("PEXPIRE", keys.queue("long"), "60000", "GT"))
-        try await dispatcher.send(followUp)
-        #expect(try await redis.send("LLEN", keys.queue("long")).int == 2)
         await redis.close()
     }
 
