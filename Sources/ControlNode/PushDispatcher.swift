@@ -411,10 +411,12 @@ public struct PushDispatcher: Sendable {
         var results = [Result<PushReceipt, any Error>?](repeating: nil, count: commands.count)
         var plans: [(index: Int, plan: StoredPushPlan)] = []
         var others: [Int] = []
+        // One status shard for the batch: its records go in one HSET per second.
+        let newIDs = ids == nil ? FleetClock.newMessageIDs(commands.count) : []
         for (index, command) in commands.enumerated() {
             if case .terminals(let terminals) = command.audience, command.ttl > 0, command.idempotencyKey == nil {
                 let plan = planStored(
-                    Array(Set(terminals)).sorted(), command: command, id: ids?[index] ?? FleetClock.newMessageID(), earlierExpiresAt: nil)
+                    Array(Set(terminals)).sorted(), command: command, id: ids?[index] ?? newIDs[index], earlierExpiresAt: nil)
                 plans.append((index, plan))
             } else {
                 others.append(index)

@@ -9,17 +9,30 @@ public enum FleetClock {
     public static func nowSeconds() -> Int64 { Int64(Date().timeIntervalSince1970) }
 
     /// A new message id: milliseconds and 64 bits, both hex, sortable by time. The 64 bits are
-    /// a random number drawn once per process plus a count of the ids it made: unique within
+    /// a random number drawn once per process plus four times a count of the ids it made, plus
+    /// the id's status shard (``StatusBucket``, read back from the last hex digit): unique within
     /// the process, and across processes as long as two random starts are not within a few
     /// billion of each other, without a `getrandom` call per id.
     public static func newMessageID() -> String {
+        newMessageIDs(1)[0]
+    }
+
+    /// `count` new message ids that share a status shard, so a batch writes its statuses into
+    /// one bucket per second rather than one per shard. Successive calls go round the shards.
+    public static func newMessageIDs(_ count: Int) -> [String] {
         let ms = String(UInt64(nowMillis()), radix: 16)
-        let random = String(idBase &+ idCounter.add(1, ordering: .relaxed).newValue, radix: 16)
-        return ms + "-" + String(repeating: "0", count: 16 - random.count) + random
+        let first = idCounter.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count)
+        let shard = UInt64(batchCounter.add(1, ordering: .relaxed).newValue % UInt64(StatusBucket.shards))
+        return (0..<UInt64(count)).map { offset in
+            let bits = (idBase & ~UInt64(StatusBucket.shards - 1)) &+ (first + offset) &* UInt64(StatusBucket.shards) &+ shard
+            let hex = String(bits, radix: 16)
+            return ms + "-" + String(repeating: "0", count: 16 - hex.count) + hex
+        }
     }
 
     private static let idBase = UInt64.random(in: .min ... .max)
     private static let idCounter = Atomic<UInt64>(0)
+    private static let batchCounter = Atomic<UInt64>(0)
 
     /// A new connection epoch: unique across nodes and restarts (it only has to differ between
     /// two connections of one terminal). At most 15 characters, so Swift keeps it inline and

@@ -25,20 +25,27 @@ public struct StatusBucket: Hashable, Sendable {
 
     /// The bucket of message `id`: its creation second read from the id (a control node's id
     /// is hex milliseconds and 16 hex digits, a command stream entry's decimal milliseconds and
-    /// a sequence number), its shard from a hash of the id. An id in neither form goes to
-    /// second 0; what matters is that every node finds the same bucket for the same id.
+    /// a sequence number); its shard from the last hex digit of a control node's id (which
+    /// gives a batch's ids one shard: ``FleetClock/newMessageIDs(_:)``), else from a hash of
+    /// the id. An id in neither form goes to second 0; what matters is that every node finds
+    /// the same bucket for the same id.
     public init(messageID id: String) {
         let utf8 = id.utf8
-        var hash: UInt32 = 2_166_136_261
-        for byte in utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
-        shard = Int(hash % UInt32(Self.shards))
         var millis: Int64 = 0
+        var shard: Int?
         if let dash = utf8.firstIndex(of: UInt8(ascii: "-")) {
             let time = id[..<dash]
             let sequence = id[id.index(after: dash)...]
             let hex = sequence.utf8.count == 16 && time.utf8.count <= 15
             millis = Int64(time, radix: hex ? 16 : 10) ?? 0
+            if hex, let last = sequence.last?.hexDigitValue { shard = last % Self.shards }
         }
+        if shard == nil {
+            var hash: UInt32 = 2_166_136_261
+            for byte in utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+            shard = Int(hash % UInt32(Self.shards))
+        }
+        self.shard = shard!
         second = millis / 1000
     }
 

@@ -226,6 +226,19 @@ struct FleetScriptsTests {
         #expect(StatusBucket(messageID: "not an id").second == 0)
         let shards = Set((0..<200).map { StatusBucket(messageID: "\(ms)-\($0)").shard })
         #expect(shards == Set(0..<StatusBucket.shards))
+        // A batch's new ids share a shard (one HSET per second for the batch); batches go
+        // round the shards; no id repeats.
+        var batchShards: [Int] = []
+        var seen = Set<String>()
+        for _ in 0..<8 {
+            let ids = FleetClock.newMessageIDs(500)
+            let shards = Set(ids.map { StatusBucket(messageID: $0).shard })
+            #expect(shards.count == 1)
+            batchShards += shards
+            seen.formUnion(ids)
+        }
+        #expect(Set(batchShards) == Set(0..<StatusBucket.shards))
+        #expect(seen.count == 8 * 500)
         // An id from the distant past still gets the full retention from now.
         #expect(StatusBucket(messageID: "1-1").expiresAt(retention: 100, nowSeconds: 5000) == 5100)
         #expect(StatusBucket(second: 6000, shard: 0).expiresAt(retention: 100, nowSeconds: 5000) == 6101)
