@@ -69,10 +69,10 @@ struct ControlAPI: Sendable {
         guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
         let replies = try await redis.pipeline([
             RedisCommand("SET", keys.revoked(terminal), String(FleetClock.nowMillis()), "EX", String(configuration.maximumCredentialTTL)),
-            RedisCommand("HGET", keys.route(terminal), "node"),
+            RedisCommand("GET", keys.route(terminal)),
         ])
         _ = try replies[0].throwingError()
-        if let node = replies[1].string, !node.isEmpty {
+        if let node = replies[1].string.flatMap(Route.node(in:)) {
             try await redis.send("SPUBLISH", keys.nodeChannel(node), revocationKick(terminal).encoded())
         }
         return Response(status: .noContent)
@@ -155,21 +155,21 @@ struct ControlAPI: Sendable {
     func terminalStatus(_ terminal: String) async throws -> Response {
         guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
         let replies = try await redis.pipeline([
-            RedisCommand("HGETALL", keys.route(terminal)),
+            RedisCommand("GET", keys.route(terminal)),
             RedisCommand("HKEYS", keys.subscriptions(terminal)),
             RedisCommand("LLEN", keys.queue(terminal)),
         ])
-        let route = try hash(replies[0].throwingError())
+        let route = try replies[0].throwingError().string.flatMap(Route.init(decoding:))
         var online = false
-        if let node = route["node"] {
+        if let node = route?.node {
             online = try await redis.send("EXISTS", keys.node(node)).int == 1
         }
         let subscriptions = (try replies[1].throwingError().array ?? []).compactMap(\.string).sorted()
         let body: [String: JSONValue] = [
             "terminal": .string(terminal),
             "online": .bool(online),
-            "node": route["node"].map { .string($0) } ?? .null,
-            "connectedAt": route["connectedAt"].flatMap { Int64($0) }.map { .int($0) } ?? .null,
+            "node": route.map { .string($0.node) } ?? .null,
+            "connectedAt": route.map { .int($0.connectedAt) } ?? .null,
             "subscriptions": .array(subscriptions.map { .string($0) }),
             "queued": .int(try replies[2].throwingError().int ?? 0),
         ]

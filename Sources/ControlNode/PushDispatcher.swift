@@ -138,8 +138,9 @@ public struct PushDispatcher: Sendable {
         var record: MessageStatusRecord?
     }
 
-    /// Commands per target of a new push: RPUSH, PEXPIRE NX, PEXPIRE GT, HGET route.
-    static let plainStoreCommands = 4
+    /// Commands per target of a new push: RPUSH, PEXPIRE NX, PEXPIRE GT (the routes are read
+    /// for the whole pipeline with one MGET, ``storedPipeline(_:)``).
+    static let plainStoreCommands = 3
 
     /// - Parameter earlierExpiresAt: set when an earlier attempt of this message created its
     ///   status: the entries are rebuilt byte for byte (same expiry) and appended only where
@@ -172,7 +173,6 @@ public struct PushDispatcher: Sendable {
             // a delivery that removed the entry.
             commands.append(RedisCommand("PEXPIRE", queue, ttlMillis, "NX"))
             commands.append(RedisCommand("PEXPIRE", queue, ttlMillis, "GT"))
-            commands.append(RedisCommand("HGET", keys.route(terminal), "node"))
         }
         let record =
             retry
@@ -182,12 +182,25 @@ public struct PushDispatcher: Sendable {
             terminals: terminals, id: id, entries: entries, commands: commands, retry: retry, record: record)
     }
 
+    /// One pipeline storing `plans`, and where each plan's replies are in it.
+    struct StoredPipeline {
+        var commands: [RedisCommand]
+        /// Where each plan's store commands start.
+        var starts: [Int]
+        /// The MGET of the new plans' routes (nil when every plan is a retry, whose script
+        /// reads the route itself).
+        var routes: Int?
+        /// Where each plan's terminals start in the MGET.
+        var routeStarts: [Int]
+    }
+
     /// One pipeline storing `plans`: their status records first (one HSET per status bucket,
     /// so a retry finds an earlier attempt's expiry and rebuilds its entries byte for byte),
-    /// then every plan's store commands, then `complete` for them all: Redis runs a
-    /// connection's commands in order, so a status found complete had all its entries stored.
-    /// Returns the pipeline and where each plan's commands start in it.
-    func storedPipeline(_ plans: [StoredPushPlan]) -> (commands: [RedisCommand], starts: [Int]) {
+    /// then every plan's store commands, then one MGET of every target's route (after the
+    /// stores: a terminal that connects in between finds its entry when it registers, else its
+    /// route is read here), then `complete` for them all: Redis runs a connection's commands
+    /// in order, so a status found complete had all its entries stored.
+    func storedPipeline(_ plans: [StoredPushPlan]) -> StoredPipeline {
         var records = StatusWrites()
         var complete = StatusWrites()
         for plan in plans {
@@ -197,12 +210,22 @@ public struct PushDispatcher: Sendable {
         var commands = statusCommands(records)
         var starts: [Int] = []
         starts.reserveCapacity(plans.count)
+        var routeKeys: [String] = []
+        var routeStarts: [Int] = []
+        routeStarts.reserveCapacity(plans.count)
         for plan in plans {
             starts.append(commands.count)
             commands += plan.commands
+            routeStarts.append(routeKeys.count)
+            if !plan.retry { routeKeys += plan.terminals.map(keys.route) }
+        }
+        var routes: Int?
+        if !routeKeys.isEmpty {
+            routes = commands.count
+            commands.append(RedisCommand("MGET", routeKeys))
         }
         commands += complete.commands(keys: keys)
-        return (commands, starts)
+        return StoredPipeline(commands: commands, starts: starts, routes: routes, routeStarts: routeStarts)
     }
 
     /// Commands sent once stored pushes' first pipeline answered.
@@ -214,10 +237,13 @@ public struct PushDispatcher: Sendable {
         var states = StatusWrites()
     }
 
-    /// What follows a stored push's first pipeline (`replies`: its store commands' replies):
-    /// lists over the cap are trimmed (their oldest entries then count as `dropped`), and its
-    /// targets' nodes are added to `wakes`.
-    func followUp(_ plan: StoredPushPlan, replies: ArraySlice<RedisReply>, wakes: WakeBatch, into followUp: inout FollowUp) {
+    /// What follows a stored push's first pipeline (`replies`: its store commands' replies;
+    /// `routes`: its targets' routes, from the MGET): lists over the cap are trimmed (their
+    /// oldest entries then count as `dropped`), and its targets' nodes are added to `wakes`.
+    func followUp(
+        _ plan: StoredPushPlan, replies: ArraySlice<RedisReply>, routes: ArraySlice<RedisReply>, wakes: WakeBatch,
+        into followUp: inout FollowUp
+    ) {
         var byNode: [String: [String]] = [:]
         let cap = Int64(configuration.offlineQueueCap)
         let now = FleetClock.nowMillis()
@@ -232,7 +258,7 @@ public struct PushDispatcher: Sendable {
                 }
             } else {
                 let base = replies.startIndex + offset * Self.plainStoreCommands
-                node = replies[base + 3].string
+                node = routes.dropFirst(offset).first?.string.flatMap(Route.node(in:))
                 if let length = replies[base].int, length > cap {
                     followUp.trims.append((followUp.commands.count, terminal))
                     followUp.commands.append(FleetScripts.trim.command(keys: [keys.queue(terminal)], arguments: [String(cap)]))
@@ -269,15 +295,18 @@ public struct PushDispatcher: Sendable {
             return try await pushOnline(terminals, command: command, id: id, earlierAttempt: earlierExpiresAt != nil)
         }
         let plan = planStored(terminals, command: command, id: id, earlierExpiresAt: earlierExpiresAt)
-        let (commands, starts) = storedPipeline([plan])
-        let replies = try await redis.pipeline(commands)
+        let pipeline = storedPipeline([plan])
+        let replies = try await redis.pipeline(pipeline.commands)
         if let failure = replies.first(where: \.isError) {
             await takeBackComplete([plan.id])
             throw RedisError(.server, failure.description)
         }
         let batch = wakes ?? WakeBatch()
         var followUp = FollowUp()
-        self.followUp(plan, replies: replies[starts[0]..<starts[0] + plan.commands.count], wakes: batch, into: &followUp)
+        let start = pipeline.starts[0]
+        self.followUp(
+            plan, replies: replies[start..<start + plan.commands.count], routes: Self.routes(pipeline, replies)[...], wakes: batch,
+            into: &followUp)
         do {
             try await send(followUp)
         } catch {
@@ -288,6 +317,11 @@ public struct PushDispatcher: Sendable {
         }
         if wakes == nil { await sendWakes(batch) }
         return PushReceipt(id: id, targets: terminals.count)
+    }
+
+    /// The routes the pipeline's MGET read (empty when it had none).
+    static func routes(_ pipeline: StoredPipeline, _ replies: [RedisReply]) -> [RedisReply] {
+        pipeline.routes.flatMap { replies[$0].array } ?? []
     }
 
     /// A push that failed part way had its status written complete in the same pipeline:
@@ -313,8 +347,7 @@ public struct PushDispatcher: Sendable {
             record.set(MessageStatusField.record(id), status.encoded, of: id)
         }
         var commands = statusCommands(record)
-        let routeStart = commands.count
-        for terminal in terminals { commands.append(RedisCommand("HGET", keys.route(terminal), "node")) }
+        commands.append(RedisCommand("MGET", terminals.map(keys.route)))
         let replies = try await redis.pipeline(commands)
         if let failure = replies.first(where: \.isError) {
             throw RedisError(.server, failure.description)
@@ -324,8 +357,9 @@ public struct PushDispatcher: Sendable {
         var liveEvents: [(Int, [String])] = []
         var byNode: [String: [String]] = [:]
         var offline: [String] = []
+        let routes = replies.last?.array ?? []
         for (offset, terminal) in terminals.enumerated() {
-            if let node = replies[routeStart + offset].string, !node.isEmpty {
+            if let node = routes.dropFirst(offset).first?.string.flatMap(Route.node(in:)) {
                 byNode[node, default: []].append(terminal)
             } else {
                 offline.append(terminal)
@@ -424,21 +458,23 @@ public struct PushDispatcher: Sendable {
         }
         if !plans.isEmpty {
             do {
-                let (pipeline, starts) = storedPipeline(plans.map(\.plan))
-                let replies = try await redis.pipeline(pipeline)
-                if let failure = replies[..<starts[0]].first(where: \.isError) {
+                let pipeline = storedPipeline(plans.map(\.plan))
+                let replies = try await redis.pipeline(pipeline.commands)
+                if let failure = replies[..<pipeline.starts[0]].first(where: \.isError) {
                     throw RedisError(.server, failure.description)
                 }
+                let routes = Self.routes(pipeline, replies)
                 var followUps = FollowUp()
                 var failed: [String] = []
-                for ((index, plan), start) in zip(plans, starts) {
+                for (offset, (index, plan)) in plans.enumerated() {
+                    let start = pipeline.starts[offset]
                     let slice = replies[start..<start + plan.commands.count]
                     if let failure = slice.first(where: \.isError) {
                         results[index] = .failure(RedisError(.server, failure.description))
                         failed.append(plan.id)
                         continue
                     }
-                    followUp(plan, replies: slice, wakes: wakes, into: &followUps)
+                    followUp(plan, replies: slice, routes: routes.dropFirst(pipeline.routeStarts[offset]), wakes: wakes, into: &followUps)
                     results[index] = .success(PushReceipt(id: plan.id, targets: plan.terminals.count))
                     Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", "unicast")]).increment()
                     Counter(label: "pushfleet_control_push_targets_total").increment(by: plan.terminals.count)

@@ -11,7 +11,7 @@ public struct FleetKeys: Sendable, Hashable {
         self.prefix = prefix
     }
 
-    /// HASH `node`, `epoch`, `connectedAt`: where the terminal is connected.
+    /// STRING `node|epoch|connectedAt` (``Route``): where the terminal is connected.
     public func route(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:route" }
     /// LIST of stored messages (JSON ``StoredMessage``), oldest first.
     public func queue(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:queue" }

@@ -18,10 +18,11 @@ public enum FleetScripts {
     /// the session came back before its delay ended.
     public static let register = RedisScript(
         """
+        \(Route.luaReader)
         local rev = redis.call('GET', KEYS[4])
         if rev and ARGV[5] ~= '' and tonumber(ARGV[5]) <= tonumber(rev) then return {'revoked'} end
-        local old = redis.call('HMGET', KEYS[1], 'node', 'epoch')
-        redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'connectedAt', ARGV[3])
+        local oldNode, oldEpoch = route(KEYS[1])
+        redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3])
         redis.call('DEL', KEYS[9])
         local present = 0
         local discarded = {}
@@ -46,7 +47,7 @@ public enum FleetScripts {
         local sent = redis.call('HGETALL', KEYS[6])
         local released = redis.call('SMEMBERS', KEYS[7])
         local releasing = redis.call('SMEMBERS', KEYS[8])
-        return {'ok', old[1] or '', old[2] or '', present, subs, queue, sent, discarded, released, releasing}
+        return {'ok', oldNode or '', oldEpoch or '', present, subs, queue, sent, discarded, released, releasing}
         """
     )
 
@@ -58,7 +59,9 @@ public enum FleetScripts {
     /// Returns 1 when the route was removed.
     public static let unregister = RedisScript(
         """
-        if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+        \(Route.luaReader)
+        local _, epoch = route(KEYS[1])
+        if epoch ~= ARGV[1] then return 0 end
         redis.call('DEL', KEYS[1])
         local expiry = tonumber(ARGV[2])
         if expiry == 0 then
@@ -79,9 +82,10 @@ public enum FleetScripts {
     /// KEYS: route. ARGV: node, epoch, connectedAt. Returns 1 when written.
     public static let reassertRoute = RedisScript(
         """
-        local epoch = redis.call('HGET', KEYS[1], 'epoch')
+        \(Route.luaReader)
+        local _, epoch = route(KEYS[1])
         if epoch and epoch ~= ARGV[2] then return 0 end
-        redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'connectedAt', ARGV[3])
+        redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3])
         return 1
         """
     )
@@ -111,7 +115,8 @@ public enum FleetScripts {
     /// Returns the node id ("" when not connected), then the entries pushed out by the cap.
     public static let store = RedisScript(
         """
-        local node = redis.call('HGET', KEYS[2], 'node') or ''
+        \(Route.luaReader)
+        local node = route(KEYS[2]) or ''
         if ARGV[4] == '1' and redis.call('LPOS', KEYS[1], ARGV[1]) then return {node} end
         local n = redis.call('RPUSH', KEYS[1], ARGV[1])
         local cap = tonumber(ARGV[2])
@@ -201,8 +206,9 @@ public enum FleetScripts {
     /// node did not get the message (the caller wakes it there).
     public static let storeForSubscriber = RedisScript(
         """
+        \(Route.luaReader)
         if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-        local node = redis.call('HGET', KEYS[2], 'node')
+        local node = route(KEYS[2])
         if node then
           for i = 4, #ARGV do
             if ARGV[i] == node then return 0 end

@@ -1,3 +1,4 @@
+import FleetCore
 import RedisClient
 
 /// The scripts behind delayed wills. A delayed will waits in Redis, not in a node: the entry
@@ -12,7 +13,8 @@ extension FleetScripts {
     /// Returns 1 when kept.
     public static let keepWill = RedisScript(
         """
-        local epoch = redis.call('HGET', KEYS[1], 'epoch')
+        \(Route.luaReader)
+        local _, epoch = route(KEYS[1])
         if epoch and epoch ~= ARGV[1] then return 0 end
         redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
         return 1

@@ -58,7 +58,7 @@ struct PushDispatcherTests {
     }
 
     @Test func manyPushesShareTheirPipelinesAndEachIsAcceptedOnItsOwn() async throws {
-        try await redis.send("HSET", keys.route("m1"), "node", "n7", "epoch", "e")
+        try await redis.send("SET", keys.route("m1"), Route(node: "n7", epoch: "e", connectedAt: 0).encoded)
         let commands = [
             PushCommand(audience: .terminals(["m1", "m2"]), payload: [1]),
             PushCommand(audience: .terminals(["m2"]), payload: [2]),
@@ -178,7 +178,7 @@ struct PushDispatcherTests {
     }
 
     @Test func wakesTheNodeHoldingTheTerminal() async throws {
-        try await redis.send("HSET", keys.route("on"), "node", "n9", "epoch", "e")
+        try await redis.send("SET", keys.route("on"), Route(node: "n9", epoch: "e", connectedAt: 0).encoded)
         let subscriber = RedisSubscriber(
             configuration: configuration.redis, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
         subscriber.subscribe([keys.nodeChannel("n9")], sharded: true)

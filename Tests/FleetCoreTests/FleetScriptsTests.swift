@@ -46,7 +46,7 @@ struct FleetScriptsTests {
         let first = try await register("t1", node: "n1", epoch: "e1")
         #expect(first.first?.string == "ok")
         #expect(first[1].string == "")  // no previous route
-        #expect(try await redis.send("HGET", keys.route("t1"), "node").string == "n1")
+        #expect(try await redis.send("GET", keys.route("t1")).string.flatMap(Route.init(decoding:))?.node == "n1")
 
         // Takeover on another node: the script reports the previous owner.
         let second = try await register("t1", node: "n2", epoch: "e2")
@@ -55,7 +55,7 @@ struct FleetScriptsTests {
 
         // The old connection's late disconnect must not erase the new route.
         #expect(try await unregister("t1", epoch: "e1") == 0)
-        #expect(try await redis.send("HGET", keys.route("t1"), "node").string == "n2")
+        #expect(try await redis.send("GET", keys.route("t1")).string.flatMap(Route.init(decoding:))?.node == "n2")
         #expect(try await unregister("t1", epoch: "e2") == 1)
         #expect(try await redis.send("EXISTS", keys.route("t1")).int == 0)
         await redis.close()
@@ -148,9 +148,9 @@ struct FleetScriptsTests {
         }
         #expect(try await store("p2").int == -1)  // no session
         try await redis.send("SET", keys.session("p2"), "1")
-        try await redis.send("HSET", keys.route("p2"), "node", "n1")
+        try await redis.send("SET", keys.route("p2"), Route(node: "n1", epoch: "e", connectedAt: 0).encoded)
         #expect(try await store("p2").int == 0)  // connected to a node the message reached: delivered live
-        try await redis.send("HSET", keys.route("p2"), "node", "n2")
+        try await redis.send("SET", keys.route("p2"), Route(node: "n2", epoch: "e", connectedAt: 0).encoded)
         #expect(try await store("p2").string == "n2")  // its node did not get the message: stored, wake n2
         try await redis.send("DEL", keys.route("p2"))
         #expect(try await store("p2").int == 1)  // not connected
@@ -262,6 +262,15 @@ struct FleetScriptsTests {
         for command in StatusBucketExpiry(.ifNone(60)).commands(for: [bucket], keys: keys) { try await redis.send(command) }
         #expect(try await redis.send("TTL", key).int == 60)
         await redis.close()
+    }
+
+    @Test func routesRoundTrip() {
+        let route = Route(node: "n-1.a:b@c", epoch: "mjz0c1x2abcd", connectedAt: 1_764_470_000_123)
+        #expect(Route(decoding: route.encoded) == route)
+        #expect(Route.node(in: route.encoded) == "n-1.a:b@c")
+        #expect(Route(decoding: "n1|e1") == nil)
+        #expect(Route(decoding: "|e|1") == nil)
+        #expect(Route.node(in: "|e|1") == nil)
     }
 
     @Test func statusRecordsRoundTrip() {

@@ -37,12 +37,12 @@ struct WillScriptsTests {
     @Test func aWillIsKeptOnlyWhileNoNewerConnectionRegistered() async throws {
         // No route (the connection's own unregister ran first), or its own epoch: kept.
         #expect(try await keep("w1", epoch: "e1", entry: "will-1") == 1)
-        try await redis.send("HSET", keys.route("w1"), "node", "n1", "epoch", "e1")
+        try await redis.send("SET", keys.route("w1"), Route(node: "n1", epoch: "e1", connectedAt: 0).encoded)
         #expect(try await keep("w1", epoch: "e1", entry: "will-1b") == 1)
         #expect(try await redis.send("GET", keys.will("w1")).string == "will-1b")
         #expect(try await redis.send("PTTL", keys.will("w1")).int ?? 0 > 50_000)
         // A newer connection registered: the old connection's will is not kept.
-        try await redis.send("HSET", keys.route("w1"), "epoch", "e2")
+        try await redis.send("SET", keys.route("w1"), Route(node: "n1", epoch: "e2", connectedAt: 0).encoded)
         #expect(try await keep("w1", epoch: "e1", entry: "will-late") == 0)
         #expect(try await redis.send("GET", keys.will("w1")).string == "will-1b")
         await redis.close()

@@ -123,9 +123,10 @@ struct RedisCommandCountTests {
         let buckets = Set(ids.map(StatusBucket.init(messageID:))).count
         let push = try await calls()
         // Per push: RPUSH, PEXPIRE NX and PEXPIRE GT (the list lives as long as its
-        // longest-lived entry), HGET of the route. Per status bucket the batch touches: HSET of
-        // the records, HSET of `complete`, EXPIREAT. Per node holding targets: one SPUBLISH.
-        #expect(push == ["rpush": count, "pexpire": 2 * count, "hget": count, "hset": 2 * buckets, "expireat": buckets, "spublish": 1])
+        // longest-lived entry). Per batch: one MGET of the routes; per status bucket it touches:
+        // HSET of the records, HSET of `complete`, EXPIREAT; per node holding targets: one
+        // SPUBLISH.
+        #expect(push == ["rpush": count, "pexpire": 2 * count, "mget": 1, "hset": 2 * buckets, "expireat": buckets, "spublish": 1])
         #expect(buckets <= 2 * StatusBucket.shards)
 
         // Each node delivers from the wake event's entry, each terminal acknowledges.
@@ -153,9 +154,9 @@ struct RedisCommandCountTests {
         // acknowledgement).
         #expect(delivery == ["lrem": count, "hset": buckets, "expire": buckets])
 
-        // Per message: 5 commands, and the batch's share of the rest.
+        // Per message: 4 commands, and the batch's share of the rest.
         let total = (push.values.reduce(0, +) + delivery.values.reduce(0, +))
-        #expect(total == 5 * count + 1 + 5 * buckets)
+        #expect(total == 4 * count + 2 + 5 * buckets)
 
         // And the statuses say so; the lists are empty.
         for (id, terminal) in zip(ids, terminals) {

@@ -30,7 +30,8 @@ def mosquitto_sub(port, terminal, password, count, extra=()):
 
 
 def route_node(fleet, terminal):
-    return fleet.redis_cli("HGET", f"pushfleet:{{t:{terminal}}}:route", "node")
+    """The node in the terminal's route (`node|epoch|connectedAt`), "" when it has none."""
+    return fleet.redis_cli("GET", f"pushfleet:{{t:{terminal}}}:route").split("|")[0]
 
 
 # ---------------------------------------------------------------- scenarios

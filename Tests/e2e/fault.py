@@ -95,7 +95,8 @@ return n
 ROUTES_ON_NODE = """
 local n = 0
 for i = 2, #ARGV do
-  if redis.call('HGET', 'pushfleet:{t:' .. ARGV[i] .. '}:route', 'node') == ARGV[1] then n = n + 1 end
+  local route = redis.call('GET', 'pushfleet:{t:' .. ARGV[i] .. '}:route')
+  if route and string.match(route, '^([^|]*)|') == ARGV[1] then n = n + 1 end
 end
 return n
 """
@@ -191,7 +192,7 @@ def account(fleet, load, terminals, settle):
         if (terminal, message_id) not in unique:
             # Say where a lost message is, for the next one who reads a red run.
             stored = fleet.redis_cli("LRANGE", f"pushfleet:{{t:{terminal}}}:queue", "0", "-1")
-            route = fleet.redis_cli("HGETALL", f"pushfleet:{{t:{terminal}}}:route")
+            route = fleet.redis_cli("GET", f"pushfleet:{{t:{terminal}}}:route")
             print(f"lost {message_id} for {terminal}: still stored={message_id in stored}, route={route!r}", file=sys.stderr)
     # Status records: each message has one target, which must show acknowledged.
     time.sleep(1)
@@ -308,7 +309,7 @@ def reconnect_storm(args):
                 publish = client.read() if connack == (0x20, b"\x00\x00") else None
                 served += publish is not None and publish[1].endswith(f"for {t}".encode())
             except OSError as error:
-                print(f"{t}: {error}; route={fleet.redis_cli('HGETALL', f'pushfleet:{{t:{t}}}:route')!r} "
+                print(f"{t}: {error}; route={fleet.redis_cli('GET', f'pushfleet:{{t:{t}}}:route')!r} "
                       f"queued={fleet.redis_cli('LLEN', f'pushfleet:{{t:{t}}}:queue')}", flush=True)
         elapsed = time.time() - started
         for _, client in clients:

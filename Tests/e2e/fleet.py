@@ -174,7 +174,7 @@ backend control
         while len(seen) < len(self.node_ports) and time.time() < deadline:
             probe = RawMQTT(self.lb_mqtt)
             if probe.connect("lb-probe", password) == (0x20, b"\x00\x00"):
-                seen.add(self.redis_cli("HGET", "pushfleet:{t:lb-probe}:route", "node"))
+                seen.add(self.redis_cli("GET", "pushfleet:{t:lb-probe}:route").split("|")[0])
             probe.close()
             time.sleep(0.1)
         assert len(seen) == len(self.node_ports), f"haproxy reached only {seen}"
