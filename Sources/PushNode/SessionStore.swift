@@ -188,11 +188,17 @@ struct RedisSessionStore: SessionStore {
         return promise.futureResult
     }
 
-    /// Writes `writes` in one pipeline without waiting (failures are logged by the connection).
+    /// Writes `writes` in one pipeline without waiting (failures are logged by the connection);
+    /// writes that take an entry out of the list (expired, dropped) go after the states
+    /// recorded for them, as ``remove(_:)`` does.
     func send(_ writes: [SessionWrite]) {
         let commands = commands(for: writes)
         guard !commands.isEmpty else { return }
-        redis.fireAndForget(commands)
+        guard writes.contains(where: { if case .removeEntry = $0 { true } else { false } }) else {
+            return redis.fireAndForget(commands)
+        }
+        let redis = self.redis
+        node.status.afterStates { redis.fireAndForget(commands) }
     }
 
     /// The commands behind `writes`. `sent` records go through the node's ``SentRecorder``:
