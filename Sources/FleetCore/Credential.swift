@@ -64,7 +64,7 @@ public struct CredentialAuthority: Sendable {
         }
         let signature = UnsafeBufferPointer(rebasing: password[position...])
         return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 33) { decoded in
-            guard Self.decodeBase64URL(signature, into: decoded) == SHA256.byteCount else { return .failure(.malformed) }
+            guard Base64URL.decode(signature, into: decoded) == SHA256.byteCount else { return .failure(.malformed) }
             var hmac = keyed.hmac
             ("v1|" as StaticString).withUTF8Buffer { hmac.update(data: UnsafeRawBufferPointer($0)) }
             hmac.update(data: UnsafeRawBufferPointer(terminal))
@@ -100,9 +100,19 @@ public struct CredentialAuthority: Sendable {
         return (value, digits)
     }
 
-    /// Decodes base64url (with or without its padding) into `output`; returns the
-    /// number of bytes, or -1 when the text is not base64url or longer than `output`.
-    private static func decodeBase64URL(_ text: UnsafeBufferPointer<UInt8>, into output: UnsafeMutableBufferPointer<UInt8>) -> Int {
+
+    private func signature(terminal: String, issuedAt: Int64, expiresAt: Int64) -> String {
+        let mac = HMAC<SHA256>.authenticationCode(for: Array("v1|\(terminal)|\(issuedAt)|\(expiresAt)".utf8), using: key)
+        return Data(mac).base64URLEncodedString()
+    }
+}
+
+/// Base64url decoding in place, for credentials (checked on every CONNECT) and
+/// `Data(base64URL:)`.
+enum Base64URL {
+    /// Decodes base64url (with or without its padding) into `output`; returns the number of
+    /// bytes, or -1 when the text is not base64url or longer than `output`.
+    static func decode(_ text: UnsafeBufferPointer<UInt8>, into output: UnsafeMutableBufferPointer<UInt8>) -> Int {
         var count = text.count
         while count > 0, text[count - 1] == UInt8(ascii: "=") { count -= 1 }
         // Padding, when there is any, completes the last group of four.
@@ -131,11 +141,6 @@ public struct CredentialAuthority: Sendable {
         }
         return written
     }
-
-    private func signature(terminal: String, issuedAt: Int64, expiresAt: Int64) -> String {
-        let mac = HMAC<SHA256>.authenticationCode(for: Array("v1|\(terminal)|\(issuedAt)|\(expiresAt)".utf8), using: key)
-        return Data(mac).base64URLEncodedString()
-    }
 }
 
 /// A keyed HMAC that is only ever copied, never changed in place: each copy's updates copy its
@@ -161,19 +166,15 @@ extension Data {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Decodes base64url with or without padding (byte by byte: Foundation's string search
-    /// was most of a credential check).
+    /// Decodes base64url with or without padding.
     public init?(base64URL: String) {
-        var bytes = Array(base64URL.utf8)
-        for index in bytes.indices {
-            switch bytes[index] {
-            case UInt8(ascii: "-"): bytes[index] = UInt8(ascii: "+")
-            case UInt8(ascii: "_"): bytes[index] = UInt8(ascii: "/")
-            case UInt8(ascii: "+"), UInt8(ascii: "/"): return nil
-            default: break
-            }
+        var text = base64URL
+        let decoded = text.withUTF8 { utf8 -> [UInt8]? in
+            var bytes = [UInt8](repeating: 0, count: utf8.count * 3 / 4 + 1)
+            let count = bytes.withUnsafeMutableBufferPointer { Base64URL.decode(utf8, into: $0) }
+            return count < 0 ? nil : Array(bytes.prefix(count))
         }
-        while bytes.count % 4 != 0 { bytes.append(UInt8(ascii: "=")) }
-        self.init(base64Encoded: Data(bytes))
+        guard let decoded else { return nil }
+        self.init(decoded)
     }
 }
