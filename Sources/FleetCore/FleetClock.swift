@@ -14,7 +14,8 @@ public enum FleetClock {
     /// the process, and across processes as long as two random starts are not within a few
     /// billion of each other, without a `getrandom` call per id.
     public static func newMessageID() -> String {
-        newMessageIDs(1)[0]
+        let first = idCounter.add(1, ordering: .relaxed).newValue - 1
+        return messageID(ms: String(UInt64(nowMillis()), radix: 16), number: first, shard: nextShard())
     }
 
     /// `count` new message ids that share a status shard, so a batch writes its statuses into
@@ -22,12 +23,19 @@ public enum FleetClock {
     public static func newMessageIDs(_ count: Int) -> [String] {
         let ms = String(UInt64(nowMillis()), radix: 16)
         let first = idCounter.add(UInt64(count), ordering: .relaxed).newValue - UInt64(count)
-        let shard = UInt64(batchCounter.add(1, ordering: .relaxed).newValue % UInt64(StatusBucket.shards))
-        return (0..<UInt64(count)).map { offset in
-            let bits = (idBase & ~UInt64(StatusBucket.shards - 1)) &+ (first + offset) &* UInt64(StatusBucket.shards) &+ shard
-            let hex = String(bits, radix: 16)
-            return ms + "-" + String(repeating: "0", count: 16 - hex.count) + hex
-        }
+        let shard = nextShard()
+        return (0..<UInt64(count)).map { messageID(ms: ms, number: first + $0, shard: shard) }
+    }
+
+    private static func nextShard() -> UInt64 {
+        batchCounter.add(1, ordering: .relaxed).newValue % UInt64(StatusBucket.shards)
+    }
+
+    /// Id `number` of this process in `shard`: the last hex digit carries the shard.
+    private static func messageID(ms: String, number: UInt64, shard: UInt64) -> String {
+        let shards = UInt64(StatusBucket.shards)
+        let hex = String((idBase & ~(shards - 1)) &+ number &* shards &+ shard, radix: 16)
+        return ms + "-" + String(repeating: "0", count: 16 - hex.count) + hex
     }
 
     private static let idBase = UInt64.random(in: .min ... .max)
