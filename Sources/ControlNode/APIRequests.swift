@@ -9,7 +9,7 @@ struct CredentialRequest: Decodable {
 }
 
 /// `POST /v1/push`, and each message of a batch.
-struct PushRequest: Decodable {
+struct PushRequest: Decodable, Equatable {
     var to: [String]?
     var topic: String?
     var broadcast: Bool?
@@ -37,13 +37,95 @@ struct PushRequest: Decodable {
 }
 
 /// `POST /v1/push/batch`.
-struct BatchRequest: Decodable {
+struct BatchRequest: Decodable, Equatable {
     var messages: [PushRequest]
+}
+
+/// A request body with a reader cheaper than `JSONDecoder` for text that is plainly valid
+/// (strict JSON, known keys once each, integers written as integers). It gives up, returning
+/// nil, on anything else, and `JSONDecoder` then reads the body and names the problem: what is
+/// accepted, and how, stays what `JSONDecoder` decides. The batch endpoint spent a sixth of
+/// the control node's CPU in `JSONDecoder`.
+protocol ScannableRequest: Decodable {
+    init?(scanning scanner: inout JSONScanner)
+}
+
+extension ScannableRequest {
+    static func scanned(from buffer: ByteBuffer) -> Self? {
+        buffer.withUnsafeReadableBytes { raw in
+            raw.withMemoryRebound(to: UInt8.self) { bytes in
+                var scanner = JSONScanner(bytes)
+                scanner.validatesUTF8 = true
+                guard let value = Self(scanning: &scanner), scanner.atEnd() else { return nil }
+                return value
+            }
+        }
+    }
+}
+
+extension PushRequest: ScannableRequest {
+    init?(scanning scanner: inout JSONScanner) {
+        var request = PushRequest()
+        var seen: UInt8 = 0
+        let read = scanner.object { scanner, key in
+            let bit: UInt8
+            switch key {
+            case "to": bit = 1 << 0
+            case "topic": bit = 1 << 1
+            case "broadcast": bit = 1 << 2
+            case "payload": bit = 1 << 3
+            case "payloadBase64": bit = 1 << 4
+            case "qos": bit = 1 << 5
+            case "ttl": bit = 1 << 6
+            case "idempotencyKey": bit = 1 << 7
+            default: return scanner.skipValue()
+            }
+            guard seen & bit == 0 else { return false }
+            seen |= bit
+            if scanner.null() { return true }
+            switch key {
+            case "to": request.to = scanner.strings()
+            case "topic": request.topic = scanner.string()
+            case "broadcast": request.broadcast = scanner.bool()
+            case "payload": request.payload = scanner.string()
+            case "payloadBase64": request.payloadBase64 = scanner.string()
+            case "qos": request.qos = scanner.plainInteger().flatMap { Int(exactly: $0) }
+            case "ttl": request.ttl = scanner.plainInteger().flatMap { Int(exactly: $0) }
+            default: request.idempotencyKey = scanner.string()
+            }
+            return !scanner.failed
+        }
+        guard read else { return nil }
+        self = request
+    }
+}
+
+extension BatchRequest: ScannableRequest {
+    init?(scanning scanner: inout JSONScanner) {
+        var messages: [PushRequest]?
+        let read = scanner.object { scanner, key in
+            guard key == "messages" else { return scanner.skipValue() }
+            guard messages == nil else { return false }
+            messages = scanner.array { PushRequest(scanning: &$0) }
+            return messages != nil
+        }
+        guard read, let messages else { return nil }
+        self.messages = messages
+    }
 }
 
 /// A request body read as JSON, with the errors the API answers (400 naming the field).
 enum APIRequestBody {
     static func decode<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
+        if let scannable = T.self as? any ScannableRequest.Type, let value = scannable.scanned(from: buffer) as? T {
+            return value
+        }
+        return try decodeWithFoundation(type, from: buffer)
+    }
+
+    /// `JSONDecoder`'s reading, which decides what is valid (and the fuzz target holds the
+    /// scanning readers to).
+    static func decodeWithFoundation<T: Decodable>(_ type: T.Type, from buffer: ByteBuffer) throws -> T {
         do {
             return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
         } catch DecodingError.keyNotFound(let key, _) {

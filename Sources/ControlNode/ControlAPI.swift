@@ -103,6 +103,30 @@ struct ControlAPI: Sendable {
         var id: String?
         var targets: Int?
         var error: ErrorBody?
+
+        /// `{"results":[...]}` as `FleetJSON.encoder` writes it (sorted keys), without its cost.
+        static func json(_ results: [BatchResult]) -> [UInt8] {
+            var writer = JSONWriter(capacity: 16 + results.count * 48)
+            writer.beginObject()
+            writer.key("results")
+            writer.beginArray()
+            for result in results {
+                writer.beginObject()
+                if let error = result.error {
+                    writer.key("error")
+                    writer.beginObject()
+                    writer.field("code", error.code)
+                    writer.field("message", error.message)
+                    writer.endObject()
+                }
+                writer.field("id", result.id)
+                writer.field("targets", integer: result.targets)
+                writer.endObject()
+            }
+            writer.endArray()
+            writer.endObject()
+            return writer.bytes
+        }
     }
 
     /// `POST /v1/push/batch`: up to `maximumBatchSize` independent pushes. Each is validated
@@ -139,7 +163,9 @@ struct ControlAPI: Sendable {
         }
         // One wake event per push node for the whole batch.
         await dispatcher.sendWakes(wakes)
-        return try json(["results": results], status: .accepted)
+        return Response(
+            status: .accepted, headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: BatchResult.json(results))))
     }
 
     private func command(from body: PushRequest) throws -> PushCommand {

@@ -17,6 +17,7 @@ public enum ControlNodeFuzzing {
     public static func apiRequest(_ input: [UInt8]) -> [String] {
         guard let route = input.first else { return [] }
         let body = ByteBuffer(bytes: input.dropFirst())
+        var problems = readersAgree(route: route, body)
         do {
             switch route % 3 {
             case 0:
@@ -24,18 +25,35 @@ public enum ControlNodeFuzzing {
             case 1:
                 let command = try APIRequestBody.decode(PushRequest.self, from: body).command(configuration)
                 try [command].checkRequestBudget(configuration)
-                return accepted(command)
+                problems += accepted(command)
             default:
                 let batch = try APIRequestBody.decode(BatchRequest.self, from: body)
                 let commands = batch.messages.compactMap { try? $0.command(configuration) }
                 try commands.checkRequestBudget(configuration)
-                return commands.flatMap(accepted)
+                problems += commands.flatMap(accepted)
             }
         } catch is APIError {
         } catch {
-            return ["not an APIError (a 500): \(error)"]
+            problems.append("not an APIError (a 500): \(error)")
         }
-        return []
+        return problems
+    }
+
+    /// A push or batch body the scanning reader takes is one `JSONDecoder` takes too, read
+    /// the same (``ScannableRequest``: the reader only saves time, `JSONDecoder` decides).
+    static func readersAgree(route: UInt8, _ body: ByteBuffer) -> [String] {
+        func agree<T: ScannableRequest & Equatable>(_ type: T.Type) -> [String] {
+            guard let scanned = T.scanned(from: body) else { return [] }
+            guard let decoded = try? APIRequestBody.decodeWithFoundation(T.self, from: body) else {
+                return ["the scanning reader took a body JSONDecoder refuses"]
+            }
+            return scanned == decoded ? [] : ["the scanning reader read \(scanned), JSONDecoder \(decoded)"]
+        }
+        switch route % 3 {
+        case 1: return agree(PushRequest.self)
+        case 2: return agree(BatchRequest.self)
+        default: return []
+        }
     }
 
     /// A command stream entry (what anyone may XADD): field, value, field, value, ...

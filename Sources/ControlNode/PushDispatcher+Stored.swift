@@ -24,6 +24,10 @@ extension PushDispatcher {
         var retry: Bool
         /// The status record to create (nil for a retry: the earlier attempt created it).
         var record: MessageStatusRecord?
+        /// The id can be attempted again (a command stream entry, a push with an idempotency
+        /// key): its status is marked `complete` once stored, which a later attempt looks for.
+        /// A new id of the API is never tried again, and needs no mark.
+        var retryable: Bool
     }
 
     /// Commands per target of a new push: RPUSH, PEXPIRE NX, PEXPIRE GT (the routes are read
@@ -33,7 +37,10 @@ extension PushDispatcher {
     /// - Parameter earlierExpiresAt: set when an earlier attempt of this message created its
     ///   status: the entries are rebuilt byte for byte (same expiry) and appended only where
     ///   they are missing.
-    func planStored(_ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?) -> StoredPushPlan {
+    /// - Parameter retryable: the id can be attempted again (``StoredPushPlan/retryable``).
+    func planStored(_ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?, retryable: Bool)
+        -> StoredPushPlan
+    {
         let retry = earlierExpiresAt != nil
         let now = FleetClock.nowMillis()
         let expiresAt = earlierExpiresAt ?? now + Int64(command.ttl) * 1000
@@ -67,7 +74,8 @@ extension PushDispatcher {
             ? nil
             : MessageStatusRecord(kind: "unicast", qos: Int(command.qos), ttl: command.ttl, createdAt: now, expiresAt: expiresAt, targets: terminals)
         return StoredPushPlan(
-            terminals: terminals, id: id, entries: entries, commands: commands, retry: retry, record: record)
+            terminals: terminals, id: id, entries: entries, commands: commands, retry: retry, record: record,
+            retryable: retryable || retry)
     }
 
     /// One pipeline storing `plans`, and where each plan's replies are in it.
@@ -86,14 +94,14 @@ extension PushDispatcher {
     /// so a retry finds an earlier attempt's expiry and rebuilds its entries byte for byte),
     /// then every plan's store commands, then one MGET of every target's route (after the
     /// stores: a terminal that connects in between finds its entry when it registers, else its
-    /// route is read here), then `complete` for them all: Redis runs a connection's commands
-    /// in order, so a status found complete had all its entries stored.
+    /// route is read here), then `complete` for those that can be attempted again: Redis runs
+    /// a connection's commands in order, so a status found complete had all its entries stored.
     func storedPipeline(_ plans: [StoredPushPlan]) -> StoredPipeline {
         var records = StatusWrites()
         var complete = StatusWrites()
         for plan in plans {
             if let record = plan.record { records.set(MessageStatusField.record(plan.id), record.encoded, of: plan.id) }
-            complete.set(MessageStatusField.complete(plan.id), "1", of: plan.id)
+            if plan.retryable { complete.set(MessageStatusField.complete(plan.id), "1", of: plan.id) }
         }
         var commands = statusCommands(records)
         var starts: [Int] = []

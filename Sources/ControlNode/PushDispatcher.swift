@@ -78,7 +78,8 @@ public struct PushDispatcher: Sendable {
         case .terminals(let terminals):
             kind = "unicast"
             receipt = try await pushToTerminals(
-                Array(Set(terminals)).sorted(), command: command, id: id, earlierExpiresAt: earlierExpiresAt, wakes: wakes)
+                Array(Set(terminals)).sorted(), command: command, id: id, earlierExpiresAt: earlierExpiresAt,
+                retryable: givenID != nil || command.idempotencyKey != nil, wakes: wakes)
         case .topic(let topic):
             kind = "topic"
             receipt = try await publishToTopic(command, topic: topic, id: id)
@@ -108,16 +109,16 @@ public struct PushDispatcher: Sendable {
     }
 
     private func pushToTerminals(
-        _ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?, wakes: WakeBatch?
+        _ terminals: [String], command: PushCommand, id: String, earlierExpiresAt: Int64?, retryable: Bool, wakes: WakeBatch?
     ) async throws -> PushReceipt {
         guard command.ttl > 0 else {
             return try await pushOnline(terminals, command: command, id: id, earlierAttempt: earlierExpiresAt != nil)
         }
-        let plan = planStored(terminals, command: command, id: id, earlierExpiresAt: earlierExpiresAt)
+        let plan = planStored(terminals, command: command, id: id, earlierExpiresAt: earlierExpiresAt, retryable: retryable)
         let pipeline = storedPipeline([plan])
         let replies = try await redis.pipeline(pipeline.commands)
         if let failure = replies.first(where: \.isError) {
-            await takeBackComplete([plan.id])
+            if plan.retryable { await takeBackComplete([plan.id]) }
             throw RedisError(.server, failure.description)
         }
         let batch = wakes ?? WakeBatch()
@@ -152,8 +153,11 @@ public struct PushDispatcher: Sendable {
         let newIDs = ids == nil ? FleetClock.newMessageIDs(commands.count) : []
         for (index, command) in commands.enumerated() {
             if case .terminals(let terminals) = command.audience, command.ttl > 0, command.idempotencyKey == nil {
+                // Stream entries' ids can be attempted again (claimed from a control node that
+                // died before XACK); the API's new ids cannot.
                 let plan = planStored(
-                    Array(Set(terminals)).sorted(), command: command, id: ids?[index] ?? newIDs[index], earlierExpiresAt: nil)
+                    Array(Set(terminals)).sorted(), command: command, id: ids?[index] ?? newIDs[index], earlierExpiresAt: nil,
+                    retryable: ids != nil)
                 plans.append((index, plan))
             } else {
                 others.append(index)
@@ -174,7 +178,7 @@ public struct PushDispatcher: Sendable {
                     let slice = replies[start..<start + plan.commands.count]
                     if let failure = slice.first(where: \.isError) {
                         results[index] = .failure(RedisError(.server, failure.description))
-                        failed.append(plan.id)
+                        if plan.retryable { failed.append(plan.id) }
                         continue
                     }
                     followUp(plan, replies: slice, routes: routes.dropFirst(pipeline.routeStarts[offset]), wakes: wakes, into: &followUps)
@@ -191,7 +195,7 @@ public struct PushDispatcher: Sendable {
                     logger.warning("batch stored, follow-up failed", metadata: ["error": "\(error)"])
                 }
             } catch {
-                await takeBackComplete(plans.map(\.plan.id))
+                await takeBackComplete(plans.filter(\.plan.retryable).map(\.plan.id))
                 for (index, _) in plans { results[index] = .failure(error) }
             }
         }

@@ -7,6 +7,17 @@ public final class WakeBatch: Sendable {
         var entries: [String] = []
         /// Every terminal came with its entry (else the event names terminals only).
         var complete = true
+
+        mutating func append(_ held: [String], entries: [String: String]) {
+            for terminal in held {
+                terminals.append(terminal)
+                if let entry = entries[terminal] {
+                    self.entries.append(entry)
+                } else {
+                    complete = false
+                }
+            }
+        }
     }
 
     private let byNode = NIOLockedValueBox([String: Wake]())
@@ -17,16 +28,9 @@ public final class WakeBatch: Sendable {
     func add(_ terminals: [String: [String]], entries: [String: String]) {
         byNode.withLockedValue { byNode in
             for (node, held) in terminals {
-                var wake = byNode[node] ?? Wake()
-                for terminal in held {
-                    wake.terminals.append(terminal)
-                    if let entry = entries[terminal] {
-                        wake.entries.append(entry)
-                    } else {
-                        wake.complete = false
-                    }
-                }
-                byNode[node] = wake
+                // Appended in place: a copy taken out and put back would copy the node's whole
+                // lists on every push of the batch.
+                byNode[node, default: Wake()].append(held, entries: entries)
             }
         }
     }

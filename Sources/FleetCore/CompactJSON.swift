@@ -1,25 +1,25 @@
 /// Writes JSON text for the fleet's hot-path records (stored entries, node events) without
 /// Foundation's `JSONEncoder`, producing the same text it does with `.sortedKeys` and
 /// `.withoutEscapingSlashes`: callers write keys in sorted order.
-struct JSONWriter {
-    private(set) var bytes: [UInt8] = []
+package struct JSONWriter {
+    package private(set) var bytes: [UInt8] = []
     /// Bit `depth` set: the container at that depth has no element yet.
     private var empty: UInt64 = 0
     private var depth = 0
 
-    init(capacity: Int = 128) {
+    package init(capacity: Int = 128) {
         bytes.reserveCapacity(capacity)
     }
 
-    var text: String { String(decoding: bytes, as: UTF8.self) }
+    package var text: String { String(decoding: bytes, as: UTF8.self) }
 
-    mutating func beginObject() { open(UInt8(ascii: "{")) }
-    mutating func endObject() { close(UInt8(ascii: "}")) }
-    mutating func beginArray() { open(UInt8(ascii: "[")) }
-    mutating func endArray() { close(UInt8(ascii: "]")) }
+    package mutating func beginObject() { open(UInt8(ascii: "{")) }
+    package mutating func endObject() { close(UInt8(ascii: "}")) }
+    package mutating func beginArray() { open(UInt8(ascii: "[")) }
+    package mutating func endArray() { close(UInt8(ascii: "]")) }
 
     /// Writes `"name":`; the value follows.
-    mutating func key(_ name: String) {
+    package mutating func key(_ name: String) {
         separate()
         quoted(name)
         bytes.append(UInt8(ascii: ":"))
@@ -27,47 +27,47 @@ struct JSONWriter {
         empty |= 1 << depth
     }
 
-    mutating func string(_ value: String) {
+    package mutating func string(_ value: String) {
         separate()
         quoted(value)
     }
 
-    mutating func integer<I: BinaryInteger>(_ value: I) {
+    package mutating func integer<I: BinaryInteger>(_ value: I) {
         separate()
         bytes.append(contentsOf: String(value).utf8)
     }
 
-    mutating func bool(_ value: Bool) {
+    package mutating func bool(_ value: Bool) {
         separate()
         bytes.append(contentsOf: (value ? "true" : "false").utf8)
     }
 
     /// `"name":value` when `value` is present; nothing otherwise (as `encodeIfPresent`).
-    mutating func field(_ name: String, _ value: String?) {
+    package mutating func field(_ name: String, _ value: String?) {
         guard let value else { return }
         key(name)
         string(value)
     }
 
-    mutating func field<I: BinaryInteger>(_ name: String, integer value: I?) {
+    package mutating func field<I: BinaryInteger>(_ name: String, integer value: I?) {
         guard let value else { return }
         key(name)
         integer(value)
     }
 
-    mutating func field(_ name: String, bool value: Bool?) {
+    package mutating func field(_ name: String, bool value: Bool?) {
         guard let value else { return }
         key(name)
         bool(value)
     }
 
-    mutating func field(_ name: String, strings value: [String]?) {
+    package mutating func field(_ name: String, strings value: [String]?) {
         guard let value else { return }
         key(name)
         strings(value)
     }
 
-    mutating func strings(_ values: [String]) {
+    package mutating func strings(_ values: [String]) {
         beginArray()
         for value in values { string(value) }
         endArray()
@@ -97,31 +97,31 @@ struct JSONWriter {
 
     private mutating func quoted(_ value: String) {
         bytes.append(UInt8(ascii: "\""))
-        // Most values (ids, topics, base64 payloads) need no escape: copied in one go.
-        let plain = value.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
-            guard !utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return false }
-            bytes.append(contentsOf: utf8)
-            return true
-        }
-        if plain == true {
-            bytes.append(UInt8(ascii: "\""))
-            return
-        }
-        for byte in value.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), byte])
-            case UInt8(ascii: "\\"): bytes.append(contentsOf: [UInt8(ascii: "\\"), byte])
-            case 0x08: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "b")])
-            case 0x0C: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "f")])
-            case 0x0A: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
-            case 0x0D: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
-            case 0x09: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
-            case 0..<0x20:
-                bytes.append(contentsOf: "\\u00".utf8)
-                bytes.append(Self.hexDigits[Int(byte >> 4)])
-                bytes.append(Self.hexDigits[Int(byte & 0x0F)])
-            default: bytes.append(byte)
+        var value = value
+        value.withUTF8 { utf8 in
+            // Runs of bytes that need no escape are copied in one go: ids, topics and base64
+            // have none, an entry carried inside an event a quote every few bytes.
+            var run = 0
+            for index in utf8.indices {
+                let byte = utf8[index]
+                guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") else { continue }
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[run..<index]))
+                run = index + 1
+                bytes.append(UInt8(ascii: "\\"))
+                switch byte {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"): bytes.append(byte)
+                case 0x08: bytes.append(UInt8(ascii: "b"))
+                case 0x0C: bytes.append(UInt8(ascii: "f"))
+                case 0x0A: bytes.append(UInt8(ascii: "n"))
+                case 0x0D: bytes.append(UInt8(ascii: "r"))
+                case 0x09: bytes.append(UInt8(ascii: "t"))
+                default:
+                    bytes.append(contentsOf: "u00".utf8)
+                    bytes.append(Self.hexDigits[Int(byte >> 4)])
+                    bytes.append(Self.hexDigits[Int(byte & 0x0F)])
+                }
             }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[run...]))
         }
         bytes.append(UInt8(ascii: "\""))
     }
@@ -133,26 +133,30 @@ struct JSONWriter {
 /// JSON of the same shape: whitespace, escapes and unknown keys are accepted).
 ///
 /// Every read returns nil (or false) on malformed input and marks the scanner failed.
-struct JSONScanner {
+package struct JSONScanner {
     private let bytes: UnsafeBufferPointer<UInt8>
     private var position = 0
-    private(set) var failed = false
+    package private(set) var failed = false
 
-    init(_ bytes: UnsafeBufferPointer<UInt8>) {
+    /// Strings that are not valid UTF-8 fail the read instead of being repaired: set for
+    /// request bodies, whose reader must accept only what `JSONDecoder` accepts.
+    package var validatesUTF8 = false
+
+    package init(_ bytes: UnsafeBufferPointer<UInt8>) {
         self.bytes = bytes
     }
 
     /// Whether only whitespace is left.
-    mutating func atEnd() -> Bool {
+    package mutating func atEnd() -> Bool {
         skipWhitespace()
         return position == bytes.count
     }
 
-    mutating func beginObject() -> Bool { expect(UInt8(ascii: "{")) }
+    package mutating func beginObject() -> Bool { expect(UInt8(ascii: "{")) }
 
     /// The next key of the object being read (its `:` consumed), or nil at its end (or on
     /// malformed input: check ``failed``).
-    mutating func nextKey() -> String? {
+    package mutating func nextKey() -> String? {
         guard !failed else { return nil }
         skipWhitespace()
         guard position < bytes.count else { return fail() }
@@ -169,22 +173,22 @@ struct JSONScanner {
     }
 
     /// Whether the next value is `null` (consumed if so).
-    mutating func null() -> Bool {
+    package mutating func null() -> Bool {
         skipWhitespace()
         guard bytes.count - position >= 4, bytes[position] == UInt8(ascii: "n") else { return false }
         guard literal("null") else { return false }
         return true
     }
 
-    mutating func string() -> String? {
+    package mutating func string() -> String? {
         guard expect(UInt8(ascii: "\"")) else { return nil }
         let start = position
         while position < bytes.count {
             let byte = bytes[position]
             if byte == UInt8(ascii: "\"") {
-                let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
+                let utf8 = UnsafeBufferPointer(rebasing: bytes[start..<position])
                 position += 1
-                return text
+                return validatesUTF8 ? (String(validating: utf8, as: UTF8.self) ?? fail()) : String(decoding: utf8, as: UTF8.self)
             }
             if byte == UInt8(ascii: "\\") { return escapedString(from: start) }
             if byte < 0x20 { return fail() }
@@ -193,7 +197,7 @@ struct JSONScanner {
         return fail()
     }
 
-    mutating func integer() -> Int64? {
+    package mutating func integer() -> Int64? {
         skipWhitespace()
         var negative = false
         if position < bytes.count, bytes[position] == UInt8(ascii: "-") {
@@ -213,19 +217,19 @@ struct JSONScanner {
         return negative ? -value : value
     }
 
-    mutating func bool() -> Bool? {
+    package mutating func bool() -> Bool? {
         skipWhitespace()
         guard position < bytes.count else { return fail() }
         if bytes[position] == UInt8(ascii: "t") { return literal("true") ? true : nil }
         return literal("false") ? false : nil
     }
 
-    mutating func strings() -> [String]? { array { $0.string() } }
+    package mutating func strings() -> [String]? { array { $0.string() } }
 
-    mutating func stringArrays() -> [[String]]? { array { $0.strings() } }
+    package mutating func stringArrays() -> [[String]]? { array { $0.strings() } }
 
     /// A JSON array whose elements `element` reads.
-    mutating func array<Element>(_ element: (inout JSONScanner) -> Element?) -> [Element]? {
+    package mutating func array<Element>(_ element: (inout JSONScanner) -> Element?) -> [Element]? {
         guard expect(UInt8(ascii: "[")) else { return nil }
         var values: [Element] = []
         if peek(UInt8(ascii: "]")) { return values }
@@ -236,12 +240,36 @@ struct JSONScanner {
         return expect(UInt8(ascii: "]")) ? values : nil
     }
 
+    /// Reads an object whose members are separated exactly as JSON requires, calling `member`
+    /// with each key and the scanner at its value, which `member` reads. False when the object
+    /// is malformed or `member` returns false.
+    package mutating func object(_ member: (inout JSONScanner, String) -> Bool) -> Bool {
+        guard expect(UInt8(ascii: "{")) else { return false }
+        if peek(UInt8(ascii: "}")) { return true }
+        repeat {
+            guard let key = string(), expect(UInt8(ascii: ":")), member(&self, key) else { return false }
+        } while peek(UInt8(ascii: ","))
+        return expect(UInt8(ascii: "}"))
+    }
+
+    /// An integer written as JSON writes one (no leading zero, no fraction or exponent):
+    /// nil for any other number, which a caller that must agree with `JSONDecoder` leaves to it.
+    package mutating func plainInteger() -> Int64? {
+        skipWhitespace()
+        let start = position
+        guard let value = integer() else { return nil }
+        let digits = bytes[start] == UInt8(ascii: "-") ? start + 1 : start
+        if position - digits > 1, bytes[digits] == UInt8(ascii: "0") { return fail() }
+        if position < bytes.count, Self.numberBytes.contains(bytes[position]) { return fail() }
+        return value
+    }
+
     /// Objects and arrays an unknown value may nest at most: skipping recurses once per level,
     /// and the bytes come from Redis, which anyone with access may write.
     static let maximumDepth = 64
 
     /// Skips one value of any kind (an unknown key's).
-    mutating func skipValue(depth: Int = 0) -> Bool {
+    package mutating func skipValue(depth: Int = 0) -> Bool {
         skipWhitespace()
         guard depth < Self.maximumDepth else { return fail() ?? false }
         guard position < bytes.count else { return fail() ?? false }
@@ -265,11 +293,34 @@ struct JSONScanner {
         case UInt8(ascii: "n"):
             return literal("null")
         default:
-            // A number: digits, sign, fraction, exponent.
-            let start = position
-            while position < bytes.count, Self.numberBytes.contains(bytes[position]) { position += 1 }
-            return position > start ? true : (fail() ?? false)
+            return skipNumber()
         }
+    }
+
+    /// A number as JSON's grammar has it: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    private mutating func skipNumber() -> Bool {
+        func digits(_ scanner: inout JSONScanner) -> Int {
+            let start = scanner.position
+            while scanner.position < scanner.bytes.count, scanner.bytes[scanner.position] &- UInt8(ascii: "0") < 10 {
+                scanner.position += 1
+            }
+            return scanner.position - start
+        }
+        if position < bytes.count, bytes[position] == UInt8(ascii: "-") { position += 1 }
+        let integerStart = position
+        let integerDigits = digits(&self)
+        guard integerDigits > 0, integerDigits == 1 || bytes[integerStart] != UInt8(ascii: "0") else { return fail() ?? false }
+        if position < bytes.count, bytes[position] == UInt8(ascii: ".") {
+            position += 1
+            guard digits(&self) > 0 else { return fail() ?? false }
+        }
+        if position < bytes.count, bytes[position] | 0x20 == UInt8(ascii: "e") {
+            position += 1
+            if position < bytes.count, bytes[position] == UInt8(ascii: "+") || bytes[position] == UInt8(ascii: "-") { position += 1 }
+            guard digits(&self) > 0 else { return fail() ?? false }
+        }
+        if position < bytes.count, Self.numberBytes.contains(bytes[position]) { return fail() ?? false }
+        return true
     }
 
     private static let numberBytes = Set("+-.0123456789eE".utf8)
@@ -277,11 +328,20 @@ struct JSONScanner {
     private mutating func escapedString(from start: Int) -> String? {
         var text = Array(UnsafeBufferPointer(rebasing: bytes[start..<position]))
         while position < bytes.count {
+            // The bytes up to the next quote, backslash or control byte, in one go.
+            let run = position
+            while position < bytes.count, bytes[position] >= 0x20, bytes[position] != UInt8(ascii: "\""),
+                bytes[position] != UInt8(ascii: "\\")
+            {
+                position += 1
+            }
+            text.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<position]))
+            guard position < bytes.count else { break }
             let byte = bytes[position]
             position += 1
             switch byte {
             case UInt8(ascii: "\""):
-                return String(decoding: text, as: UTF8.self)
+                return validatesUTF8 ? (String(validating: text, as: UTF8.self) ?? fail()) : String(decoding: text, as: UTF8.self)
             case UInt8(ascii: "\\"):
                 guard position < bytes.count else { return fail() }
                 let escape = bytes[position]

@@ -281,13 +281,16 @@ public final class PushNode: Service, Sendable {
                 if let entries = event.entries, entries.count == terminals.count {
                     var byTerminal: [String: [String]] = [:]
                     for (terminal, entry) in zip(terminals, entries) { byTerminal[terminal, default: []].append(entry) }
-                    for (terminal, new) in byTerminal {
-                        guard let handle = registry.handle(for: terminal) else {
+                    var wakes: [(handle: SessionHandle, value: [String])] = []
+                    wakes.reserveCapacity(byTerminal.count)
+                    for ((terminal, new), handle) in zip(byTerminal, registry.handles(for: byTerminal.keys)) {
+                        guard let handle else {
                             registry.missedWake(for: terminal)
                             continue
                         }
-                        handle.execute { $0.wake(entries: new) }
+                        wakes.append((handle, new))
                     }
+                    SessionHandle.execute(wakes) { handler, entries in handler.wake(entries: entries) }
                 } else {
                     for terminal in terminals {
                         guard let handle = registry.handle(for: terminal) else {

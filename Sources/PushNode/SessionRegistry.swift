@@ -24,6 +24,11 @@ final class SessionRegistry: Sendable {
         sessions.withLockedValue { $0[terminal] }
     }
 
+    /// The handles of `terminals` (nil where none), under one lock.
+    func handles<S: Sequence>(for terminals: S) -> [SessionHandle?] where S.Element == String {
+        sessions.withLockedValue { sessions in terminals.map { sessions[$0] } }
+    }
+
     var all: [SessionHandle] { sessions.withLockedValue { Array($0.values) } }
     var count: Int { sessions.withLockedValue { $0.count } }
 
@@ -68,5 +73,23 @@ struct SessionHandle: Sendable {
     func execute(_ body: @escaping @Sendable (MQTTConnectionHandler) -> Void) {
         let handler = self.handler
         handler.eventLoop.execute { body(handler.value) }
+    }
+
+    /// Runs `body` with each handler and its value on the handler's event loop: one task per
+    /// event loop, not one per handle (a wake event names hundreds of terminals).
+    static func execute<Value: Sendable>(
+        _ items: [(handle: SessionHandle, value: Value)], _ body: @escaping @Sendable (MQTTConnectionHandler, Value) -> Void
+    ) {
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, items: [(handle: SessionHandle, value: Value)])] = [:]
+        for item in items {
+            let loop = item.handle.handler.eventLoop
+            byLoop[ObjectIdentifier(loop), default: (loop, [])].items.append(item)
+        }
+        for (_, group) in byLoop {
+            let items = group.items
+            group.loop.execute {
+                for item in items { body(item.handle.handler.value, item.value) }
+            }
+        }
     }
 }

@@ -58,36 +58,47 @@ public struct RedisCommand: Sendable, Hashable {
     /// `redisFormatCommandArgv` (a test checks them against it) without its allocation and
     /// `sprintf` per argument.
     func encode(into buffer: inout ByteBuffer) {
-        buffer.reserveCapacity(minimumWritableBytes: bytes.count + 16 * (ends.count + 1))
-        buffer.writeInteger(UInt8(ascii: "*"))
-        Self.writeDecimal(ends.count, into: &buffer)
-        bytes.withUnsafeBufferPointer { base in
-            var previous = 0
-            for end in ends {
-                buffer.writeInteger(UInt8(ascii: "$"))
-                Self.writeDecimal(end - previous, into: &buffer)
-                buffer.writeBytes(UnsafeBufferPointer(rebasing: base[previous..<end]))
-                buffer.writeStaticString("\r\n")
-                previous = end
+        // At most 20 digits per decimal, plus its prefix byte and CRLF, and a CRLF per argument.
+        let bound = bytes.count + 23 * (ends.count + 1) + 2 * ends.count
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: bound) { target in
+            var out = target.baseAddress!
+            out = Self.write(UInt8(ascii: "*"), ends.count, at: out)
+            bytes.withUnsafeBufferPointer { base in
+                var previous = 0
+                for end in ends {
+                    out = Self.write(UInt8(ascii: "$"), end - previous, at: out)
+                    let length = end - previous
+                    if length > 0 {
+                        out.copyMemory(from: base.baseAddress! + previous, byteCount: length)
+                        out += length
+                    }
+                    out.storeBytes(of: UInt8(ascii: "\r"), as: UInt8.self)
+                    (out + 1).storeBytes(of: UInt8(ascii: "\n"), as: UInt8.self)
+                    out += 2
+                    previous = end
+                }
             }
+            return out - target.baseAddress!
         }
     }
 
-    /// `value` in decimal, then CRLF.
-    private static func writeDecimal(_ value: Int, into buffer: inout ByteBuffer) {
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-            UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        withUnsafeMutableBytes(of: &digits) { digits in
-            var position = digits.count
-            var rest = value
-            repeat {
-                position -= 1
-                digits[position] = UInt8(ascii: "0") + UInt8(rest % 10)
-                rest /= 10
-            } while rest > 0
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: digits[position...]))
+    /// `prefix`, `value` in decimal, then CRLF, written at `out`; returns where it ended.
+    private static func write(_ prefix: UInt8, _ value: Int, at out: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer {
+        out.storeBytes(of: prefix, as: UInt8.self)
+        var digits = 1
+        var rest = value / 10
+        while rest > 0 {
+            digits += 1
+            rest /= 10
         }
-        buffer.writeStaticString("\r\n")
+        rest = value
+        for offset in stride(from: digits, to: 0, by: -1) {
+            (out + offset).storeBytes(of: UInt8(ascii: "0") + UInt8(rest % 10), as: UInt8.self)
+            rest /= 10
+        }
+        (out + digits + 1).storeBytes(of: UInt8(ascii: "\r"), as: UInt8.self)
+        (out + digits + 2).storeBytes(of: UInt8(ascii: "\n"), as: UInt8.self)
+        return out + digits + 3
     }
 
     /// hiredis's own encoding of the command (`redisFormatCommandArgv`), for tests.

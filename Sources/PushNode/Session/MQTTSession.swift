@@ -327,8 +327,10 @@ struct MQTTSession {
     // MARK: Output
 
     mutating func emit(_ action: MQTTSessionAction) {
-        // Room for an event's usual actions at once, rather than growing 1, 2, 4.
-        if actions.capacity == 0 { actions.reserveCapacity(8) }
+        // Room for an event's usual actions at once, rather than growing 1, 2, 4; six of 128
+        // bytes stay within malloc's per-thread cache (eight did not: 1,056 bytes took its slow
+        // path, consolidation and all, twice per message).
+        if actions.capacity == 0 { actions.reserveCapacity(6) }
         actions.append(action)
     }
 
