@@ -102,7 +102,9 @@ class CostMeter:
         if isinstance(self.server, PushFleet):
             calls = command_calls(self.server.redis_port)
             cost["redis_cpu_us_per_message"] = used["redis"] * 10_000 / delivered
-            cost["redis_commands_per_message"] = sum(calls.values()) / delivered
+            # The load's own XADDs (command stream runs) are not the fleet's commands; their
+            # Redis CPU is in the figure above.
+            cost["redis_commands_per_message"] = sum(v for k, v in calls.items() if k != "xadd") / delivered
             cost["redis_commands"] = calls
         return cost
 
@@ -157,7 +159,7 @@ class Mosquitto:
             return ["--port", str(self.port), "--topic", topic]
         return ["--port", str(self.port)] + (["--topic", "bench/%i"] if unicast_topic else [])
 
-    def publish_args(self, binary, prefix, targets, messages, qos, rate, topic=None, steady=False):
+    def publish_args(self, binary, prefix, targets, messages, qos, rate, topic=None, steady=False, stream=False):
         return [binary, "bench", "pub", "--via", "mqtt", "--port", str(self.port), "--targets", str(targets),
                 "--topic", topic or "bench/%i", "--messages", str(messages), "--qos", str(qos), "--rate", str(rate),
                 "--seconds", "300", "--publishers", "4"]
@@ -203,9 +205,14 @@ class PushFleet:
     def terminal_args(self, unicast_topic=True, topic=None):
         return ["--port", str(self.port), "--secret", SECRET] + (["--topic", topic] if topic else [])
 
-    def publish_args(self, binary, prefix, targets, messages, qos, rate, topic=None, steady=False):
+    def publish_args(self, binary, prefix, targets, messages, qos, rate, topic=None, steady=False, stream=False):
         """`steady`: a paced stream as an integrating service sends it (batches of 10, 8 in
-        flight), for latency; else batches of 200 (20 topic pushes), 4 in flight, for throughput."""
+        flight), for latency; else batches of 200 (20 topic pushes), 4 in flight, for throughput.
+        `stream`: `XADD pushfleet:push` instead of the API, pipelines of 200, one in flight."""
+        if stream:
+            return [binary, "bench", "pub", "--via", "stream", "--redis", f"redis://127.0.0.1:{self.redis_port}", "--targets",
+                    str(targets), "--target-prefix", prefix, "--messages", str(messages), "--qos", str(qos), "--rate", str(rate),
+                    "--seconds", "300", "--batch", "200"]
         batch, concurrency = ("10", "8") if steady else ("20" if topic else "200", "4")
         args = [binary, "bench", "pub", "--via", "api", "--api", f"http://127.0.0.1:{self.api_port}", "--targets", str(targets),
                 "--target-prefix", prefix, "--messages", str(messages), "--qos", str(qos), "--rate", str(rate),
@@ -261,7 +268,7 @@ class Bench:
                     server.stop()
                     shutil.rmtree(workdir, ignore_errors=True)
 
-    def delivery(self, scenario, kind, run, terminals, messages, qos, rate, fanout_topic=None, steady=False):
+    def delivery(self, scenario, kind, run, terminals, messages, qos, rate, fanout_topic=None, steady=False, stream=False):
         """One run: `terminals` subscribers, `messages` published (to distinct terminals, or
         to one topic all of them subscribe to), measured at the subscribers."""
         workdir = tempfile.mkdtemp(prefix="pushfleet-bench-")
@@ -277,7 +284,8 @@ class Bench:
             wait_for(lambda: os.path.exists(ready), timeout=120, what="subscribers connected")
             time.sleep(1.0)
             targets = 1 if fanout_topic else terminals
-            pub_command = server.publish_args(self.binary, prefix, targets, messages, qos, rate, topic=fanout_topic, steady=steady)
+            pub_command = server.publish_args(self.binary, prefix, targets, messages, qos, rate, topic=fanout_topic, steady=steady,
+                                              stream=stream)
             self.commands.setdefault(scenario, {})[kind] = (sub_command, pub_command)
             meter = CostMeter(server)
             pub = subprocess.run(pub_command, capture_output=True, text=True, timeout=600)
@@ -451,6 +459,9 @@ def main():
         for kind in ("Mosquitto", "PushFleet"):
             for run in range(args.runs):
                 bench.delivery(scenario, kind, run, unicast_terminals, unicast_messages, qos, 0)
+    print("c-stream: unicast QoS 1 at saturation through the command stream (XADD)", flush=True)
+    for run in range(args.runs):
+        bench.delivery("c-stream", "PushFleet", run, unicast_terminals, unicast_messages, 1, 0, stream=True)
     saturation = median([r["messages_per_second"] for r in bench.results["c"]["Mosquitto"]])
     half = max(100, int(saturation / 2))
     print(f"c-latency: unicast QoS 1 at {half} msg/s (half Mosquitto's saturation)", flush=True)
@@ -508,10 +519,11 @@ def cost_report(r):
         "| scenario | Redis commands | Redis CPU | PushFleet CPU | Mosquitto CPU | ratio | target |",
         "|---|---|---|---|---|---|---|",
     ]
-    for scenario, label in (("c", "c. unicast QoS 1"), ("d", "d. unicast QoS 0"), ("e", "e. fan-out"),
-                            ("g", "g. backlogs on reconnect")):
+    for scenario, label in (("c", "c. unicast QoS 1"), ("c-stream", "c-stream. unicast QoS 1, command stream (Mosquitto: c)"),
+                            ("d", "d. unicast QoS 0"), ("e", "e. fan-out"), ("g", "g. backlogs on reconnect")):
         pushfleet = [run for run in r.get(scenario, {}).get("PushFleet", []) if "server_cpu_us_per_message" in run]
-        mosquitto = [run for run in r.get(scenario, {}).get("Mosquitto", []) if "server_cpu_us_per_message" in run]
+        broker_scenario = "c" if scenario == "c-stream" else scenario
+        mosquitto = [run for run in r.get(broker_scenario, {}).get("Mosquitto", []) if "server_cpu_us_per_message" in run]
         if not pushfleet or not mosquitto:
             continue
         commands = median([run["redis_commands_per_message"] for run in pushfleet])
@@ -520,17 +532,19 @@ def cost_report(r):
         broker = median([run["server_cpu_us_per_message"] for run in mosquitto])
         ratio = fleet / broker if broker else float("nan")
         target = ""
-        if scenario == "c":
+        if scenario in ("c", "c-stream"):
             target = (f"<= 5 commands: {'met' if commands <= 5 else 'not met'}; <= 12 us: {'met' if redis_cpu <= 12 else 'not met'}; "
                       f"<= 2.5x: {'met' if ratio <= 2.5 else 'not met'}")
         lines.append(f"| {label} | {commands:.1f} | {redis_cpu:.1f} us | {fleet:.1f} us | {broker:.1f} us | {ratio:.2f}x | {target} |")
-    unicast = [run for run in r.get("c", {}).get("PushFleet", []) if "redis_commands" in run]
-    if unicast:
-        run = unicast[len(unicast) // 2]
-        delivered = max(1, run["unique"])
-        top = sorted(run["redis_commands"].items(), key=lambda item: -item[1])
-        lines += ["", "Redis commands per delivered message in scenario c, by command (one run): " +
-                  ", ".join(f"{name} {calls / delivered:.2f}" for name, calls in top if calls / delivered >= 0.01) + "."]
+    for scenario in ("c", "c-stream"):
+        unicast = [run for run in r.get(scenario, {}).get("PushFleet", []) if "redis_commands" in run]
+        if unicast:
+            run = unicast[len(unicast) // 2]
+            delivered = max(1, run["unique"])
+            top = sorted(run["redis_commands"].items(), key=lambda item: -item[1])
+            lines += ["", f"Redis commands per delivered message in scenario {scenario}, by command (one run"
+                      f"{'; xadd is the load tool' + chr(39) + 's own, not counted above' if scenario == 'c-stream' else ''}): " +
+                      ", ".join(f"{name} {calls / delivered:.2f}" for name, calls in top if calls / delivered >= 0.01) + "."]
     return lines
 
 
@@ -550,6 +564,10 @@ def write_report(args, bench, info, seconds, half, sizes):
         if target is not None:
             met = "met" if (ratio >= target if higher_is_better else ratio <= target) else "not met"
         return f"| {label} | {fmt.format(p)} {unit} | {fmt.format(m)} {unit} | {ratio:.2f}x | {target_text(target, higher_is_better)} {met} |"
+
+    def stream_row(label, key, unit):
+        p, m = med("c-stream", "PushFleet", key), med("c", "Mosquitto", key)
+        return f"| {label} | {p:.0f} {unit} | {m:.0f} {unit} | {p / m if m else float('nan'):.2f}x |  |"
 
     def target_text(target, higher):
         if target is None:
@@ -577,8 +595,9 @@ def write_report(args, bench, info, seconds, half, sizes):
         "- **PushFleet**: redis-server (AOF, `appendfsync everysec`), one control node, one push node "
         "(release build). Terminals log in with credentials (HMAC checked, session registered in "
         "Redis). Unicast messages are pushed through `POST /v1/push/batch` (200 per request, 4 in "
-        "flight), stored in each terminal's Redis list, delivered, and removed on PUBACK; the "
-        "fan-out is a topic push (20 per request) through the fleet index.",
+        "flight), stored in each terminal's Redis list, delivered, and removed on PUBACK; c-stream "
+        "pushes the same through the command stream instead (`XADD pushfleet:push`, pipelines of 200, "
+        "as `redis-cli` users do); the fan-out is a topic push (20 per request) through the fleet index.",
         "- **Mosquitto**: anonymous clients, `max_inflight_messages 64`, no persistence. Unicast: 4 "
         "MQTT publishers, each terminal subscribed to its own topic `bench/<i>`; fan-out: one topic.",
         "- Delivered msg/s is counted at the subscribers: distinct messages over the time from the "
@@ -593,6 +612,8 @@ def write_report(args, bench, info, seconds, half, sizes):
             higher_is_better=False, target=3, fmt="{:.2f}"),
         row(f"b. connects per second ({sizes['idle']}; PushFleet with credentials)", "b", "connects_per_second", "/s", target=1.0),
         row(f"c. unicast QoS 1, {sizes['unicast_terminals']} terminals, delivered", "c", "messages_per_second", "msg/s", target=1.0),
+        stream_row(f"c-stream. unicast QoS 1 through the command stream (`XADD`), delivered; Mosquitto's from c", "messages_per_second",
+                   "msg/s"),
         row(f"d. unicast QoS 0, {sizes['unicast_terminals']} terminals, delivered", "d", "messages_per_second", "msg/s", target=1.0),
         row(f"c. p99 latency at {half} msg/s (half Mosquitto's QoS 1 saturation)", "c-latency", "p99_ms", "ms",
             higher_is_better=False, fmt="{:.1f}"),
@@ -616,7 +637,7 @@ def write_report(args, bench, info, seconds, half, sizes):
         "| scenario | system | sent | received (distinct) | lost | duplicated |",
         "|---|---|---|---|---|---|",
     ]
-    for scenario in ("c", "d", "c-latency", "c-10k", "e", "g"):
+    for scenario in ("c", "c-stream", "d", "c-latency", "c-10k", "e", "g"):
         for system in ("PushFleet", "Mosquitto"):
             if r.get(scenario, {}).get(system):
                 lines.append(f"| {scenario} | {system} | {total(scenario, system, 'sent')} | {total(scenario, system, 'unique')} | "

@@ -14,7 +14,9 @@ public struct StatusWrites: Sendable {
 
     /// Sets message `id`'s `field` (a ``MessageStatusField``) to `value`.
     public mutating func set(_ field: String, _ value: String, of id: String) {
-        fields[StatusBucket(messageID: id), default: []].append(contentsOf: [field, value])
+        let bucket = StatusBucket(messageID: id)
+        fields[bucket, default: []].append(field)
+        fields[bucket, default: []].append(value)
     }
 
     /// Records that `terminal`'s copy of message `id` reached `state` at `millis`.

@@ -223,7 +223,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             node.status.release()
             store.read(read).hop(to: loop).whenComplete { result in bound.value.feed { $0.storedRead(read, result) } }
         case .storeRemoving(let writes, let ids):
-            store.remove(writes).hop(to: loop).whenComplete { _ in bound.value.feed { $0.removalConfirmed(ids) } }
+            store.remove(writes, confirmed: { bound.value.feed { $0.removalConfirmed(ids) } }, on: loop)
         case .recordSubscriptions(let writes, let reply):
             store.write(writes).hop(to: loop).whenComplete { result in
                 let failure: (any Error)? = if case .failure(let error) = result { error } else { nil }

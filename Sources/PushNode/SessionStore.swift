@@ -70,9 +70,9 @@ protocol SessionStore {
     /// Applies `writes` in order without waiting.
     func send(_ writes: [SessionWrite])
     /// Applies `writes`, which take messages out of the list, once the states recorded for
-    /// them are kept (never a removed message without its final state); succeeds once they
-    /// are kept too.
-    func remove(_ writes: [SessionWrite]) -> EventLoopFuture<Void>
+    /// them are kept (never a removed message without its final state); runs `confirmed` on
+    /// `loop` once Redis answered.
+    func remove(_ writes: [SessionWrite], confirmed: @escaping @Sendable () -> Void, on loop: any EventLoop)
 }
 
 /// The session store in Redis: every Redis command a session issues. One per connection (a
@@ -172,20 +172,13 @@ struct RedisSessionStore: SessionStore {
         }
     }
 
-    /// Writes `writes` in one pipeline right after the node's ``StatusRecorder`` sends the
-    /// states recorded so far, on the same connection.
-    func remove(_ writes: [SessionWrite]) -> EventLoopFuture<Void> {
+    /// Writes `writes` right after the node's ``StatusRecorder`` sends the states recorded so
+    /// far, on the same connection (with the other sessions' removals of that tick).
+    func remove(_ writes: [SessionWrite], confirmed: @escaping @Sendable () -> Void, on loop: any EventLoop) {
         // Now, not when sent: a `sent` record forgotten now never reaches Redis.
         let commands = commands(for: writes)
-        guard !commands.isEmpty else { return redis.eventLoop.makeSucceededVoidFuture() }
-        let promise = redis.eventLoop.makePromise(of: Void.self)
-        let redis = self.redis
-        node.status.afterStates {
-            redis.pipelineFuture(commands).flatMapThrowing { replies in
-                for reply in replies { _ = try reply.throwingError() }
-            }.cascade(to: promise)
-        }
-        return promise.futureResult
+        guard !commands.isEmpty else { return loop.execute(confirmed) }
+        node.status.remove(.init(commands: commands, confirm: (loop, confirmed)))
     }
 
     /// Writes `writes` in one pipeline without waiting (failures are logged by the connection);
@@ -197,8 +190,7 @@ struct RedisSessionStore: SessionStore {
         guard writes.contains(where: { if case .removeEntry = $0 { true } else { false } }) else {
             return redis.fireAndForget(commands)
         }
-        let redis = self.redis
-        node.status.afterStates { redis.fireAndForget(commands) }
+        node.status.remove(.init(commands: commands, confirm: nil))
     }
 
     /// The commands behind `writes`. `sent` records go through the node's ``SentRecorder``:

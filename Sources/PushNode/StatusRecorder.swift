@@ -30,17 +30,20 @@ final class StatusRecorder: Sendable {
         var at: Int64
     }
 
+    /// Kept cheap to update: two messages' worth of states per delivered message go through
+    /// here (three lookups in all, where a final state replaces a waiting `delivered`).
     private struct Pending {
         /// `delivered` states recorded during the current tick.
         var young: [Target: Recorded] = [:]
         /// `delivered` states recorded during the tick before: sent at the next tick.
         var old: [Target: Recorded] = [:]
-        /// Final states: sent at the next tick.
-        var finals: [Target: Recorded] = [:]
+        /// Final states, in the order they came: sent at the next tick. A target's first final
+        /// state is what the reader takes (the earliest), so a second one needs no check here.
+        var finals: [(target: Target, recorded: Recorded)] = []
         /// Broadcast message id -> terminals it was written to since the last tick.
         var reach: [String: Int] = [:]
-        /// Run right after the next tick's states are on the connection.
-        var afterStates: [@Sendable () -> Void] = []
+        /// Sent right after the next tick's states, in one pipeline.
+        var removals: [Removal] = []
         var ticking = false
 
         var count: Int { young.count + old.count + finals.count }
@@ -71,18 +74,13 @@ final class StatusRecorder: Sendable {
         let recorded = Recorded(state: state, at: FleetClock.nowMillis())
         let start = pending.withLockedValue { pending in
             if state.rank >= MessageState.acknowledged.rank {
-                // The first final state stands; a `delivered` still waiting is replaced by it.
-                pending.old[target] = nil
-                pending.young[target] = nil
-                if pending.finals[target] == nil { pending.finals[target] = recorded }
-            } else if pending.finals[target] == nil {
-                if let earlier = pending.old[target] {
-                    if state.rank > earlier.state.rank { pending.old[target] = recorded }
-                } else if let earlier = pending.young[target], earlier.state.rank >= state.rank {
-                    // Nothing more advanced.
-                } else {
-                    pending.young[target] = recorded
-                }
+                // A `delivered` still waiting is replaced by it.
+                if pending.young.removeValue(forKey: target) == nil { pending.old.removeValue(forKey: target) }
+                pending.finals.append((target, recorded))
+            } else {
+                // A state that arrives after a more advanced one of the same copy is written
+                // too, harmlessly: the reader takes the most advanced.
+                pending.young[target] = recorded
             }
             defer { pending.ticking = true }
             return !pending.ticking
@@ -100,16 +98,24 @@ final class StatusRecorder: Sendable {
         if start { scheduleTick() }
     }
 
-    /// Runs `body` (which writes on the same connection) once the final states recorded so far
-    /// are on the connection: at once when none wait, else right after the next tick (or
-    /// ``release()``) sends them.
-    func afterStates(_ body: @escaping @Sendable () -> Void) {
+    /// Writes that take entries out of lists, and who waits for Redis's answer.
+    struct Removal: Sendable {
+        var commands: [RedisCommand]
+        /// Run on `loop` once Redis answered (nil: nobody waits).
+        var confirm: (loop: any EventLoop, body: @Sendable () -> Void)?
+    }
+
+    /// Sends `removal` once the final states recorded so far are on the connection: at once
+    /// when none wait, else right after the next tick (or ``release()``) sends them, together
+    /// with every other removal that waited (one pipeline, one answer, one task per event loop
+    /// for the confirmations, rather than a promise and a hop per acknowledged message).
+    func remove(_ removal: Removal) {
         let now = pending.withLockedValue { pending in
-            guard !pending.finals.isEmpty || !pending.afterStates.isEmpty else { return true }
-            pending.afterStates.append(body)
+            guard !pending.finals.isEmpty || !pending.removals.isEmpty else { return true }
+            pending.removals.append(removal)
             return false
         }
-        if now { body() }
+        if now { send([removal]) }
     }
 
     private func scheduleTick() {
@@ -118,8 +124,7 @@ final class StatusRecorder: Sendable {
 
     private func tick() {
         let more = pending.withLockedValue { pending in
-            var due = pending.old
-            due.merge(pending.finals) { _, final in final }
+            let due = pending.old
             pending.old = pending.young
             pending.young = [:]
             send(due, after: &pending)
@@ -133,8 +138,8 @@ final class StatusRecorder: Sendable {
     /// list, or stops (a takeover reads the list next), needs its removals in Redis first.
     func release() {
         pending.withLockedValue { pending in
-            guard !pending.afterStates.isEmpty || !pending.finals.isEmpty else { return }
-            send(pending.finals, after: &pending)
+            guard !pending.removals.isEmpty || !pending.finals.isEmpty else { return }
+            send([:], after: &pending)
         }
     }
 
@@ -143,23 +148,58 @@ final class StatusRecorder: Sendable {
         pending.withLockedValue { pending in
             var due = pending.old
             due.merge(pending.young) { old, _ in old }
-            due.merge(pending.finals) { _, final in final }
             (pending.old, pending.young) = ([:], [:])
             send(due, after: &pending)
         }
     }
 
-    /// Sends `states` (and the broadcast counts), then what waited for them, under the lock:
-    /// whatever another thread sends after goes on the connection after these.
-    private func send(_ states: [Target: Recorded], after pending: inout Pending) {
-        let after = pending.afterStates
+    /// Sends the `delivered` states `held`, the final states and the broadcast counts, then
+    /// what waited for them, under the lock: whatever another thread sends after goes on the
+    /// connection after these.
+    private func send(_ held: [Target: Recorded], after pending: inout Pending) {
+        var states = pending.finals
+        states.reserveCapacity(states.count + held.count)
+        for (target, recorded) in held { states.append((target, recorded)) }
+        let removals = pending.removals
         let reach = pending.reach
-        (pending.finals, pending.reach, pending.afterStates) = ([:], [:], [])
+        (pending.finals, pending.reach, pending.removals) = ([], [:], [])
         send(states, reach: reach)
-        for body in after { body() }
+        if !removals.isEmpty { send(removals) }
     }
 
-    private func send(_ states: [Target: Recorded], reach: [String: Int]) {
+    /// One pipeline for `removals`; their confirmations run once it is answered (answered
+    /// or not: a removal Redis did not take leaves the entry in the list, where the next read
+    /// finds it), grouped by event loop.
+    private func send(_ removals: [Removal]) {
+        var commands: [RedisCommand] = []
+        commands.reserveCapacity(removals.count)
+        var confirms: [ObjectIdentifier: (loop: any EventLoop, bodies: [@Sendable () -> Void])] = [:]
+        for removal in removals {
+            commands += removal.commands
+            if let confirm = removal.confirm {
+                confirms[ObjectIdentifier(confirm.loop), default: (confirm.loop, [])].bodies.append(confirm.body)
+            }
+        }
+        guard !confirms.isEmpty else { return redis.fireAndForget(commands) }
+        let groups = Array(confirms.values)
+        let logger = self.logger
+        redis.pipelineFuture(commands).whenComplete { result in
+            switch result {
+            case .success(let replies):
+                if let failure = replies.first(where: \.isError) {
+                    logger.warning("removing delivered entries failed", metadata: ["error": "\(failure)"])
+                }
+            case .failure(let error):
+                logger.warning("removing delivered entries failed", metadata: ["error": "\(error)"])
+            }
+            for group in groups {
+                let bodies = group.bodies
+                group.loop.execute { for body in bodies { body() } }
+            }
+        }
+    }
+
+    private func send(_ states: [(target: Target, recorded: Recorded)], reach: [String: Int]) {
         var writes = StatusWrites()
         for (target, recorded) in states {
             writes.record(recorded.state, of: target.id, terminal: target.terminal, at: recorded.at)
@@ -186,13 +226,13 @@ final class StatusRecorder: Sendable {
     }
 
     /// Puts states Redis did not take back for the next tick.
-    private func retry(_ states: [Target: Recorded]) {
+    private func retry(_ states: [(target: Target, recorded: Recorded)]) {
         let (start, dropped) = pending.withLockedValue { pending -> (Bool, Bool) in
             guard pending.count + states.count <= limit else { return (false, true) }
             for (target, recorded) in states {
                 if recorded.state.rank >= MessageState.acknowledged.rank {
-                    if pending.finals[target] == nil { pending.finals[target] = recorded }
-                } else if pending.finals[target] == nil, pending.young[target] == nil {
+                    pending.finals.append((target, recorded))
+                } else if pending.young[target] == nil {
                     pending.young[target] = recorded
                 }
             }

@@ -19,7 +19,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     private struct Pending {
         var expected: Int
-        /// nil for fire-and-forget requests: their replies are dropped (errors logged by the caller's choice).
+        /// nil for fire-and-forget requests: their replies are counted off and dropped, error
+        /// replies logged (``onDroppedError``).
         var promise: EventLoopPromise<[RedisReply]>?
         /// When the replies must have arrived.
         var deadline: NIODeadline
@@ -32,15 +33,20 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private var replies: [RedisReply] = []
     private let commandTimeout: TimeAmount
     private let onPush: ((RedisReply) -> Void)?
+    /// Told of an error reply to a fire-and-forget command (the connection logs it).
+    private let onDroppedError: ((String) -> Void)?
+    /// Replies still to come for the oldest pending request when nobody waits for them.
+    private var dropping = 0
     private var context: ChannelHandlerContext?
     /// The one timer watching the oldest request's deadline (one timer per connection, not
     /// one per request: scheduling is not free at tens of thousands of requests a second).
     private var timer: Scheduled<Void>?
 
-    init(commandTimeout: TimeAmount, onPush: ((RedisReply) -> Void)?) {
+    init(commandTimeout: TimeAmount, onPush: ((RedisReply) -> Void)?, onDroppedError: ((String) -> Void)? = nil) {
         self.reader = redisReaderCreate()
         self.commandTimeout = commandTimeout
         self.onPush = onPush
+        self.onDroppedError = onDroppedError
     }
 
     deinit {
@@ -95,13 +101,23 @@ final class RedisChannelHandler: ChannelDuplexHandler {
             return
         }
         guard let first = pending.first else { return }
+        guard let promise = first.promise else {
+            // Nobody waits: no array of replies is built, only errors are told.
+            if case .error(let message) = reply { onDroppedError?(message) }
+            dropping += 1
+            if dropping == first.expected {
+                pending.removeFirst()
+                dropping = 0
+            }
+            return
+        }
         if replies.isEmpty { replies.reserveCapacity(first.expected) }
         replies.append(reply)
         if replies.count == first.expected {
             pending.removeFirst()
             let done = replies
             replies = []
-            first.promise?.succeed(done)
+            promise.succeed(done)
         }
     }
 
@@ -146,6 +162,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         timer?.cancel()
         timer = nil
         replies = []
+        dropping = 0
         while let item = pending.popFirst() {
             item.promise?.fail(error)
         }

@@ -154,25 +154,11 @@ public final class RedisConnection: Sendable {
         }
     }
 
-    /// Writes commands without waiting for their replies; error replies and failures are logged.
+    /// Writes commands without waiting for their replies; error replies are logged. No
+    /// promise and no reply array per call: a push node sends one of these per acknowledged
+    /// message.
     public func fireAndForget(_ commands: [RedisCommand]) {
-        eventLoop.execute {
-            guard self.onPush == nil else { return self.submit(RedisRequest(commands: commands, promise: nil)) }
-            let promise = self.eventLoop.makePromise(of: [RedisReply].self)
-            promise.futureResult.whenComplete { result in
-                switch result {
-                case .success(let replies):
-                    for (command, reply) in zip(commands, replies) {
-                        if case .error(let message) = reply {
-                            self.logger.warning("redis command failed", metadata: ["command": "\(command.name)", "error": "\(message)"])
-                        }
-                    }
-                case .failure(let error):
-                    self.logger.debug("redis commands not sent", metadata: ["error": "\(error)", "commands": "\(commands.count)"])
-                }
-            }
-            self.submit(RedisRequest(commands: commands, promise: promise))
-        }
+        eventLoop.execute { self.submit(RedisRequest(commands: commands, promise: nil)) }
     }
 
     /// Writes commands without waiting for their replies, only if connected right now: for
@@ -235,13 +221,17 @@ public final class RedisConnection: Sendable {
         state = .connecting
         let onPush = self.onPush
         let timeout = configuration.commandTimeout
+        let logger = self.logger
+        let onDroppedError: @Sendable (String) -> Void = { message in
+            logger.warning("redis command failed", metadata: ["error": "\(message)"])
+        }
         ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: timeout, onPush: onPush))
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: timeout, onPush: onPush, onDroppedError: onDroppedError))
                 }
             }
             .connect(host: configuration.host, port: configuration.port)

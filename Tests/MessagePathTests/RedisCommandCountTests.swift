@@ -77,7 +77,10 @@ struct RedisCommandCountTests {
             case .readStored(let read): session.storedRead(read, await result { try await store.read(read).get() })
             case .store(let writes): try await store.write(writes).get()
             case .storeRemoving(let writes, let ids):
-                try await store.remove(writes).get()
+                let loop = node.context.redis.eventLoop
+                await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                    store.remove(writes, confirmed: { done.resume() }, on: loop)
+                }
                 session.removalConfirmed(ids)
             case .recordState(let id, let state): status.record(id, terminal: session.terminal, state)
             default: break

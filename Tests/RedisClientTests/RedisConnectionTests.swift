@@ -61,11 +61,14 @@ struct RedisConnectionTests {
     }
 
     @Test func fireAndForgetRepliesNeverReachAnotherCaller() async throws {
-        // Interleave commands nobody waits for with pipelines that wait: each pipeline must get
-        // exactly its own replies.
+        // Interleave commands nobody waits for (one of them answered with an error, which is
+        // logged and counted off like any reply) with pipelines that wait: each pipeline must
+        // get exactly its own replies.
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<200 {
-                connection.fireAndForget([RedisCommand("INCR", "ignored"), RedisCommand("SADD", "set", String(index))])
+                connection.fireAndForget([
+                    RedisCommand("INCR", "ignored"), RedisCommand("HGET", "ignored", "wrong-type"), RedisCommand("SADD", "set", String(index)),
+                ])
                 group.addTask {
                     let replies = try await connection.pipeline([
                         RedisCommand("SET", "k\(index)", "v\(index)"), RedisCommand("GET", "k\(index)"),
@@ -76,6 +79,7 @@ struct RedisConnectionTests {
             try await group.waitForAll()
         }
         #expect(try await connection.send("GET", "ignored").string == "200")
+        #expect(try await connection.send("SCARD", "set").int == 200)
         await connection.close()
     }
 
