@@ -7,8 +7,8 @@ import RedisClient
 /// Consumes the Redis command stream (`XADD pushfleet:push '*' to t1 payload hello ...`)
 /// through a consumer group, so each entry is handled by one control node.
 ///
-/// An entry is acknowledged (XACK) only after its push was accepted; the entry id is the
-/// message id. Entries left pending by a dead control node are claimed with XAUTOCLAIM after
+/// An entry is acknowledged (XACK) and deleted (XDEL) only after its push was accepted; the
+/// entry id is the message id. Entries left pending by a dead control node are claimed with XAUTOCLAIM after
 /// `claimIdle`. An invalid entry is acknowledged and its status records the error.
 struct CommandStreamConsumer: Sendable {
     let configuration: ControlNodeConfiguration
@@ -132,7 +132,14 @@ struct CommandStreamConsumer: Sendable {
         }
         await dispatcher.sendWakes(wakes)
         if !acknowledged.isEmpty {
-            try await redis.send(RedisCommand("XACK", [keys.commandStream, keys.commandGroup] + acknowledged))
+            // Handled entries leave the stream too: it is the control nodes' work queue, and
+            // would otherwise keep every push ever added (XACK only ends the pending entry).
+            for reply in try await redis.pipeline([
+                RedisCommand("XACK", [keys.commandStream, keys.commandGroup] + acknowledged),
+                RedisCommand("XDEL", [keys.commandStream] + acknowledged),
+            ]) {
+                _ = try reply.throwingError()
+            }
         }
         if let failure { throw failure }
     }

@@ -217,7 +217,9 @@ public struct PushDispatcher: Sendable {
         let byNode = wakes.take()
         guard !byNode.isEmpty else { return }
         let commands = byNode.map { node, wake in
-            let event = NodeEvent(kind: .wake, terminals: wake.terminals, entries: wake.complete ? wake.entries : nil)
+            var event = NodeEvent(kind: .wake, terminals: wake.terminals, entries: wake.complete ? wake.entries : nil)
+            // Stored entries are JSON: carried verbatim, not escaped into strings.
+            event.entriesAreJSON = true
             return RedisCommand("SPUBLISH", keys.nodeChannel(node), event.encoded())
         }
         do {

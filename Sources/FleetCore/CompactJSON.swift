@@ -37,6 +37,12 @@ package struct JSONWriter {
         bytes.append(contentsOf: String(value).utf8)
     }
 
+    /// A value that is JSON text already, written as it is (the caller vouches for it).
+    package mutating func raw(_ json: String) {
+        separate()
+        bytes.append(contentsOf: json.utf8)
+    }
+
     package mutating func bool(_ value: Bool) {
         separate()
         bytes.append(contentsOf: (value ? "true" : "false").utf8)
@@ -262,6 +268,14 @@ package struct JSONScanner {
         if position - digits > 1, bytes[digits] == UInt8(ascii: "0") { return fail() }
         if position < bytes.count, Self.numberBytes.contains(bytes[position]) { return fail() }
         return value
+    }
+
+    /// The next value's text exactly as written, checked as ``skipValue(depth:)`` checks it.
+    package mutating func rawValue() -> String? {
+        skipWhitespace()
+        let start = position
+        guard skipValue() else { return nil }
+        return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<position]), as: UTF8.self)
     }
 
     /// Objects and arrays an unknown value may nest at most: skipping recurses once per level,

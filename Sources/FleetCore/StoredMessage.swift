@@ -163,6 +163,17 @@ public struct NodeEvent: Codable, Hashable, Sendable {
     /// With `wake`: the new stored entry of each terminal in `terminals` (same order; a
     /// terminal may appear more than once, its entries in list order).
     public var entries: [String]?
+    /// `entries` are JSON texts (stored entries, as the control node writes them): they go
+    /// into the event verbatim (`"rawEntries":[{...},...]`) rather than as JSON strings, which
+    /// saves escaping every quote in them on one side and unescaping it on the other. A node
+    /// that predates the key skips it and reads its terminals' lists instead.
+    public var entriesAreJSON = false
+
+    /// Foundation's coding (the reference the hand-written JSON is tested against) has the
+    /// string form of `entries` only.
+    private enum CodingKeys: String, CodingKey {
+        case kind, terminals, message, epoch, target, entries, from, successor, reason
+    }
     /// With a takeover's `kick`: the node of the new connection, which waits for `stopped`.
     public var from: String?
     /// With a takeover's `kick`: the new connection's epoch, echoed in `stopped`.
@@ -186,13 +197,19 @@ public struct NodeEvent: Codable, Hashable, Sendable {
     public func encoded() -> String {
         var writer = JSONWriter(capacity: 64 + (entries?.count ?? 0) * 160 + (terminals?.count ?? 0) * 24)
         writer.beginObject()
-        writer.field("entries", strings: entries)
+        if !entriesAreJSON { writer.field("entries", strings: entries) }
         writer.field("epoch", epoch)
         writer.field("from", from)
         writer.field("kind", kind.rawValue)
         if let message {
             writer.key("message")
             message.write(to: &writer)
+        }
+        if entriesAreJSON, let entries {
+            writer.key("rawEntries")
+            writer.beginArray()
+            for entry in entries { writer.raw(entry) }
+            writer.endArray()
         }
         writer.field("reason", reason)
         writer.field("successor", successor)
@@ -220,6 +237,9 @@ public struct NodeEvent: Codable, Hashable, Sendable {
                 case "kind": kind = scanner.string().flatMap(Kind.init(rawValue:))
                 case "terminals": event.terminals = scanner.strings()
                 case "entries": event.entries = scanner.strings()
+                case "rawEntries":
+                    event.entries = scanner.array { $0.rawValue() }
+                    event.entriesAreJSON = true
                 case "epoch": event.epoch = scanner.string()
                 case "from": event.from = scanner.string()
                 case "successor": event.successor = scanner.string()

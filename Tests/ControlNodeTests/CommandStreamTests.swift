@@ -63,6 +63,8 @@ struct CommandStreamTests {
         #expect(stored.count == 40)
         #expect(Set(stored.map(\.id)) == Set(entryIDs))
         #expect(try await redis.send("XPENDING", keys.commandStream, keys.commandGroup).array?.first?.int == 0)
+        // Handled entries are gone from the stream: it does not keep every push ever added.
+        try await waitUntil { try await redis.send("XLEN", keys.commandStream).int == 0 }
         // Order per terminal is the stream order.
         let t0 = (try await redis.send("LRANGE", keys.queue("t0"), "0", "-1").array ?? []).compactMap {
             $0.string.flatMap(StoredMessage.decode)
@@ -106,6 +108,7 @@ struct CommandStreamTests {
         #expect(calls("evalsha") == 0)
         #expect(calls("spublish") == 1)
         #expect(calls("xack") == 1)
+        #expect(calls("xdel") == 1)
         // Per status bucket: the records, `complete`, the expiry.
         let buckets = calls("expireat")
         #expect(buckets >= 1 && buckets <= 2 * StatusBucket.shards)

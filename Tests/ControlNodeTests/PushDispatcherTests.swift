@@ -172,7 +172,7 @@ struct PushDispatcherTests {
         let first = try await redis.send("PTTL", keys.queue("e1")).int ?? 0
         #expect(first > 50_000 && first <= 60_000)
         // A longer-lived entry extends the list...
-        _ = try await dispatcher.pushMany([PushCommand(audience: .terminals(["e1"]), payload: [2], ttl: 3600)], wakes: WakeBatch())
+        _ = await dispatcher.pushMany([PushCommand(audience: .terminals(["e1"]), payload: [2], ttl: 3600)], wakes: WakeBatch())
         #expect(try await redis.send("PTTL", keys.queue("e1")).int ?? 0 > 3_500_000)
         // ...a shorter-lived one leaves it alone.
         _ = try await dispatcher.push(PushCommand(audience: .terminals(["e1"]), payload: [3], ttl: 5))

@@ -55,6 +55,35 @@ struct CompactJSONTests {
         }
     }
 
+    /// Wake events carry stored entries verbatim (`rawEntries`): each comes back byte for byte
+    /// (a node removes it from its list by exactly these bytes), and nothing in it is escaped.
+    @Test func wakeEventsCarryStoredEntriesVerbatim() throws {
+        var generator = SeededGenerator(seed: 0x5EED_0003)
+        for _ in 0..<200 {
+            let entries = (0..<Int.random(in: 1...5, using: &generator)).map { _ in Self.randomMessage(using: &generator).encoded() }
+            var event = NodeEvent(kind: .wake, terminals: entries.map { _ in Self.awkward.randomElement(using: &generator)! }, entries: entries)
+            event.entriesAreJSON = true
+            let text = event.encoded()
+            #expect(text.contains("\"rawEntries\":[" + entries.joined(separator: ",") + "]"))
+            #expect(!text.contains("\"entries\""))
+            let decoded = try #require(NodeEvent.decode(Array(text.utf8)))
+            #expect(decoded == event)
+            #expect(decoded.entries.map { $0.map { Array($0.utf8) } } == entries.map { Array($0.utf8) })
+            // What a node that knows only `entries` reads: the terminals, no entries (it then
+            // reads the lists).
+            var older = decoded
+            older.entries = nil
+            older.entriesAreJSON = false
+            let withoutRaw = text.replacingOccurrences(of: "\"rawEntries\"", with: "\"unknownKey\"")
+            #expect(NodeEvent.decode(Array(withoutRaw.utf8)) == older)
+        }
+        // Entries from an older control node, as JSON strings, still read.
+        let old = #"{"entries":["{\"id\":\"m\"}"],"kind":"wake","terminals":["t"]}"#
+        #expect(NodeEvent.decode(Array(old.utf8))?.entries == [#"{"id":"m"}"#])
+        // A raw entry that is not JSON makes the event unreadable.
+        #expect(NodeEvent.decode(Array(#"{"kind":"wake","rawEntries":[{"a":]}"#.utf8)) == nil)
+    }
+
     @Test func readsOtherValidJSONOfTheSameShape() {
         let text = #"""
              { "topic" : "t\/x" , "id":"\u00e9\ud83d\ude80", "unknown": [1, {"a": null}, -2.5e3, true], "qos": 1,
