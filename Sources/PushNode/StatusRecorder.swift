@@ -9,12 +9,14 @@ import RedisClient
 /// `interval` at a time: each tick writes one HSET per bucket for every state of the tick
 /// before, however many messages and terminals they are about.
 ///
-/// `delivered` waits one to two ticks: a QoS 1 message is usually acknowledged within that
-/// time, and its final state then replaces it. Final states (acknowledged, expired, dropped)
-/// go with the next tick, and the removals of those messages from their lists wait for them
-/// (``afterStates(_:)``): they go on the same connection right after, so a node that dies
-/// never leaves a removed message without its final state. It loses at most the states of its
-/// last tick, of messages still in their lists, which another node delivers again.
+/// `delivered` waits ``deliveredHold`` to twice that many ticks (100-200 ms): a QoS 1 message
+/// is usually acknowledged within that time, even by a loaded terminal, and its final state
+/// then replaces it (a field a message less to write). Final states (acknowledged, expired,
+/// dropped) go with the next tick, and the removals of those messages from their lists wait
+/// for them (``remove(_:)``): they go on the same connection right after, so a node that dies
+/// never leaves a removed message without its final state. It loses at most the final states
+/// of its last tick and the `delivered` states it held, of messages still in their lists,
+/// which another node delivers again.
 ///
 /// States Redis did not take (it was down or restarting) are sent again with the next tick.
 /// A state is a field of its own per terminal: writing one twice, or late, never moves a
@@ -33,10 +35,12 @@ final class StatusRecorder: Sendable {
     /// Kept cheap to update: two messages' worth of states per delivered message go through
     /// here (three lookups in all, where a final state replaces a waiting `delivered`).
     private struct Pending {
-        /// `delivered` states recorded during the current tick.
+        /// `delivered` states recorded since the last rotation.
         var young: [Target: Recorded] = [:]
-        /// `delivered` states recorded during the tick before: sent at the next tick.
+        /// `delivered` states recorded in the period before: sent at the next rotation.
         var old: [Target: Recorded] = [:]
+        /// Ticks since `young` became `old`.
+        var sinceRotation = 0
         /// Final states, in the order they came: sent at the next tick. A target's first final
         /// state is what the reader takes (the earliest), so a second one needs no check here.
         var finals: [(target: Target, recorded: Recorded)] = []
@@ -52,6 +56,8 @@ final class StatusRecorder: Sendable {
     private let redis: RedisConnection
     private let keys: FleetKeys
     private let interval: TimeAmount
+    /// Ticks between rotations of the held `delivered` states.
+    let deliveredHold: Int
     private let pending = NIOLockedValueBox(Pending())
     /// Gives a bucket a late state created anew (it had expired) an expiry of its own.
     private let expiry = StatusBucketExpiry(.ifNone(86_400))
@@ -60,7 +66,11 @@ final class StatusRecorder: Sendable {
     private let limit: Int
     private let logger: Logger
 
-    init(redis: RedisConnection, keys: FleetKeys, logger: Logger, interval: TimeAmount = .milliseconds(20), limit: Int = 200_000) {
+    init(
+        redis: RedisConnection, keys: FleetKeys, logger: Logger, interval: TimeAmount = .milliseconds(20), deliveredHold: Int = 5,
+        limit: Int = 200_000
+    ) {
+        self.deliveredHold = max(1, deliveredHold)
         self.redis = redis
         self.keys = keys
         self.logger = logger
@@ -124,11 +134,17 @@ final class StatusRecorder: Sendable {
 
     private func tick() {
         let more = pending.withLockedValue { pending in
-            let due = pending.old
-            pending.old = pending.young
-            pending.young = [:]
+            var due: [Target: Recorded] = [:]
+            pending.sinceRotation += 1
+            if pending.sinceRotation >= deliveredHold {
+                pending.sinceRotation = 0
+                due = pending.old
+                pending.old = pending.young
+                pending.young = [:]
+            }
             send(due, after: &pending)
-            pending.ticking = !pending.old.isEmpty
+            pending.ticking = !pending.old.isEmpty || !pending.young.isEmpty
+            if !pending.ticking { pending.sinceRotation = 0 }
             return pending.ticking
         }
         if more { scheduleTick() }
