@@ -128,11 +128,12 @@ struct CommandStreamConsumer: Sendable {
     /// stream order. Each node gets one wake event for the read, and the entries accepted are
     /// acknowledged with one XACK; one that failed stays pending and is read again.
     private func handle(_ entries: [RedisReply], fresh: Bool) async throws {
-        var parsed: [(id: String, fields: [String: String])] = []
+        var parsed: [Entry] = []
         for entry in entries {
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
             // A deleted entry still pending shows as [id, nil].
-            parsed.append((id, Dictionary((parts[1].pairs ?? [:]).map { ($0.key.lowercased(), $0.value) }) { first, _ in first }))
+            let fields = Dictionary((parts[1].pairs ?? [:]).map { ($0.key.lowercased(), $0.value) }) { first, _ in first }
+            parsed.append(Entry(id: id, fields: fields, configuration: configuration))
         }
         let wakes = WakeBatch()
         var acknowledged: [String] = []
@@ -140,11 +141,9 @@ struct CommandStreamConsumer: Sendable {
         var single = parsed
         if fresh {
             var batch: [(id: String, command: PushCommand)] = []
-            var rest: [(id: String, fields: [String: String])] = []
+            var rest: [Entry] = []
             for entry in parsed {
-                if let command = try? Self.command(from: entry.fields), (try? command.validate(configuration)) != nil,
-                    case .terminals = command.audience, command.ttl > 0
-                {
+                if case .success(let command) = entry.command, case .terminals = command.audience, command.ttl > 0 {
                     batch.append((entry.id, command))
                 } else {
                     rest.append(entry)
@@ -152,7 +151,7 @@ struct CommandStreamConsumer: Sendable {
             }
             // An entry run on its own must not overtake a batched one to the same terminal.
             let batched = Set(batch.flatMap { Self.orderingKeys(of: $0.command) })
-            if !batch.isEmpty, rest.allSatisfy({ Self.orderingKeys($0.fields).allSatisfy { !batched.contains($0) } }) {
+            if !batch.isEmpty, rest.allSatisfy({ $0.orderingKeys.allSatisfy { !batched.contains($0) } }) {
                 let results = await dispatcher.pushMany(batch.map(\.command), ids: batch.map(\.id), wakes: wakes)
                 for (entry, result) in zip(batch, results) {
                     switch result {
@@ -177,20 +176,20 @@ struct CommandStreamConsumer: Sendable {
     }
 
     /// Entries one push at a time: in stream order per terminal or topic, concurrently across.
-    private func handleOneByOne(_ entries: [(id: String, fields: [String: String])], fresh: Bool, wakes: WakeBatch) async throws {
-        var chains: [[(id: String, fields: [String: String])]] = []
+    private func handleOneByOne(_ entries: [Entry], fresh: Bool, wakes: WakeBatch) async throws {
+        var chains: [[Entry]] = []
         var chainOf: [String: Int] = [:]  // terminal, topic or "broadcast" -> chain
-        for (id, fields) in entries {
-            let keys = Self.orderingKeys(fields)
+        for entry in entries {
+            let keys = entry.orderingKeys
             let chain = keys.lazy.compactMap { chainOf[$0] }.first ?? chains.count
             if chain == chains.count { chains.append([]) }
-            chains[chain].append((id, fields))
+            chains[chain].append(entry)
             for key in keys where chainOf[key] == nil { chainOf[key] = chain }
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for chain in chains {
                 group.addTask {
-                    for (id, fields) in chain { try await handle(id: id, fields: fields, fresh: fresh, wakes: wakes) }
+                    for entry in chain { try await handle(entry, fresh: fresh, wakes: wakes) }
                 }
             }
             try await group.waitForAll()
@@ -213,12 +212,32 @@ struct CommandStreamConsumer: Sendable {
         return ["broadcast"]
     }
 
-    private func handle(id: String, fields: [String: String], fresh: Bool, wakes: WakeBatch) async throws {
+    /// A stream entry as read, its push parsed and checked once (an invalid entry carries the
+    /// ``APIError`` its status records): the batch and the one-by-one path share the result.
+    struct Entry: Sendable {
+        var id: String
+        var fields: [String: String]
+        var command: Result<PushCommand, any Error>
+
+        init(id: String, fields: [String: String], configuration: ControlNodeConfiguration) {
+            self.id = id
+            self.fields = fields
+            command = Result {
+                let command = try CommandStreamConsumer.command(from: fields)
+                try command.validate(configuration)
+                return command
+            }
+        }
+
+        /// What it must stay in order with (from its fields, so an invalid entry has them too).
+        var orderingKeys: [String] { CommandStreamConsumer.orderingKeys(fields) }
+    }
+
+    private func handle(_ entry: Entry, fresh: Bool, wakes: WakeBatch) async throws {
+        let id = entry.id
         do {
-            let command = try Self.command(from: fields)
-            try command.validate(configuration)
             // A push already completed under this id (handled before, not acknowledged) returns at once.
-            _ = try await dispatcher.push(command, id: id, fresh: fresh, wakes: wakes)
+            _ = try await dispatcher.push(entry.command.get(), id: id, fresh: fresh, wakes: wakes)
         } catch let error as APIError {
             logger.info("invalid command stream entry", metadata: ["entry": "\(id)", "error": "\(error.message)"])
             var status = StatusWrites()

@@ -163,9 +163,7 @@ struct ControlAPI: Sendable {
         }
         // One wake event per push node for the whole batch.
         await dispatcher.sendWakes(wakes)
-        return Response(
-            status: .accepted, headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: BatchResult.json(results))))
+        return json(bytes: BatchResult.json(results), status: .accepted)
     }
 
     private func command(from body: PushRequest) throws -> PushCommand {
@@ -246,8 +244,11 @@ struct ControlAPI: Sendable {
     }
 
     private func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) throws -> Response {
-        let data = try FleetJSON.encoder.encode(value)
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        json(bytes: try FleetJSON.encoder.encode(value), status: status)
+    }
+
+    private func json(bytes: some Sequence<UInt8>, status: HTTPResponse.Status) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }
 

@@ -62,16 +62,13 @@ public enum ControlNodeFuzzing {
         let parts = input.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
         var fields: [String: String] = [:]
         for index in stride(from: 0, to: parts.count - 1, by: 2) { fields[parts[index].lowercased()] = parts[index + 1] }
-        do {
-            let command = try CommandStreamConsumer.command(from: fields)
-            try command.validate(configuration)
-            _ = CommandStreamConsumer.orderingKeys(fields)
-            return accepted(command)
-        } catch is APIError {
-        } catch {
-            return ["not an APIError: \(error)"]
+        // As the consumer reads an entry: parsed and checked once, refused with an APIError.
+        let entry = CommandStreamConsumer.Entry(id: "0-1", fields: fields, configuration: configuration)
+        _ = entry.orderingKeys
+        switch entry.command {
+        case .success(let command): return accepted(command)
+        case .failure(let error): return error is APIError ? [] : ["not an APIError: \(error)"]
         }
-        return []
     }
 
     /// What an accepted push must hold: the bounds its validation promises.
