@@ -3,53 +3,117 @@ import RedisClient
 
 /// The Lua scripts that keep the Redis state consistent.
 public enum FleetScripts {
-    /// Registers a session and reads what it needs, atomically.
+    /// Registers sessions and reads what each needs: one call for the registrations of a tick
+    /// (``registerCommand(_:node:keys:)`` builds it), each terminal's atomically.
     ///
-    /// KEYS: route, session, subscriptions, revoked, queue, sent, released, releasing, will.
-    /// ARGV: node, epoch, connectedAt, cleanStart (0/1), issuedAt ("" skips the revocation
-    /// check), queue read limit, persistent (0/1: the session outlives the connection), the
-    /// entry field that marks messages stored for a subscription (``StoredMessage/sessionField``).
-    /// Returns `{"revoked"}` or `{"ok", oldNode, oldEpoch, sessionPresent, subs, queue, sent,
-    /// discardedFilters, released, releasing}`. Reading the queue in the same script as writing the
-    /// route closes the race with a control node that stores a message and then reads the
-    /// route. A clean start discards the old session: its subscriptions (returned, so the
-    /// node can leave the offline index) and the messages stored for them; pushes addressed
-    /// to the terminal stay. A will kept for the terminal's previous connection is dropped:
-    /// the session came back before its delay ended.
+    /// Per terminal, 9 KEYS: route, session, subscriptions, revoked, queue, sent, released,
+    /// releasing, will. ARGV: node, the entry field that marks messages stored for a
+    /// subscription (``StoredMessage/sessionField``), then per terminal 6: epoch, connectedAt,
+    /// cleanStart (0/1), issuedAt ("" skips the revocation check), queue read limit, persistent
+    /// (0/1: the session outlives the connection).
+    /// Returns one reply per terminal, in order: `{"revoked"}`, `{"error", message}` (that
+    /// terminal's keys could not be used; the others are unaffected), or `{"ok", oldNode,
+    /// oldEpoch, sessionPresent, subs, queue, sent, discardedFilters, released, releasing}`.
+    /// Reading the queue in the same script as writing the route closes the race with a
+    /// control node that stores a message and then reads the route. A clean start discards the
+    /// old session: its subscriptions (returned, so the node can leave the offline index) and
+    /// the messages stored for them; pushes addressed to the terminal stay, and the list read
+    /// that found the session's entries is also the head returned. A will kept for the
+    /// terminal's previous connection is dropped: the session came back before its delay ended.
     public static let register = RedisScript(
         """
         \(Route.luaReader)
-        local rev = redis.call('GET', KEYS[4])
-        if rev and ARGV[5] ~= '' and tonumber(ARGV[5]) <= tonumber(rev) then return {'revoked'} end
-        local oldNode, oldEpoch = route(KEYS[1])
-        redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3])
-        redis.call('DEL', KEYS[9])
-        local present = 0
-        local discarded = {}
-        if ARGV[4] == '1' then
-          discarded = redis.call('HKEYS', KEYS[3])
-          redis.call('DEL', KEYS[2], KEYS[3], KEYS[7], KEYS[8])
-          for _, entry in ipairs(redis.call('LRANGE', KEYS[5], 0, -1)) do
-            local ok, message = pcall(cjson.decode, entry)
-            if ok and type(message) == 'table' and message[ARGV[8]] == true then redis.call('LREM', KEYS[5], 1, entry) end
+        local function register(k, a)
+          local rev = redis.call('GET', KEYS[k + 4])
+          if rev and ARGV[a + 4] ~= '' and tonumber(ARGV[a + 4]) <= tonumber(rev) then return {'revoked'} end
+          local oldNode, oldEpoch = route(KEYS[k + 1])
+          redis.call('SET', KEYS[k + 1], ARGV[1] .. '|' .. ARGV[a + 1] .. '|' .. ARGV[a + 2])
+          redis.call('DEL', KEYS[k + 9])
+          local persistent = ARGV[a + 6] == '1'
+          local limit = tonumber(ARGV[a + 5])
+          if ARGV[a + 3] == '1' then
+            local discarded = redis.call('HKEYS', KEYS[k + 3])
+            redis.call('DEL', KEYS[k + 2], KEYS[k + 3], KEYS[k + 7], KEYS[k + 8])
+            if persistent then redis.call('SET', KEYS[k + 2], '1') end
+            local queue = {}
+            for _, entry in ipairs(redis.call('LRANGE', KEYS[k + 5], 0, -1)) do
+              local ok, message = pcall(cjson.decode, entry)
+              if ok and type(message) == 'table' and message[ARGV[2]] == true then
+                redis.call('LREM', KEYS[k + 5], 1, entry)
+              elseif #queue < limit then
+                queue[#queue + 1] = entry
+              end
+            end
+            return {'ok', oldNode or '', oldEpoch or '', 0, {}, queue, redis.call('HGETALL', KEYS[k + 6]), discarded, {}, {}}
           end
-        else
-          present = redis.call('EXISTS', KEYS[2])
+          local present = redis.call('EXISTS', KEYS[k + 2])
+          if persistent then
+            redis.call('SET', KEYS[k + 2], '1')
+            redis.call('PERSIST', KEYS[k + 3])
+            redis.call('PERSIST', KEYS[k + 7])
+            redis.call('PERSIST', KEYS[k + 8])
+          end
+          return {'ok', oldNode or '', oldEpoch or '', present, redis.call('HGETALL', KEYS[k + 3]),
+            redis.call('LRANGE', KEYS[k + 5], 0, limit - 1), redis.call('HGETALL', KEYS[k + 6]), {},
+            redis.call('SMEMBERS', KEYS[k + 7]), redis.call('SMEMBERS', KEYS[k + 8])}
         end
-        if ARGV[7] == '1' then
-          redis.call('SET', KEYS[2], '1')
-          redis.call('PERSIST', KEYS[3])
-          redis.call('PERSIST', KEYS[7])
-          redis.call('PERSIST', KEYS[8])
+        local replies = {}
+        for i = 0, #KEYS / 9 - 1 do
+          local ok, reply = pcall(register, i * 9, 2 + i * 6)
+          if not ok then reply = {'error', type(reply) == 'table' and reply.err or tostring(reply)} end
+          replies[#replies + 1] = reply
         end
-        local subs = redis.call('HGETALL', KEYS[3])
-        local queue = redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[6]) - 1)
-        local sent = redis.call('HGETALL', KEYS[6])
-        local released = redis.call('SMEMBERS', KEYS[7])
-        local releasing = redis.call('SMEMBERS', KEYS[8])
-        return {'ok', oldNode or '', oldEpoch or '', present, subs, queue, sent, discarded, released, releasing}
+        return replies
         """
     )
+
+    /// One session registration, as ``registerCommand(_:node:keys:)`` sends it.
+    public struct Registration: Sendable, Equatable {
+        public var terminal: String
+        /// The connection's epoch and when it connected (Unix milliseconds): its route.
+        public var epoch: String
+        public var connectedAt: Int64
+        public var cleanStart: Bool
+        /// When the credential was issued (Unix seconds; "" skips the revocation check).
+        public var issuedAt: String
+        /// How many entries of the stored list to read.
+        public var readCount: Int
+        /// The session outlives the connection.
+        public var persistent: Bool
+
+        public init(
+            terminal: String, epoch: String, connectedAt: Int64, cleanStart: Bool, issuedAt: String, readCount: Int, persistent: Bool
+        ) {
+            self.terminal = terminal
+            self.epoch = epoch
+            self.connectedAt = connectedAt
+            self.cleanStart = cleanStart
+            self.issuedAt = issuedAt
+            self.readCount = readCount
+            self.persistent = persistent
+        }
+    }
+
+    /// Registers terminals' sessions on `node` in one call of ``register``; its reply holds
+    /// one reply per registration, in order.
+    public static func registerCommand(_ registrations: [Registration], node: String, keys: FleetKeys) -> RedisCommand {
+        var scriptKeys: [String] = []
+        scriptKeys.reserveCapacity(registrations.count * 9)
+        var arguments = [node, StoredMessage.sessionField]
+        arguments.reserveCapacity(2 + registrations.count * 6)
+        for registration in registrations {
+            let terminal = registration.terminal
+            scriptKeys += [
+                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
+                keys.sent(terminal), keys.released(terminal), keys.releasing(terminal), keys.will(terminal),
+            ]
+            arguments += [
+                registration.epoch, String(registration.connectedAt), registration.cleanStart ? "1" : "0", registration.issuedAt,
+                String(registration.readCount), registration.persistent ? "1" : "0",
+            ]
+        }
+        return register.command(keys: scriptKeys, arguments: arguments)
+    }
 
     /// Removes a route only if it still belongs to the connection that is ending, and ends or
     /// keeps the session.

@@ -211,7 +211,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         let store = self.store
         switch action {
         case .register(let request):
-            store.register(request).hop(to: loop).whenComplete { result in bound.value.feed { $0.registered(result) } }
+            store.register(request, on: loop).whenComplete { result in bound.value.feed { $0.registered(result) } }
         case .kick(let oldNode, let event):
             store.kick(on: oldNode, event).hop(to: loop).whenComplete { result in
                 bound.value.feed { $0.kickAnswered(listeners: try? result.get()) }

@@ -24,6 +24,8 @@ final class PushNodeContext: Sendable {
     let status: StatusRecorder
     /// The `sent` records of messages in flight, written a tick late (most never are).
     let sent: SentRecorder
+    /// Session registrations, one script call per tick.
+    let registrations: RegistrationBatcher
     /// Keep-alive checks, one sweeper per event loop.
     let keepAliveSweepers = KeepAliveSweepers()
     /// Connections held, against ``PushNodeConfiguration/maximumConnections``.
@@ -49,6 +51,7 @@ final class PushNodeContext: Sendable {
         self.router = router
         self.status = StatusRecorder(redis: redis, keys: configuration.keys, logger: logger)
         self.sent = SentRecorder(redis: redis, keys: configuration.keys, interval: configuration.sentRecordInterval)
+        self.registrations = RegistrationBatcher(redis: redis, keys: configuration.keys, nodeID: configuration.nodeID)
         self.connectionSlots = ConnectionSlots(limit: configuration.maximumConnections)
         self.sessionEnvironment = SessionEnvironment(
             configuration: configuration, credentials: credentials, acl: acl, local: local, metrics: metrics, logger: logger)

@@ -26,6 +26,8 @@ struct SessionRegistration {
     enum Failure: Error {
         /// The credential was issued before the terminal's revocation.
         case revoked
+        /// Redis could not register this terminal (its keys could not be used).
+        case failed(String)
         case unexpectedReply(RedisReply)
     }
 
@@ -45,10 +47,15 @@ struct SessionRegistration {
         self.releasing = releasing
     }
 
-    /// Decodes the register script's reply.
+    /// Decodes the register script's reply for one terminal.
     init(reply: RedisReply) throws(Failure) {
         guard let array = reply.array, let status = array.first?.string else { throw .unexpectedReply(reply) }
-        guard status == "ok" else { throw .revoked }
+        switch status {
+        case "ok": break
+        case "revoked": throw .revoked
+        case "error": throw .failed(array.dropFirst().first?.string ?? "")
+        default: throw .unexpectedReply(reply)
+        }
         guard array.count == 10 else { throw .unexpectedReply(reply) }
         oldNode = array[1].string ?? ""
         oldEpoch = array[2].string ?? ""

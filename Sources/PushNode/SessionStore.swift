@@ -52,8 +52,8 @@ struct StoredListRead {
 /// connection performs them here.
 protocol SessionStore {
     /// Registers the connection (route, session) and reads the session's state and the head
-    /// of its stored list, atomically.
-    func register(_ request: SessionRegisterRequest) -> EventLoopFuture<SessionRegistration>
+    /// of its stored list, atomically; the future completes on `loop`.
+    func register(_ request: SessionRegisterRequest, on loop: any EventLoop) -> EventLoopFuture<SessionRegistration>
     /// Reads the session's state again after the previous connection stopped.
     func reload(_ registration: SessionRegistration, window: Int) -> EventLoopFuture<SessionRegistration>
     /// Tells `oldNode` to stop the terminal's previous connection; succeeds with the number
@@ -85,19 +85,14 @@ struct RedisSessionStore: SessionStore {
     var keys: FleetKeys { node.keys }
 
     /// Registers the connection `epoch` (route, session) and reads the session's state and the
-    /// head of its stored list (`readCount` entries), atomically.
-    func register(_ request: SessionRegisterRequest) -> EventLoopFuture<SessionRegistration> {
-        let command = FleetScripts.register.command(
-            keys: [
-                keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal), keys.queue(terminal),
-                keys.sent(terminal), keys.released(terminal), keys.releasing(terminal), keys.will(terminal),
-            ],
-            arguments: [
-                node.nodeID, request.epoch, String(request.connectedAt), request.cleanStart ? "1" : "0", request.issuedAt,
-                String(request.readCount), request.persistent ? "1" : "0", StoredMessage.sessionField,
-            ]
-        )
-        return redis.pipelineFuture([command]).flatMapThrowing { replies in try SessionRegistration(reply: replies[0].throwingError()) }
+    /// head of its stored list (`readCount` entries), atomically, in the same script call as
+    /// the node's other registrations of the tick (``RegistrationBatcher``).
+    func register(_ request: SessionRegisterRequest, on loop: any EventLoop) -> EventLoopFuture<SessionRegistration> {
+        node.registrations.register(
+            FleetScripts.Registration(
+                terminal: terminal, epoch: request.epoch, connectedAt: request.connectedAt, cleanStart: request.cleanStart,
+                issuedAt: request.issuedAt, readCount: request.readCount, persistent: request.persistent),
+            on: loop)
     }
 
     /// Reads the session's state again into `registration` (after a takeover: what the

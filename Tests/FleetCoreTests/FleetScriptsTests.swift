@@ -19,16 +19,11 @@ struct FleetScriptsTests {
     }
 
     func register(_ terminal: String, node: String, epoch: String, clean: Bool = true, issuedAt: String = "") async throws -> [RedisReply] {
-        let reply = try await redis.send(
-            FleetScripts.register.command(
-                keys: [
-                    keys.route(terminal), keys.session(terminal), keys.subscriptions(terminal), keys.revoked(terminal),
-                    keys.queue(terminal), keys.sent(terminal), keys.released(terminal), keys.releasing(terminal), keys.will(terminal),
-                ],
-                arguments: [node, epoch, "1", clean ? "1" : "0", issuedAt, "10", clean ? "0" : "1", StoredMessage.sessionField]
-            )
-        )
-        return reply.array ?? []
+        let registration = FleetScripts.Registration(
+            terminal: terminal, epoch: epoch, connectedAt: 1, cleanStart: clean, issuedAt: issuedAt, readCount: 10, persistent: !clean)
+        let reply = try await redis.send(FleetScripts.registerCommand([registration], node: node, keys: keys))
+        #expect(reply.array?.count == 1)
+        return reply.array?.first?.array ?? []
     }
 
     func unregister(_ terminal: String, epoch: String, expiry: Int = 0) async throws -> Int64? {
@@ -85,6 +80,62 @@ struct FleetScriptsTests {
         #expect(clean[5].array?.compactMap(\.string) == ["a", "b"])  // ...and the session's messages, never the terminal's
         #expect(try await unregister("t2", epoch: "e3") == 1)
         #expect(try await redis.send("EXISTS", keys.session("t2")).int == 0)
+        await redis.close()
+    }
+
+    /// A node's registrations of one tick go in one call: each gets its own reply, in order,
+    /// and a terminal that cannot be registered (revoked; a key of the wrong type) fails alone.
+    @Test func registrationsOfATickShareOneCallAndFailAlone() async throws {
+        try await redis.send("SET", keys.revoked("b-revoked"), "5000")
+        try await redis.send("HSET", keys.route("b-broken"), "not", "a string")
+        try await redis.send("RPUSH", keys.queue("b-2"), "waiting")
+        let terminals = (0..<6).map { "b-\($0)" }
+        var registrations = terminals.map {
+            FleetScripts.Registration(
+                terminal: $0, epoch: "e-\($0)", connectedAt: 7, cleanStart: false, issuedAt: "4000", readCount: 10, persistent: true)
+        }
+        registrations.insert(
+            .init(terminal: "b-revoked", epoch: "e", connectedAt: 7, cleanStart: false, issuedAt: "4000", readCount: 10, persistent: true),
+            at: 1)
+        registrations.insert(
+            .init(terminal: "b-broken", epoch: "e", connectedAt: 7, cleanStart: true, issuedAt: "", readCount: 10, persistent: false),
+            at: 3)
+        let replies = try await redis.send(FleetScripts.registerCommand(registrations, node: "n1", keys: keys)).array ?? []
+        #expect(replies.count == registrations.count)
+        for (registration, reply) in zip(registrations, replies) {
+            let status = reply.array?.first?.string
+            switch registration.terminal {
+            case "b-revoked": #expect(status == "revoked")
+            case "b-broken":
+                #expect(status == "error")
+                #expect(reply.array?.dropFirst().first?.string?.contains("WRONGTYPE") == true)
+            default:
+                #expect(status == "ok", "\(registration.terminal)")
+                let route = try await redis.send("GET", keys.route(registration.terminal)).string.flatMap(Route.init(decoding:))
+                #expect(route?.epoch == registration.epoch)
+            }
+        }
+        #expect(replies[4].array?[5].array?.compactMap(\.string) == ["waiting"])  // b-2's list
+        #expect(try await redis.send("EXISTS", keys.route("b-revoked")).int == 0)
+        await redis.close()
+    }
+
+    /// A clean start reads the whole list once to drop the entries stored for the old session's
+    /// subscriptions; the head it returns is the first `readCount` of those that stay, also
+    /// when the list is longer than that.
+    @Test func aCleanStartReturnsTheHeadOfWhatStays() async throws {
+        var entries: [String] = []
+        for index in 0..<25 {
+            var message = StoredMessage(id: "m\(index)", qos: 1, expiresAt: 0, topic: "push/c", payload: [UInt8(index)])
+            message.session = index % 3 == 0
+            entries.append(message.encoded())
+        }
+        try await redis.send(RedisCommand("RPUSH", [keys.queue("c")] + entries))
+        let reply = try await register("c", node: "n1", epoch: "e1", clean: true)
+        #expect(reply.first?.string == "ok")
+        let kept = entries.enumerated().filter { $0.offset % 3 != 0 }.map(\.element)
+        #expect(reply[5].array?.compactMap(\.string) == Array(kept.prefix(10)))
+        #expect(try await redis.send("LRANGE", keys.queue("c"), "0", "-1").array?.compactMap(\.string) == kept)
         await redis.close()
     }
 

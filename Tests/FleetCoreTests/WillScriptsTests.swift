@@ -104,13 +104,9 @@ struct WillScriptsTests {
 
     @Test func aSessionThatRegistersAgainDropsItsKeptWill() async throws {
         #expect(try await keep("r", epoch: "e1", entry: "bye") == 1)
-        let reply = try await redis.send(
-            FleetScripts.register.command(
-                keys: [
-                    keys.route("r"), keys.session("r"), keys.subscriptions("r"), keys.revoked("r"), keys.queue("r"), keys.sent("r"),
-                    keys.released("r"), keys.releasing("r"), keys.will("r"),
-                ],
-                arguments: ["n2", "e2", "1", "0", "", "10", "1", StoredMessage.sessionField]))
+        let registration = FleetScripts.Registration(
+            terminal: "r", epoch: "e2", connectedAt: 1, cleanStart: false, issuedAt: "", readCount: 10, persistent: true)
+        let reply = try await redis.send(FleetScripts.registerCommand([registration], node: "n2", keys: keys)).array?.first ?? .null
         #expect(reply.array?.first?.string == "ok")
         #expect(try await redis.send("EXISTS", keys.will("r")).int == 0)
         await redis.close()

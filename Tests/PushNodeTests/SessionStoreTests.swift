@@ -33,8 +33,37 @@ struct SessionStoreTests {
 
     func register(_ store: some SessionStore, epoch: String, clean: Bool = false) async throws -> SessionRegistration {
         try await store.register(
-            SessionRegisterRequest(epoch: epoch, connectedAt: 1, cleanStart: clean, issuedAt: "", readCount: 10, persistent: true)
+            SessionRegisterRequest(epoch: epoch, connectedAt: 1, cleanStart: clean, issuedAt: "", readCount: 10, persistent: true),
+            on: node.context.redis.eventLoop
         ).get()
+    }
+
+    /// Registrations of one tick share a script call, at most ``RegistrationBatcher/maximumBatch``
+    /// to a call: one past two full batches takes three calls, and each registration gets its
+    /// own terminal's reply.
+    @Test func registrationsOfATickShareScriptCalls() async throws {
+        let count = 2 * RegistrationBatcher.maximumBatch + 1
+        for index in 0..<count { try await node.context.redis.send("RPUSH", keys.queue("r\(index)"), "entry-\(index)") }
+        try await node.context.redis.send("CONFIG", "RESETSTAT")
+        let loop = node.context.redis.eventLoop
+        let batcher = node.context.registrations
+        // Submitted from the connection's event loop in one task: all in the same tick.
+        let futures = try await loop.submit {
+            (0..<count).map { index in
+                batcher.register(
+                    .init(terminal: "r\(index)", epoch: "e\(index)", connectedAt: 1, cleanStart: false, issuedAt: "", readCount: 10,
+                        persistent: true),
+                    on: loop)
+            }
+        }.get()
+        for (index, future) in futures.enumerated() {
+            let registration = try await future.get()
+            #expect(registration.queue == ["entry-\(index)"])
+            let route = try await node.context.redis.send("GET", keys.route("r\(index)")).string.flatMap(Route.init(decoding:))
+            #expect(route?.epoch == "e\(index)")
+        }
+        let stats = try await node.context.redis.send("INFO", "commandstats").string ?? ""
+        #expect(stats.contains("cmdstat_evalsha:calls=3,"))
     }
 
     @Test func storedEntriesAndSentPacketIDsReadBackAndLeave() async throws {
