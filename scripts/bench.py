@@ -245,8 +245,8 @@ class Bench:
 
     def connections(self, count):
         """Scenarios a and b: open `count` idle terminals as fast as possible, hold them."""
-        for kind in ("PushFleet", "Mosquitto"):
-            for run in range(self.args.runs):
+        for run in range(self.args.runs):
+            for kind in ("PushFleet", "Mosquitto"):
                 workdir = tempfile.mkdtemp(prefix="pushfleet-bench-")
                 server = self.system(kind, workdir)
                 try:
@@ -456,8 +456,8 @@ def main():
     bench.connections(idle)
     for scenario, qos in (("c", 1), ("d", 0)):
         print(f"{scenario}: unicast QoS {qos} at saturation", flush=True)
-        for kind in ("Mosquitto", "PushFleet"):
-            for run in range(args.runs):
+        for run in range(args.runs):
+            for kind in ("Mosquitto", "PushFleet"):
                 bench.delivery(scenario, kind, run, unicast_terminals, unicast_messages, qos, 0)
     print("c-stream: unicast QoS 1 at saturation through the command stream (XADD)", flush=True)
     for run in range(args.runs):
@@ -465,21 +465,21 @@ def main():
     saturation = median([r["messages_per_second"] for r in bench.results["c"]["Mosquitto"]])
     half = max(100, int(saturation / 2))
     print(f"c-latency: unicast QoS 1 at {half} msg/s (half Mosquitto's saturation)", flush=True)
-    for kind in ("Mosquitto", "PushFleet"):
-        for run in range(args.runs):
+    for run in range(args.runs):
+        for kind in ("Mosquitto", "PushFleet"):
             bench.delivery("c-latency", kind, run, unicast_terminals, half * (4 if args.quick else 8), 1, half, steady=True)
     print(f"c-10k: unicast QoS 1 at {STEADY_RATE} msg/s", flush=True)
-    for kind in ("Mosquitto", "PushFleet"):
-        for run in range(args.runs):
+    for run in range(args.runs):
+        for kind in ("Mosquitto", "PushFleet"):
             bench.delivery("c-10k", kind, run, unicast_terminals, STEADY_RATE * (4 if args.quick else 8), 1, STEADY_RATE, steady=True)
     print("e: fan-out of one topic", flush=True)
-    for kind in ("Mosquitto", "PushFleet"):
-        for run in range(args.runs):
+    for run in range(args.runs):
+        for kind in ("Mosquitto", "PushFleet"):
             bench.delivery("e", kind, run, fanout_terminals, fanout_messages, 1, 0, fanout_topic="bench/all")
 
     print(f"g: {backlog_terminals} terminals with {backlog_per_terminal} messages waiting each reconnect at once", flush=True)
-    for kind in ("Mosquitto", "PushFleet"):
-        for run in range(args.runs):
+    for run in range(args.runs):
+        for kind in ("Mosquitto", "PushFleet"):
             backlog_scenario(bench, kind, run, backlog_terminals, backlog_per_terminal)
 
     if not args.quick:
@@ -580,7 +580,8 @@ def write_report(args, bench, info, seconds, half, sizes):
         "# Benchmarks",
         "",
         f"Written by `scripts/bench.py` (`make bench`) on {datetime.date.today().isoformat()}; "
-        f"{args.runs} runs per system and scenario, each on a freshly started server; medians; "
+        f"{args.runs} runs per system and scenario, each on a freshly started server, the two systems' runs "
+        f"alternated (so both meet the same spells of load from the machine's other tenants); medians; "
         f"ratio = PushFleet / Mosquitto. The whole run took {seconds / 60:.1f} minutes.",
         "",
         "## Machine",

@@ -49,64 +49,93 @@ public final class MQTTPacketEncoder: MessageToByteEncoder {
     }
 }
 
+/// Splits a byte stream into MQTT packets without holding a buffer while the stream is idle:
+/// the bytes of an incomplete packet are kept only until it completes. Learns the protocol
+/// version from the CONNECT it reads (server side). After an error nothing more is read.
+public struct MQTTPacketReader: Sendable {
+    public private(set) var version: MQTTProtocolVersion
+    /// The largest packet accepted, fixed header included.
+    public let maximumPacketSize: Int
+    /// The start of a packet whose remaining bytes have not arrived yet.
+    private var partial: ByteBuffer?
+    /// A malformed packet was seen.
+    public private(set) var failed = false
+
+    public init(version: MQTTProtocolVersion = .v3_1_1, maximumPacketSize: Int) {
+        self.version = version
+        self.maximumPacketSize = maximumPacketSize
+    }
+
+    /// Reads the packets `bytes` completes, handing each to `body` in order; throws the first
+    /// malformed packet's error (nothing is read after it).
+    public mutating func read(_ bytes: ByteBuffer, _ body: (MQTTPacket) -> Void) throws {
+        guard !failed else { return }
+        var buffer = bytes
+        if var earlier = partial.take() {
+            earlier.writeBuffer(&buffer)
+            buffer = earlier
+        }
+        do {
+            while let packet = try MQTTPacket.read(from: &buffer, version: version, maximumPacketSize: maximumPacketSize) {
+                if case .connect(let connect) = packet, connect.protocolVersion.isSupported {
+                    version = connect.protocolVersion
+                }
+                body(packet)
+            }
+        } catch {
+            failed = true
+            throw error
+        }
+        if buffer.readableBytes > 0 { partial = buffer }
+    }
+}
+
+extension MQTTPacket {
+    /// The packet encoded for `version` into a buffer of its own from `allocator`.
+    public func encoded(version: MQTTProtocolVersion, allocator: ByteBufferAllocator) throws -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: encodedSizeHint)
+        try write(to: &buffer, version: version)
+        return buffer
+    }
+}
+
 /// Decodes and encodes MQTT packets in one handler that holds no buffer while a connection
-/// is idle: bytes of an incomplete packet are kept only until it completes, and each write
-/// encodes into a buffer of its own. NIO's `ByteToMessageHandler` and `MessageToByteHandler`
-/// each keep buffers (and a pipeline context) for the connection's lifetime: ~0.8 KiB per
-/// connection, at a million idle terminals most of a gigabyte.
+/// is idle (``MQTTPacketReader``), and each write encodes into a buffer of its own. NIO's
+/// `ByteToMessageHandler` and `MessageToByteHandler` each keep buffers (and a pipeline
+/// context) for the connection's lifetime: ~0.8 KiB per connection, at a million idle
+/// terminals most of a gigabyte.
 public final class MQTTCodecHandler: ChannelDuplexHandler {
     public typealias InboundIn = ByteBuffer
     public typealias InboundOut = MQTTPacket
     public typealias OutboundIn = MQTTPacket
     public typealias OutboundOut = ByteBuffer
 
-    private var decoder: MQTTPacketDecoder
+    private var reader: MQTTPacketReader
     private let encoder: MQTTPacketEncoder
-    /// The start of a packet whose remaining bytes have not arrived yet.
-    private var partial: ByteBuffer?
-    /// A malformed packet was seen: nothing after it is decoded.
-    private var failed = false
 
     /// - Parameter encoder: shared with the handler that learns the protocol version from
-    ///   CONNECT (the decoder learns it by itself).
+    ///   CONNECT (the reader learns it by itself).
     public init(maximumPacketSize: Int, encoder: MQTTPacketEncoder = MQTTPacketEncoder()) {
-        self.decoder = MQTTPacketDecoder(maximumPacketSize: maximumPacketSize)
+        self.reader = MQTTPacketReader(maximumPacketSize: maximumPacketSize)
         self.encoder = encoder
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !failed else { return }
-        var buffer = unwrapInboundIn(data)
-        if var earlier = partial.take() {
-            earlier.writeBuffer(&buffer)
-            buffer = earlier
-        }
         do {
-            while let packet = try MQTTPacket.read(from: &buffer, version: decoder.version, maximumPacketSize: decoder.maximumPacketSize) {
-                if case .connect(let connect) = packet, connect.protocolVersion.isSupported {
-                    decoder.version = connect.protocolVersion
-                }
-                context.fireChannelRead(wrapInboundOut(packet))
-            }
+            try reader.read(unwrapInboundIn(data)) { packet in context.fireChannelRead(wrapInboundOut(packet)) }
         } catch {
-            failed = true
             context.fireErrorCaught(error)
-            return
         }
-        if buffer.readableBytes > 0 { partial = buffer }
     }
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let packet = unwrapOutboundIn(data)
-        var buffer = context.channel.allocator.buffer(capacity: packet.encodedSizeHint)
         do {
-            try packet.write(to: &buffer, version: encoder.version)
+            let buffer = try unwrapOutboundIn(data).encoded(version: encoder.version, allocator: context.channel.allocator)
+            context.write(wrapOutboundOut(buffer), promise: promise)
         } catch {
             promise?.fail(error)
             context.fireErrorCaught(error)
-            return
         }
-        context.write(wrapOutboundOut(buffer), promise: promise)
     }
 }
 

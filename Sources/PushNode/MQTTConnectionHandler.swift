@@ -6,16 +6,22 @@ import NIOCore
 
 /// One terminal's MQTT connection: the channel glue around its ``MQTTSession``.
 ///
+/// Reads and writes the connection's bytes itself (``MQTTPacketReader``, and each packet
+/// encoded into its own buffer): a codec handler in front of it would box every packet in
+/// `NIOAny`, both ways, and add a pipeline step per packet.
+///
 /// Lives on its channel's event loop. It feeds the session events (packets, writability,
 /// Redis replies hopped back to the loop, timers, messages the node routes here) and performs
 /// the actions the session asks for, in order: writes and flushes (coalesced over one socket
 /// read), Redis commands through ``SessionStore``, timers, the node's registry and limiter.
 final class MQTTConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = MQTTPacket
-    typealias OutboundOut = MQTTPacket
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     let node: PushNodeContext
-    let encoder: MQTTPacketEncoder
+    private var reader: MQTTPacketReader
+    /// The version packets are written in (the session's, once CONNECT named one).
+    private var version = MQTTProtocolVersion.v3_1_1
     var context: ChannelHandlerContext?
     var session: MQTTSession
     /// Where this connection is in its event loop's ``KeepAliveSweeper`` (-1: not in it).
@@ -34,9 +40,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// writability) are performed after them, in order.
     private var performing = false
 
-    init(node: PushNodeContext, encoder: MQTTPacketEncoder) {
+    init(node: PushNodeContext) {
         self.node = node
-        self.encoder = encoder
+        self.reader = MQTTPacketReader(maximumPacketSize: node.configuration.maximumPacketSize)
         self.session = MQTTSession(environment: node.sessionEnvironment)
     }
 
@@ -63,8 +69,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         reading = true
-        session.packetReceived(unwrapInboundIn(data))
-        perform()
+        do {
+            try reader.read(unwrapInboundIn(data)) { packet in
+                session.packetReceived(packet)
+                perform()
+            }
+        } catch {
+            malformed(error)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -83,10 +95,16 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        session.close()
+        perform()
+    }
+
+    private func malformed(_ error: any Error) {
         if let error = error as? MQTTCodecError {
             session.malformedPacket(error)
         } else {
-            logger.debug("connection error", metadata: ["error": "\(error)"])
+            logger.debug("unreadable packet", metadata: ["error": "\(error)"])
             session.close()
         }
         perform()
@@ -151,7 +169,13 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
         guard let context else { return }
         switch action {
         case .write(let packet):
-            context.write(wrapOutboundOut(packet), promise: nil)
+            do {
+                context.write(wrapOutboundOut(try packet.encoded(version: version, allocator: context.channel.allocator)), promise: nil)
+            } catch {
+                // Packets the session builds always encode; one that does not is a bug here.
+                logger.error("packet could not be encoded", metadata: ["error": "\(error)"])
+                session.close()
+            }
         case .flush:
             if reading { flushDeferred = true } else { context.flush() }
         case .close:
@@ -165,7 +189,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
             context.close(promise: nil)
         case .useVersion(let version):
-            encoder.version = version
+            self.version = version
         case .setReading(let enabled):
             context.channel.setOption(ChannelOptions.autoRead, value: enabled).whenFailure { _ in }
         case .schedule(let timer, let delay):

@@ -103,11 +103,7 @@ extension Channel {
 
 extension ChannelPipeline.SynchronousOperations {
     func addMQTTHandlers(node: PushNodeContext) throws {
-        let encoder = MQTTPacketEncoder()
-        try addHandlers([
-            MQTTCodecHandler(maximumPacketSize: node.configuration.maximumPacketSize, encoder: encoder),
-            MQTTConnectionHandler(node: node, encoder: encoder),
-        ])
+        try addHandler(MQTTConnectionHandler(node: node))
     }
 }
 
