@@ -189,13 +189,18 @@ package struct JSONScanner {
     package mutating func string() -> String? {
         guard expect(UInt8(ascii: "\"")) else { return nil }
         let start = position
+        var ascii = true
         while position < bytes.count {
             let byte = bytes[position]
             if byte == UInt8(ascii: "\"") {
                 let utf8 = UnsafeBufferPointer(rebasing: bytes[start..<position])
                 position += 1
-                return validatesUTF8 ? (String(validating: utf8, as: UTF8.self) ?? fail()) : String(decoding: utf8, as: UTF8.self)
+                // ASCII (ids, base64, most topics) needs no validation: `String(validating:)`
+                // is generic and instantiates type metadata on every call.
+                guard validatesUTF8, !ascii else { return String(decoding: utf8, as: UTF8.self) }
+                return String(validating: utf8, as: UTF8.self) ?? fail()
             }
+            if byte >= 0x80 { ascii = false }
             if byte == UInt8(ascii: "\\") { return escapedString(from: start) }
             if byte < 0x20 { return fail() }
             position += 1
