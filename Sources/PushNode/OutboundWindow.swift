@@ -7,8 +7,12 @@ import MQTTCodec
 /// and tells it the acknowledgements that come.
 struct OutboundWindow {
     /// A QoS 1 or 2 message written to the terminal and not yet acknowledged.
+    /// What a message in flight needs once its acknowledgement comes (not the message: a
+    /// `StoredMessage` is ~150 bytes and eight reference-counted fields, copied in and out).
     struct Inflight {
-        var message: StoredMessage
+        var messageID: String
+        /// The message's expiry (Unix milliseconds, 0: none).
+        var expiresAt: Int64
         /// The stored JSON entry, or nil for messages that were never stored.
         var entry: String?
         /// Whether the message has a per-terminal status record.
@@ -57,7 +61,7 @@ struct OutboundWindow {
                 nextPacketID = nextPacketID == .max ? 1 : nextPacketID + 1
             } while inflight[id] != nil
         }
-        inflight[id] = Inflight(message: message, entry: entry, tracked: tracked, qos: qos)
+        inflight[id] = Inflight(messageID: message.id, expiresAt: message.expiresAt, entry: entry, tracked: tracked, qos: qos)
         messageIDs.insert(message.id)
         return id
     }
@@ -65,7 +69,8 @@ struct OutboundWindow {
     /// A QoS 2 exchange a resumed session left at PUBREL: its packet id stays taken until
     /// PUBCOMP.
     mutating func resumeRelease(_ packetID: UInt16, placeholder: StoredMessage) {
-        inflight[packetID] = Inflight(message: placeholder, entry: nil, tracked: false, qos: .exactlyOnce, released: true)
+        inflight[packetID] = Inflight(
+            messageID: placeholder.id, expiresAt: placeholder.expiresAt, entry: nil, tracked: false, qos: .exactlyOnce, released: true)
     }
 
     /// PUBACK: the QoS 1 message it acknowledges, or nil when none is in flight under that id
@@ -101,7 +106,7 @@ struct OutboundWindow {
 
     private mutating func finish(_ packetID: UInt16, _ done: Inflight) -> Inflight {
         inflight[packetID] = nil
-        messageIDs.remove(done.message.id)
+        messageIDs.remove(done.messageID)
         return done
     }
 }

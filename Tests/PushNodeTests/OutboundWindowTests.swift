@@ -18,7 +18,7 @@ struct OutboundWindowTests {
         #expect(window.send(Self.message("c"), entry: nil, tracked: false, qos: .atLeastOnce, preferring: 40) == 40)
         #expect(window.send(Self.message("d"), entry: nil, tracked: false, qos: .atLeastOnce, preferring: 1) == 3)
         #expect(window.count == 4 && window.contains(messageID: "c"))
-        #expect(window.pubAck(1)?.message.id == "a")
+        #expect(window.pubAck(1)?.messageID == "a")
         #expect(window.pubAck(1) == nil)  // a late duplicate
         #expect(!window.contains(messageID: "a"))
     }
@@ -48,7 +48,7 @@ struct OutboundWindowTests {
             return
         }
         #expect(window.count == 1)  // the id stays taken until PUBCOMP
-        #expect(window.pubComp(id)?.message.id == "q")
+        #expect(window.pubComp(id)?.messageID == "q")
         #expect(window.isEmpty)
         let refused = window.send(Self.message("r"), entry: nil, tracked: false, qos: .exactlyOnce)
         guard case .refused = window.pubRec(MQTTAckPacket(packetIdentifier: refused, reasonCode: .quotaExceeded)) else {

@@ -216,13 +216,13 @@ extension MQTTSession {
         metrics.acknowledged.increment()
         var writes: [SessionWrite] = []
         if let entry = done.entry {
-            writes += [.removeEntry(entry), .forgetSent(messageID: done.message.id)]
-            backlog.removed(done.message.id)
+            writes += [.removeEntry(entry), .forgetSent(messageID: done.messageID)]
+            backlog.removed(done.messageID)
         }
         // Acknowledged after its ttl passed: the status already counts it expired (the
         // control node settles expiry when the status is read), and it stays so.
-        if done.tracked { record(done.message.id, done.message.isExpired(nowMillis: clock.wallMillis) ? .expired : .acknowledged) }
-        if !writes.isEmpty { removeFromList(writes, ids: done.entry == nil ? [] : [done.message.id]) }
+        if done.tracked { record(done.messageID, (done.expiresAt > 0 && done.expiresAt <= clock.wallMillis) ? .expired : .acknowledged) }
+        if !writes.isEmpty { removeFromList(writes, ids: done.entry == nil ? [] : [done.messageID]) }
     }
 
     /// Writes `writes`, which take the messages `ids` out of the list; until Redis confirms,
