@@ -172,21 +172,27 @@ class Mosquitto:
 class PushFleet:
     name = "PushFleet"
 
-    def __init__(self, workdir, binary):
+    def __init__(self, workdir, binary, replica=False):
+        """`replica`: a second redis-server replicating the first, and the control node run
+        with `--durability replica` (a push is accepted once the replica has it)."""
         self.workdir = workdir
         self.redis_port = free_port()
         self.api_port = free_port()
         self.port = free_port()
         self.procs = []
-        redis_log = os.path.join(workdir, "redis.log")
-        self.procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", workdir, "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--lazyfree-lazy-expire", "yes", "--logfile", redis_log]))
-        wait_for(lambda: os.path.exists(redis_log) and "Ready to accept" in open(redis_log).read(), what="redis-server")
+        self.replica = None
+        self.procs.append(self.start_redis(workdir, self.redis_port, ["--repl-diskless-sync-delay", "0"]))
         redis = f"redis://127.0.0.1:{self.redis_port}"
+        if replica:
+            replica_dir = os.path.join(workdir, "replica")
+            os.makedirs(replica_dir)
+            self.replica = self.start_redis(replica_dir, free_port(), ["--replicaof", "127.0.0.1", str(self.redis_port)])
+            wait_for(lambda: "state=online" in subprocess.run(["redis-cli", "-p", str(self.redis_port), "INFO", "replication"],
+                                                              capture_output=True, text=True).stdout, what="replica in sync")
         log = open(os.path.join(workdir, "pushfleet.log"), "a")
         env = dict(os.environ, PUSHFLEET_SECRET=SECRET, PUSHFLEET_LOG_LEVEL="warning")
-        self.procs.append(subprocess.Popen([binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{self.api_port}"],
+        durability = ["--durability", "replica"] if replica else []
+        self.procs.append(subprocess.Popen([binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{self.api_port}", *durability],
                                            stdout=log, stderr=log, env=env))
         self.node = subprocess.Popen([binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{self.port}", "--node-id", "b1",
                                       "--max-connect-rate", "0", "--public-topics", "bench/#"],
@@ -195,12 +201,24 @@ class PushFleet:
         wait_port(self.api_port)
         wait_port(self.port)
 
+    @staticmethod
+    def start_redis(directory, port, extra):
+        log = os.path.join(directory, "redis.log")
+        proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--lazyfree-lazy-expire", "yes", "--logfile", log, *extra])
+        wait_for(lambda: os.path.exists(log) and "Ready to accept" in open(log).read(), what="redis-server")
+        return proc
+
     @property
     def server_pid(self):
         return self.node.pid
 
     def cost_pids(self):
-        return {"redis": self.procs[0].pid, "control": self.procs[1].pid, "node": self.node.pid}
+        pids = {"redis": self.procs[0].pid, "control": self.procs[1].pid, "node": self.node.pid}
+        if self.replica:
+            pids["replica"] = self.replica.pid
+        return pids
 
     def terminal_args(self, unicast_topic=True, topic=None):
         return ["--port", str(self.port), "--secret", SECRET] + (["--topic", topic] if topic else [])
@@ -220,9 +238,10 @@ class PushFleet:
         return args + (["--topic-push", topic] if topic else [])
 
     def stop(self):
-        for proc in reversed(self.procs):
+        procs = self.procs + ([self.replica] if self.replica else [])
+        for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
+        for proc in procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -268,11 +287,12 @@ class Bench:
                     server.stop()
                     shutil.rmtree(workdir, ignore_errors=True)
 
-    def delivery(self, scenario, kind, run, terminals, messages, qos, rate, fanout_topic=None, steady=False, stream=False):
+    def delivery(self, scenario, kind, run, terminals, messages, qos, rate, fanout_topic=None, steady=False, stream=False,
+                 replica=False):
         """One run: `terminals` subscribers, `messages` published (to distinct terminals, or
         to one topic all of them subscribe to), measured at the subscribers."""
         workdir = tempfile.mkdtemp(prefix="pushfleet-bench-")
-        server = self.system(kind, workdir)
+        server = PushFleet(workdir, self.binary, replica=True) if replica else self.system(kind, workdir)
         prefix = f"{scenario}{run}-"
         try:
             ready = os.path.join(workdir, "ready")
@@ -462,6 +482,9 @@ def main():
     print("c-stream: unicast QoS 1 at saturation through the command stream (XADD)", flush=True)
     for run in range(args.runs):
         bench.delivery("c-stream", "PushFleet", run, unicast_terminals, unicast_messages, 1, 0, stream=True)
+    print("c-replica: c with a Redis replica and --durability replica", flush=True)
+    for run in range(args.runs):
+        bench.delivery("c-replica", "PushFleet", run, unicast_terminals, unicast_messages, 1, 0, replica=True)
     saturation = median([r["messages_per_second"] for r in bench.results["c"]["Mosquitto"]])
     half = max(100, int(saturation / 2))
     print(f"c-latency: unicast QoS 1 at {half} msg/s (half Mosquitto's saturation)", flush=True)
@@ -520,9 +543,10 @@ def cost_report(r):
         "|---|---|---|---|---|---|---|",
     ]
     for scenario, label in (("c", "c. unicast QoS 1"), ("c-stream", "c-stream. unicast QoS 1, command stream (Mosquitto: c)"),
+                            ("c-replica", "c-replica. c with `--durability replica`; Redis CPU: the master's, PushFleet CPU: with the replica's (Mosquitto: c)"),
                             ("d", "d. unicast QoS 0"), ("e", "e. fan-out"), ("g", "g. backlogs on reconnect")):
         pushfleet = [run for run in r.get(scenario, {}).get("PushFleet", []) if "server_cpu_us_per_message" in run]
-        broker_scenario = "c" if scenario == "c-stream" else scenario
+        broker_scenario = "c" if scenario in ("c-stream", "c-replica") else scenario
         mosquitto = [run for run in r.get(broker_scenario, {}).get("Mosquitto", []) if "server_cpu_us_per_message" in run]
         if not pushfleet or not mosquitto:
             continue
@@ -565,8 +589,8 @@ def write_report(args, bench, info, seconds, half, sizes):
             met = "met" if (ratio >= target if higher_is_better else ratio <= target) else "not met"
         return f"| {label} | {fmt.format(p)} {unit} | {fmt.format(m)} {unit} | {ratio:.2f}x | {target_text(target, higher_is_better)} {met} |"
 
-    def stream_row(label, key, unit):
-        p, m = med("c-stream", "PushFleet", key), med("c", "Mosquitto", key)
+    def stream_row(label, key, unit, scenario="c-stream"):
+        p, m = med(scenario, "PushFleet", key), med("c", "Mosquitto", key)
         return f"| {label} | {p:.0f} {unit} | {m:.0f} {unit} | {p / m if m else float('nan'):.2f}x |  |"
 
     def target_text(target, higher):
@@ -615,6 +639,8 @@ def write_report(args, bench, info, seconds, half, sizes):
         row(f"c. unicast QoS 1, {sizes['unicast_terminals']} terminals, delivered", "c", "messages_per_second", "msg/s", target=1.0),
         stream_row(f"c-stream. unicast QoS 1 through the command stream (`XADD`), delivered; Mosquitto's from c", "messages_per_second",
                    "msg/s"),
+        stream_row("c-replica. c with a Redis replica and `--durability replica`, delivered; Mosquitto's from c",
+                   "messages_per_second", "msg/s", scenario="c-replica"),
         row(f"d. unicast QoS 0, {sizes['unicast_terminals']} terminals, delivered", "d", "messages_per_second", "msg/s", target=1.0),
         row(f"c. p99 latency at {half} msg/s (half Mosquitto's QoS 1 saturation)", "c-latency", "p99_ms", "ms",
             higher_is_better=False, fmt="{:.1f}"),
@@ -638,7 +664,7 @@ def write_report(args, bench, info, seconds, half, sizes):
         "| scenario | system | sent | received (distinct) | lost | duplicated |",
         "|---|---|---|---|---|---|",
     ]
-    for scenario in ("c", "c-stream", "d", "c-latency", "c-10k", "e", "g"):
+    for scenario in ("c", "c-stream", "c-replica", "d", "c-latency", "c-10k", "e", "g"):
         for system in ("PushFleet", "Mosquitto"):
             if r.get(scenario, {}).get(system):
                 lines.append(f"| {scenario} | {system} | {total(scenario, system, 'sent')} | {total(scenario, system, 'unique')} | "

@@ -25,6 +25,11 @@ public struct APIError: Error, HTTPResponseError, Sendable {
         switch error {
         case let error as APIError:
             return error
+        case let error as NotReplicated:
+            return APIError(
+                .serviceUnavailable, "not_replicated",
+                "\(error): not accepted; retry with the same idempotencyKey to store it once",
+                retryAfter: 1)
         case let error as RedisError where error.code == .server || error.code == .unexpectedReply:
             return APIError(.internalServerError, "internal", "storage error: \(error.message)")
         case let error as RedisError:

@@ -50,6 +50,11 @@ public struct ControlNodeConfiguration: Sendable {
     /// Seconds an HTTP connection may stay idle (or take to send a request head) before it is
     /// closed.
     public var httpIdleTimeout = 30
+    /// When a push counts as accepted (202, XACK): once the Redis master has it (the default),
+    /// or once a replica has it too (``Durability/replica``).
+    public var durability = Durability.master
+    /// How long a push waits for a replica under ``Durability/replica``, in milliseconds.
+    public var replicaTimeout = 1_000
     /// Consume the Redis command stream.
     public var consumeCommandStream = true
     /// This control node's consumer name in the command stream group.
@@ -68,4 +73,15 @@ public struct ControlNodeConfiguration: Sendable {
 extension ControlNodeConfiguration {
     /// Every key the API takes: `apiKey` with every scope, then `apiKeys`.
     var allAPIKeys: [APIKey] { (apiKey.map { [APIKey(key: $0)] } ?? []) + apiKeys }
+}
+
+/// When a push counts as accepted.
+public enum Durability: String, Sendable, CaseIterable {
+    /// Once the Redis master has stored it (and its AOF, with `appendfsync everysec`, has it on
+    /// disk within a second).
+    case master
+    /// Once a replica has it too (`WAIT 1`): a master that crashes and is replaced by its
+    /// replica loses no accepted push. A push the replica does not confirm in time is
+    /// answered 503 `not_replicated` (a stream entry stays pending and is tried again).
+    case replica
 }

@@ -46,6 +46,18 @@ public struct PushDispatcher: Sendable {
     public func push(_ command: PushCommand, id givenID: String? = nil, fresh: Bool = false, wakes: WakeBatch? = nil) async throws
         -> PushReceipt
     {
+        let receipt = try await accept(command, id: givenID, fresh: fresh, wakes: wakes)
+        do {
+            try await confirmReplicated()
+        } catch var error as NotReplicated {
+            error.messageID = receipt.id
+            throw error
+        }
+        return receipt
+    }
+
+    /// ``push(_:id:fresh:wakes:)`` up to the master's answer.
+    private func accept(_ command: PushCommand, id givenID: String?, fresh: Bool, wakes: WakeBatch?) async throws -> PushReceipt {
         var id = givenID ?? FleetClock.newMessageID()
         // Only a given id (a stream entry claimed or read again) or an idempotency key seen
         // before can have an earlier attempt; a new id costs no extra round trip.
@@ -202,12 +214,37 @@ public struct PushDispatcher: Sendable {
         // only pushes): each has its own round trips.
         for index in others {
             do {
-                results[index] = .success(try await push(commands[index], id: ids?[index], fresh: ids != nil, wakes: wakes))
+                results[index] = .success(try await accept(commands[index], id: ids?[index], fresh: ids != nil, wakes: wakes))
             } catch {
                 results[index] = .failure(error)
             }
         }
+        // One wait for a replica covers the whole batch.
+        if results.contains(where: { if case .success? = $0 { true } else { false } }) {
+            do {
+                try await confirmReplicated()
+            } catch {
+                for index in results.indices {
+                    guard case .success(let receipt)? = results[index] else { continue }
+                    var failure = error
+                    if var notReplicated = error as? NotReplicated {
+                        notReplicated.messageID = receipt.id
+                        failure = notReplicated
+                    }
+                    results[index] = .failure(failure)
+                }
+            }
+        }
         return results.map { $0 ?? .failure(RedisError(.unavailable, "push not attempted")) }
+    }
+
+    /// Under ``Durability/replica``: waits until a replica has every write this node's Redis
+    /// connection made so far (`WAIT 1`, which covers the pushes just stored: one connection's
+    /// commands run in order). Throws ``NotReplicated`` when none confirms in time.
+    func confirmReplicated() async throws {
+        guard configuration.durability == .replica else { return }
+        let replicas = try await redis.send("WAIT", "1", String(configuration.replicaTimeout)).int ?? 0
+        guard replicas >= 1 else { throw NotReplicated(timeoutMillis: configuration.replicaTimeout) }
     }
 
     /// Sends the wake events a batch collected: one per node. A failure is only logged: the
@@ -248,5 +285,17 @@ struct PushMetrics: Sendable {
         case .broadcast: broadcast.increment()
         }
         targets.increment(by: count)
+    }
+}
+
+/// A push the Redis master stored but no replica confirmed within the timeout
+/// (``Durability/replica``): not accepted. The API answers 503; a retry with the same
+/// idempotency key (or the same stream entry) does not store it twice.
+public struct NotReplicated: Error, CustomStringConvertible, Sendable {
+    public var timeoutMillis: Int
+    /// The message the master stored (its status can be read under this id).
+    public var messageID: String?
+    public var description: String {
+        "message \(messageID ?? "?") is stored on the Redis master, but no replica confirmed it within \(timeoutMillis) ms"
     }
 }

@@ -11,8 +11,9 @@ public final class LocalRedisServer: @unchecked Sendable {
 
     /// Starts redis-server (from PATH) on `port` and waits until its own log says it is ready.
     /// Throws if it exits first (the port was taken) or does not come up: a successful TCP
-    /// connect alone could reach another process that holds the port.
-    public init(port: Int, directory: String, appendOnly: Bool) throws {
+    /// connect alone could reach another process that holds the port. `arguments` go after
+    /// the defaults (a test's `--replicaof`, say).
+    public init(port: Int, directory: String, appendOnly: Bool, arguments extra: [String] = []) throws {
         guard let executable = Self.which("redis-server") else {
             throw ChildProcessError(message: "redis-server is not on PATH: install it (apt-get install redis-server) or run scripts/dev")
         }
@@ -25,7 +26,7 @@ public final class LocalRedisServer: @unchecked Sendable {
                 // Status buckets expire whole (README "Redis key layout"): freed off the main thread.
                 "--lazyfree-lazy-expire", "yes",
                 "--loglevel", "notice", "--logfile", directory + "/redis.log",
-            ])
+            ] + extra)
         let log = directory + "/redis.log"
         for _ in 0..<400 where process.isRunning {
             if let text = try? String(contentsOfFile: log, encoding: .utf8), text.contains("Ready to accept connections") {

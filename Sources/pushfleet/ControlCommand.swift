@@ -53,6 +53,18 @@ struct ControlCommand: AsyncParsableCommand {
     var claimIdle: Int?
 
     @Option(
+        help: ArgumentHelp(
+            "When a push is accepted (202, XACK): 'master' once the Redis master stored it, 'replica' once a replica has it too (WAIT 1), so a master crash with failover loses no accepted push (env PUSHFLEET_DURABILITY; default master).",
+            valueName: "master|replica"))
+    var durability: String?
+
+    @Option(
+        help:
+            "Milliseconds a push waits for a replica under --durability replica; past it 503 not_replicated (env PUSHFLEET_REPLICA_TIMEOUT; default 1000)."
+    )
+    var replicaTimeout: Int?
+
+    @Option(
         help:
             "Most terminals the pushes of one API request address together; beyond it 413 (env PUSHFLEET_MAX_REQUEST_TARGETS; default 100000)."
     )
@@ -111,6 +123,12 @@ struct ControlCommand: AsyncParsableCommand {
             try positive(statusRetention, env: "STATUS_RETENTION", option: "--status-retention") ?? configuration.statusRetention
         configuration.offlineQueueCap = try positive(queueCap, env: "QUEUE_CAP", option: "--queue-cap") ?? configuration.offlineQueueCap
         configuration.claimIdle = try positive(claimIdle, env: "CLAIM_IDLE", option: "--claim-idle") ?? configuration.claimIdle
+        if let durability = durability ?? env("DURABILITY") {
+            guard let value = Durability(rawValue: durability) else { throw ValidationError("--durability must be master or replica") }
+            configuration.durability = value
+        }
+        configuration.replicaTimeout =
+            try positive(replicaTimeout, env: "REPLICA_TIMEOUT", option: "--replica-timeout") ?? configuration.replicaTimeout
         configuration.httpIdleTimeout =
             try positive(httpIdleTimeout, env: "HTTP_IDLE_TIMEOUT", option: "--http-idle-timeout") ?? configuration.httpIdleTimeout
         configuration.maximumRequestTargets =

@@ -12,12 +12,13 @@ public final class RedisServer: @unchecked Sendable {
     public var port: Int { server.port }
     public var directory: String { server.directory }
 
-    public init(appendOnly: Bool = false) throws {
+    /// `arguments`: more redis-server options (`--replicaof 127.0.0.1 <port>` makes a replica).
+    public init(appendOnly: Bool = false, arguments: [String] = []) throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-test-\(UUID().uuidString)").path
         var lastError: (any Error)?
         for _ in 0..<5 {
             do {
-                server = try LocalRedisServer(port: try Self.freePort(), directory: directory, appendOnly: appendOnly)
+                server = try LocalRedisServer(port: try Self.freePort(), directory: directory, appendOnly: appendOnly, arguments: arguments)
                 ChildProcessReaper.shared.add(server.process)
                 return
             } catch {
