@@ -12,7 +12,8 @@ RUN swift build -c release --product pushfleet --static-swift-stdlib \
 # Run: slim Debian with the hiredis runtime library.
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libhiredis0.14 libcurl4 ca-certificates tzdata \
-    && rm -rf /var/lib/apt/lists/* && useradd --system pushfleet
+    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 pushfleet
 COPY --from=build /pushfleet /usr/local/bin/pushfleet
-USER pushfleet
+# Numeric, so Kubernetes' runAsNonRoot can check it.
+USER 10001
 ENTRYPOINT ["/usr/local/bin/pushfleet"]
