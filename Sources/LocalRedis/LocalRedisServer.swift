@@ -13,14 +13,22 @@ public final class LocalRedisServer: @unchecked Sendable {
     /// Throws if it exits first (the port was taken) or does not come up: a successful TCP
     /// connect alone could reach another process that holds the port. `arguments` go after
     /// the defaults (a test's `--replicaof`, say).
-    public init(port: Int, directory: String, appendOnly: Bool, arguments extra: [String] = []) throws {
+    /// `sentinelConfiguration`: run as a Sentinel with this configuration text (written to
+    /// `directory`/sentinel.conf, which Sentinel rewrites as it learns).
+    public init(port: Int, directory: String, appendOnly: Bool, arguments extra: [String] = [], sentinelConfiguration: String? = nil) throws {
         guard let executable = Self.which("redis-server") else {
             throw ChildProcessError(message: "redis-server is not on PATH: install it (apt-get install redis-server) or run scripts/dev")
         }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var leading: [String] = []
+        if let sentinelConfiguration {
+            let path = directory + "/sentinel.conf"
+            try sentinelConfiguration.write(toFile: path, atomically: true, encoding: .utf8)
+            leading = [path, "--sentinel"]
+        }
         let process = try ChildProcess(
             executable: executable,
-            arguments: [
+            arguments: leading + [
                 "--port", String(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
                 "--appendonly", appendOnly ? "yes" : "no", "--appendfsync", "everysec", "--daemonize", "no",
                 // Status buckets expire whole (README "Redis key layout"): freed off the main thread.
@@ -29,7 +37,9 @@ public final class LocalRedisServer: @unchecked Sendable {
             ] + extra)
         let log = directory + "/redis.log"
         for _ in 0..<400 where process.isRunning {
-            if let text = try? String(contentsOfFile: log, encoding: .utf8), text.contains("Ready to accept connections") {
+            // A Sentinel does not say "ready": it says whom it monitors.
+            let ready = sentinelConfiguration == nil ? "Ready to accept connections" : "+monitor master"
+            if let text = try? String(contentsOfFile: log, encoding: .utf8), text.contains(ready) {
                 self.port = port
                 self.directory = directory
                 self.process = process

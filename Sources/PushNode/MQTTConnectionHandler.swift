@@ -40,8 +40,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     /// writability) are performed after them, in order.
     private var performing = false
 
-    init(node: PushNodeContext) {
+    /// The address a ``ProxyProtocolHandler`` read, until the first read takes it.
+    private var proxied: ProxiedPeer?
+
+    init(node: PushNodeContext, proxied: ProxiedPeer? = nil) {
         self.node = node
+        self.proxied = proxied
         self.reader = MQTTPacketReader(maximumPacketSize: node.configuration.maximumPacketSize)
         self.session = MQTTSession(environment: node.sessionEnvironment)
     }
@@ -57,6 +61,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // Behind a PROXY header the address comes with the first read.
+        if proxied == nil { session.peer = PeerAddress(context.remoteAddress) }
         session.connectionOpened()
         perform()
     }
@@ -69,6 +75,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         reading = true
+        if let proxied {
+            session.peer = proxied.address
+            self.proxied = nil
+        }
         do {
             try reader.read(unwrapInboundIn(data)) { packet in
                 session.packetReceived(packet)

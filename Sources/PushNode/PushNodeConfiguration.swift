@@ -43,6 +43,9 @@ public struct PushNodeConfiguration: Sendable {
     /// Seconds a connection may take to send CONNECT (TLS handshake and WebSocket upgrade
     /// included).
     public var connectTimeout: Int = 10
+    /// Every MQTT connection starts with a PROXY protocol header (version 1 or 2) from the load
+    /// balancer, naming the terminal's address; one that does not is closed.
+    public var proxyProtocol = false
     /// Connections the node holds at most; beyond it a CONNECT gets CONNACK 0x03 (3.1.1) /
     /// 0x89 server busy (5.0), and a WebSocket connection is closed.
     public var maximumConnections: Int = 200_000

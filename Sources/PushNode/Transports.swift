@@ -38,11 +38,12 @@ extension Channel {
     /// a connection handler. Must run on the channel's event loop.
     func configureMQTTPipeline(transport: MQTTListener.Transport, tls: NIOSSLContext?, node: PushNodeContext) throws {
         let pipeline = self.pipeline.syncOperations
+        let proxied = try pipeline.addProxyProtocolHandler(node: node)
         if transport.usesTLS {
             guard let tls else { throw ChannelError.operationUnsupported }
             try pipeline.addHandler(NIOSSLServerHandler(context: tls))
         }
-        guard transport.usesWebSocket else { return try pipeline.addMQTTHandlers(node: node) }
+        guard transport.usesWebSocket else { return try pipeline.addMQTTHandlers(node: node, proxied: proxied) }
         // Until the upgrade, no MQTT handler watches the time: this one does.
         let deadline = HandshakeDeadlineHandler(timeout: .seconds(Int64(node.configuration.connectTimeout)))
         try pipeline.addHandler(deadline)
@@ -64,7 +65,7 @@ extension Channel {
                     let pipeline = channel.pipeline.syncOperations
                     pipeline.removeHandler(handshake.value, promise: nil)
                     try pipeline.addHandler(WebSocketMQTTFrameHandler())
-                    try pipeline.addMQTTHandlers(node: node)
+                    try pipeline.addMQTTHandlers(node: node, proxied: proxied)
                 }
             }
         )
@@ -89,6 +90,7 @@ extension Channel {
     func configureBusyRefusal(transport: MQTTListener.Transport, tls: NIOSSLContext?, node: PushNodeContext) throws {
         guard !transport.usesWebSocket else { return close(promise: nil) }
         let pipeline = self.pipeline.syncOperations
+        _ = try pipeline.addProxyProtocolHandler(node: node)
         if transport.usesTLS {
             guard let tls else { throw ChannelError.operationUnsupported }
             try pipeline.addHandler(NIOSSLServerHandler(context: tls))
@@ -102,8 +104,21 @@ extension Channel {
 }
 
 extension ChannelPipeline.SynchronousOperations {
-    func addMQTTHandlers(node: PushNodeContext) throws {
-        try addHandler(MQTTConnectionHandler(node: node))
+    func addMQTTHandlers(node: PushNodeContext, proxied: ProxiedPeer?) throws {
+        try addHandler(MQTTConnectionHandler(node: node, proxied: proxied))
+    }
+
+    /// Under `--proxy-protocol`, the handler that reads the PROXY header first; returns where
+    /// it leaves the client's address (nil without `--proxy-protocol`).
+    func addProxyProtocolHandler(node: PushNodeContext) throws -> ProxiedPeer? {
+        guard node.configuration.proxyProtocol else { return nil }
+        let peer = ProxiedPeer()
+        let logger = node.logger
+        try addHandler(
+            ProxyProtocolHandler(peer: peer) { failure, address in
+                logger.info("connection without a valid PROXY header closed", metadata: ["error": "\(failure)", "from": "\(address.map { "\($0)" } ?? "?")"])
+            })
+        return peer
     }
 }
 

@@ -38,6 +38,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     /// Replies still to come for the oldest pending request when nobody waits for them.
     private var dropping = 0
     private var context: ChannelHandlerContext?
+    /// A write was refused because this server is a replica now.
+    private var demoted = false
     /// The one timer watching the oldest request's deadline (one timer per connection, not
     /// one per request: scheduling is not free at tens of thousands of requests a second).
     private var timer: Scheduled<Void>?
@@ -87,10 +89,16 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         while true {
             var raw: UnsafeMutableRawPointer?
             guard redisReaderGetReply(reader, &raw) == REDIS_OK else { return protocolFailure(context: context) }
-            guard let raw else { return }
+            guard let raw else {
+                // A replica answered (its master failed over, and this server was demoted):
+                // the connection closes, and the client reconnects to the master there is now.
+                if demoted { context.close(promise: nil) }
+                return
+            }
             let pointer = raw.assumingMemoryBound(to: redisReply.self)
             let reply = RedisReply(hiredis: pointer)
             freeReplyObject(raw)
+            if case .error(let message) = reply, message.hasPrefix("READONLY") { demoted = true }
             deliver(reply)
         }
     }

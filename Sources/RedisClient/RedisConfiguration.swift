@@ -15,6 +15,8 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var username: String?
     public var password: String?
     public var database: Int
+    /// Find the master through Redis Sentinel (`host` and `port` are then not used).
+    public var sentinel: Sentinel?
     public var connectTimeout: TimeAmount = .seconds(2)
     public var commandTimeout: TimeAmount = .seconds(5)
     public var minimumBackoff: TimeAmount = .milliseconds(50)
@@ -50,5 +52,68 @@ public struct RedisConfiguration: Sendable, Hashable {
         }
         self.init(host: host, port: port, password: components.password.flatMap { $0.isEmpty ? nil : $0 }, database: database)
         username = components.user.flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+extension RedisConfiguration {
+    /// Where the client connects, for logs and errors.
+    public var target: String {
+        if let sentinel { return "sentinel master \(sentinel.masterName) (\(sentinel.addresses.map(\.description).joined(separator: ",")))" }
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    /// The Sentinels that know where the master of `masterName` is: on every (re)connect the
+    /// client asks them in turn (`SENTINEL get-master-addr-by-name`), connects there and checks
+    /// that the server is a master (`ROLE`); a write refused with READONLY (the server it was
+    /// connected to was demoted) closes the connection, and the next connect asks again.
+    public struct Sentinel: Sendable, Hashable {
+        public var addresses: [Address]
+        public var masterName: String
+        /// For Sentinels that require AUTH (`requirepass` in sentinel.conf).
+        public var password: String?
+
+        public struct Address: Sendable, Hashable, CustomStringConvertible {
+            public var host: String
+            public var port: Int
+            public init(host: String, port: Int) {
+                self.host = host
+                self.port = port
+            }
+            public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+        }
+
+        public init(addresses: [Address], masterName: String, password: String? = nil) {
+            self.addresses = addresses
+            self.masterName = masterName
+            self.password = password
+        }
+
+        /// Parses `host:port[,host:port...]` (IPv6 hosts in brackets; port 26379 by default).
+        public init(list: String, masterName: String, password: String? = nil) throws {
+            var addresses: [Address] = []
+            for item in list.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !item.isEmpty {
+                var host = item
+                var port = 26379
+                if item.hasPrefix("["), let close = item.firstIndex(of: "]") {
+                    host = String(item[item.index(after: item.startIndex)..<close])
+                    let rest = item[item.index(after: close)...]
+                    if rest.hasPrefix(":") {
+                        guard let value = Int(rest.dropFirst()) else { throw RedisError(.invalidConfiguration, "bad sentinel port in \(item)") }
+                        port = value
+                    }
+                } else if let colon = item.lastIndex(of: ":") {
+                    host = String(item[..<colon])
+                    guard let value = Int(item[item.index(after: colon)...]) else {
+                        throw RedisError(.invalidConfiguration, "bad sentinel port in \(item)")
+                    }
+                    port = value
+                }
+                guard !host.isEmpty, (1...65535).contains(port) else { throw RedisError(.invalidConfiguration, "bad sentinel address \(item)") }
+                addresses.append(Address(host: host, port: port))
+            }
+            guard !addresses.isEmpty else { throw RedisError(.invalidConfiguration, "no sentinel address in \(list)") }
+            guard !masterName.isEmpty else { throw RedisError(.invalidConfiguration, "a sentinel master name is needed") }
+            self.init(addresses: addresses, masterName: masterName, password: password)
+        }
     }
 }

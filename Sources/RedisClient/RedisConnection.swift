@@ -211,7 +211,7 @@ public final class RedisConnection: Sendable {
             }
             queued.append(request)
         case .waitingToReconnect:
-            request.promise?.fail(RedisError(.unavailable, "not connected to redis at \(configuration.host):\(configuration.port)"))
+            request.promise?.fail(RedisError(.unavailable, "not connected to redis at \(configuration.target)"))
         case .closed:
             request.promise?.fail(RedisError(.connectionClosed, "connection closed by the client"))
         }
@@ -219,6 +219,58 @@ public final class RedisConnection: Sendable {
 
     private func connect() {
         state = .connecting
+        guard let sentinel = configuration.sentinel else { return connect(host: configuration.host, port: configuration.port) }
+        resolveMaster(sentinel, from: 0, lastError: nil).whenComplete { result in
+            guard case .connecting = self.state else { return }
+            switch result {
+            case .success(let master): self.connect(host: master.host, port: master.port)
+            case .failure(let error): self.connectFailed(error)
+            }
+        }
+    }
+
+    /// Asks the Sentinels, from the `index`th on, where the master is; the first that knows
+    /// answers.
+    private func resolveMaster(
+        _ sentinel: RedisConfiguration.Sentinel, from index: Int, lastError: (any Error)?
+    ) -> EventLoopFuture<RedisConfiguration.Sentinel.Address> {
+        guard index < sentinel.addresses.count else {
+            return eventLoop.makeFailedFuture(
+                RedisError(.unavailable, "no sentinel knows master \(sentinel.masterName)\(lastError.map { ": \($0)" } ?? "")"))
+        }
+        let address = sentinel.addresses[index]
+        var commands: [RedisCommand] = []
+        if let password = sentinel.password { commands.append(RedisCommand("AUTH", password)) }
+        commands.append(RedisCommand("SENTINEL", "get-master-addr-by-name", sentinel.masterName))
+        return oneShot(host: address.host, port: address.port, commands: commands).flatMapThrowing { replies in
+            guard let pair = replies.last?.array, pair.count == 2, let host = pair[0].string, let port = pair[1].string.flatMap({ Int($0) })
+            else { throw RedisError(.unexpectedReply, "sentinel \(address) answered \(replies.last.map { "\($0)" } ?? "nothing")") }
+            return RedisConfiguration.Sentinel.Address(host: host, port: port)
+        }.flatMapError { error in
+            self.resolveMaster(sentinel, from: index + 1, lastError: error)
+        }
+    }
+
+    /// Connects to `host:port`, sends `commands`, and closes once they are answered.
+    private func oneShot(host: String, port: Int, commands: [RedisCommand]) -> EventLoopFuture<[RedisReply]> {
+        let timeout = configuration.commandTimeout
+        return ClientBootstrap(group: eventLoop)
+            .connectTimeout(configuration.connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: timeout, onPush: nil))
+                }
+            }
+            .connect(host: host, port: port)
+            .flatMap { channel in
+                let promise = channel.eventLoop.makePromise(of: [RedisReply].self)
+                channel.writeAndFlush(RedisRequest(commands: commands, promise: promise), promise: nil)
+                return promise.futureResult.always { _ in channel.close(promise: nil) }
+            }
+            .hop(to: eventLoop)
+    }
+
+    private func connect(host: String, port: Int) {
         let onPush = self.onPush
         let timeout = configuration.commandTimeout
         let logger = self.logger
@@ -234,7 +286,7 @@ public final class RedisConnection: Sendable {
                     try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: timeout, onPush: onPush, onDroppedError: onDroppedError))
                 }
             }
-            .connect(host: configuration.host, port: configuration.port)
+            .connect(host: host, port: port)
             .hop(to: eventLoop)
             .whenComplete { result in
                 switch result {
@@ -249,7 +301,7 @@ public final class RedisConnection: Sendable {
             channel.close(promise: nil)
             return
         }
-        if failures > 0 { logger.info("redis reconnected", metadata: ["redis.host": "\(configuration.host):\(configuration.port)"]) }
+        if failures > 0 { logger.info("redis reconnected", metadata: ["redis.host": "\(configuration.target)"]) }
         failures = 0
         state = .connected(channel)
         channel.closeFuture.hop(to: eventLoop).whenComplete { _ in self.disconnected(channel) }
@@ -258,15 +310,23 @@ public final class RedisConnection: Sendable {
             setup.append(RedisCommand("AUTH", [configuration.username, password].compactMap { $0 }))
         }
         if configuration.database != 0 { setup.append(RedisCommand("SELECT", String(configuration.database))) }
+        // Through Sentinel: the server named as master may have been demoted since.
+        let checksRole = configuration.sentinel != nil && onPush == nil
+        if checksRole { setup.append(RedisCommand("ROLE")) }
         if onPush == nil {
             for script in scripts { setup.append(RedisCommand("SCRIPT", "LOAD", script.source)) }
         }
         for hook in connectHooks { setup += hook(self) }
         if !setup.isEmpty {
             let promise: EventLoopPromise<[RedisReply]>? = onPush == nil ? eventLoop.makePromise() : nil
+            let roleIndex = setup.firstIndex { $0.name == "ROLE" }
             promise?.futureResult.whenSuccess { replies in
                 for case .error(let message) in replies {
                     self.logger.error("redis connection setup failed", metadata: ["error": "\(message)"])
+                }
+                if checksRole, let roleIndex, replies[roleIndex].array?.first?.string != "master" {
+                    self.logger.warning("the server sentinel named is not a master (a failover under way): reconnecting")
+                    channel.close(promise: nil)
                 }
             }
             channel.write(RedisRequest(commands: setup, promise: promise), promise: nil)
@@ -280,7 +340,7 @@ public final class RedisConnection: Sendable {
 
     private func connectFailed(_ error: any Error) {
         if case .closed = state { return }
-        failQueued(RedisError(.unavailable, "cannot connect to redis at \(configuration.host):\(configuration.port): \(error)"))
+        failQueued(RedisError(.unavailable, "cannot connect to redis at \(configuration.target): \(error)"))
         scheduleReconnect(reason: "\(error)")
     }
 
@@ -298,7 +358,7 @@ public final class RedisConnection: Sendable {
         if failures == 1 || failures % 20 == 0 {
             logger.warning(
                 "redis unavailable, reconnecting",
-                metadata: ["redis.host": "\(configuration.host):\(configuration.port)", "reason": "\(reason)", "attempt": "\(failures)"]
+                metadata: ["redis.host": "\(configuration.target)", "reason": "\(reason)", "attempt": "\(failures)"]
             )
         }
         eventLoop.scheduleTask(in: .nanoseconds(delay)) {

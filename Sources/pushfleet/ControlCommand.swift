@@ -107,7 +107,7 @@ struct ControlCommand: AsyncParsableCommand {
             throw ValidationError("--listen \(host) is reachable from other machines: give --api-key (or --insecure to serve the API open)")
         }
         var configuration = ControlNodeConfiguration(
-            redis: try RedisConfiguration(url: common.redisURL),
+            redis: try common.redisConfiguration(),
             host: host,
             port: port,
             secret: try common.requiredSecret(),

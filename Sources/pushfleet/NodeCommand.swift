@@ -46,6 +46,12 @@ struct NodeCommand: AsyncParsableCommand {
     )
     var allowAnonymous = false
 
+    @Flag(
+        help:
+            "Every MQTT connection starts with a PROXY protocol header (v1 or v2: HAProxy send-proxy, send-proxy-v2) naming the terminal's address; connections without one are closed. Only for nodes the load balancer alone reaches (env PUSHFLEET_PROXY_PROTOCOL=1)."
+    )
+    var proxyProtocol = false
+
     @Option(help: "Largest MQTT packet accepted, in bytes (env PUSHFLEET_MAX_PACKET_SIZE; default 262144).")
     var maxPacketSize: Int?
 
@@ -185,7 +191,7 @@ struct NodeCommand: AsyncParsableCommand {
         let id = nodeId ?? env("NODE_ID") ?? "node-\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
         guard TerminalID.isValid(id) else { throw ValidationError("--node-id must be 1-128 of A-Z a-z 0-9 _ - . : @") }
         var configuration = PushNodeConfiguration(
-            redis: try RedisConfiguration(url: common.redisURL),
+            redis: try common.redisConfiguration(),
             mqttHost: host,
             mqttPort: port,
             nodeID: id,
@@ -205,6 +211,7 @@ struct NodeCommand: AsyncParsableCommand {
             throw ValidationError("--tls and --wss need --tls-cert and --tls-key")
         }
         configuration.allowAnonymous = allowAnonymous || ["1", "true", "yes"].contains(env("ALLOW_ANONYMOUS")?.lowercased() ?? "")
+        configuration.proxyProtocol = proxyProtocol || ["1", "true", "yes"].contains(env("PROXY_PROTOCOL")?.lowercased() ?? "")
         if let size = maxPacketSize ?? env("MAX_PACKET_SIZE").flatMap({ Int($0) }) { configuration.maximumPacketSize = size }
         if let inflight = inflight ?? env("INFLIGHT").flatMap({ Int($0) }) {
             guard inflight > 0, inflight < 65_535 else { throw ValidationError("--inflight must be 1...65534") }

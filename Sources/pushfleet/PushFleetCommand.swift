@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Metrics
 import Prometheus
+import RedisClient
 
 @main
 struct PushFleetCommand: AsyncParsableCommand {
@@ -32,7 +33,26 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env PUSHFLEET_LOG_LEVEL; default info).")
     var logLevel: String?
 
+    @Option(
+        help:
+            "Find the Redis master through Sentinel, HOST:PORT[,HOST:PORT...], and follow its failovers; --redis then gives only the password and database (env PUSHFLEET_SENTINEL; default off)."
+    )
+    var sentinel: String?
+
+    @Option(help: "The master's name in Sentinel (env PUSHFLEET_SENTINEL_MASTER; default mymaster).")
+    var sentinelMaster: String?
+
     var redisURL: String { redis ?? env("REDIS") ?? "redis://127.0.0.1:6379" }
+
+    /// Where Redis is: `--redis`, and `--sentinel` if given.
+    func redisConfiguration() throws -> RedisConfiguration {
+        var configuration = try RedisConfiguration(url: redisURL)
+        if let list = sentinel ?? env("SENTINEL") {
+            configuration.sentinel = try RedisConfiguration.Sentinel(
+                list: list, masterName: sentinelMaster ?? env("SENTINEL_MASTER") ?? "mymaster")
+        }
+        return configuration
+    }
     var prefix: String { keyPrefix ?? env("KEY_PREFIX") ?? "pushfleet:" }
 
     func requiredSecret() throws -> String {

@@ -13,12 +13,33 @@ public final class RedisServer: @unchecked Sendable {
     public var directory: String { server.directory }
 
     /// `arguments`: more redis-server options (`--replicaof 127.0.0.1 <port>` makes a replica).
-    public init(appendOnly: Bool = false, arguments: [String] = []) throws {
+    public convenience init(appendOnly: Bool = false, arguments: [String] = []) throws {
+        try self.init(appendOnly: appendOnly, arguments: arguments, sentinelConfiguration: nil)
+    }
+
+    /// A Sentinel watching `master` under the name `name`, quorum 1, that calls it down after
+    /// `downAfterMilliseconds` without an answer.
+    public static func sentinel(watching master: RedisServer, name: String = "mymaster", downAfterMilliseconds: Int = 1_000) throws
+        -> RedisServer
+    {
+        try RedisServer(
+            appendOnly: false, arguments: [],
+            sentinelConfiguration: """
+                sentinel monitor \(name) 127.0.0.1 \(master.port) 1
+                sentinel down-after-milliseconds \(name) \(downAfterMilliseconds)
+                sentinel failover-timeout \(name) 3000
+
+                """)
+    }
+
+    private init(appendOnly: Bool, arguments: [String], sentinelConfiguration: String?) throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("pushfleet-test-\(UUID().uuidString)").path
         var lastError: (any Error)?
         for _ in 0..<5 {
             do {
-                server = try LocalRedisServer(port: try Self.freePort(), directory: directory, appendOnly: appendOnly, arguments: arguments)
+                server = try LocalRedisServer(
+                    port: try Self.freePort(), directory: directory, appendOnly: appendOnly, arguments: arguments,
+                    sentinelConfiguration: sentinelConfiguration)
                 ChildProcessReaper.shared.add(server.process)
                 return
             } catch {

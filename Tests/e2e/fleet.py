@@ -73,7 +73,10 @@ class Fleet:
     both (MQTT round robin, API round robin), all on 127.0.0.1. Processes keep their command
     lines so a test can kill and restart them."""
 
-    def __init__(self, binary, controls=1, nodes=2, control_args=(), node_args=()):
+    def __init__(self, binary, controls=1, nodes=2, control_args=(), node_args=(), proxy_protocol=False):
+        """`proxy_protocol`: the push nodes run with `--proxy-protocol` and haproxy sends them a
+        PROXY header (version 2 to the first node, version 1 to the others)."""
+        self.proxy_protocol = proxy_protocol
         self.binary = os.path.abspath(binary)
         self.dir = tempfile.mkdtemp(prefix="pushfleet-e2e-")
         self.procs = {}
@@ -126,10 +129,17 @@ class Fleet:
                        env={"PUSHFLEET_SECRET": SECRET})
         for index, port in enumerate(self.node_ports):
             extra = self.node_args(index) if callable(self.node_args) else self.node_args
+            if self.proxy_protocol:
+                extra = [*extra, "--proxy-protocol"]
             self.start(f"node{index + 1}", [self.binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{port}",
                                             "--node-id", f"n{index + 1}", "--secret", SECRET,
                                             "--admin", f"127.0.0.1:{self.admin_ports[index]}", *extra])
-        nodes = "\n".join(f"    server n{i + 1} 127.0.0.1:{p} check inter 500ms fall 1 rise 1" for i, p in enumerate(self.node_ports))
+
+        def proxy(index):
+            if not self.proxy_protocol:
+                return ""
+            return " send-proxy-v2 check-send-proxy" if index == 0 else " send-proxy check-send-proxy"
+        nodes = "\n".join(f"    server n{i + 1} 127.0.0.1:{p} check inter 500ms fall 1 rise 1{proxy(i)}" for i, p in enumerate(self.node_ports))
         controls = "\n".join(f"    server c{i + 1} 127.0.0.1:{p} check inter 500ms fall 1 rise 1" for i, p in enumerate(self.control_ports))
         cfg = os.path.join(self.dir, "haproxy.cfg")
         with open(cfg, "w") as f:
@@ -259,8 +269,9 @@ class RawMQTT:
     """A byte-level MQTT 3.1.1 client, for what real clients hide: DUP flags, withheld PUBACKs,
     silence past the keepalive, odd CONNECTs."""
 
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port, source=None):
+        """`source`: the local address to connect from (127.0.0.2, ...)."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0) if source else None)
         self.buffer = b""
 
     @staticmethod

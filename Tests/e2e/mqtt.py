@@ -12,6 +12,7 @@ Usage: python3 Tests/e2e/mqtt.py --bin .build/debug/pushfleet [-k NAME]
 """
 import argparse
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -712,6 +713,39 @@ def test_zz_persistent_subscriber_of_a_killed_node_gets_what_was_published_meanw
 
 # ------------------------------------------------------------- topic ACL (credentials fleet)
 
+def test_proxy_protocol_names_the_terminal_and_refuses_connections_without_a_header(fleet):
+    """Push nodes with --proxy-protocol behind haproxy sending PROXY headers (version 2 to the
+    first node, version 1 to the second): terminals connect through it as usual, the nodes log
+    the terminal's own address rather than haproxy's, and a connection straight to a node,
+    without a header, is closed without a CONNACK."""
+    password = fleet.credential("px-1")
+    seen = set()
+    for _ in range(8):
+        client = RawMQTT(fleet.lb_mqtt)
+        assert client.connect("px-1", password) == (0x20, b"\x00\x00")
+        seen.add(fleet.redis_cli("GET", "pushfleet:{t:px-1}:route").split("|")[0])
+        client.close()
+    assert seen == {"n1", "n2"}, seen
+    # A refused CONNECT from 127.0.0.7, through haproxy to each node: logged with that address.
+    for _ in range(2):
+        refused = RawMQTT(fleet.lb_mqtt, source="127.0.0.7")
+        first, body = refused.connect("px-2", "v1.1.2.bad")
+        assert first == 0x20 and body[1] in (4, 5), (first, body)
+        refused.close()
+
+    def logged(node):
+        with open(os.path.join(fleet.dir, f"{node}.log")) as f:
+            return [line for line in f if "connect refused" in line and "peer=127.0.0.7:" in line]
+    wait_for(lambda: logged("node1") and logged("node2"), what="both nodes log the terminal's address")
+    # Straight to a node: no header, no CONNACK, closed.
+    direct = RawMQTT(fleet.node_ports[0])
+    direct.sock.sendall(RawMQTT.packet(0x10, RawMQTT.string("MQTT") + bytes([4, 2, 0, 60]) + RawMQTT.string("px-3")))
+    assert direct.read() is None
+    direct.close()
+    with open(os.path.join(fleet.dir, "node1.log")) as f:
+        assert "connection without a valid PROXY header closed" in f.read()
+
+
 def test_acl_subscribe_and_publish_rules(fleet):
     n1, n2 = fleet.node_ports
     listener = Client(n1, "acl-listen", v5=True, username="acl-listen", password=fleet.credential("acl-listen"))
@@ -766,10 +800,16 @@ def main():
     fleets = {
         "anonymous": anonymous,
         "acl": lambda: Fleet(args.bin, node_args=["--public-topics", "news/#,chat/#,dev/+/up", "--publish-topics", "chat/+,dev/%c/up"]),
+        "proxy": lambda: Fleet(args.bin, proxy_protocol=True),
     }
-    tests = [(name, fn, "acl" if name.startswith("test_acl") else "anonymous")
-             for name, fn in globals().items() if name.startswith("test_") and args.k in name]
-    tests.sort(key=lambda test: test[2] == "acl")
+
+    def fleet_of(name):
+        for prefix in ("acl", "proxy"):
+            if name.startswith(f"test_{prefix}"):
+                return prefix
+        return "anonymous"
+    tests = [(name, fn, fleet_of(name)) for name, fn in globals().items() if name.startswith("test_") and args.k in name]
+    tests.sort(key=lambda test: ["anonymous", "acl", "proxy"].index(test[2]))
     try:
         run_suite("mqtt", tests, fleets)
     finally:

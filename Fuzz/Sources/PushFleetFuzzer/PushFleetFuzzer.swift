@@ -2,6 +2,7 @@ import ControlNode
 import FleetCore
 import Foundation
 import MQTTCodec
+import PushNode
 
 /// The parsers fuzzed, by the name `scripts/fuzz` passes in `PUSHFLEET_FUZZ_TARGET` (also
 /// the name of each one's corpus and regression folders). Each returns how the parser broke
@@ -11,6 +12,7 @@ let targets: [String: @Sendable ([UInt8]) -> [String]] = [
     "api-request": ControlNodeFuzzing.apiRequest,
     "command-stream": ControlNodeFuzzing.commandStreamEntry,
     "redis-json": FleetCoreFuzzing.redisJSON,
+    "proxy-header": PushNodeFuzzing.proxyHeader,
 ]
 
 nonisolated(unsafe) var selected: ([UInt8]) -> [String] = { _ in [] }

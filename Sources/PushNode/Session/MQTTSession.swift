@@ -92,6 +92,9 @@ struct MQTTSession {
 
     var version = MQTTProtocolVersion.v3_1_1
     var terminal = ""
+    /// Where the terminal connects from (the PROXY header's source behind a balancer that
+    /// sends one, `--proxy-protocol`); in the logs.
+    var peer: PeerAddress?
     var epoch = ""
     var connectedAt: Int64 = 0
     var cleanStart = true
@@ -145,11 +148,11 @@ struct MQTTSession {
     var metrics: PushNodeMetrics { environment.metrics }
     var clock: any SessionClock { environment.clock }
 
-    /// The node's logger with this terminal's id; built when something is logged.
+    /// The node's logger with this terminal's id and address; built when something is logged.
     var logger: Logger {
-        guard !terminal.isEmpty else { return environment.logger }
         var logger = environment.logger
-        logger[metadataKey: "terminal"] = "\(terminal)"
+        if !terminal.isEmpty { logger[metadataKey: "terminal"] = "\(terminal)" }
+        if let peer { logger[metadataKey: "peer"] = "\(peer)" }
         return logger
     }
 
