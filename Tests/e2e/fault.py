@@ -12,14 +12,15 @@ the terminals counted.
 
 paho-mqtt's select() loop limits one process to about 330 terminals (descriptors < 1024).
 
-Scenarios: push-node-kill, control-node-kill, redis-restart, rolling-restart, slow-terminal,
-reconnect-storm.
+Scenarios: push-node-kill, control-node-kill, redis-restart, rolling-restart, sentinel-failover,
+slow-terminal, reconnect-storm.
 """
 import argparse
 import multiprocessing
 import random
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -206,8 +207,8 @@ def account(fleet, load, terminals, settle):
             "reconnects": terminals.disconnects}
 
 
-def run_with_load(args, name, fault, via="api", control_args=(), node_args=()):
-    fleet = Fleet(args.bin, controls=2, nodes=2, control_args=control_args, node_args=node_args)
+def run_with_load(args, name, fault, via="api", control_args=(), node_args=(), sentinel=False):
+    fleet = Fleet(args.bin, controls=2, nodes=2, control_args=control_args, node_args=node_args, sentinel=sentinel)
     try:
         fleet.start_all()
         terminals = Terminals(fleet, args.terminals, name)
@@ -246,6 +247,27 @@ def redis_restart(args):
         time.sleep(2)
         fleet.start_redis()
     return run_with_load(args, "redis", fault)
+
+
+def sentinel_failover(args):
+    """The Redis master is killed (SIGKILL) under load; Sentinel promotes its replica, every
+    node follows, and the old master comes back as the new one's replica. The control nodes
+    run with --durability replica: every push they accepted was on the replica already."""
+    def fault(fleet):
+        old_master = fleet.redis_port
+        fleet.kill("redis", signal.SIGKILL)
+        # The failover ends before the old master returns: back during it, the old master
+        # (its data a little behind) could be taken for the master again.
+        wait_for(lambda: fleet.sentinel_master() == (fleet.replica_port, False), timeout=30, what="sentinel failover")
+        # The accounting reads the new master from here on.
+        fleet.redis_port = fleet.replica_port
+        fleet.restart("redis")
+        # Sentinel makes it a replica of the new master at its next check (up to 10 s); until
+        # then the API answers 503 (no replica confirms) and the load retries.
+        wait_for(lambda: "role:slave" in subprocess.run(["redis-cli", "-p", str(old_master), "INFO", "replication"],
+                                                        capture_output=True, text=True).stdout,
+                 timeout=30, what="the old master back as a replica")
+    return run_with_load(args, "sentinel", fault, control_args=["--durability", "replica"], sentinel=True)
 
 
 def rolling_restart(args):
@@ -332,6 +354,7 @@ SCENARIOS = {
     "control-node-kill": (control_node_kill, accounted),
     "redis-restart": (redis_restart, accounted),
     "rolling-restart": (rolling_restart, lambda r: accounted(r, duplicates_allowed=False)),
+    "sentinel-failover": (sentinel_failover, accounted),
     "slow-terminal": (slow_terminal, lambda r: r["growth_mib"] < 64 and r["accepted"] > 0),
     "reconnect-storm": (reconnect_storm, lambda r: 0 < r["accepted"] == r["terminals"] == r["got_stored_message"]),
 }

@@ -73,10 +73,15 @@ class Fleet:
     both (MQTT round robin, API round robin), all on 127.0.0.1. Processes keep their command
     lines so a test can kill and restart them."""
 
-    def __init__(self, binary, controls=1, nodes=2, control_args=(), node_args=(), proxy_protocol=False):
+    def __init__(self, binary, controls=1, nodes=2, control_args=(), node_args=(), proxy_protocol=False, sentinel=False):
         """`proxy_protocol`: the push nodes run with `--proxy-protocol` and haproxy sends them a
-        PROXY header (version 2 to the first node, version 1 to the others)."""
+        PROXY header (version 2 to the first node, version 1 to the others). `sentinel`: the
+        master has a replica and a Sentinel watches it (down after 1 s); every node finds the
+        master through the Sentinel."""
         self.proxy_protocol = proxy_protocol
+        self.sentinel = sentinel
+        self.replica_port = free_port() if sentinel else None
+        self.sentinel_port = free_port() if sentinel else None
         self.binary = os.path.abspath(binary)
         self.dir = tempfile.mkdtemp(prefix="pushfleet-e2e-")
         self.procs = {}
@@ -118,12 +123,40 @@ class Fleet:
                  getattr(self, "_redis_starts", 0), what="redis-server ready")
         self._redis_starts = getattr(self, "_redis_starts", 0) + 1
 
+    def start_sentinel(self):
+        """A replica of the master, in sync, then a Sentinel that knows both."""
+        replica_dir = os.path.join(self.dir, "replica")
+        os.makedirs(replica_dir, exist_ok=True)
+        self.start("replica", ["redis-server", "--port", str(self.replica_port), "--bind", "127.0.0.1", "--dir", replica_dir,
+                               "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--lazyfree-lazy-expire", "yes",
+                               "--replicaof", "127.0.0.1", str(self.redis_port)])
+        wait_for(lambda: "state=online" in self.redis_cli("INFO", "replication"), timeout=20, what="replica in sync")
+        config = os.path.join(self.dir, "sentinel.conf")
+        with open(config, "w") as f:
+            f.write(f"sentinel monitor mymaster 127.0.0.1 {self.redis_port} 1\n"
+                    "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n")
+        log = os.path.join(self.dir, "sentinel-server.log")
+        self.start("sentinel", ["redis-server", config, "--sentinel", "--port", str(self.sentinel_port), "--bind", "127.0.0.1",
+                                "--dir", self.dir, "--logfile", log])
+        wait_for(lambda: os.path.exists(log) and "+slave" in open(log).read(), timeout=20, what="sentinel knows the replica")
+
+    def sentinel_master(self):
+        """The port of the master Sentinel names, and whether a failover is still under way."""
+        out = subprocess.run(["redis-cli", "-p", str(self.sentinel_port), "SENTINEL", "master", "mymaster"],
+                             capture_output=True, text=True).stdout.split("\n")
+        fields = dict(zip(out[0::2], out[1::2]))
+        return int(fields.get("port", 0)), "failover" in fields.get("flags", "")
+
     def start_all(self):
         self.start_redis()
         redis = f"redis://127.0.0.1:{self.redis_port}"
+        sentinel_args = []
+        if self.sentinel:
+            self.start_sentinel()
+            sentinel_args = ["--sentinel", f"127.0.0.1:{self.sentinel_port}", "--sentinel-master", "mymaster"]
         for index, port in enumerate(self.control_ports):
             # Flags and environment both: the control node takes its secret from PUSHFLEET_SECRET.
-            self.start(f"control{index + 1}", [self.binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{port}",
+            self.start(f"control{index + 1}", [self.binary, "control", "--redis", redis, *sentinel_args, "--listen", f"127.0.0.1:{port}",
                                                "--endpoints", f"mqtt://127.0.0.1:{self.lb_mqtt}",
                                                "--consumer", f"c{index + 1}", *self.control_args],
                        env={"PUSHFLEET_SECRET": SECRET})
@@ -131,7 +164,7 @@ class Fleet:
             extra = self.node_args(index) if callable(self.node_args) else self.node_args
             if self.proxy_protocol:
                 extra = [*extra, "--proxy-protocol"]
-            self.start(f"node{index + 1}", [self.binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{port}",
+            self.start(f"node{index + 1}", [self.binary, "node", "--redis", redis, *sentinel_args, "--mqtt", f"127.0.0.1:{port}",
                                             "--node-id", f"n{index + 1}", "--secret", SECRET,
                                             "--admin", f"127.0.0.1:{self.admin_ports[index]}", *extra])
 
