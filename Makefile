@@ -1,4 +1,4 @@
-.PHONY: dev test build release bench
+.PHONY: dev test build release bench capacity
 
 dev:
 	scripts/dev
@@ -16,3 +16,9 @@ release:
 bench: release
 	scripts/deps test
 	python3 scripts/bench.py --bin .build/release/pushfleet
+
+# Redis memory per terminal and per message, measured; with BENCHMARKS.md's CPU figures,
+# writes CAPACITY.md (about 2 minutes).
+capacity: release
+	scripts/deps test
+	python3 scripts/capacity.py --bin .build/release/pushfleet
