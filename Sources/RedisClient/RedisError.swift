@@ -20,6 +20,10 @@ public struct RedisError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let unexpectedReply = Code(name: "unexpectedReply")
         /// The configuration (URL) is invalid.
         public static let invalidConfiguration = Code(name: "invalidConfiguration")
+        /// A command's keys hash to more than one Redis Cluster slot.
+        public static let crossSlot = Code(name: "crossSlot")
+        /// A Redis Cluster kept redirecting a command (MOVED, ASK) past the bound.
+        public static let tooManyRedirects = Code(name: "tooManyRedirects")
         public var description: String { name }
     }
 

@@ -118,3 +118,43 @@ final class ChildProcessReaper: @unchecked Sendable {
         for child in all where child.isRunning { kill(child.pid, SIGKILL) }
     }
 }
+
+/// A Redis Cluster of `masters` masters (no replicas) on loopback, made with
+/// `redis-cli --cluster create`; its slots are spread evenly, and every node agrees on it.
+public final class RedisClusterServers: @unchecked Sendable {
+    public let servers: [RedisServer]
+    public var ports: [Int] { servers.map(\.port) }
+
+    public init(masters: Int = 3) throws {
+        var servers: [RedisServer] = []
+        for _ in 0..<masters {
+            servers.append(
+                try RedisServer(arguments: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]))
+        }
+        self.servers = servers
+        let create = Process()
+        create.executableURL = URL(fileURLWithPath: LocalRedisServer.which("redis-cli") ?? "/usr/bin/redis-cli")
+        create.arguments = ["--cluster", "create"] + servers.map { "127.0.0.1:\($0.port)" } + ["--cluster-yes"]
+        create.standardOutput = FileHandle.nullDevice
+        create.standardError = FileHandle.nullDevice
+        try create.run()
+        create.waitUntilExit()
+        guard create.terminationStatus == 0 else { throw TestSetupError("redis-cli --cluster create failed") }
+    }
+
+    /// Waits until every node says the cluster is ok (up to 10 s).
+    public func waitUntilReady() async throws {
+        for _ in 0..<200 {
+            var ready = true
+            for server in servers {
+                let connection = server.connection()
+                let info = (try? await connection.send("CLUSTER", "INFO").string) ?? ""
+                await connection.close()
+                if !info.contains("cluster_state:ok") { ready = false }
+            }
+            if ready { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw TestSetupError("the cluster never became ready")
+    }
+}

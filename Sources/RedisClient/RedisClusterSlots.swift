@@ -1,0 +1,138 @@
+/// Redis Cluster's key space: 16,384 hash slots, a key's slot the CRC16 (XMODEM) of its hash
+/// tag (the first non-empty `{...}`) or of the whole key, and which node serves each slot.
+public enum RedisClusterSlots {
+    public static let count = 16_384
+
+    /// The slot of `key`.
+    public static func slot(of key: some Collection<UInt8>) -> Int {
+        Int(crc16(hashTag(of: key)) % UInt16(count))
+    }
+
+    public static func slot(of key: String) -> Int { slot(of: Array(key.utf8)) }
+
+    /// The part of `key` that is hashed: what is between its first `{` and the next `}` when
+    /// that is not empty, otherwise the whole key.
+    static func hashTag<C: Collection<UInt8>>(of key: C) -> C.SubSequence {
+        guard let open = key.firstIndex(of: UInt8(ascii: "{")) else { return key[...] }
+        let afterOpen = key.index(after: open)
+        guard let close = key[afterOpen...].firstIndex(of: UInt8(ascii: "}")), close != afterOpen else { return key[...] }
+        return key[afterOpen..<close]
+    }
+
+    /// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), as Redis Cluster computes it.
+    static func crc16(_ bytes: some Sequence<UInt8>) -> UInt16 {
+        var crc: UInt16 = 0
+        for byte in bytes {
+            crc = (crc << 8) ^ table[Int((crc >> 8) ^ UInt16(byte))]
+        }
+        return crc
+    }
+
+    private static let table: [UInt16] = (0..<256).map { index in
+        var crc = UInt16(index) << 8
+        for _ in 0..<8 { crc = crc & 0x8000 != 0 ? (crc << 1) ^ 0x1021 : crc << 1 }
+        return crc
+    }
+
+    /// A node of the cluster, as `CLUSTER SLOTS` names it.
+    public struct Node: Hashable, Sendable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    }
+
+    /// Which master serves each slot.
+    public struct Map: Sendable, Equatable {
+        /// Slot -> index in `nodes` (-1: no node serves it).
+        private var owners: [Int16]
+        public private(set) var nodes: [Node]
+
+        public init() {
+            owners = Array(repeating: -1, count: RedisClusterSlots.count)
+            nodes = []
+        }
+
+        /// The map a `CLUSTER SLOTS` reply describes: `[[start, end, [host, port, id, ...],
+        /// replica, ...], ...]`. Throws on anything else.
+        public init(clusterSlots reply: RedisReply) throws {
+            self.init()
+            guard let ranges = reply.array else { throw RedisError(.unexpectedReply, "CLUSTER SLOTS answered \(reply)") }
+            for range in ranges {
+                guard let parts = range.array, parts.count >= 3, let start = parts[0].int, let end = parts[1].int,
+                    0 <= start, start <= end, end < RedisClusterSlots.count,
+                    let master = parts[2].array, master.count >= 2, let host = master[0].string, let port = master[1].int
+                else { throw RedisError(.unexpectedReply, "CLUSTER SLOTS range \(range)") }
+                assign(Int(start)...Int(end), to: Node(host: host, port: Int(port)))
+            }
+        }
+
+        mutating func assign(_ slots: ClosedRange<Int>, to node: Node) {
+            let index: Int
+            if let existing = nodes.firstIndex(of: node) {
+                index = existing
+            } else {
+                index = nodes.count
+                nodes.append(node)
+            }
+            for slot in slots { owners[slot] = Int16(index) }
+        }
+
+        /// The master serving `slot`, if the map knows one.
+        public func node(for slot: Int) -> Node? {
+            let index = owners[slot]
+            return index < 0 ? nil : nodes[Int(index)]
+        }
+
+        /// Whether every slot has a master.
+        public var coversEverySlot: Bool { !owners.contains(-1) }
+    }
+}
+
+extension RedisCommand {
+    /// The keys of this command, for the commands whose keys sit where Redis's command table
+    /// says (the first argument for most; every argument for MGET, DEL, EXISTS, UNLINK, TOUCH;
+    /// after `numkeys` for EVAL, EVALSHA, FCALL; after STREAMS, one per id, for XREAD and
+    /// XREADGROUP; MSET's every other argument). A command without keys (PING, INFO, CLUSTER,
+    /// SCRIPT, PUBLISH, ...) has none: any node may run it.
+    public var keys: [[UInt8]] {
+        let arguments = self.arguments
+        guard let first = arguments.first else { return [] }
+        let name = String(decoding: first, as: UTF8.self).uppercased()
+        let rest = arguments.dropFirst()
+        switch name {
+        case "PING", "INFO", "CLUSTER", "SCRIPT", "CONFIG", "ROLE", "WAIT", "TIME", "COMMAND", "CLIENT", "ASKING", "READONLY",
+            "AUTH", "SELECT", "HELLO", "DBSIZE", "FLUSHALL", "FLUSHDB", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
+            "PUNSUBSCRIBE", "MULTI", "EXEC", "DISCARD", "ECHO", "MEMORY", "SENTINEL":
+            return []
+        case "MGET", "DEL", "EXISTS", "UNLINK", "TOUCH", "WATCH":
+            return Array(rest)
+        case "MSET", "MSETNX":
+            return rest.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
+        case "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO":
+            guard rest.count >= 2, let count = Int(String(decoding: rest[rest.startIndex + 1], as: UTF8.self)), count >= 0,
+                rest.count >= 2 + count
+            else { return [] }
+            return Array(rest.dropFirst(2).prefix(count))
+        case "XREAD", "XREADGROUP":
+            guard let streams = rest.firstIndex(where: { String(decoding: $0, as: UTF8.self).uppercased() == "STREAMS" }) else {
+                return []
+            }
+            let tail = rest[(streams + 1)...]
+            return Array(tail.prefix(tail.count / 2))
+        default:
+            return rest.first.map { [$0] } ?? []
+        }
+    }
+
+    /// The one slot all of this command's keys hash to; nil when it has no keys. Throws when
+    /// its keys span slots (Redis Cluster would answer CROSSSLOT).
+    public func slot() throws -> Int? {
+        let slots = Set(keys.map { RedisClusterSlots.slot(of: $0) })
+        guard slots.count <= 1 else { throw RedisError(.crossSlot, "\(name)'s keys are in \(slots.count) slots") }
+        return slots.first
+    }
+}

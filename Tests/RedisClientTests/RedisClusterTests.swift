@@ -1,0 +1,115 @@
+import FleetTestSupport
+import Logging
+import NIOPosix
+import RedisClient
+import Testing
+
+/// Hash slots as Redis Cluster computes them, and the cluster client against a real cluster of
+/// three masters on loopback.
+@Suite(.serialized)
+struct RedisClusterTests {
+    @Test func slotsAreRedisClusters() {
+        // The check value of CRC16/XMODEM, and slots Redis's CLUSTER KEYSLOT gives.
+        #expect(RedisClusterSlots.slot(of: "123456789") == 0x31C3 % 16_384)
+        #expect(RedisClusterSlots.slot(of: "foo") == 12_182)
+        #expect(RedisClusterSlots.slot(of: "bar") == 5_061)
+        #expect(RedisClusterSlots.slot(of: "{user1000}.following") == RedisClusterSlots.slot(of: "{user1000}.followers"))
+        #expect(RedisClusterSlots.slot(of: "pushfleet:{t:a}:queue") == RedisClusterSlots.slot(of: "t:a"))
+        // An empty tag hashes the whole key; only the first tag counts.
+        #expect(RedisClusterSlots.slot(of: "foo{}{bar}") == RedisClusterSlots.slot(of: Array("foo{}{bar}".utf8)))
+        #expect(RedisClusterSlots.slot(of: "foo{{bar}}zap") == RedisClusterSlots.slot(of: "{bar"))
+        #expect(RedisClusterSlots.slot(of: "foo{bar}{zap}") == RedisClusterSlots.slot(of: "bar"))
+    }
+
+    @Test func commandKeys() throws {
+        func keys(_ command: RedisCommand) -> [String] { command.keys.map { String(decoding: $0, as: UTF8.self) } }
+        #expect(keys(RedisCommand("GET", "k")) == ["k"])
+        #expect(keys(RedisCommand("MGET", "a", "b")) == ["a", "b"])
+        #expect(keys(RedisCommand("EVALSHA", "sha", "2", "k1", "k2", "arg")) == ["k1", "k2"])
+        #expect(keys(RedisCommand("XREADGROUP", "GROUP", "g", "c", "COUNT", "10", "STREAMS", "s1", "s2", ">", ">")) == ["s1", "s2"])
+        #expect(keys(RedisCommand("MSET", "a", "1", "b", "2")) == ["a", "b"])
+        #expect(keys(RedisCommand("PING")).isEmpty)
+        #expect(try RedisCommand("MGET", "{t:x}:a", "{t:x}:b").slot() == RedisClusterSlots.slot(of: "t:x"))
+        #expect(throws: RedisError.self) { try RedisCommand("MGET", "a", "b").slot() }
+    }
+
+    func client(_ cluster: RedisClusterServers) -> RedisClusterConnection {
+        RedisClusterConnection(
+            seeds: [.init(host: "127.0.0.1", port: cluster.ports[1])], configuration: RedisConfiguration(host: "unused", port: 1),
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+    }
+
+    /// A pipeline spread over every master: each command goes to the master of its slot, the
+    /// replies come back in order, and each key is where Redis Cluster says.
+    @Test func aPipelineSpreadOverTheMasters() async throws {
+        let cluster = try RedisClusterServers()
+        try await cluster.waitUntilReady()
+        let redis = client(cluster)
+        let keys = (0..<300).map { "key-\($0)" }
+        let set = try await redis.pipeline(keys.map { RedisCommand("SET", $0, "value of \($0)") })
+        #expect(set.allSatisfy { $0 == .status("OK") })
+        let got = try await redis.pipeline(keys.map { RedisCommand("GET", $0) })
+        #expect(got.map(\.string) == keys.map { "value of \($0)" })
+        let map = await redis.slots
+        #expect(map.coversEverySlot && map.nodes.count == 3)
+        // Each key is on the master the map names.
+        for key in keys.prefix(30) {
+            let owner = try #require(map.node(for: RedisClusterSlots.slot(of: key)))
+            let direct = RedisServerConnection(port: owner.port)
+            #expect(try await direct.connection.send("GET", key).string == "value of \(key)")
+            await direct.connection.close()
+        }
+        // Keys sharing a hash tag go together; keys that do not are refused before sending.
+        _ = try await redis.pipeline([RedisCommand("SET", "{t:x}:a", "1"), RedisCommand("SET", "{t:x}:b", "2")])
+        #expect(try await redis.send("MGET", "{t:x}:a", "{t:x}:b").array?.map(\.string) == ["1", "2"])
+        await #expect(throws: RedisError.self) { try await redis.send("MGET", "a", "b") }
+        await redis.close()
+    }
+
+    /// A slot moved to another master after the client read the map: the old master answers
+    /// MOVED, the client reads the map again and the command runs where the slot is. Halfway
+    /// through a migration a key already moved is answered with ASK, and the command goes
+    /// there after ASKING.
+    @Test func movedAndAskRedirects() async throws {
+        let cluster = try RedisClusterServers()
+        try await cluster.waitUntilReady()
+        let redis = client(cluster)
+        let key = "migrating-key"
+        let slot = RedisClusterSlots.slot(of: key)
+        try await redis.send("SET", key, "before")
+        let map = await redis.slots
+        let source = try #require(map.node(for: slot))
+        let target = try #require(map.nodes.first { $0 != source })
+        let from = RedisServerConnection(port: source.port)
+        let to = RedisServerConnection(port: target.port)
+        let sourceID = try #require(try await from.connection.send("CLUSTER", "MYID").string)
+        let targetID = try #require(try await to.connection.send("CLUSTER", "MYID").string)
+        // Halfway: the slot is migrating, the key already on the target.
+        try await to.connection.send("CLUSTER", "SETSLOT", String(slot), "IMPORTING", sourceID)
+        try await from.connection.send("CLUSTER", "SETSLOT", String(slot), "MIGRATING", targetID)
+        try await from.connection.send("MIGRATE", "127.0.0.1", String(target.port), key, "0", "5000")
+        #expect(try await redis.send("GET", key).string == "before")  // ASK, then ASKING + GET on the target
+        // Done: the slot belongs to the target everywhere.
+        for port in cluster.ports {
+            let node = RedisServerConnection(port: port)
+            try await node.connection.send("CLUSTER", "SETSLOT", String(slot), "NODE", targetID)
+            await node.connection.close()
+        }
+        try await redis.send("SET", key, "after")  // MOVED, map read again
+        #expect(await redis.slots.node(for: slot) == target)
+        #expect(try await to.connection.send("GET", key).string == "after")
+        await from.connection.close()
+        await to.connection.close()
+        await redis.close()
+    }
+}
+
+/// A plain connection to one node of a local cluster.
+struct RedisServerConnection {
+    let connection: RedisConnection
+    init(port: Int) {
+        connection = RedisConnection(
+            configuration: RedisConfiguration(host: "127.0.0.1", port: port), eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: Logger(label: "test"))
+    }
+}
