@@ -62,6 +62,13 @@ public struct ControlNode: Service {
 
     public func run() async throws {
         redis.start()
+        do {
+            try await RedisDeployment.refuseCluster(redis, logger: logger)
+        } catch {
+            await redis.close()
+            await streamRedis.close()
+            throw error
+        }
         let (index, redis, keys, logger) = (self.index, self.redis, configuration.keys, self.logger)
         subscriber.subscribe([keys.indexChannel])
         subscriber.start()

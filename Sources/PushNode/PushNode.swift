@@ -109,6 +109,12 @@ public final class PushNode: Service, Sendable {
             )
         }
         context.redis.start()
+        do {
+            try await RedisDeployment.refuseCluster(context.redis, logger: context.logger)
+        } catch {
+            await context.redis.close()
+            throw error
+        }
         subscriber.subscribe([keys.nodeChannel(configuration.nodeID)], sharded: true)
         subscriber.subscribe([keys.broadcastChannel, keys.indexChannel])
         subscriber.start()
