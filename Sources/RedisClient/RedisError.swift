@@ -37,3 +37,13 @@ public struct RedisError: Error, Hashable, Sendable, CustomStringConvertible {
 
     public var description: String { "redis \(code): \(message)" }
 }
+
+extension RedisError {
+    /// An error reply that says "not now" rather than "never": the server is a replica since a
+    /// failover (READONLY), is loading its data (LOADING), has lost its master (MASTERDOWN), or
+    /// a cluster slot is moving or down (TRYAGAIN, CLUSTERDOWN). Retrying shortly succeeds.
+    public var isTransient: Bool {
+        guard code == .server else { return false }
+        return ["READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"].contains { message.contains($0) }
+    }
+}

@@ -140,4 +140,14 @@ struct DurabilityTests {
         _ = replica
         await redis.close()
     }
+
+    /// During a failover a write can meet a server that is a replica now: the API says "retry
+    /// later" (503), not "broken" (500); a real storage error stays a 500.
+    @Test func failoverErrorsAreRetryLater() {
+        for message in ["(error) READONLY You can't write against a read only replica.", "LOADING Redis is loading the dataset in memory"] {
+            let api = APIError.from(RedisError(.server, message))
+            #expect(api.status.code == 503 && api.retryAfter == 1, "\(message)")
+        }
+        #expect(APIError.from(RedisError(.server, "WRONGTYPE Operation against a key holding the wrong kind of value")).status.code == 500)
+    }
 }
