@@ -42,6 +42,9 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "The master's name in Sentinel (env PUSHFLEET_SENTINEL_MASTER; default mymaster).")
     var sentinelMaster: String?
 
+    @Option(help: "Password of Sentinels that require one (requirepass in sentinel.conf); prefer the environment (env PUSHFLEET_SENTINEL_PASSWORD).")
+    var sentinelPassword: String?
+
     var redisURL: String { redis ?? env("REDIS") ?? "redis://127.0.0.1:6379" }
 
     /// Where Redis is: `--redis`, and `--sentinel` if given.
@@ -49,7 +52,8 @@ struct CommonOptions: ParsableArguments {
         var configuration = try RedisConfiguration(url: redisURL)
         if let list = sentinel ?? env("SENTINEL") {
             configuration.sentinel = try RedisConfiguration.Sentinel(
-                list: list, masterName: sentinelMaster ?? env("SENTINEL_MASTER") ?? "mymaster")
+                list: list, masterName: sentinelMaster ?? env("SENTINEL_MASTER") ?? "mymaster",
+                password: sentinelPassword ?? env("SENTINEL_PASSWORD"))
         }
         return configuration
     }

@@ -19,15 +19,17 @@ public final class RedisServer: @unchecked Sendable {
 
     /// A Sentinel watching `master` under the name `name`, quorum 1, that calls it down after
     /// `downAfterMilliseconds` without an answer.
-    public static func sentinel(watching master: RedisServer, name: String = "mymaster", downAfterMilliseconds: Int = 1_000) throws
-        -> RedisServer
-    {
+    /// `password`: the Sentinel requires it (`requirepass`).
+    public static func sentinel(
+        watching master: RedisServer, name: String = "mymaster", downAfterMilliseconds: Int = 1_000, password: String? = nil
+    ) throws -> RedisServer {
         try RedisServer(
             appendOnly: false, arguments: [],
             sentinelConfiguration: """
                 sentinel monitor \(name) 127.0.0.1 \(master.port) 1
                 sentinel down-after-milliseconds \(name) \(downAfterMilliseconds)
                 sentinel failover-timeout \(name) 3000
+                \(password.map { "requirepass \($0)" } ?? "")
 
                 """)
     }

@@ -81,6 +81,29 @@ struct SentinelTests {
         await connection.close()
     }
 
+    /// A Sentinel that requires a password is asked with it; without it, it refuses, and the
+    /// client says it found no master.
+    @Test func aSentinelWithAPassword() async throws {
+        let master = try RedisServer()
+        let sentinel = try RedisServer.sentinel(watching: master, password: "sentinel-secret")
+        func connection(_ password: String?) throws -> RedisConnection {
+            var configuration = RedisConfiguration(host: "unused.invalid", port: 1)
+            configuration.sentinel = try RedisConfiguration.Sentinel(
+                list: "127.0.0.1:\(sentinel.port)", masterName: "mymaster", password: password)
+            configuration.maximumBackoff = .milliseconds(200)
+            return RedisConnection(
+                configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        }
+        let with = try connection("sentinel-secret")
+        #expect(try await with.send("SET", "k", "v") == .status("OK"))
+        #expect(try await port(of: with) == master.port)
+        await with.close()
+        let without = try connection(nil)
+        let error = await #expect(throws: RedisError.self) { try await without.send("SET", "k", "v") }
+        #expect(error?.message.contains("no sentinel knows master mymaster") == true)
+        await without.close()
+    }
+
     @Test func sentinelListsParse() throws {
         let sentinel = try RedisConfiguration.Sentinel(list: "10.0.0.1:26379, [::1]:26380,sentinel-2", masterName: "m")
         #expect(sentinel.addresses.map(\.description) == ["10.0.0.1:26379", "[::1]:26380", "sentinel-2:26379"])
