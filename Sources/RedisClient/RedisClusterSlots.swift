@@ -35,15 +35,7 @@ public enum RedisClusterSlots {
     }
 
     /// A node of the cluster, as `CLUSTER SLOTS` names it.
-    public struct Node: Hashable, Sendable, CustomStringConvertible {
-        public var host: String
-        public var port: Int
-        public init(host: String, port: Int) {
-            self.host = host
-            self.port = port
-        }
-        public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-    }
+    public typealias Node = RedisAddress
 
     /// Which master serves each slot.
     public struct Map: Sendable, Equatable {

@@ -59,7 +59,7 @@ extension RedisConfiguration {
     /// Where the client connects, for logs and errors.
     public var target: String {
         if let sentinel { return "sentinel master \(sentinel.masterName) (\(sentinel.addresses.map(\.description).joined(separator: ",")))" }
-        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        return RedisAddress(host: host, port: port).description
     }
 
     /// The Sentinels that know where the master of `masterName` is: on every (re)connect the
@@ -72,15 +72,7 @@ extension RedisConfiguration {
         /// For Sentinels that require AUTH (`requirepass` in sentinel.conf).
         public var password: String?
 
-        public struct Address: Sendable, Hashable, CustomStringConvertible {
-            public var host: String
-            public var port: Int
-            public init(host: String, port: Int) {
-                self.host = host
-                self.port = port
-            }
-            public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-        }
+        public typealias Address = RedisAddress
 
         public init(addresses: [Address], masterName: String, password: String? = nil) {
             self.addresses = addresses
@@ -116,4 +108,18 @@ extension RedisConfiguration {
             self.init(addresses: addresses, masterName: masterName, password: password)
         }
     }
+}
+
+/// A Redis server's host and port (a Sentinel, a cluster node).
+public struct RedisAddress: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// `host:port`, an IPv6 host in brackets.
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
