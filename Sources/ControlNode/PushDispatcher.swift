@@ -47,12 +47,7 @@ public struct PushDispatcher: Sendable {
         -> PushReceipt
     {
         let receipt = try await accept(command, id: givenID, fresh: fresh, wakes: wakes)
-        do {
-            try await confirmReplicated()
-        } catch var error as NotReplicated {
-            error.messageID = receipt.id
-            throw error
-        }
+        guard try await replicated() else { throw notReplicated(receipt.id) }
         return receipt
     }
 
@@ -221,17 +216,14 @@ public struct PushDispatcher: Sendable {
         }
         // One wait for a replica covers the whole batch.
         if results.contains(where: { if case .success? = $0 { true } else { false } }) {
-            do {
-                try await confirmReplicated()
-            } catch {
-                for index in results.indices {
-                    guard case .success(let receipt)? = results[index] else { continue }
-                    var failure = error
-                    if var notReplicated = error as? NotReplicated {
-                        notReplicated.messageID = receipt.id
-                        failure = notReplicated
-                    }
-                    results[index] = .failure(failure)
+            let confirmed: Result<Bool, any Error>
+            do { confirmed = .success(try await replicated()) } catch { confirmed = .failure(error) }
+            for index in results.indices {
+                guard case .success(let receipt)? = results[index] else { continue }
+                switch confirmed {
+                case .success(true): break
+                case .success(false): results[index] = .failure(notReplicated(receipt.id))
+                case .failure(let error): results[index] = .failure(error)
                 }
             }
         }
@@ -240,11 +232,15 @@ public struct PushDispatcher: Sendable {
 
     /// Under ``Durability/replica``: waits until a replica has every write this node's Redis
     /// connection made so far (`WAIT 1`, which covers the pushes just stored: one connection's
-    /// commands run in order). Throws ``NotReplicated`` when none confirms in time.
-    func confirmReplicated() async throws {
-        guard configuration.durability == .replica else { return }
-        let replicas = try await redis.send("WAIT", "1", String(configuration.replicaTimeout)).int ?? 0
-        guard replicas >= 1 else { throw NotReplicated(timeoutMillis: configuration.replicaTimeout) }
+    /// commands run in order). False when none confirms in time; always true under
+    /// ``Durability/master``.
+    func replicated() async throws -> Bool {
+        guard configuration.durability == .replica else { return true }
+        return try await redis.send("WAIT", "1", String(configuration.replicaTimeout)).int ?? 0 >= 1
+    }
+
+    private func notReplicated(_ id: String) -> NotReplicated {
+        NotReplicated(timeoutMillis: configuration.replicaTimeout, messageID: id)
     }
 
     /// Sends the wake events a batch collected: one per node. A failure is only logged: the
@@ -294,8 +290,8 @@ struct PushMetrics: Sendable {
 public struct NotReplicated: Error, CustomStringConvertible, Sendable {
     public var timeoutMillis: Int
     /// The message the master stored (its status can be read under this id).
-    public var messageID: String?
+    public var messageID: String
     public var description: String {
-        "message \(messageID ?? "?") is stored on the Redis master, but no replica confirmed it within \(timeoutMillis) ms"
+        "message \(messageID) is stored on the Redis master, but no replica confirmed it within \(timeoutMillis) ms"
     }
 }

@@ -63,8 +63,11 @@ final class RegistrationBatcher: Sendable {
                 let reply = replies[0]
                 guard let each = reply.array, each.count == batch.count else {
                     let failure: any Error
-                    if case .error(let message) = reply { failure = RedisError(.server, message) } else {
+                    do {
+                        _ = try reply.throwingError()
                         failure = SessionRegistration.Failure.unexpectedReply(reply)
+                    } catch {
+                        failure = error
                     }
                     for pending in batch { pending.promise.fail(failure) }
                     return

@@ -253,14 +253,7 @@ public final class RedisConnection: Sendable {
 
     /// Connects to `host:port`, sends `commands`, and closes once they are answered.
     private func oneShot(host: String, port: Int, commands: [RedisCommand]) -> EventLoopFuture<[RedisReply]> {
-        let timeout = configuration.commandTimeout
-        return ClientBootstrap(group: eventLoop)
-            .connectTimeout(configuration.connectTimeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: timeout, onPush: nil))
-                }
-            }
+        bootstrap(onPush: nil, onDroppedError: nil)
             .connect(host: host, port: port)
             .flatMap { channel in
                 let promise = channel.eventLoop.makePromise(of: [RedisReply].self)
@@ -270,22 +263,24 @@ public final class RedisConnection: Sendable {
             .hop(to: eventLoop)
     }
 
-    private func connect(host: String, port: Int) {
-        let onPush = self.onPush
+    /// A client socket to a Redis server with the connection's timeouts and a reply handler.
+    private func bootstrap(onPush: (@Sendable (RedisReply) -> Void)?, onDroppedError: (@Sendable (String) -> Void)?) -> ClientBootstrap {
         let timeout = configuration.commandTimeout
-        let logger = self.logger
-        let onDroppedError: @Sendable (String) -> Void = { message in
-            logger.warning("redis command failed", metadata: ["error": "\(message)"])
-        }
-        ClientBootstrap(group: eventLoop)
+        return ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(commandTimeout: timeout, onPush: onPush, onDroppedError: onDroppedError))
+                    try channel.pipeline.syncOperations.addHandler(
+                        RedisChannelHandler(commandTimeout: timeout, onPush: onPush, onDroppedError: onDroppedError))
                 }
             }
+    }
+
+    private func connect(host: String, port: Int) {
+        let logger = self.logger
+        bootstrap(onPush: onPush, onDroppedError: { message in logger.warning("redis command failed", metadata: ["error": "\(message)"]) })
             .connect(host: host, port: port)
             .hop(to: eventLoop)
             .whenComplete { result in

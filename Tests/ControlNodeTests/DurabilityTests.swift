@@ -73,9 +73,9 @@ struct DurabilityTests {
             _ = try await dispatcher(.replica, timeout: 100).push(PushCommand(audience: .terminals(["d2"]), payload: [3]))
             Issue.record("accepted without a replica")
         } catch let error as NotReplicated {
-            #expect(error.messageID != nil && error.messageID != stored.first)
+            #expect(error.messageID != stored.first)
             let api = APIError.from(error)
-            #expect(api.status.code == 503 && api.code == "not_replicated" && api.message.contains(error.messageID!))
+            #expect(api.status.code == 503 && api.code == "not_replicated" && api.message.contains(error.messageID))
         }
         // The default answers at once.
         _ = try await dispatcher(.master).push(PushCommand(audience: .terminals(["d2"]), payload: [4]))
@@ -91,11 +91,11 @@ struct DurabilityTests {
         let results = await dispatcher(.replica, timeout: 100).pushMany(commands, wakes: WakeBatch())
         var ids = Set<String>()
         for result in results {
-            guard case .failure(let error as NotReplicated) = result, let id = error.messageID else {
+            guard case .failure(let error as NotReplicated) = result else {
                 Issue.record("\(result)")
                 continue
             }
-            ids.insert(id)
+            ids.insert(error.messageID)
         }
         #expect(ids.count == 5)
         let stats = try await redis.send("INFO", "commandstats").string ?? ""

@@ -21,7 +21,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
