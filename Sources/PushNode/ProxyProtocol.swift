@@ -12,6 +12,11 @@ struct PeerAddress: Hashable, Sendable, CustomStringConvertible {
     private let host: Host
     let port: UInt16
 
+    private init(host: Host, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
     /// An IPv4 address from its 4 bytes in network order.
     init(ipv4 bytes: some Collection<UInt8>, port: UInt16) {
         host = .v4(bytes.reduce(0) { $0 << 8 | UInt32($1) })
@@ -30,8 +35,8 @@ struct PeerAddress: Hashable, Sendable, CustomStringConvertible {
     init?(_ address: SocketAddress?) {
         switch address {
         case .v4(let v4):
-            let bytes = withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }
-            self.init(ipv4: bytes, port: UInt16(address?.port ?? 0))
+            // Read in place: this runs for every connection.
+            self.init(host: .v4(UInt32(bigEndian: v4.address.sin_addr.s_addr)), port: UInt16(address?.port ?? 0))
         case .v6(let v6):
             let bytes = withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
             self.init(ipv6: bytes, port: UInt16(address?.port ?? 0))

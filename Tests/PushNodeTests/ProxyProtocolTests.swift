@@ -33,6 +33,13 @@ struct ProxyProtocolTests {
         #expect(try read(Array("PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n".utf8)).0 == .proxied(source: nil))
     }
 
+    /// Without a PROXY header the address is the socket's own.
+    @Test func socketAddresses() throws {
+        #expect(PeerAddress(try SocketAddress(ipAddress: "203.0.113.7", port: 1883)).map { "\($0)" } == "203.0.113.7:1883")
+        #expect(PeerAddress(try SocketAddress(ipAddress: "2001:db8::5", port: 80)).map { "\($0)" } == "[2001:db8::5]:80")
+        #expect(PeerAddress(nil) == nil)
+    }
+
     @Test func versionOneRefusesWhatIsNotAHeader() {
         for line in [
             "PROXY TCP4 203.0.113.7 10.0.0.1 54321 1883\n",  // no CR
