@@ -35,7 +35,7 @@ public struct ControlNode: Service {
         self.streamRedis = RedisConnection(
             configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
         self.dispatcher = PushDispatcher(configuration: configuration, redis: redis, logger: logger, index: index)
-        self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger)
+        self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger, commands: redis)
     }
 
     /// Builds the HTTP application (also used by tests to serve on port 0).
@@ -62,13 +62,6 @@ public struct ControlNode: Service {
 
     public func run() async throws {
         redis.start()
-        do {
-            try await RedisDeployment.refuseCluster(redis, logger: logger)
-        } catch {
-            await redis.close()
-            await streamRedis.close()
-            throw error
-        }
         let (index, redis, keys, logger) = (self.index, self.redis, configuration.keys, self.logger)
         subscriber.subscribe([keys.indexChannel])
         subscriber.start()

@@ -96,12 +96,16 @@ extension PushDispatcher {
     /// stores: a terminal that connects in between finds its entry when it registers, else its
     /// route is read here), then `complete` for those that can be attempted again: Redis runs
     /// a connection's commands in order, so a status found complete had all its entries stored.
+    /// In Redis Cluster the status and the lists are on different masters, with no order
+    /// between them: there `complete` is left out, and ``markComplete(_:)`` writes it once the
+    /// stores have answered.
     func storedPipeline(_ plans: [StoredPushPlan]) -> StoredPipeline {
         var records = StatusWrites()
         var complete = StatusWrites()
+        let marksComplete = !redis.isCluster
         for plan in plans {
             if let record = plan.record { records.set(MessageStatusField.record(plan.id), record.encoded, of: plan.id) }
-            if plan.retryable { complete.set(MessageStatusField.complete(plan.id), "1", of: plan.id) }
+            if plan.retryable && marksComplete { complete.set(MessageStatusField.complete(plan.id), "1", of: plan.id) }
         }
         var commands = statusCommands(records)
         var starts: [Int] = []
@@ -122,6 +126,21 @@ extension PushDispatcher {
         }
         commands += complete.commands(keys: keys)
         return StoredPipeline(commands: commands, starts: starts, routes: routes, routeStarts: routeStarts)
+    }
+
+    /// In Redis Cluster: marks `plans` (stored, answered) `complete`, after a replica has their
+    /// entries under ``Durability/replica``: a retry then finds them done. Throws when a
+    /// replica did not confirm or the marks were not written; a retry then stores again what
+    /// is missing (its script skips entries already there). Nothing to do on one server, where
+    /// the marks went in the stores' pipeline.
+    func markComplete(_ plans: [StoredPushPlan]) async throws {
+        let retryable = plans.filter(\.retryable)
+        guard redis.isCluster, !retryable.isEmpty else { return }
+        guard try await replicated() else { throw notReplicated(retryable[0].id) }
+        var complete = StatusWrites()
+        for plan in retryable { complete.set(MessageStatusField.complete(plan.id), "1", of: plan.id) }
+        let replies = try await redis.pipeline(complete.commands(keys: keys))
+        if let failure = replies.first(where: \.isError) { throw RedisError(.server, failure.description) }
     }
 
     /// Commands sent once stored pushes' first pipeline answered.

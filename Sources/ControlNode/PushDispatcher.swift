@@ -128,6 +128,7 @@ public struct PushDispatcher: Sendable {
             if plan.retryable { await takeBackComplete([plan.id]) }
             throw RedisError(.server, failure.description)
         }
+        try await markComplete([plan])
         let batch = wakes ?? WakeBatch()
         var followUp = FollowUp()
         let start = pipeline.starts[0]
@@ -193,6 +194,12 @@ public struct PushDispatcher: Sendable {
                     metrics.accepted(.unicast, targets: plan.terminals.count)
                 }
                 await takeBackComplete(failed)
+                let stored = plans.filter { if case .success? = results[$0.index] { true } else { false } }
+                do {
+                    try await markComplete(stored.map(\.plan))
+                } catch {
+                    for (index, plan) in stored where plan.retryable { results[index] = .failure(error) }
+                }
                 do {
                     try await send(followUps)
                 } catch {
@@ -239,7 +246,7 @@ public struct PushDispatcher: Sendable {
         return try await redis.send("WAIT", "1", String(configuration.replicaTimeout)).int ?? 0 >= 1
     }
 
-    private func notReplicated(_ id: String) -> NotReplicated {
+    func notReplicated(_ id: String) -> NotReplicated {
         NotReplicated(timeoutMillis: configuration.replicaTimeout, messageID: id)
     }
 

@@ -2,7 +2,10 @@
 ///
 /// Everything about one terminal carries the hash tag `{t:<id>}`, so it lives in one Redis
 /// Cluster slot and Lua scripts touching it stay single-slot; message statuses live in
-/// buckets of their own (``statusBucket(_:)``).
+/// buckets of their own (``statusBucket(_:)``). A push node's keys share `{n:<node>}`; the
+/// stored-subscriber sets are spread over ``storedBuckets`` tags `{p:<bucket>}`, each with its
+/// part of the stored owner's index; the retained messages and their byte count share
+/// `{retained}` (one slot: their bounds are fleet-wide and exact).
 public struct FleetKeys: Sendable, Hashable {
     /// Prefix of every key and channel (`pushfleet:` by default).
     public let prefix: String
@@ -34,7 +37,7 @@ public struct FleetKeys: Sendable, Hashable {
     public func revoked(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:revoked" }
 
     /// HASH describing a live push node; expires unless the node refreshes it.
-    public func node(_ node: String) -> String { "\(prefix)node:\(node)" }
+    public func node(_ node: String) -> String { "\(prefix){n:\(node)}:node" }
     /// SET of node ids ever registered (entries whose ``node(_:)`` key expired are dead).
     public var nodes: String { "\(prefix)nodes" }
     /// Pub/sub channel of one push node.
@@ -42,20 +45,32 @@ public struct FleetKeys: Sendable, Hashable {
     /// Pub/sub channel every push node subscribes to (broadcasts and topic pushes).
     public var broadcastChannel: String { "\(prefix)broadcast" }
 
-    /// SET of the topic filters an owner (a push node id, or ``SubscriptionIndex/storedOwner``)
-    /// has subscriptions for: the fleet's routing table for terminal publishes.
-    public func index(_ owner: String) -> String { "\(prefix)index:\(owner)" }
+    /// SET of the topic filters a push node's sessions have subscriptions for: its part of the
+    /// fleet's routing table for terminal publishes.
+    public func index(_ node: String) -> String { "\(prefix){n:\(node)}:index" }
+    /// SET of the topic filters of one bucket (``storedBucket(_:)``) that persistent sessions
+    /// subscribe to: together, the index of ``SubscriptionIndex/storedOwner``.
+    public func storedIndex(_ bucket: Int) -> String { "\(prefix){p:\(bucket)}:index" }
+    /// Buckets of the stored-subscriber sets: their load grows with the fleet, so in Redis
+    /// Cluster they spread over as many slots.
+    public static let storedBuckets = 16
+    /// The bucket of a topic filter's stored-subscriber set (FNV-1a of the filter).
+    public static func storedBucket(_ filter: String) -> Int {
+        var hash: UInt32 = 2_166_136_261
+        for byte in filter.utf8 { hash = (hash ^ UInt32(byte)) &* 16_777_619 }
+        return Int(hash % UInt32(storedBuckets))
+    }
     /// Pub/sub channel announcing changes to the ``index(_:)`` sets (JSON ``IndexChange``).
     public var indexChannel: String { "\(prefix)index" }
     /// SET of terminals with a persistent session subscribed to `filter`: their messages are
     /// stored while they are away.
-    public func storedSubscribers(_ filter: String) -> String { "\(prefix)psubs:\(filter)" }
+    public func storedSubscribers(_ filter: String) -> String { "\(prefix){p:\(Self.storedBucket(filter))}:psubs:\(filter)" }
     /// ZSET terminal -> when its delayed will is due (unix milliseconds, Redis's clock).
     public var wills: String { "\(prefix)wills" }
     /// HASH topic -> retained message (JSON ``StoredMessage``).
-    public var retained: String { "\(prefix)retained" }
+    public var retained: String { "\(prefix){retained}" }
     /// STRING: the bytes of the entries in ``retained``, kept by ``FleetScripts/retain``.
-    public var retainedBytes: String { "\(prefix)retained:bytes" }
+    public var retainedBytes: String { "\(prefix){retained}:bytes" }
 
     /// STRING mapping an API idempotency key to the message id it created.
     public func idempotency(_ key: String) -> String { "\(prefix)idem:\(key)" }

@@ -169,7 +169,7 @@ public struct TopicRouter: Sendable {
                     count += 1
                 case .integer(-1):
                     // The session expired: it leaves the filters' stored-subscriber sets.
-                    follow.append(storedSubscriptionsCommand(terminal: terminal, adding: false, filters: subscribers[terminal] ?? []))
+                    follow += storedSubscriptionsCommands(terminal: terminal, adding: false, filters: subscribers[terminal] ?? [])
                 case .integer(1):
                     count += 1
                 default:
@@ -184,13 +184,18 @@ public struct TopicRouter: Sendable {
         }
     }
 
-    /// The command adding a persistent session to (or removing it from) the stored-subscriber
-    /// sets of `filters`.
-    public func storedSubscriptionsCommand(terminal: String, adding: Bool, filters: [String]) -> RedisCommand {
-        FleetScripts.storedSubscriptions.command(
-            keys: [keys.index(SubscriptionIndex.storedOwner)] + filters.map(keys.storedSubscribers),
-            arguments: [keys.indexChannel, terminal, adding ? "+" : "-"] + filters
-        )
+    /// The commands adding a persistent session to (or removing it from) the stored-subscriber
+    /// sets of `filters`: one per bucket of filters (``FleetKeys/storedBucket(_:)``), each
+    /// atomic with its bucket's part of the stored owner's index.
+    public func storedSubscriptionsCommands(terminal: String, adding: Bool, filters: [String]) -> [RedisCommand] {
+        var buckets: [Int: [String]] = [:]
+        for filter in filters { buckets[FleetKeys.storedBucket(filter), default: []].append(filter) }
+        return buckets.sorted { $0.key < $1.key }.map { bucket, filters in
+            FleetScripts.storedSubscriptions.command(
+                keys: [keys.storedIndex(bucket)] + filters.map(keys.storedSubscribers),
+                arguments: [keys.indexChannel, terminal, adding ? "+" : "-"] + filters
+            )
+        }
     }
 }
 
@@ -199,10 +204,15 @@ extension SubscriptionIndex {
     /// owner) into this copy, except `excluding` (a push node's own, which it keeps itself).
     public func load(from redis: RedisConnection, keys: FleetKeys, excluding: String? = nil) async throws {
         let nodes = try await redis.send("SMEMBERS", keys.nodes).array?.compactMap(\.string) ?? []
-        let owners = Array(Set(nodes).subtracting([excluding].compactMap { $0 })) + [SubscriptionIndex.storedOwner]
-        let replies = try await redis.pipeline(owners.map { RedisCommand("SMEMBERS", keys.index($0)) })
+        let owners = Array(Set(nodes).subtracting([excluding].compactMap { $0 }))
+        let buckets = 0..<FleetKeys.storedBuckets
+        let replies = try await redis.pipeline(
+            owners.map { RedisCommand("SMEMBERS", keys.index($0)) } + buckets.map { RedisCommand("SMEMBERS", keys.storedIndex($0)) })
         for (owner, reply) in zip(owners, replies) {
             replace(owner: owner, filters: try reply.throwingError().array?.compactMap(\.string) ?? [])
         }
+        var stored: [String] = []
+        for reply in replies.dropFirst(owners.count) { stored += try reply.throwingError().array?.compactMap(\.string) ?? [] }
+        replace(owner: SubscriptionIndex.storedOwner, filters: stored)
     }
 }

@@ -240,6 +240,14 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
     }
 
     /// The actions answered by a Redis reply: issued, and the reply fed back on this loop.
+    /// Runs a read of the list once the removals released before it are in Redis: on one
+    /// server the connection's order sees to it; in Redis Cluster they may be waiting for their
+    /// states' replies (``StatusRecorder/settled()``).
+    private func afterRemovals<Value: Sendable>(_ read: @escaping @Sendable () -> EventLoopFuture<Value>) -> EventLoopFuture<Value> {
+        guard node.redis.isCluster else { return read() }
+        return node.status.settled().flatMap(read)
+    }
+
     private func performRedis(_ action: MQTTSessionAction, on loop: any EventLoop) {
         let bound = NIOLoopBound(self, eventLoop: loop)
         let store = self.store
@@ -252,10 +260,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler {
             }
         case .reload(let registration, let window):
             node.status.release()
-            store.reload(registration, window: window).hop(to: loop).whenComplete { result in bound.value.feed { $0.reloaded(result) } }
+            afterRemovals { store.reload(registration, window: window) }.hop(to: loop).whenComplete { result in
+                bound.value.feed { $0.reloaded(result) }
+            }
         case .readStored(let read):
             node.status.release()
-            store.read(read).hop(to: loop).whenComplete { result in bound.value.feed { $0.storedRead(read, result) } }
+            afterRemovals { store.read(read) }.hop(to: loop).whenComplete { result in bound.value.feed { $0.storedRead(read, result) } }
         case .storeRemoving(let writes, let ids):
             store.remove(writes, confirmed: { bound.value.feed { $0.removalConfirmed(ids) } }, on: loop)
         case .recordSubscriptions(let writes, let reply):

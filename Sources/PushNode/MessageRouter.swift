@@ -46,8 +46,8 @@ extension PushNodeContext {
         }
     }
 
-    func storedSubscriptionsCommand(terminal: String, adding: Bool, filters: [String]) -> RedisCommand {
-        router.storedSubscriptionsCommand(terminal: terminal, adding: adding, filters: filters)
+    func storedSubscriptionsCommands(terminal: String, adding: Bool, filters: [String]) -> [RedisCommand] {
+        router.storedSubscriptionsCommands(terminal: terminal, adding: adding, filters: filters)
     }
 
     /// The command announcing that this node gained its first or lost its last subscription

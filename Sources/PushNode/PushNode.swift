@@ -54,7 +54,7 @@ public final class PushNode: Service, Sendable {
                 subscribe: configuration.publicTopicFilters, publish: configuration.publishTopicFilters, open: configuration.allowAnonymous),
             router: router
         )
-        self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger)
+        self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger, commands: redis)
     }
 
     /// The MQTT port actually bound (useful with port 0), once running.
@@ -109,12 +109,6 @@ public final class PushNode: Service, Sendable {
             )
         }
         context.redis.start()
-        do {
-            try await RedisDeployment.refuseCluster(context.redis, logger: context.logger)
-        } catch {
-            await context.redis.close()
-            throw error
-        }
         subscriber.subscribe([keys.nodeChannel(configuration.nodeID)], sharded: true)
         subscriber.subscribe([keys.broadcastChannel, keys.indexChannel])
         subscriber.start()
@@ -318,14 +312,14 @@ public final class PushNode: Service, Sendable {
                         return RedisCommand("SPUBLISH", configuration.keys.nodeChannel(from), stopped.encoded())
                     }
                 }
-                let redis = context.redis
                 if let handle = registry.handle(for: terminal) {
+                    let context = self.context
                     handle.execute { handler in
                         handler.kick(epoch: epoch, revoked: revoked)
-                        if let answer { redis.fireAndForget([answer]) }
+                        if let answer { context.sendAfterWrites(answer) }
                     }
                 } else if let answer {
-                    redis.fireAndForget([answer])
+                    context.sendAfterWrites(answer)
                 }
             case .stopped:
                 guard let terminal = event.terminals?.first, let successor = event.epoch else { continue }

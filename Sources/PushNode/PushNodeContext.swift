@@ -59,6 +59,16 @@ final class PushNodeContext: Sendable {
 
     var keys: FleetKeys { configuration.keys }
     var nodeID: String { configuration.nodeID }
+
+    /// Sends `command` (a takeover's `stopped` answer) once what the node's sessions wrote
+    /// before it is in Redis. On one server that is ordering on the connection; in Redis
+    /// Cluster the writes went to the terminals' masters and the answer goes to another, so
+    /// it waits for the removals waiting on their states, then for every master's replies.
+    func sendAfterWrites(_ command: RedisCommand) {
+        guard redis.isCluster else { return redis.fireAndForget([command]) }
+        let redis = self.redis
+        status.settled().flatMap { redis.barrier() }.whenComplete { _ in redis.fireAndForget([command]) }
+    }
 }
 
 /// Metric names and handles of a push node (dimensions are bounded: never a terminal id).

@@ -9,8 +9,8 @@ import RedisClient
 /// setup for all of them. Each registration is still atomic on its own, and one terminal's
 /// failure (a key of the wrong type) is its own.
 ///
-/// In Redis Cluster a script's keys must share a slot, so there a batch will have to be one
-/// terminal or the terminals of one slot.
+/// In Redis Cluster a script's keys must share a slot, so there a tick's registrations go in one
+/// call per slot (one pipeline still: the client groups the calls per master).
 final class RegistrationBatcher: Sendable {
     private struct Pending {
         var registration: FleetScripts.Registration
@@ -56,28 +56,48 @@ final class RegistrationBatcher: Sendable {
         let batch = pending.value
         guard !batch.isEmpty else { return }
         pending.value = []
-        let command = FleetScripts.registerCommand(batch.map(\.registration), node: nodeID, keys: keys)
-        redis.pipelineFuture([command]).whenComplete { result in
+        let groups = redis.isCluster ? Self.perSlot(batch, keys: keys) : [batch]
+        let commands = groups.map { FleetScripts.registerCommand($0.map(\.registration), node: nodeID, keys: keys) }
+        redis.pipelineFuture(commands).whenComplete { result in
             switch result {
             case .success(let replies):
-                let reply = replies[0]
-                guard let each = reply.array, each.count == batch.count else {
-                    let failure: any Error
-                    do {
-                        _ = try reply.throwingError()
-                        failure = SessionRegistration.Failure.unexpectedReply(reply)
-                    } catch {
-                        failure = error
-                    }
-                    for pending in batch { pending.promise.fail(failure) }
-                    return
-                }
-                for (pending, reply) in zip(batch, each) {
-                    pending.promise.completeWith(Result { () throws(SessionRegistration.Failure) in try SessionRegistration(reply: reply) })
-                }
+                for (group, reply) in zip(groups, replies) { Self.complete(group, with: reply) }
             case .failure(let error):
                 for pending in batch { pending.promise.fail(error) }
             }
+        }
+    }
+
+    /// The registrations grouped by the slot of their terminal's keys, in order of first arrival.
+    private static func perSlot(_ batch: [Pending], keys: FleetKeys) -> [[Pending]] {
+        var groups: [[Pending]] = []
+        var groupOfSlot: [Int: Int] = [:]
+        for pending in batch {
+            let slot = RedisClusterSlots.slot(of: keys.route(pending.registration.terminal))
+            if let index = groupOfSlot[slot] {
+                groups[index].append(pending)
+            } else {
+                groupOfSlot[slot] = groups.count
+                groups.append([pending])
+            }
+        }
+        return groups
+    }
+
+    private static func complete(_ batch: [Pending], with reply: RedisReply) {
+        guard let each = reply.array, each.count == batch.count else {
+            let failure: any Error
+            do {
+                _ = try reply.throwingError()
+                failure = SessionRegistration.Failure.unexpectedReply(reply)
+            } catch {
+                failure = error
+            }
+            for pending in batch { pending.promise.fail(failure) }
+            return
+        }
+        for (pending, reply) in zip(batch, each) {
+            pending.promise.completeWith(Result { () throws(SessionRegistration.Failure) in try SessionRegistration(reply: reply) })
         }
     }
 }

@@ -200,6 +200,8 @@ struct RedisSessionStore: SessionStore {
                 node.sent.record(terminal: terminal, id: id, packetID: packetID)
             case .forgetSent(let id):
                 if !node.sent.forget(terminal: terminal, id: id) { commands.append(command(write)) }
+            case .storedSubscriptions(let adding, let filters):
+                commands += node.storedSubscriptionsCommands(terminal: terminal, adding: adding, filters: filters)
             default:
                 commands.append(command(write))
             }
@@ -231,8 +233,8 @@ struct RedisSessionStore: SessionStore {
             RedisCommand("HDEL", [keys.subscriptions(terminal)] + filters)
         case .nodeIndex(let adding, let filters):
             node.indexUpdateCommand(adding: adding, filters: filters)
-        case .storedSubscriptions(let adding, let filters):
-            node.storedSubscriptionsCommand(terminal: terminal, adding: adding, filters: filters)
+        case .storedSubscriptions:
+            preconditionFailure("stored subscriptions are written by commands(for:)")
         }
     }
 }

@@ -59,6 +59,8 @@ final class StatusRecorder: Sendable {
     /// Ticks between rotations of the held `delivered` states.
     let deliveredHold: Int
     private let pending = NIOLockedValueBox(Pending())
+    /// Removals sent after their states' replies (Redis Cluster), not answered yet.
+    private let inFlight = NIOLockedValueBox<(next: Int, removals: [Int: EventLoopFuture<Void>])>((0, [:]))
     /// Gives a bucket a late state created anew (it had expired) an expiry of its own.
     private let expiry = StatusBucketExpiry(.ifNone(86_400))
     /// States kept for a Redis that does not answer, at most; beyond it states that failed
@@ -179,14 +181,44 @@ final class StatusRecorder: Sendable {
         let removals = pending.removals
         let reach = pending.reach
         (pending.finals, pending.reach, pending.removals) = ([], [:], [])
-        send(states, reach: reach)
-        if !removals.isEmpty { send(removals) }
+        let statesSent = send(states, reach: reach)
+        guard !removals.isEmpty else { return }
+        guard redis.isCluster else {
+            send(removals)
+            return
+        }
+        // In Redis Cluster the states and the lists are on different masters, with no order
+        // between them: the removals wait for the states' replies, and ``settled()`` for them.
+        let done = redis.eventLoop.makePromise(of: Void.self)
+        let key = inFlight.withLockedValue { inFlight in
+            inFlight.next += 1
+            inFlight.removals[inFlight.next] = done.futureResult
+            return inFlight.next
+        }
+        done.futureResult.whenComplete { _ in _ = self.inFlight.withLockedValue { $0.removals.removeValue(forKey: key) } }
+        let sendRemovals = { self.send(removals, answered: true)?.whenComplete { _ in done.succeed() } ?? done.succeed() }
+        if let statesSent {
+            statesSent.whenComplete { _ in sendRemovals() }
+        } else {
+            sendRemovals()
+        }
+    }
+
+    /// Completes once the removals sent so far have been answered. On one server that is
+    /// already so for whatever is sent after, and it completes at once; in Redis Cluster a
+    /// takeover's answer waits for it.
+    func settled() -> EventLoopFuture<Void> {
+        let pending = inFlight.withLockedValue { Array($0.removals.values) }
+        guard !pending.isEmpty else { return redis.eventLoop.makeSucceededVoidFuture() }
+        return EventLoopFuture.whenAllComplete(pending, on: redis.eventLoop).map { _ in }
     }
 
     /// One pipeline for `removals`; their confirmations run once it is answered (answered
     /// or not: a removal Redis did not take leaves the entry in the list, where the next read
     /// finds it), grouped by event loop.
-    private func send(_ removals: [Removal]) {
+    /// - Parameter answered: the future of the reply is wanted even without confirmations.
+    @discardableResult
+    private func send(_ removals: [Removal], answered: Bool = false) -> EventLoopFuture<Void>? {
         var commands: [RedisCommand] = []
         commands.reserveCapacity(removals.count)
         var confirms: [ObjectIdentifier: (loop: any EventLoop, bodies: [@Sendable () -> Void])] = [:]
@@ -196,10 +228,14 @@ final class StatusRecorder: Sendable {
                 confirms[ObjectIdentifier(confirm.loop), default: (confirm.loop, [])].bodies.append(confirm.body)
             }
         }
-        guard !confirms.isEmpty else { return redis.fireAndForget(commands) }
+        guard !confirms.isEmpty || answered else {
+            redis.fireAndForget(commands)
+            return nil
+        }
         let groups = Array(confirms.values)
         let logger = self.logger
-        redis.pipelineFuture(commands).whenComplete { result in
+        let sent = redis.pipelineFuture(commands)
+        sent.whenComplete { result in
             switch result {
             case .success(let replies):
                 if let failure = replies.first(where: \.isError) {
@@ -213,9 +249,12 @@ final class StatusRecorder: Sendable {
                 group.loop.execute { for body in bodies { body() } }
             }
         }
+        return sent.map { _ in }
     }
 
-    private func send(_ states: [(target: Target, recorded: Recorded)], reach: [String: Int]) {
+    /// Sends `states` and `reach`; the future completes once Redis answered (nil: nothing to send).
+    @discardableResult
+    private func send(_ states: [(target: Target, recorded: Recorded)], reach: [String: Int]) -> EventLoopFuture<Void>? {
         var writes = StatusWrites()
         for (target, recorded) in states {
             writes.record(recorded.state, of: target.id, terminal: target.terminal, at: recorded.at)
@@ -227,8 +266,9 @@ final class StatusRecorder: Sendable {
             commands.append(
                 RedisCommand("HINCRBY", keys.statusBucket(StatusBucket(messageID: id)), MessageStatusField.reach(id), String(count)))
         }
-        guard !commands.isEmpty else { return }
-        redis.pipelineFuture(commands).whenComplete { result in
+        guard !commands.isEmpty else { return nil }
+        let sent = redis.pipelineFuture(commands)
+        sent.whenComplete { result in
             switch result {
             case .success(let replies):
                 if let failure = replies.first(where: \.isError) {
@@ -239,6 +279,7 @@ final class StatusRecorder: Sendable {
                 self.retry(states)
             }
         }
+        return sent.map { _ in }
     }
 
     /// Puts states Redis did not take back for the next tick.

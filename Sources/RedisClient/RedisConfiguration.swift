@@ -17,6 +17,10 @@ public struct RedisConfiguration: Sendable, Hashable {
     public var database: Int
     /// Find the master through Redis Sentinel (`host` and `port` are then not used).
     public var sentinel: Sentinel?
+    /// Whether a client asks the server if it is a Redis Cluster node and then serves the
+    /// whole cluster (``RedisConnection``); false talks to the server named only (a tool
+    /// looking at one node of a cluster).
+    public var detectsCluster = true
     public var connectTimeout: TimeAmount = .seconds(2)
     public var commandTimeout: TimeAmount = .seconds(5)
     public var minimumBackoff: TimeAmount = .milliseconds(50)

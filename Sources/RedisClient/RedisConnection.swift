@@ -1,34 +1,28 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
 
-/// A Redis connection that reconnects by itself.
+/// A Redis client that reconnects by itself: to one server, to the master Sentinel names, or to
+/// the masters of a Redis Cluster.
 ///
-/// SwiftNIO owns the socket; hiredis only formats commands and parses replies. Every call
-/// hops to the connection's event loop once: a pipeline of N commands is one write and one
-/// flush, and its replies complete one promise; requests from one event loop tick share a
-/// flush. All mutable state lives on `eventLoop`.
+/// SwiftNIO owns the sockets; hiredis only formats commands and parses replies. A pipeline of
+/// N commands is one write and one flush per server, and requests from one event loop tick
+/// share a flush. After a connection drops, the client reconnects with exponential backoff; on
+/// every (re)connect it authenticates, selects the database and loads the registered scripts
+/// before any queued command.
 ///
-/// After the connection drops, the client reconnects with exponential backoff. On every
-/// (re)connect it authenticates, selects the database, loads the registered scripts and runs
-/// the `onConnect` hooks (a subscriber re-subscribes there) before any queued command.
+/// Whether `configuration` names a cluster node is asked of the server (`cluster_enabled:1` in
+/// `INFO cluster`) on connect. A cluster is then served by a ``RedisClusterRouter``: each
+/// command goes to the master of its keys' slot. Commands sent before the answer go to the
+/// server named; a MOVED or ASK they get is followed once the answer is in (it is read before
+/// theirs).
 public final class RedisConnection: Sendable {
-    private enum State {
-        case idle
-        case connecting
-        case connected(any Channel)
-        case waitingToReconnect
-        case closed
-    }
-
-    /// Everything that changes, confined to `eventLoop` (checked by the box).
-    private struct LoopState {
-        var state: State = .idle
-        var queued: [RedisRequest] = []
-        var failures = 0
-        var flushScheduled = false
-        var connectHooks: [@Sendable (RedisConnection) -> [RedisCommand]] = []
-        var stateHooks: [@Sendable (Bool) -> Void] = []
+    private enum Mode {
+        /// Not known yet: the seed's first connect will tell.
+        case unknown
+        /// One server (or the master Sentinel names): everything goes to `seed`.
+        case server
+        case cluster(RedisClusterRouter)
     }
 
     /// The event loop that owns this connection.
@@ -36,94 +30,123 @@ public final class RedisConnection: Sendable {
     public let configuration: RedisConfiguration
     private let logger: Logger
     private let scripts: [RedisScript]
-    private let onPush: (@Sendable (RedisReply) -> Void)?
-    private let loopState: NIOLoopBoundBox<LoopState>
+    /// The server `configuration` names.
+    private let seed: RedisServerConnection
+    private let mode: NIOLockedValueBox<Mode>
+    private let stateHooks = NIOLockedValueBox<[@Sendable (Bool) -> Void]>([])
+    private let modeHooks = NIOLockedValueBox<[@Sendable (RedisConnection) -> Void]>([])
 
-    private var state: State {
-        get { loopState.value.state }
-        _modify { yield &loopState.value.state }
-    }
-    private var queued: [RedisRequest] {
-        get { loopState.value.queued }
-        _modify { yield &loopState.value.queued }
-    }
-    private var failures: Int {
-        get { loopState.value.failures }
-        _modify { yield &loopState.value.failures }
-    }
-    private var flushScheduled: Bool {
-        get { loopState.value.flushScheduled }
-        _modify { yield &loopState.value.flushScheduled }
-    }
-    private var connectHooks: [@Sendable (RedisConnection) -> [RedisCommand]] {
-        get { loopState.value.connectHooks }
-        _modify { yield &loopState.value.connectHooks }
-    }
-    private var stateHooks: [@Sendable (Bool) -> Void] {
-        get { loopState.value.stateHooks }
-        _modify { yield &loopState.value.stateHooks }
-    }
-
-    /// - Parameters:
-    ///   - scripts: Lua scripts loaded with SCRIPT LOAD on every connect.
-    ///   - onPush: set for a subscriber connection: every reply goes here instead of to a caller.
-    public init(
-        configuration: RedisConfiguration,
-        eventLoop: any EventLoop,
-        logger: Logger,
-        scripts: [RedisScript] = [],
-        onPush: (@Sendable (RedisReply) -> Void)? = nil
-    ) {
+    /// - Parameter scripts: Lua scripts loaded with SCRIPT LOAD on every connect (to every
+    ///   master of a cluster).
+    public init(configuration: RedisConfiguration, eventLoop: any EventLoop, logger: Logger, scripts: [RedisScript] = []) {
         self.configuration = configuration
         self.eventLoop = eventLoop
         self.logger = logger
         self.scripts = scripts
-        self.onPush = onPush
-        self.loopState = NIOLoopBoundBox.makeBoxSendingValue(LoopState(), eventLoop: eventLoop)
+        // Through Sentinel there is no cluster to find.
+        let detects = configuration.sentinel == nil && configuration.detectsCluster
+        let mode = NIOLockedValueBox<Mode>(detects ? .unknown : .server)
+        self.mode = mode
+        let detected = NIOLockedValueBox(WeakReference())
+        let report: @Sendable (Bool) -> Void = { isCluster in detected.withLockedValue { $0.connection }?.detected(cluster: isCluster) }
+        seed = RedisServerConnection(
+            configuration: configuration, eventLoop: eventLoop, logger: logger, scripts: scripts,
+            onClusterInfo: detects ? report : nil)
+        detected.withLockedValue { $0.connection = self }
+        let stateHooks = self.stateHooks
+        seed.onStateChange { connected in
+            guard case .server = mode.withLockedValue({ $0 }) else { return }
+            for hook in stateHooks.withLockedValue({ $0 }) { hook(connected) }
+        }
+    }
+
+    /// The seed answered `INFO cluster` (on its event loop).
+    private func detected(cluster: Bool) {
+        let previous = mode.withLockedValue { $0 }
+        switch (previous, cluster) {
+        case (.unknown, false):
+            mode.withLockedValue { $0 = .server }
+            for hook in stateHooks.withLockedValue({ $0 }) { hook(true) }
+        case (.unknown, true):
+            let router = RedisClusterRouter(
+                seeds: [RedisAddress(host: configuration.host, port: configuration.port)], configuration: configuration,
+                eventLoop: eventLoop, logger: logger, scripts: scripts)
+            let stateHooks = self.stateHooks
+            router.onStateChange { connected in
+                for hook in stateHooks.withLockedValue({ $0 }) { hook(connected) }
+            }
+            mode.withLockedValue { $0 = .cluster(router) }
+            logger.info("redis is a cluster: commands go to the master of each slot", metadata: ["redis.seed": "\(configuration.target)"])
+            router.start()
+            // The seed is done once the replies already on their way are in.
+            seed.pipelineFuture([RedisCommand("PING")]).whenComplete { _ in
+                Task { await self.seed.close() }
+            }
+        case (.server, true):
+            logger.error("redis at \(configuration.target) became a cluster node; restart the node to use it as one")
+        default:
+            return
+        }
+        let hooks = modeHooks.withLockedValue { hooks in
+            defer { hooks = [] }
+            return hooks
+        }
+        for hook in hooks { hook(self) }
+    }
+
+    /// The seed's callback must not keep this connection alive.
+    private struct WeakReference: @unchecked Sendable {
+        weak var connection: RedisConnection?
+    }
+
+    /// The cluster router, once the server has said it is a cluster node.
+    var router: RedisClusterRouter? {
+        guard case .cluster(let router) = mode.withLockedValue({ $0 }) else { return nil }
+        return router
+    }
+
+    /// Whether the server turned out to be a Redis Cluster node (false until it has answered).
+    public var isCluster: Bool { router != nil }
+
+    /// Tells `hook` once whether the server is a cluster node, when known (the subscriber
+    /// follows its commands connection there).
+    func onModeKnown(_ hook: @escaping @Sendable (RedisConnection) -> Void) {
+        let known = mode.withLockedValue { mode -> Bool in
+            if case .unknown = mode {
+                modeHooks.withLockedValue { $0.append(hook) }
+                return false
+            }
+            return true
+        }
+        if known { hook(self) }
+    }
+
+    /// The cluster's slot map as last read (empty unless in cluster mode).
+    public var clusterSlots: RedisClusterSlots.Map {
+        get async { await router?.currentMap ?? RedisClusterSlots.Map() }
     }
 
     /// Starts connecting; safe to call more than once.
-    public func start() {
-        eventLoop.execute {
-            if case .idle = self.state { self.connect() }
-        }
-    }
+    public func start() { seed.start() }
 
-    /// Whether a connection is up right now.
+    /// Whether a connection is up right now (in a cluster: to every master, every slot served).
     public var isConnected: Bool {
         get async {
-            (try? await eventLoop.submit { () -> Bool in
-                if case .connected = self.state { return true }
-                return false
-            }.get()) ?? false
+            if let router { return await router.isConnected }
+            return await seed.isConnected
         }
     }
 
-    /// Registers commands written first on every (re)connect, before queued commands.
-    public func onConnect(_ hook: @escaping @Sendable (RedisConnection) -> [RedisCommand]) {
-        eventLoop.execute {
-            self.connectHooks.append(hook)
-            if case .connected(let channel) = self.state {
-                let commands = hook(self)
-                if !commands.isEmpty { channel.writeAndFlush(RedisRequest(commands: commands, promise: nil), promise: nil) }
-            }
-        }
-    }
-
-    /// Registers a callback told `true` on every connect and `false` on every disconnect.
+    /// Registers a callback told `true` on every connect and `false` on every disconnect (in a
+    /// cluster: of any master's connection).
     public func onStateChange(_ hook: @escaping @Sendable (Bool) -> Void) {
-        eventLoop.execute { self.stateHooks.append(hook) }
+        stateHooks.withLockedValue { $0.append(hook) }
     }
 
     /// Closes the connection for good; queued and pending commands fail.
     public func close() async {
-        let channel: (any Channel)? = try? await eventLoop.submit { () -> (any Channel)? in
-            defer { self.state = .closed }
-            self.failQueued(RedisError(.connectionClosed, "connection closed by the client"))
-            if case .connected(let channel) = self.state { return channel }
-            return nil
-        }.get()
-        try? await channel?.close()
+        await seed.close()
+        await router?.close()
     }
 
     /// Sends one command; an error reply is thrown as ``RedisError``.
@@ -138,232 +161,64 @@ public final class RedisConnection: Sendable {
         try await send(RedisCommand(name, arguments))
     }
 
-    /// Sends commands in one write and returns their replies in order. Error replies are
-    /// returned in place; transport failures throw. An EVALSHA answered with NOSCRIPT is
-    /// re-run with EVAL.
+    /// Sends commands in one write (per server) and returns their replies in order. Error
+    /// replies are returned in place; transport failures throw. An EVALSHA answered with
+    /// NOSCRIPT is re-run with EVAL. In a cluster, commands of one slot keep their order and
+    /// commands of different slots do not; see ``RedisClusterRouter``.
     public func pipeline(_ commands: [RedisCommand]) async throws -> [RedisReply] {
         try await pipelineFuture(commands).get()
     }
 
     /// ``pipeline(_:)`` as an event-loop future, for callers already on an event loop.
     public func pipelineFuture(_ commands: [RedisCommand]) -> EventLoopFuture<[RedisReply]> {
-        let promise = eventLoop.makePromise(of: [RedisReply].self)
-        eventLoop.execute { self.submit(RedisRequest(commands: commands, promise: promise)) }
-        return promise.futureResult.flatMap { replies in
-            self.retryingNoScript(commands: commands, replies: replies)
+        switch mode.withLockedValue({ $0 }) {
+        case .server:
+            return seed.pipelineFuture(commands)
+        case .cluster(let router):
+            return router.pipelineFuture(commands)
+        case .unknown:
+            return seed.pipelineFuture(commands).flatMap { replies in self.followingRedirects(commands, replies) }
         }
     }
 
     /// Writes commands without waiting for their replies; error replies are logged. No
-    /// promise and no reply array per call: a push node sends one of these per acknowledged
-    /// message.
+    /// promise and no reply array per call on one server: a push node sends one of these per
+    /// acknowledged message.
     public func fireAndForget(_ commands: [RedisCommand]) {
-        eventLoop.execute { self.submit(RedisRequest(commands: commands, promise: nil)) }
-    }
-
-    /// Writes commands without waiting for their replies, only if connected right now: for
-    /// commands an ``onConnect(_:)`` hook also sends, which must not go twice when the
-    /// connection comes up after them.
-    public func fireAndForgetIfConnected(_ commands: [RedisCommand]) {
-        eventLoop.execute {
-            guard case .connected = self.state else { return }
-            self.fireAndForget(commands)
+        switch mode.withLockedValue({ $0 }) {
+        case .server:
+            seed.fireAndForget(commands)
+        case .cluster(let router):
+            router.fireAndForget(commands)
+        case .unknown:
+            pipelineFuture(commands).whenComplete { result in self.logFailures(result) }
         }
     }
 
-    private func retryingNoScript(commands: [RedisCommand], replies: [RedisReply]) -> EventLoopFuture<[RedisReply]> {
-        var retries: [(Int, RedisCommand)] = []
-        for (index, reply) in replies.enumerated() {
-            guard case .error(let message) = reply, message.hasPrefix("NOSCRIPT"),
-                let script = scripts.first(where: { Array($0.sha1.utf8) == commands[index].arguments[1] })
-            else { continue }
-            retries.append((index, script.evalCommand(from: commands[index])))
-        }
-        guard !retries.isEmpty else { return eventLoop.makeSucceededFuture(replies) }
-        let indices = retries.map(\.0)
-        let promise = eventLoop.makePromise(of: [RedisReply].self)
-        submit(RedisRequest(commands: retries.map(\.1), promise: promise))
-        return promise.futureResult.map { retried in
-            var result = replies
-            for (index, reply) in zip(indices, retried) { result[index] = reply }
-            return result
-        }
+    /// Completes once everything sent before this call is done. On one server that is
+    /// already so for whatever is sent after (one connection runs commands in order), and the
+    /// future is complete at once; in a cluster it waits for every master's answers.
+    public func barrier() -> EventLoopFuture<Void> {
+        router?.barrier() ?? eventLoop.makeSucceededVoidFuture()
     }
 
-    private func submit(_ request: RedisRequest) {
-        switch state {
-        case .connected(let channel):
-            // Requests submitted in one event loop tick leave in one flush (one syscall):
-            // during a reconnect storm many sessions' registrations share a write.
-            channel.write(request, promise: nil)
-            if !flushScheduled {
-                flushScheduled = true
-                eventLoop.execute {
-                    self.flushScheduled = false
-                    if case .connected(let current) = self.state { current.flush() }
-                }
+    /// A command sent before the seed said it is a cluster node may have been answered with
+    /// MOVED or ASK: the router follows it.
+    private func followingRedirects(_ commands: [RedisCommand], _ replies: [RedisReply]) -> EventLoopFuture<[RedisReply]> {
+        guard let router, replies.contains(where: { RedisClusterRouter.redirect($0) != nil }) else {
+            return eventLoop.makeSucceededFuture(replies)
+        }
+        return router.followRedirects(commands, replies)
+    }
+
+    func logFailures(_ result: Result<[RedisReply], any Error>) {
+        switch result {
+        case .success(let replies):
+            for case .error(let message) in replies {
+                logger.warning("redis command failed", metadata: ["error": "\(message)"])
             }
-        case .idle, .connecting:
-            if case .idle = state { connect() }
-            guard queued.count < 100_000 else {
-                request.promise?.fail(RedisError(.unavailable, "too many commands queued while connecting"))
-                return
-            }
-            queued.append(request)
-        case .waitingToReconnect:
-            request.promise?.fail(RedisError(.unavailable, "not connected to redis at \(configuration.target)"))
-        case .closed:
-            request.promise?.fail(RedisError(.connectionClosed, "connection closed by the client"))
+        case .failure(let error):
+            logger.warning("redis commands failed", metadata: ["error": "\(error)"])
         }
-    }
-
-    private func connect() {
-        state = .connecting
-        guard let sentinel = configuration.sentinel else { return connect(host: configuration.host, port: configuration.port) }
-        resolveMaster(sentinel, from: 0, lastError: nil).whenComplete { result in
-            guard case .connecting = self.state else { return }
-            switch result {
-            case .success(let master): self.connect(host: master.host, port: master.port)
-            case .failure(let error): self.connectFailed(error)
-            }
-        }
-    }
-
-    /// Asks the Sentinels, from the `index`th on, where the master is; the first that knows
-    /// answers.
-    private func resolveMaster(
-        _ sentinel: RedisConfiguration.Sentinel, from index: Int, lastError: (any Error)?
-    ) -> EventLoopFuture<RedisConfiguration.Sentinel.Address> {
-        guard index < sentinel.addresses.count else {
-            return eventLoop.makeFailedFuture(
-                RedisError(.unavailable, "no sentinel knows master \(sentinel.masterName)\(lastError.map { ": \($0)" } ?? "")"))
-        }
-        let address = sentinel.addresses[index]
-        var commands: [RedisCommand] = []
-        if let password = sentinel.password { commands.append(RedisCommand("AUTH", password)) }
-        commands.append(RedisCommand("SENTINEL", "get-master-addr-by-name", sentinel.masterName))
-        return oneShot(host: address.host, port: address.port, commands: commands).flatMapThrowing { replies in
-            guard let pair = replies.last?.array, pair.count == 2, let host = pair[0].string, let port = pair[1].string.flatMap({ Int($0) })
-            else { throw RedisError(.unexpectedReply, "sentinel \(address) answered \(replies.last.map { "\($0)" } ?? "nothing")") }
-            return RedisConfiguration.Sentinel.Address(host: host, port: port)
-        }.flatMapError { error in
-            self.resolveMaster(sentinel, from: index + 1, lastError: error)
-        }
-    }
-
-    /// Connects to `host:port`, sends `commands`, and closes once they are answered.
-    private func oneShot(host: String, port: Int, commands: [RedisCommand]) -> EventLoopFuture<[RedisReply]> {
-        bootstrap(onPush: nil, onDroppedError: nil)
-            .connect(host: host, port: port)
-            .flatMap { channel in
-                let promise = channel.eventLoop.makePromise(of: [RedisReply].self)
-                channel.writeAndFlush(RedisRequest(commands: commands, promise: promise), promise: nil)
-                return promise.futureResult.always { _ in channel.close(promise: nil) }
-            }
-            .hop(to: eventLoop)
-    }
-
-    /// A client socket to a Redis server with the connection's timeouts and a reply handler.
-    private func bootstrap(onPush: (@Sendable (RedisReply) -> Void)?, onDroppedError: (@Sendable (String) -> Void)?) -> ClientBootstrap {
-        let timeout = configuration.commandTimeout
-        return ClientBootstrap(group: eventLoop)
-            .connectTimeout(configuration.connectTimeout)
-            .channelOption(.socketOption(.so_keepalive), value: 1)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        RedisChannelHandler(commandTimeout: timeout, onPush: onPush, onDroppedError: onDroppedError))
-                }
-            }
-    }
-
-    private func connect(host: String, port: Int) {
-        let logger = self.logger
-        bootstrap(onPush: onPush, onDroppedError: { message in logger.warning("redis command failed", metadata: ["error": "\(message)"]) })
-            .connect(host: host, port: port)
-            .hop(to: eventLoop)
-            .whenComplete { result in
-                switch result {
-                case .success(let channel): self.connected(channel)
-                case .failure(let error): self.connectFailed(error)
-                }
-            }
-    }
-
-    private func connected(_ channel: any Channel) {
-        if case .closed = state {
-            channel.close(promise: nil)
-            return
-        }
-        if failures > 0 { logger.info("redis reconnected", metadata: ["redis.host": "\(configuration.target)"]) }
-        failures = 0
-        state = .connected(channel)
-        channel.closeFuture.hop(to: eventLoop).whenComplete { _ in self.disconnected(channel) }
-        var setup: [RedisCommand] = []
-        if let password = configuration.password {
-            setup.append(RedisCommand("AUTH", [configuration.username, password].compactMap { $0 }))
-        }
-        if configuration.database != 0 { setup.append(RedisCommand("SELECT", String(configuration.database))) }
-        // Through Sentinel: the server named as master may have been demoted since.
-        let checksRole = configuration.sentinel != nil && onPush == nil
-        if checksRole { setup.append(RedisCommand("ROLE")) }
-        if onPush == nil {
-            for script in scripts { setup.append(RedisCommand("SCRIPT", "LOAD", script.source)) }
-        }
-        for hook in connectHooks { setup += hook(self) }
-        if !setup.isEmpty {
-            let promise: EventLoopPromise<[RedisReply]>? = onPush == nil ? eventLoop.makePromise() : nil
-            let roleIndex = setup.firstIndex { $0.name == "ROLE" }
-            promise?.futureResult.whenSuccess { replies in
-                for case .error(let message) in replies {
-                    self.logger.error("redis connection setup failed", metadata: ["error": "\(message)"])
-                }
-                if checksRole, let roleIndex, replies[roleIndex].array?.first?.string != "master" {
-                    self.logger.warning("the server sentinel named is not a master (a failover under way): reconnecting")
-                    channel.close(promise: nil)
-                }
-            }
-            channel.write(RedisRequest(commands: setup, promise: promise), promise: nil)
-        }
-        let waiting = queued
-        queued = []
-        for request in waiting { channel.write(request, promise: nil) }
-        channel.flush()
-        for hook in stateHooks { hook(true) }
-    }
-
-    private func connectFailed(_ error: any Error) {
-        if case .closed = state { return }
-        failQueued(RedisError(.unavailable, "cannot connect to redis at \(configuration.target): \(error)"))
-        scheduleReconnect(reason: "\(error)")
-    }
-
-    private func disconnected(_ channel: any Channel) {
-        guard case .connected(let current) = state, current === channel else { return }
-        for hook in stateHooks { hook(false) }
-        scheduleReconnect(reason: "connection closed")
-    }
-
-    private func scheduleReconnect(reason: String) {
-        failures += 1
-        state = .waitingToReconnect
-        let exponent = min(failures - 1, 16)
-        let delay = min(configuration.minimumBackoff.nanoseconds << exponent, configuration.maximumBackoff.nanoseconds)
-        if failures == 1 || failures % 20 == 0 {
-            logger.warning(
-                "redis unavailable, reconnecting",
-                metadata: ["redis.host": "\(configuration.target)", "reason": "\(reason)", "attempt": "\(failures)"]
-            )
-        }
-        eventLoop.scheduleTask(in: .nanoseconds(delay)) {
-            if case .waitingToReconnect = self.state { self.connect() }
-        }
-    }
-
-    private func failQueued(_ error: RedisError) {
-        let waiting = queued
-        queued = []
-        for request in waiting { request.promise?.fail(error) }
     }
 }

@@ -181,14 +181,14 @@ struct FleetScriptsTests {
         func stored(_ terminal: String, _ op: String, _ filters: [String]) async throws -> Int64? {
             try await redis.send(
                 FleetScripts.storedSubscriptions.command(
-                    keys: [keys.index(SubscriptionIndex.storedOwner)] + filters.map(keys.storedSubscribers),
+                    keys: [keys.storedIndex(0)] + filters.map(keys.storedSubscribers),
                     arguments: [keys.indexChannel, terminal, op] + filters)
             ).int
         }
         #expect(try await stored("p1", "+", ["x/+", "y"]) == 2)
         #expect(try await stored("p2", "+", ["x/+"]) == 0)  // the filter is already indexed
         #expect(try await stored("p1", "-", ["x/+", "y"]) == 1)  // y had only p1; x/+ still has p2
-        #expect(try await redis.send("SMEMBERS", keys.index("*")).array?.compactMap(\.string) == ["x/+"])
+        #expect(try await redis.send("SMEMBERS", keys.storedIndex(0)).array?.compactMap(\.string) == ["x/+"])
 
         func store(_ terminal: String) async throws -> RedisReply {
             try await redis.send(

@@ -60,8 +60,12 @@ public final class RedisServer: @unchecked Sendable {
     public var configuration: RedisConfiguration { RedisConfiguration(host: "127.0.0.1", port: port) }
 
     /// A new client connection to this server.
-    public func connection(scripts: [RedisScript] = []) -> RedisConnection {
-        RedisConnection(
+    /// A client of this server; `followingCluster: false` keeps it on this server when it is
+    /// a cluster node.
+    public func connection(scripts: [RedisScript] = [], followingCluster: Bool = true) -> RedisConnection {
+        var configuration = configuration
+        configuration.detectsCluster = followingCluster
+        return RedisConnection(
             configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"),
             scripts: scripts)
     }
@@ -149,7 +153,7 @@ public final class RedisClusterServers: @unchecked Sendable {
         for _ in 0..<200 {
             var ready = true
             for server in servers {
-                let connection = server.connection()
+                let connection = server.connection(followingCluster: false)
                 let info = (try? await connection.send("CLUSTER", "INFO").string) ?? ""
                 await connection.close()
                 if !info.contains("cluster_state:ok") { ready = false }

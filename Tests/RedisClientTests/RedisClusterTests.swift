@@ -33,10 +33,17 @@ struct RedisClusterTests {
         #expect(throws: RedisError.self) { try RedisCommand("MGET", "a", "b").slot() }
     }
 
-    func client(_ cluster: RedisClusterServers) -> RedisClusterConnection {
-        RedisClusterConnection(
-            seeds: [.init(host: "127.0.0.1", port: cluster.ports[1])], configuration: RedisConfiguration(host: "unused", port: 1),
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+    /// A client given one node of the cluster, as `--redis` is: it finds out it is a cluster.
+    func client(_ cluster: RedisClusterServers) async throws -> RedisConnection {
+        let redis = RedisConnection(
+            configuration: RedisConfiguration(host: "127.0.0.1", port: cluster.ports[1]), eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: Logger(label: "test"))
+        redis.start()
+        for _ in 0..<200 where await !redis.isConnected || !redis.isCluster {
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        #expect(redis.isCluster)
+        return redis
     }
 
     /// A pipeline spread over every master: each command goes to the master of its slot, the
@@ -44,13 +51,13 @@ struct RedisClusterTests {
     @Test func aPipelineSpreadOverTheMasters() async throws {
         let cluster = try RedisClusterServers()
         try await cluster.waitUntilReady()
-        let redis = client(cluster)
+        let redis = try await client(cluster)
         let keys = (0..<300).map { "key-\($0)" }
         let set = try await redis.pipeline(keys.map { RedisCommand("SET", $0, "value of \($0)") })
         #expect(set.allSatisfy { $0 == .status("OK") })
         let got = try await redis.pipeline(keys.map { RedisCommand("GET", $0) })
         #expect(got.map(\.string) == keys.map { "value of \($0)" })
-        let map = await redis.slots
+        let map = await redis.clusterSlots
         #expect(map.coversEverySlot && map.nodes.count == 3)
         // Each key is on the master the map names.
         for key in keys.prefix(30) {
@@ -62,7 +69,11 @@ struct RedisClusterTests {
         // Keys sharing a hash tag go together; keys that do not are refused before sending.
         _ = try await redis.pipeline([RedisCommand("SET", "{t:x}:a", "1"), RedisCommand("SET", "{t:x}:b", "2")])
         #expect(try await redis.send("MGET", "{t:x}:a", "{t:x}:b").array?.map(\.string) == ["1", "2"])
-        await #expect(throws: RedisError.self) { try await redis.send("MGET", "a", "b") }
+        // MGET and DEL across slots are split per slot and their replies put together; other
+        // commands across slots are refused without being sent.
+        #expect(try await redis.send("MGET", "key-1", "{t:x}:a", "key-2", "nothing").array?.map(\.string) == ["value of key-1", "1", "value of key-2", nil])
+        #expect(try await redis.send("DEL", "key-1", "key-2", "nothing").int == 2)
+        await #expect(throws: RedisError.self) { try await redis.send("MSET", "key-3", "c", "key-4", "d") }
         await redis.close()
     }
 
@@ -73,11 +84,11 @@ struct RedisClusterTests {
     @Test func movedAndAskRedirects() async throws {
         let cluster = try RedisClusterServers()
         try await cluster.waitUntilReady()
-        let redis = client(cluster)
+        let redis = try await client(cluster)
         let key = "migrating-key"
         let slot = RedisClusterSlots.slot(of: key)
         try await redis.send("SET", key, "before")
-        let map = await redis.slots
+        let map = await redis.clusterSlots
         let source = try #require(map.node(for: slot))
         let target = try #require(map.nodes.first { $0 != source })
         let from = RedisServerConnection(port: source.port)
@@ -96,7 +107,7 @@ struct RedisClusterTests {
             await node.connection.close()
         }
         try await redis.send("SET", key, "after")  // MOVED, map read again
-        #expect(await redis.slots.node(for: slot) == target)
+        #expect(await redis.clusterSlots.node(for: slot) == target)
         #expect(try await to.connection.send("GET", key).string == "after")
         await from.connection.close()
         await to.connection.close()
@@ -104,12 +115,12 @@ struct RedisClusterTests {
     }
 }
 
-/// A plain connection to one node of a local cluster.
+/// A plain connection to one node of a local cluster (not following the cluster).
 struct RedisServerConnection {
     let connection: RedisConnection
     init(port: Int) {
-        connection = RedisConnection(
-            configuration: RedisConfiguration(host: "127.0.0.1", port: port), eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-            logger: Logger(label: "test"))
+        var configuration = RedisConfiguration(host: "127.0.0.1", port: port)
+        configuration.detectsCluster = false
+        connection = RedisConnection(configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
     }
 }

@@ -52,7 +52,7 @@ def route_node(fleet, terminal):
 
 def redis_pipe(fleet, lines):
     """Sends redis-cli commands, one a line, in order on one connection."""
-    subprocess.run(["redis-cli", "-p", str(fleet.redis_port)], input="\n".join(lines) + "\n", text=True, capture_output=True,
+    subprocess.run(["redis-cli", *(["-c"] if fleet.cluster else []), "-p", str(fleet.redis_port)], input="\n".join(lines) + "\n", text=True, capture_output=True,
                    check=True)
 
 

@@ -13,7 +13,9 @@ the terminals counted.
 paho-mqtt's select() loop limits one process to about 330 terminals (descriptors < 1024).
 
 Scenarios: push-node-kill, control-node-kill, redis-restart, rolling-restart, sentinel-failover,
-slow-terminal, reconnect-storm.
+cluster-master-kill, cluster-reshard, slow-terminal, reconnect-storm. With
+PUSHFLEET_E2E_REDIS=cluster in the environment every scenario runs on a Redis Cluster (3
+masters, 3 replicas), except sentinel-failover.
 """
 import argparse
 import multiprocessing
@@ -21,6 +23,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -56,10 +59,9 @@ class Terminals:
             client.loop_start()
             self.clients.append(client)
         try:
-            wait_for(lambda: self.fleet.redis_cli("EVAL", ONLINE_COUNT, "0", *self.ids) == str(len(self.ids)),
-                     timeout=30, what="all terminals online")
+            wait_for(lambda: online_count(self.fleet, self.ids) == len(self.ids), timeout=30, what="all terminals online")
         except AssertionError:
-            online = self.fleet.redis_cli("EVAL", ONLINE_COUNT, "0", *self.ids)
+            online = online_count(self.fleet, self.ids)
             connected = sum(1 for c in self.clients if c.is_connected())
             raise AssertionError(f"{online} of {len(self.ids)} terminals online, {connected} clients connected")
 
@@ -84,23 +86,14 @@ class Terminals:
             return {t: list(ids) for t, ids in self.received.items()}
 
 
-ONLINE_COUNT = """
-local n = 0
-for _, t in ipairs(ARGV) do
-  if redis.call('EXISTS', 'pushfleet:{t:' .. t .. '}:route') == 1 then n = n + 1 end
-end
-return n
-"""
+def online_count(fleet, terminals):
+    """How many of `terminals` have a route (a session on some node)."""
+    return sum(line == "1" for line in fleet.redis_lines([["EXISTS", f"pushfleet:{{t:{t}}}:route"] for t in terminals]))
 
 
-ROUTES_ON_NODE = """
-local n = 0
-for i = 2, #ARGV do
-  local route = redis.call('GET', 'pushfleet:{t:' .. ARGV[i] .. '}:route')
-  if route and string.match(route, '^([^|]*)|') == ARGV[1] then n = n + 1 end
-end
-return n
-"""
+def routes_on_node(fleet, node, terminals):
+    """How many of `terminals` are connected to `node`."""
+    return sum(line.split("|")[0] == node for line in fleet.redis_lines([["GET", f"pushfleet:{{t:{t}}}:route"] for t in terminals]))
 
 
 class Load:
@@ -207,8 +200,8 @@ def account(fleet, load, terminals, settle):
             "reconnects": terminals.disconnects}
 
 
-def run_with_load(args, name, fault, via="api", control_args=(), node_args=(), sentinel=False):
-    fleet = Fleet(args.bin, controls=2, nodes=2, control_args=control_args, node_args=node_args, sentinel=sentinel)
+def run_with_load(args, name, fault, via="api", control_args=(), node_args=(), sentinel=False, cluster=None):
+    fleet = Fleet(args.bin, controls=2, nodes=2, control_args=control_args, node_args=node_args, sentinel=sentinel, cluster=cluster)
     try:
         fleet.start_all()
         terminals = Terminals(fleet, args.terminals, name)
@@ -228,8 +221,8 @@ def run_with_load(args, name, fault, via="api", control_args=(), node_args=(), s
 
 def push_node_kill(args):
     def fault(fleet):
-        held = fleet.redis_cli("EVAL", ROUTES_ON_NODE, "0", "n1", *[f"kill-{i}" for i in range(args.terminals)])
-        assert int(held) > 0, "no terminal on the node to kill"
+        held = routes_on_node(fleet, "n1", [f"kill-{i}" for i in range(args.terminals)])
+        assert held > 0, "no terminal on the node to kill"
         fleet.kill("node1", signal.SIGKILL)
     return run_with_load(args, "kill", fault)
 
@@ -267,6 +260,49 @@ def sentinel_failover(args):
                                  "--appendonly", "yes", "--appendfsync", "everysec", "--replicaof", "127.0.0.1", str(fleet.redis_port)])
         wait_for(lambda: "state=online" in fleet.redis_cli("INFO", "replication"), timeout=30, what="a new replica in sync")
     return run_with_load(args, "sentinel", fault, control_args=["--durability", "replica"], sentinel=True)
+
+
+def cluster_ok(fleet, ports):
+    """Every server in `ports` says the cluster is ok."""
+    for port in ports:
+        info = subprocess.run(["redis-cli", "-p", str(port), "CLUSTER", "INFO"], capture_output=True, text=True).stdout
+        if "cluster_state:ok" not in info:
+            return False
+    return True
+
+
+def cluster_master_kill(args):
+    """Redis Cluster (3 masters, 3 replicas): the master the nodes were pointed at is killed
+    (SIGKILL) under load; its replica is promoted, every node follows the new slot map, and the
+    killed server comes back as a replica. The control nodes run with --durability replica:
+    every push they accepted was on a replica already."""
+    def fault(fleet):
+        victim = fleet.cluster_masters()[0]
+        name = fleet.cluster_server_name(fleet.cluster_ports.index(victim))
+        fleet.kill(name, signal.SIGKILL)
+        others = [p for p in fleet.cluster_ports if p != victim]
+        wait_for(lambda: len(fleet.cluster_masters()) == 3 and victim not in fleet.cluster_masters() and cluster_ok(fleet, others),
+                 timeout=30, what="a replica promoted")
+        # Back as a replica of its successor (its nodes.conf says so); until it is in sync,
+        # that shard has no replica, and the API answers 503 (the load retries).
+        fleet.restart(name)
+        wait_for(lambda: "master_link_status:up" in subprocess.run(["redis-cli", "-p", str(victim), "INFO", "replication"],
+                                                                   capture_output=True, text=True).stdout,
+                 timeout=30, what="the killed master back as a replica")
+    return run_with_load(args, "cmk", fault, control_args=["--durability", "replica"], cluster=True)
+
+
+def cluster_reshard(args):
+    """Redis Cluster: 2,000 slots move from one master to another under load (`redis-cli
+    --cluster reshard`, keys migrated while pushes, acknowledgements and connects use them)."""
+    def fault(fleet):
+        nodes = subprocess.run(["redis-cli", "-p", str(fleet.live_redis_port()), "CLUSTER", "NODES"], capture_output=True,
+                               text=True).stdout.splitlines()
+        masters = sorted((line.split()[1].split("@")[0], line.split()[0]) for line in nodes if "master" in line.split()[2])
+        (source_address, source), (_, target) = masters[0], masters[1]
+        subprocess.run(["redis-cli", "--cluster", "reshard", source_address, "--cluster-from", source, "--cluster-to", target,
+                        "--cluster-slots", str(args.reshard_slots), "--cluster-yes"], check=True, capture_output=True, timeout=120)
+    return run_with_load(args, "reshard", fault, cluster=True)
 
 
 def rolling_restart(args):
@@ -354,6 +390,8 @@ SCENARIOS = {
     "redis-restart": (redis_restart, accounted),
     "rolling-restart": (rolling_restart, lambda r: accounted(r, duplicates_allowed=False)),
     "sentinel-failover": (sentinel_failover, accounted),
+    "cluster-master-kill": (cluster_master_kill, accounted),
+    "cluster-reshard": (cluster_reshard, accounted),
     "slow-terminal": (slow_terminal, lambda r: r["growth_mib"] < 64 and r["accepted"] > 0),
     "reconnect-storm": (reconnect_storm, lambda r: 0 < r["accepted"] == r["terminals"] == r["got_stored_message"]),
 }
@@ -376,6 +414,7 @@ def main():
     parser.add_argument("--slow-messages", type=int, default=400)
     parser.add_argument("--storm", type=int, default=1500, help="terminals in the reconnect storm")
     parser.add_argument("--storm-rate", type=int, default=500, help="the node's --max-connect-rate in the storm")
+    parser.add_argument("--reshard-slots", type=int, default=2000, help="slots moved in cluster-reshard")
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
     args = parser.parse_args()
     failed = []

@@ -73,20 +73,26 @@ class Fleet:
     both (MQTT round robin, API round robin), all on 127.0.0.1. Processes keep their command
     lines so a test can kill and restart them."""
 
-    def __init__(self, binary, controls=1, nodes=2, control_args=(), node_args=(), proxy_protocol=False, sentinel=False):
+    def __init__(self, binary, controls=1, nodes=2, control_args=(), node_args=(), proxy_protocol=False, sentinel=False, cluster=None):
         """`proxy_protocol`: the push nodes run with `--proxy-protocol` and haproxy sends them a
         PROXY header (version 2 to the first node, version 1 to the others). `sentinel`: the
         master has a replica and a Sentinel watches it (down after 1 s); every node finds the
-        master through the Sentinel."""
+        master through the Sentinel. `cluster`: Redis is a Redis Cluster of 3 masters and 3
+        replicas, and the nodes are given the first master's address (by default when the
+        environment has PUSHFLEET_E2E_REDIS=cluster, so a whole suite runs on a cluster)."""
         self.proxy_protocol = proxy_protocol
         self.sentinel = sentinel
+        if cluster is None:
+            cluster = os.environ.get("PUSHFLEET_E2E_REDIS") == "cluster" and not sentinel
+        self.cluster = cluster
+        self.cluster_ports = [free_port() for _ in range(6)] if cluster else []
         self.replica_port = free_port() if sentinel else None
         self.sentinel_port = free_port() if sentinel else None
         self.binary = os.path.abspath(binary)
         self.dir = tempfile.mkdtemp(prefix="pushfleet-e2e-")
         self.procs = {}
         self.commands = {}
-        self.redis_port = free_port()
+        self.redis_port = self.cluster_ports[0] if cluster else free_port()
         self.control_ports = [free_port() for _ in range(controls)]
         self.control_port = self.control_ports[0]
         self.node_ports = [free_port() for _ in range(nodes)]
@@ -114,6 +120,8 @@ class Fleet:
             return self.procs[name].wait(timeout=30)
 
     def start_redis(self):
+        if self.cluster:
+            return self.start_cluster()
         self.start("redis", ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
                              "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--lazyfree-lazy-expire", "yes",
                              "--logfile", os.path.join(self.dir, "redis-server.log")])
@@ -122,6 +130,42 @@ class Fleet:
                  open(os.path.join(self.dir, "redis-server.log")).read().count("Ready to accept connections") >
                  getattr(self, "_redis_starts", 0), what="redis-server ready")
         self._redis_starts = getattr(self, "_redis_starts", 0) + 1
+
+    def cluster_server_name(self, index):
+        return "redis" if index == 0 else f"redis{index + 1}"
+
+    def start_cluster(self):
+        """Six cluster-enabled servers (AOF), made into 3 masters and 3 replicas by
+        `redis-cli --cluster create`; waits until every node says the cluster is ok."""
+        for index, port in enumerate(self.cluster_ports):
+            directory = os.path.join(self.dir, f"cluster-{port}")
+            os.makedirs(directory, exist_ok=True)
+            self.start(self.cluster_server_name(index),
+                       ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
+                        "--appendonly", "yes", "--appendfsync", "everysec", "--lazyfree-lazy-expire", "yes",
+                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                        "--logfile", os.path.join(directory, "redis-server.log")])
+        for port in self.cluster_ports:
+            wait_port(port)
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.cluster_ports],
+                        "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True)
+
+        def ready():
+            for port in self.cluster_ports:
+                info = subprocess.run(["redis-cli", "-p", str(port), "CLUSTER", "INFO"], capture_output=True, text=True).stdout
+                if "cluster_state:ok" not in info:
+                    return False
+            return True
+        wait_for(ready, timeout=30, what="redis cluster ok")
+
+    def cluster_masters(self):
+        """The ports of the cluster's masters, as the first live server sees them."""
+        for port in self.cluster_ports:
+            out = subprocess.run(["redis-cli", "-p", str(port), "CLUSTER", "NODES"], capture_output=True, text=True).stdout
+            if out.strip():
+                return sorted(int(line.split()[1].split(":")[1].split("@")[0]) for line in out.splitlines()
+                              if "master" in line.split()[2] and "fail" not in line.split()[2])
+        return []
 
     def start_sentinel(self):
         """A replica of the master, in sync, then a Sentinel that knows both."""
@@ -259,8 +303,28 @@ backend control
                     return int(line.split()[1])
         return 0
 
+    def redis_lines(self, commands):
+        """Runs `commands` (lists of arguments without spaces, each with a one-line reply)
+        through one redis-cli, following a cluster's redirects; returns the replies' text."""
+        port = self.live_redis_port()
+        text = "".join(" ".join(command) + "\n" for command in commands)
+        out = subprocess.run(["redis-cli", *(["-c"] if self.cluster else []), "-p", str(port)], input=text, text=True,
+                             capture_output=True, check=True).stdout
+        return out.split("\n")[:len(commands)]
+
+    def live_redis_port(self):
+        """The Redis port to ask: in a cluster, the first server still running."""
+        if not self.cluster:
+            return self.redis_port
+        return next((p for index, p in enumerate(self.cluster_ports)
+                     if self.procs.get(self.cluster_server_name(index)) and self.procs[self.cluster_server_name(index)].poll() is None),
+                    self.redis_port)
+
     def redis_cli(self, *args):
-        return subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], check=True, capture_output=True, text=True).stdout.strip()
+        """redis-cli against the fleet's Redis (following MOVED in a cluster)."""
+        port = self.live_redis_port()
+        cluster = ["-c"] if self.cluster else []
+        return subprocess.run(["redis-cli", *cluster, "-p", str(port), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def make_certificates(directory):
