@@ -6,6 +6,11 @@ import NIOCore
 public struct RedisPubSubMessage: Sendable, Hashable {
     public var channel: String
     public var payload: ByteBuffer
+
+    public init(channel: String, payload: ByteBuffer) {
+        self.channel = channel
+        self.payload = payload
+    }
 }
 
 /// What a subscriber hears, in order.

@@ -115,6 +115,75 @@ struct RedisClusterTests {
     }
 }
 
+extension RedisClusterTests {
+    /// A subscriber given the commands connection follows it into the cluster: a sharded
+    /// channel is subscribed on its slot's master, and when the slot moves to another master
+    /// (the server drops the subscription) it is subscribed again there; a plain channel
+    /// hears a PUBLISH sent anywhere, whose count is the channel's subscribers.
+    @Test(.timeLimit(.minutes(1))) func aSubscriberFollowsItsShardedChannelToAnotherMaster() async throws {
+        let cluster = try RedisClusterServers()
+        try await cluster.waitUntilReady()
+        let redis = try await client(cluster)
+        let subscriber = RedisSubscriber(
+            configuration: RedisConfiguration(host: "127.0.0.1", port: cluster.ports[1]), eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            logger: Logger(label: "test"), commands: redis)
+        let channel = "node-channel-7"
+        subscriber.subscribe([channel], sharded: true)
+        subscriber.subscribe(["everyone"])
+        subscriber.start()
+        var events = subscriber.events.makeAsyncIterator()
+        func next(_ wanted: (RedisSubscriberEvent) -> Bool) async -> RedisSubscriberEvent? {
+            while let event = await events.next() {
+                if wanted(event) { return event }
+            }
+            return nil
+        }
+        var subscribed: Set<RedisSubscriberEvent> = []
+        while subscribed.count < 2, let event = await next({ if case .subscribed = $0 { true } else { false } }) { subscribed.insert(event) }
+        #expect(subscribed == [.subscribed(channel), .subscribed("everyone")])
+        #expect(try await redis.send("SPUBLISH", channel, "one").int == 1)
+        #expect(await next { if case .message = $0 { true } else { false } } == .message(.init(channel: channel, payload: .init(string: "one"))))
+        #expect(try await redis.send("PUBLISH", "everyone", "all").int == 1)
+        #expect(await next { if case .message = $0 { true } else { false } } == .message(.init(channel: "everyone", payload: .init(string: "all"))))
+
+        // The channel's slot moves to another master (it holds no keys: no MIGRATE needed).
+        let slot = RedisClusterSlots.slot(of: channel)
+        let map = await redis.clusterSlots
+        let source = try #require(map.node(for: slot))
+        let target = try #require(map.nodes.first { $0 != source })
+        let to = RedisServerConnection(port: target.port)
+        let targetID = try #require(try await to.connection.send("CLUSTER", "MYID").string)
+        // The owner first (it drops its subscribers then), then the others.
+        let ordered = [source.port] + cluster.ports.filter { $0 != source.port }
+        for port in ordered {
+            let node = RedisServerConnection(port: port)
+            try await node.connection.send("CLUSTER", "SETSLOT", String(slot), "NODE", targetID)
+            await node.connection.close()
+        }
+        #expect(await next { $0 == .subscribed(channel) } != nil)
+        #expect(try await redis.send("SPUBLISH", channel, "two").int == 1)  // MOVED, followed
+        #expect(await next { if case .message = $0 { true } else { false } } == .message(.init(channel: channel, payload: .init(string: "two"))))
+        #expect(await subscriber.isConnected)
+        await to.connection.close()
+        await subscriber.close()
+        await redis.close()
+    }
+
+    /// WAIT goes to every master (the fewest replicas any reached: none here), and a command
+    /// whose keys span slots and cannot be split is refused without being sent.
+    @Test func waitAsksEveryMaster() async throws {
+        let cluster = try RedisClusterServers()
+        try await cluster.waitUntilReady()
+        let redis = try await client(cluster)
+        _ = try await redis.pipeline((0..<30).map { RedisCommand("SET", "w-\($0)", "x") })
+        #expect(try await redis.send("WAIT", "0", "100").int == 0)
+        let replies = try await redis.pipeline([RedisCommand("EVAL", "return 1", "2", "a", "b"), RedisCommand("GET", "w-1")])
+        #expect(replies[0].string?.hasPrefix("CROSSSLOT") == true || { if case .error(let m) = replies[0] { m.hasPrefix("CROSSSLOT") } else { false } }())
+        #expect(replies[1].string == "x")
+        await redis.close()
+    }
+}
+
 /// A plain connection to one node of a local cluster (not following the cluster).
 struct RedisServerConnection {
     let connection: RedisConnection

@@ -28,6 +28,8 @@ def free_port():
     for _ in range(22_000):
         port = _next_port
         _next_port = 10_000 if _next_port >= 31_999 else _next_port + 1
+        if port in _reserved:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -35,6 +37,30 @@ def free_port():
             except OSError:
                 continue
     raise RuntimeError("no free loopback port below 32000")
+
+
+_reserved = set()
+_next_cluster_port = 10_000 + (os.getpid() % 120) * 100
+
+
+def cluster_port():
+    """A free port for a Redis Cluster node whose cluster bus port (the port + 10000) is free
+    too, below the ephemeral range; both kept from later free_port() calls."""
+    global _next_cluster_port
+    for _ in range(12_000):
+        port = _next_cluster_port
+        _next_cluster_port = 10_000 if _next_cluster_port >= 22_000 else _next_cluster_port + 1
+        if port in _reserved or port + 10_000 in _reserved:
+            continue
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        _reserved.update([port, port + 10_000])
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def wait_port(port, timeout=20.0):
@@ -85,7 +111,7 @@ class Fleet:
         if cluster is None:
             cluster = os.environ.get("PUSHFLEET_E2E_REDIS") == "cluster" and not sentinel
         self.cluster = cluster
-        self.cluster_ports = [free_port() for _ in range(6)] if cluster else []
+        self.cluster_ports = [cluster_port() for _ in range(6)] if cluster else []
         self.replica_port = free_port() if sentinel else None
         self.sentinel_port = free_port() if sentinel else None
         self.binary = os.path.abspath(binary)
@@ -151,20 +177,24 @@ class Fleet:
                         "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True)
 
         def ready():
+            replicas = 0
             for port in self.cluster_ports:
                 info = subprocess.run(["redis-cli", "-p", str(port), "CLUSTER", "INFO"], capture_output=True, text=True).stdout
                 if "cluster_state:ok" not in info:
                     return False
-            return True
-        wait_for(ready, timeout=30, what="redis cluster ok")
+                replication = subprocess.run(["redis-cli", "-p", str(port), "INFO", "replication"], capture_output=True, text=True).stdout
+                replicas += "master_link_status:up" in replication
+            # Every replica in sync: one that never was would not be promoted.
+            return replicas == 3 and len(self.cluster_masters()) == 3
+        wait_for(ready, timeout=30, what="redis cluster ok, replicas in sync")
 
     def cluster_masters(self):
-        """The ports of the cluster's masters, as the first live server sees them."""
+        """The ports of the cluster's masters serving slots, as the first live server sees them."""
         for port in self.cluster_ports:
             out = subprocess.run(["redis-cli", "-p", str(port), "CLUSTER", "NODES"], capture_output=True, text=True).stdout
             if out.strip():
                 return sorted(int(line.split()[1].split(":")[1].split("@")[0]) for line in out.splitlines()
-                              if "master" in line.split()[2] and "fail" not in line.split()[2])
+                              if "master" in line.split()[2] and "fail" not in line.split()[2] and len(line.split()) > 8)
         return []
 
     def start_sentinel(self):
@@ -310,7 +340,8 @@ backend control
         text = "".join(" ".join(command) + "\n" for command in commands)
         out = subprocess.run(["redis-cli", *(["-c"] if self.cluster else []), "-p", str(port)], input=text, text=True,
                              capture_output=True, check=True).stdout
-        return out.split("\n")[:len(commands)]
+        # redis-cli -c says where it followed a redirect on a line of its own.
+        return [line for line in out.split("\n") if not line.startswith("-> Redirected")][:len(commands)]
 
     def live_redis_port(self):
         """The Redis port to ask: in a cluster, the first server still running."""
