@@ -1,4 +1,4 @@
-.PHONY: dev test build release bench capacity
+.PHONY: dev test build release bench capacity shards
 
 dev:
 	scripts/dev
@@ -22,3 +22,9 @@ bench: release
 capacity: release
 	scripts/deps test
 	python3 scripts/capacity.py --bin .build/release/pushfleet
+
+# Redis load over 1, 2 and 3 Redis Cluster shards; writes its section of BENCHMARKS.md and
+# CAPACITY.md (about 8 minutes).
+shards: release
+	scripts/deps test
+	python3 scripts/shards.py --bin .build/release/pushfleet

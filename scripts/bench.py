@@ -33,6 +33,20 @@ SECRET = "bench-secret-of-32-bytes-for-runs"
 STEADY_RATE = 10_000
 
 
+def with_kept_sections(path, text):
+    """`text`, followed by the sections another script keeps in `path` (between its
+    `<!-- name: ... -->` and `<!-- /name -->` markers: scripts/shards.py's), so rewriting a
+    report does not lose them."""
+    if not os.path.exists(path):
+        return text
+    content = open(path).read()
+    begin = "<!-- shards: "
+    if begin not in content or "<!-- /shards -->" not in content:
+        return text
+    kept = begin + content.split(begin, 1)[1].split("<!-- /shards -->", 1)[0] + "<!-- /shards -->"
+    return text.rstrip("\n") + "\n\n" + kept + "\n"
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -685,8 +699,9 @@ def write_report(args, bench, info, seconds, half, sizes):
     notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-notes.md")
     if os.path.exists(notes):
         lines += [open(notes).read()]
+    text = with_kept_sections(args.out, "\n".join(lines))
     with open(args.out, "w") as f:
-        f.write("\n".join(lines))
+        f.write(text)
     print(f"wrote {args.out}")
 
 

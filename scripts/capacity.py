@@ -230,8 +230,9 @@ def write(out, figures, cpu, sizes, seconds):
         "```",
         "",
     ]
+    text = bench.with_kept_sections(out, "\n".join(lines))
     with open(out, "w") as f:
-        f.write("\n".join(lines))
+        f.write(text)
     print(f"wrote {out}")
 
 

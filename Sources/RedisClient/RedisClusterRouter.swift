@@ -202,6 +202,7 @@ final class RedisClusterRouter: Sendable {
         let sent = batches.map { node, batch in
             connection(to: node).pipelineFuture(batch.commands).map { (batch.targets, $0) }
         }
+        let (planned, merging, unanswered) = (parts, merges, replies)
         return EventLoopFuture.whenAllSucceed(sent, on: eventLoop)
             .flatMapError { error in
                 // A master unreachable: perhaps failed over. Read the map again.
@@ -209,11 +210,12 @@ final class RedisClusterRouter: Sendable {
                 return self.eventLoop.makeFailedFuture(error)
             }
             .flatMap { answered in
+                var replies = unanswered
                 for (targets, got) in answered {
                     for (target, reply) in zip(targets, got) { replies[target.command][target.part] = reply }
                 }
-                return self.following(parts, replies).map { replies in
-                    zip(merges, replies).map { Self.merged($0, $1) }
+                return self.following(planned, replies).map { replies in
+                    zip(merging, replies).map { Self.merged($0, $1) }
                 }
             }
     }
@@ -279,7 +281,8 @@ final class RedisClusterRouter: Sendable {
 
     // MARK: Redirects
 
-    /// MOVED or ASK, and where to.
+    /// MOVED or ASK, and where to (an empty host: the same host as the node that answered,
+    /// which the caller fills in).
     static func redirect(_ reply: RedisReply) -> (ask: Bool, node: RedisAddress)? {
         guard case .error(let message) = reply, message.hasPrefix("MOVED ") || message.hasPrefix("ASK ") else { return nil }
         let parts = message.split(separator: " ")
@@ -334,7 +337,9 @@ final class RedisClusterRouter: Sendable {
                 return self.connection(to: node).pipelineFuture([command]).flatMap { self.follow(command, from: $0[0], attempt: attempt + 1) }
             }
         }
-        guard let (ask, node) = Self.redirect(reply) else { return eventLoop.makeSucceededFuture(reply) }
+        guard let (ask, named) = Self.redirect(reply) else { return eventLoop.makeSucceededFuture(reply) }
+        var node = named
+        if node.host.isEmpty { node.host = state.map.nodes.first?.host ?? seeds.first?.host ?? "127.0.0.1" }
         guard attempt < Self.maximumRedirects else {
             return eventLoop.makeFailedFuture(
                 RedisError(.tooManyRedirects, "\(command.name) redirected \(Self.maximumRedirects) times, last: \(reply)"))
@@ -393,7 +398,7 @@ final class RedisClusterRouter: Sendable {
         return asked.flatMapThrowing { replies in
             let reply = replies[replies.count - 1]
             if case .error(let message) = reply { throw RedisError(.server, message) }
-            let map = try RedisClusterSlots.Map(clusterSlots: reply)
+            let map = try RedisClusterSlots.Map(clusterSlots: reply, askedHost: node.host)
             guard !map.nodes.isEmpty else { throw RedisError(.unexpectedReply, "CLUSTER SLOTS named no node") }
             return map
         }.flatMapError { error in

@@ -49,8 +49,10 @@ public enum RedisClusterSlots {
         }
 
         /// The map a `CLUSTER SLOTS` reply describes: `[[start, end, [host, port, id, ...],
-        /// replica, ...], ...]`. Throws on anything else.
-        public init(clusterSlots reply: RedisReply) throws {
+        /// replica, ...], ...]`. Throws on anything else. An empty host (a node that has not
+        /// learnt its own address: one never introduced to another) is `askedHost`, the host
+        /// the reply came from, as Redis's documentation tells clients to do.
+        public init(clusterSlots reply: RedisReply, askedHost: String = "") throws {
             self.init()
             guard let ranges = reply.array else { throw RedisError(.unexpectedReply, "CLUSTER SLOTS answered \(reply)") }
             for range in ranges {
@@ -58,7 +60,7 @@ public enum RedisClusterSlots {
                     0 <= start, start <= end, end < RedisClusterSlots.count,
                     let master = parts[2].array, master.count >= 2, let host = master[0].string, let port = master[1].int
                 else { throw RedisError(.unexpectedReply, "CLUSTER SLOTS range \(range)") }
-                assign(Int(start)...Int(end), to: Node(host: host, port: Int(port)))
+                assign(Int(start)...Int(end), to: Node(host: host.isEmpty ? askedHost : host, port: Int(port)))
             }
         }
 

@@ -33,6 +33,17 @@ struct RedisClusterTests {
         #expect(throws: RedisError.self) { try RedisCommand("MGET", "a", "b").slot() }
     }
 
+    /// A node never introduced to another does not know its own address: CLUSTER SLOTS names
+    /// it with an empty host, which is the host the reply came from.
+    @Test func aSlotMapWithoutAHostIsTheHostAsked() throws {
+        let reply = RedisReply.array([
+            .array([.integer(0), .integer(16_383), .array([.bulkString(.init(string: "")), .integer(7000), .bulkString(.init(string: "id"))])])
+        ])
+        let map = try RedisClusterSlots.Map(clusterSlots: reply, askedHost: "10.0.0.5")
+        #expect(map.nodes == [RedisAddress(host: "10.0.0.5", port: 7000)] && map.coversEverySlot)
+        #expect(throws: RedisError.self) { try RedisClusterSlots.Map(clusterSlots: .array([.array([.integer(5)])])) }
+    }
+
     /// A client given one node of the cluster, as `--redis` is: it finds out it is a cluster.
     func client(_ cluster: RedisClusterServers) async throws -> RedisConnection {
         let redis = RedisConnection(
