@@ -211,11 +211,13 @@ def write(out, figures, cpu, sizes, seconds):
         "Status records are the largest item at these sizes: 10 pushes a day kept 7 days is 70 status fields per "
         "terminal. `--status-retention` is the lever (1 day divides that part by 7).",
         "",
-        "What is not measured yet: Redis Cluster. PushFleet runs against one Redis (with a replica and Sentinel for "
-        "failover); the shard counts above are what the per-shard figures ask for, assuming load divides evenly over "
-        "shards, which the cluster measurement of issue 14 is to confirm. By its CPU per push one Redis core run at 70% "
-        f"carries about {0.7e6 / cpu['redis_us_per_push']:,.0f} pushes a second; this machine (two cores shared by the "
-        "whole fleet and the load) never got one that far, so take it as the ceiling it is.",
+        "Redis Cluster: the section below (`make shards`) runs the same load on 1, 2 and 3 shards. The commands "
+        "and Redis CPU of a push divide evenly over the shards (a terminal's keys hash to one slot, and terminals spread "
+        "over all of them), so the shard counts above hold; in a cluster a push costs one command more (each target's "
+        "route is one GET where one server takes a batch's routes in one MGET) at about the same Redis CPU. By its CPU "
+        f"per push one Redis core run at 70% carries about {0.7e6 / cpu['redis_us_per_push']:,.0f} pushes a second; this "
+        "machine (two cores shared by the whole fleet and the load) never got one that far, so take it as the ceiling "
+        "it is.",
         "",
         "## Commands",
         "",

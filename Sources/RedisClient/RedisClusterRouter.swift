@@ -161,6 +161,21 @@ final class RedisClusterRouter: Sendable {
     private func run(_ commands: [RedisCommand]) -> EventLoopFuture<[RedisReply]> {
         guard !state.closed else { return eventLoop.makeFailedFuture(RedisError(.connectionClosed, "connection closed by the client")) }
         guard !state.map.nodes.isEmpty else { return refresh().flatMap { self.run(commands) } }
+        if let node = oneMaster(for: commands) {
+            // Most pipelines of a node (one terminal's writes, one session's reads) are for one
+            // slot: sent as they are, with no grouping, and nothing to follow unless redirected.
+            return connection(to: node).pipelineFuture(commands)
+                .flatMapError { error in
+                    _ = self.refresh()
+                    return self.eventLoop.makeFailedFuture(error)
+                }
+                .flatMap { replies in
+                    guard replies.contains(where: { Self.redirect($0) != nil || Self.mustRetry($0) }) else {
+                        return self.eventLoop.makeSucceededFuture(replies)
+                    }
+                    return self.following(commands.map { [Part(command: $0, slot: nil)] }, replies.map { [$0] }).map { $0.map { $0[0] } }
+                }
+        }
         var merges: [Merge] = []
         var parts: [[Part]] = []
         merges.reserveCapacity(commands.count)
@@ -220,9 +235,35 @@ final class RedisClusterRouter: Sendable {
             }
     }
 
+    /// The master every command of `commands` goes to, when they are all for one master and
+    /// each has one key (or keys in one slot); nil otherwise.
+    private func oneMaster(for commands: [RedisCommand]) -> RedisAddress? {
+        var master: RedisAddress?
+        for command in commands {
+            let slot: Int
+            switch command.keyPositions {
+            case .one(let index):
+                slot = RedisClusterSlots.slot(of: command.argument(index))
+            case .several(let indices):
+                let first = RedisClusterSlots.slot(of: command.argument(indices[0]))
+                guard indices.dropFirst().allSatisfy({ RedisClusterSlots.slot(of: command.argument($0)) == first }) else { return nil }
+                slot = first
+            case .none:
+                return nil
+            }
+            guard let node = state.map.node(for: slot), master == nil || master == node else { return nil }
+            master = node
+        }
+        return master
+    }
+
     /// How `command` is sent: as itself, split per slot, or to every master; nil when its keys
     /// span slots and it cannot be split.
     private static func plan(_ command: RedisCommand) -> (Merge, [Part])? {
+        let positions = command.keyPositions
+        if case .one(let index) = positions {
+            return (.single, [Part(command: command, slot: RedisClusterSlots.slot(of: command.argument(index)))])
+        }
         let keys = command.keys
         if keys.isEmpty {
             switch command.name.uppercased() {

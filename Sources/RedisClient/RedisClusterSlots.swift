@@ -87,46 +87,80 @@ public enum RedisClusterSlots {
 }
 
 extension RedisCommand {
-    /// The keys of this command, for the commands whose keys sit where Redis's command table
-    /// says (the first argument for most; every argument for MGET, DEL, EXISTS, UNLINK, TOUCH;
-    /// after `numkeys` for EVAL, EVALSHA, FCALL; after STREAMS, one per id, for XREAD and
-    /// XREADGROUP; MSET's every other argument). A command without keys (PING, INFO, CLUSTER,
-    /// SCRIPT, PUBLISH, ...) has none: any node may run it.
-    public var keys: [[UInt8]] {
-        let arguments = self.arguments
-        guard let first = arguments.first else { return [] }
-        let name = String(decoding: first, as: UTF8.self).uppercased()
-        let rest = arguments.dropFirst()
-        switch name {
+    /// Where this command's keys are among its arguments.
+    enum KeyPositions {
+        case none
+        /// One key, at that argument (the first for most commands): no array to build.
+        case one(Int)
+        case several([Int])
+    }
+
+    /// Where this command's keys sit, as Redis's command table says: the first argument for
+    /// most; every argument for MGET, DEL, EXISTS, UNLINK, TOUCH, WATCH; after `numkeys` for
+    /// EVAL, EVALSHA, FCALL; after STREAMS, one per id, for XREAD and XREADGROUP; MSET's every
+    /// other argument. A command without keys (PING, INFO, CLUSTER, SCRIPT, PUBLISH, ...) has
+    /// none: any node may run it.
+    var keyPositions: KeyPositions {
+        let count = argumentCount
+        guard count > 1 else { return .none }
+        func positions(_ range: StrideTo<Int>) -> KeyPositions {
+            let all = Array(range)
+            return all.count == 1 ? .one(all[0]) : all.isEmpty ? .none : .several(all)
+        }
+        switch name.uppercased() {
         case "PING", "INFO", "CLUSTER", "SCRIPT", "CONFIG", "ROLE", "WAIT", "TIME", "COMMAND", "CLIENT", "ASKING", "READONLY",
             "AUTH", "SELECT", "HELLO", "DBSIZE", "FLUSHALL", "FLUSHDB", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
             "PUNSUBSCRIBE", "MULTI", "EXEC", "DISCARD", "ECHO", "MEMORY", "SENTINEL":
-            return []
+            return .none
         case "MGET", "DEL", "EXISTS", "UNLINK", "TOUCH", "WATCH":
-            return Array(rest)
+            return positions(stride(from: 1, to: count, by: 1))
         case "MSET", "MSETNX":
-            return rest.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
+            return positions(stride(from: 1, to: count, by: 2))
         case "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO":
-            guard rest.count >= 2, let count = Int(String(decoding: rest[rest.startIndex + 1], as: UTF8.self)), count >= 0,
-                rest.count >= 2 + count
-            else { return [] }
-            return Array(rest.dropFirst(2).prefix(count))
-        case "XREAD", "XREADGROUP":
-            guard let streams = rest.firstIndex(where: { String(decoding: $0, as: UTF8.self).uppercased() == "STREAMS" }) else {
-                return []
+            guard count >= 3, let keys = Int(String(decoding: argument(2), as: UTF8.self)), keys >= 0, count >= 3 + keys else {
+                return .none
             }
-            let tail = rest[(streams + 1)...]
-            return Array(tail.prefix(tail.count / 2))
+            return positions(stride(from: 3, to: 3 + keys, by: 1))
+        case "XREAD", "XREADGROUP":
+            guard let streams = (1..<count).first(where: { String(decoding: argument($0), as: UTF8.self).uppercased() == "STREAMS" })
+            else { return .none }
+            let tail = count - streams - 1
+            return positions(stride(from: streams + 1, to: streams + 1 + tail / 2, by: 1))
         default:
-            return rest.first.map { [$0] } ?? []
+            return .one(1)
+        }
+    }
+
+    /// The keys of this command (``keyPositions``).
+    public var keys: [[UInt8]] {
+        switch keyPositions {
+        case .none: []
+        case .one(let index): [Array(argument(index))]
+        case .several(let indices): indices.map { Array(argument($0)) }
+        }
+    }
+
+    /// The slot of each key, in order (none for a command without keys).
+    var keySlots: [Int] {
+        switch keyPositions {
+        case .none: []
+        case .one(let index): [RedisClusterSlots.slot(of: argument(index))]
+        case .several(let indices): indices.map { RedisClusterSlots.slot(of: argument($0)) }
         }
     }
 
     /// The one slot all of this command's keys hash to; nil when it has no keys. Throws when
     /// its keys span slots (Redis Cluster would answer CROSSSLOT).
     public func slot() throws -> Int? {
-        let slots = Set(keys.map { RedisClusterSlots.slot(of: $0) })
-        guard slots.count <= 1 else { throw RedisError(.crossSlot, "\(name)'s keys are in \(slots.count) slots") }
-        return slots.first
+        switch keyPositions {
+        case .none:
+            return nil
+        case .one(let index):
+            return RedisClusterSlots.slot(of: argument(index))
+        case .several(let indices):
+            let slots = Set(indices.map { RedisClusterSlots.slot(of: argument($0)) })
+            guard slots.count <= 1 else { throw RedisError(.crossSlot, "\(name)'s keys are in \(slots.count) slots") }
+            return slots.first
+        }
     }
 }

@@ -53,6 +53,14 @@ public struct RedisCommand: Sendable, Hashable {
     /// The command name, for logs.
     public var name: String { String(decoding: bytes[0..<(ends.first ?? 0)], as: UTF8.self) }
 
+    /// The number of arguments, the command name included.
+    var argumentCount: Int { ends.count }
+
+    /// The `index`th argument (0: the name), without copying it.
+    func argument(_ index: Int) -> ArraySlice<UInt8> {
+        bytes[(index == 0 ? 0 : ends[index - 1])..<ends[index]]
+    }
+
     /// Appends the RESP encoding (`*<count>`, then `$<length>` and the bytes of each
     /// argument), written straight into `buffer`: the same bytes as hiredis's
     /// `redisFormatCommandArgv` (a test checks them against it) without its allocation and
