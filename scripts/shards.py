@@ -236,6 +236,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--terminals", type=int, default=None)
     parser.add_argument("--messages", type=int, default=None)
+    parser.add_argument("--sizes", default="0,1,2,3", help="shard counts to run (0: one server, not a cluster)")
     parser.add_argument("--out", nargs="*", default=["BENCHMARKS.md", "CAPACITY.md"])
     args = parser.parse_args()
     args.terminals = args.terminals or (2000 if args.quick else 10000)
@@ -245,7 +246,7 @@ def main():
     results = {}
     for run_number in range(args.runs):
         # Alternated, as bench.py does, so a noisy moment does not fall on one size only.
-        for shards in (0, 1, 2, 3):
+        for shards in [int(size) for size in args.sizes.split(",")]:
             results.setdefault(shards, []).append(run(binary, shards, run_number, args.terminals, args.messages))
     text = section(results, args, time.time() - started)
     print(text)

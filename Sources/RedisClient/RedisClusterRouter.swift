@@ -181,8 +181,10 @@ final class RedisClusterRouter: Sendable {
         merges.reserveCapacity(commands.count)
         parts.reserveCapacity(commands.count)
         var replies = [[RedisReply]](repeating: [], count: commands.count)
-        // Per master, the parts it gets, in order, and which command and part each is.
-        var batches: [RedisAddress: (commands: [RedisCommand], targets: [(command: Int, part: Int)])] = [:]
+        // Per master (by its place in the map), the parts it gets, in order, and which command
+        // and part each is.
+        let masters = state.map.nodes
+        var batches = [(commands: [RedisCommand], targets: [(command: Int, part: Int)])](repeating: ([], []), count: masters.count)
         for (index, command) in commands.enumerated() {
             guard let (merge, commandParts) = Self.plan(command) else {
                 merges.append(.single)
@@ -194,27 +196,25 @@ final class RedisClusterRouter: Sendable {
             parts.append(commandParts)
             replies[index] = Array(repeating: .null, count: commandParts.count)
             for (partIndex, part) in commandParts.enumerated() {
-                let nodes: [RedisAddress]
                 if part.allMasters {
-                    nodes = state.map.nodes
-                } else if let node = part.slot.flatMap(state.map.node(for:)) ?? (part.slot == nil ? state.map.nodes.first : nil) {
-                    nodes = [node]
-                } else {
+                    // One reply per master: the part becomes as many parts, merged by `merge`.
+                    replies[index] = Array(repeating: .null, count: masters.count)
+                    parts[index] = Array(repeating: part, count: masters.count)
+                    for master in masters.indices {
+                        batches[master].commands.append(part.command)
+                        batches[master].targets.append((index, master))
+                    }
+                    continue
+                }
+                guard let master = part.slot.map(state.map.nodeIndex(for:)) ?? 0 else {
                     replies[index][partIndex] = .error("CLUSTERDOWN Hash slot not served")
                     continue
                 }
-                if part.allMasters {
-                    // One reply per master: the part becomes as many parts, merged by `merge`.
-                    replies[index] = Array(repeating: .null, count: nodes.count)
-                    parts[index] = Array(repeating: part, count: nodes.count)
-                }
-                for (offset, node) in nodes.enumerated() {
-                    batches[node, default: ([], [])].commands.append(part.command)
-                    batches[node, default: ([], [])].targets.append((index, part.allMasters ? offset : partIndex))
-                }
+                batches[master].commands.append(part.command)
+                batches[master].targets.append((index, partIndex))
             }
         }
-        let sent = batches.map { node, batch in
+        let sent = zip(masters, batches).filter { !$0.1.commands.isEmpty }.map { node, batch in
             connection(to: node).pipelineFuture(batch.commands).map { (batch.targets, $0) }
         }
         let (planned, merging, unanswered) = (parts, merges, replies)

@@ -81,6 +81,12 @@ public enum RedisClusterSlots {
             return index < 0 ? nil : nodes[Int(index)]
         }
 
+        /// The place in ``nodes`` of the master serving `slot`, if the map knows one.
+        func nodeIndex(for slot: Int) -> Int? {
+            let index = owners[slot]
+            return index < 0 ? nil : Int(index)
+        }
+
         /// Whether every slot has a master.
         public var coversEverySlot: Bool { !owners.contains(-1) }
     }
