@@ -73,6 +73,8 @@ final class RedisClusterRouter: Sendable {
         self.seeds = seeds
         var template = configuration
         template.sentinel = nil
+        // A master's connection goes to that master only.
+        template.seeds = []
         self.template = template
         self.eventLoop = eventLoop
         self.logger = logger

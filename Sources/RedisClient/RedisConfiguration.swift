@@ -21,6 +21,10 @@ public struct RedisConfiguration: Sendable, Hashable {
     /// whole cluster (``RedisConnection``); false talks to the server named only (a tool
     /// looking at one node of a cluster).
     public var detectsCluster = true
+    /// More nodes of the same Redis Cluster: the first connection tries them in turn while
+    /// `host:port` does not answer, and the cluster client asks them for the slot map too.
+    /// (For one server, give one address: these would be other servers.)
+    public var seeds: [RedisAddress] = []
     public var connectTimeout: TimeAmount = .seconds(2)
     public var commandTimeout: TimeAmount = .seconds(5)
     public var minimumBackoff: TimeAmount = .milliseconds(50)
@@ -60,6 +64,18 @@ public struct RedisConfiguration: Sendable, Hashable {
 }
 
 extension RedisConfiguration {
+    /// Parses `--redis`: one URL, or several separated by commas (nodes of one Redis Cluster:
+    /// the first gives the password and database, the others add ``seeds``).
+    public init(urls: String) throws {
+        let items = urls.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard let first = items.first else { throw RedisError(.invalidConfiguration, "no Redis URL in \(urls)") }
+        try self.init(url: first)
+        seeds = try items.dropFirst().map { item in
+            let seed = try RedisConfiguration(url: item)
+            return RedisAddress(host: seed.host, port: seed.port)
+        }
+    }
+
     /// Where the client connects, for logs and errors.
     public var target: String {
         if let sentinel { return "sentinel master \(sentinel.masterName) (\(sentinel.addresses.map(\.description).joined(separator: ",")))" }

@@ -65,11 +65,14 @@ public final class RedisConnection: Sendable {
         let previous = mode.withLockedValue { $0 }
         switch (previous, cluster) {
         case (.unknown, false):
+            if !configuration.seeds.isEmpty {
+                logger.warning("more than one Redis address was given, but the server is not a cluster node: they are other servers")
+            }
             mode.withLockedValue { $0 = .server }
             for hook in stateHooks.withLockedValue({ $0 }) { hook(true) }
         case (.unknown, true):
             let router = RedisClusterRouter(
-                seeds: [RedisAddress(host: configuration.host, port: configuration.port)], configuration: configuration,
+                seeds: [RedisAddress(host: configuration.host, port: configuration.port)] + configuration.seeds, configuration: configuration,
                 eventLoop: eventLoop, logger: logger, scripts: scripts)
             let stateHooks = self.stateHooks
             router.onStateChange { connected in

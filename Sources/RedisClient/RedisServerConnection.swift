@@ -224,7 +224,12 @@ final class RedisServerConnection: Sendable {
 
     private func connect() {
         state = .connecting
-        guard let sentinel = configuration.sentinel else { return connect(host: configuration.host, port: configuration.port) }
+        guard let sentinel = configuration.sentinel else {
+            // More than one cluster node given: each attempt after a failure tries the next.
+            let addresses = [RedisAddress(host: configuration.host, port: configuration.port)] + configuration.seeds
+            let address = addresses[failures % addresses.count]
+            return connect(host: address.host, port: address.port)
+        }
         resolveMaster(sentinel, from: 0, lastError: nil).whenComplete { result in
             guard case .connecting = self.state else { return }
             switch result {

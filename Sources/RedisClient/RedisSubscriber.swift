@@ -274,6 +274,7 @@ public final class RedisSubscriber: Sendable {
         configuration.host = node.host
         configuration.port = node.port
         configuration.sentinel = nil
+        configuration.seeds = []
         let (continuation, overflowed, bufferLimit, logger) = (self.continuation, self.overflowed, self.bufferLimit, self.logger)
         let connection = RedisServerConnection(configuration: configuration, eventLoop: eventLoop, logger: logger) { reply in
             if let event = Self.event(in: reply) { return Self.yield(event, continuation, overflowed, bufferLimit, logger) }

@@ -21,7 +21,12 @@ struct PushFleetCommand: AsyncParsableCommand {
 
 /// Options every server command shares.
 struct CommonOptions: ParsableArguments {
-    @Option(help: "Redis URL, redis://[[user]:password@]host[:port][/db] (env PUSHFLEET_REDIS; default redis://127.0.0.1:6379).")
+    @Option(
+        help: """
+            Redis URL, redis://[[user]:password@]host[:port][/db]: one server, or any node of a Redis Cluster (detected \
+            from the server: commands then go to each slot's master; more nodes, comma-separated, are tried in turn) \
+            (env PUSHFLEET_REDIS; default redis://127.0.0.1:6379).
+            """)
     var redis: String?
 
     @Option(help: "Shared secret that signs terminal credentials, 16 bytes or more (env PUSHFLEET_SECRET; required).")
@@ -49,7 +54,7 @@ struct CommonOptions: ParsableArguments {
 
     /// Where Redis is: `--redis`, and `--sentinel` if given.
     func redisConfiguration() throws -> RedisConfiguration {
-        var configuration = try RedisConfiguration(url: redisURL)
+        var configuration = try RedisConfiguration(urls: redisURL)
         if let list = sentinel ?? env("SENTINEL") {
             configuration.sentinel = try RedisConfiguration.Sentinel(
                 list: list, masterName: sentinelMaster ?? env("SENTINEL_MASTER") ?? "mymaster",

@@ -180,6 +180,26 @@ extension RedisClusterTests {
         await redis.close()
     }
 
+    /// `--redis` may name more nodes of the cluster: while the first does not answer, the
+    /// next is tried, and the client finds the cluster through it.
+    @Test(.timeLimit(.minutes(1))) func aDeadFirstAddressIsPassedOver() async throws {
+        let cluster = try RedisClusterServers()
+        try await cluster.waitUntilReady()
+        let configuration = try RedisConfiguration(urls: "redis://:pw@127.0.0.1:1, redis://127.0.0.1:\(cluster.ports[2])")
+        #expect(configuration.seeds == [RedisAddress(host: "127.0.0.1", port: cluster.ports[2])] && configuration.password == "pw")
+        var open = configuration
+        open.password = nil
+        let redis = RedisConnection(configuration: open, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        redis.start()
+        for _ in 0..<200 where await !redis.isConnected || !redis.isCluster {
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        #expect(redis.isCluster)
+        #expect(try await redis.send("SET", "passed-over", "yes") == .status("OK"))
+        await redis.close()
+        #expect(throws: RedisError.self) { try RedisConfiguration(urls: " , ") }
+    }
+
     /// WAIT goes to every master (the fewest replicas any reached: none here), and a command
     /// whose keys span slots and cannot be split is refused without being sent.
     @Test func waitAsksEveryMaster() async throws {
