@@ -102,7 +102,8 @@ extension RedisCommand {
     }
 
     /// Where this command's keys sit, as Redis's command table says: the first argument for
-    /// most; every argument for MGET, DEL, EXISTS, UNLINK, TOUCH, WATCH; after `numkeys` for
+    /// most; the one after the subcommand for XGROUP, XINFO, OBJECT, MEMORY; every argument
+    /// for MGET, DEL, EXISTS, UNLINK, TOUCH, WATCH; after `numkeys` for
     /// EVAL, EVALSHA, FCALL; after STREAMS, one per id, for XREAD and XREADGROUP; MSET's every
     /// other argument. A command without keys (PING, INFO, CLUSTER, SCRIPT, PUBLISH, ...) has
     /// none: any node may run it.
@@ -116,8 +117,12 @@ extension RedisCommand {
         switch name.uppercased() {
         case "PING", "INFO", "CLUSTER", "SCRIPT", "CONFIG", "ROLE", "WAIT", "TIME", "COMMAND", "CLIENT", "ASKING", "READONLY",
             "AUTH", "SELECT", "HELLO", "DBSIZE", "FLUSHALL", "FLUSHDB", "PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE", "PSUBSCRIBE",
-            "PUNSUBSCRIBE", "MULTI", "EXEC", "DISCARD", "ECHO", "MEMORY", "SENTINEL":
+            "PUNSUBSCRIBE", "MULTI", "EXEC", "DISCARD", "ECHO", "SENTINEL":
             return .none
+        case "XGROUP", "XINFO", "OBJECT", "MEMORY":
+            // A subcommand first (XINFO GROUPS key, MEMORY USAGE key); without a key after it
+            // (XINFO HELP, MEMORY STATS), none.
+            return count > 2 ? .one(2) : .none
         case "MGET", "DEL", "EXISTS", "UNLINK", "TOUCH", "WATCH":
             return positions(stride(from: 1, to: count, by: 1))
         case "MSET", "MSETNX":

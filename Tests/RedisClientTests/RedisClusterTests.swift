@@ -29,6 +29,9 @@ struct RedisClusterTests {
         #expect(keys(RedisCommand("XREADGROUP", "GROUP", "g", "c", "COUNT", "10", "STREAMS", "s1", "s2", ">", ">")) == ["s1", "s2"])
         #expect(keys(RedisCommand("MSET", "a", "1", "b", "2")) == ["a", "b"])
         #expect(keys(RedisCommand("PING")).isEmpty)
+        #expect(keys(RedisCommand("XINFO", "GROUPS", "stream")) == ["stream"])
+        #expect(keys(RedisCommand("XGROUP", "CREATE", "stream", "group", "0")) == ["stream"])
+        #expect(keys(RedisCommand("MEMORY", "USAGE", "k")) == ["k"] && keys(RedisCommand("MEMORY", "STATS")).isEmpty)
         #expect(try RedisCommand("MGET", "{t:x}:a", "{t:x}:b").slot() == RedisClusterSlots.slot(of: "t:x"))
         #expect(throws: RedisError.self) { try RedisCommand("MGET", "a", "b").slot() }
     }
