@@ -111,3 +111,8 @@ public struct ControlNode: Service {
         await redis.close()
     }
 }
+
+extension ControlNode: CustomStringConvertible {
+    /// How ServiceLifecycle names the node in its logs: no configuration (which holds secrets).
+    public var description: String { "ControlNode(\(configuration.host):\(configuration.port))" }
+}

@@ -85,3 +85,10 @@ public enum Durability: String, Sendable, CaseIterable {
     /// answered 503 `not_replicated` (a stream entry stays pending and is tried again).
     case replica
 }
+
+extension ControlNodeConfiguration: CustomStringConvertible, CustomDebugStringConvertible {
+    /// Where the node listens and its Redis; never the secret or the API keys (a configuration
+    /// printed by accident, in a log line, must not carry them).
+    public var description: String { "ControlNodeConfiguration(listen: \(host):\(port), redis: \(redis.target))" }
+    public var debugDescription: String { description }
+}

@@ -112,3 +112,10 @@ public struct PushNodeConfiguration: Sendable {
         self.secret = secret
     }
 }
+
+extension PushNodeConfiguration: CustomStringConvertible, CustomDebugStringConvertible {
+    /// The node id and its Redis; never the secret (a configuration printed by accident, in a
+    /// log line, must not carry it).
+    public var description: String { "PushNodeConfiguration(node: \(nodeID), redis: \(redis.target))" }
+    public var debugDescription: String { description }
+}

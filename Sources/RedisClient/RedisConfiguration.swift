@@ -143,3 +143,15 @@ public struct RedisAddress: Sendable, Hashable, CustomStringConvertible {
     /// `host:port`, an IPv6 host in brackets.
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
+
+extension RedisConfiguration: CustomStringConvertible, CustomDebugStringConvertible {
+    /// Where Redis is; never the password.
+    public var description: String { "RedisConfiguration(\(target), database: \(database))" }
+    public var debugDescription: String { description }
+}
+
+extension RedisConfiguration.Sentinel: CustomStringConvertible, CustomDebugStringConvertible {
+    /// The Sentinels and the master's name; never the password.
+    public var description: String { "Sentinel(\(masterName) at \(addresses.map(\.description).joined(separator: ",")))" }
+    public var debugDescription: String { description }
+}

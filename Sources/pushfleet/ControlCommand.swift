@@ -80,7 +80,7 @@ struct ControlCommand: AsyncParsableCommand {
     var httpIdleTimeout: Int?
 
     func run() async throws {
-        Bootstrap.logging(level: try common.level())
+        Bootstrap.logging(level: try common.level(), format: try common.format())
         let metrics = Bootstrap.metrics()
         let logger = Logger(label: "pushfleet.control")
         let configuration = try makeConfiguration()

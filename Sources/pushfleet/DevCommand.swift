@@ -27,8 +27,12 @@ struct DevCommand: AsyncParsableCommand {
     @Option(help: "Log level (env PUSHFLEET_LOG_LEVEL; default info).")
     var logLevel: String?
 
+    @Option(help: "Log lines as json, logfmt or text (env PUSHFLEET_LOG_FORMAT; default text).")
+    var logFormat: String?
+
     func run() async throws {
-        Bootstrap.logging(level: Logger.Level(rawValue: logLevel ?? env("LOG_LEVEL") ?? "info") ?? .info)
+        Bootstrap.logging(
+            level: Logger.Level(rawValue: logLevel ?? env("LOG_LEVEL") ?? "info") ?? .info, format: try parseLogFormat(logFormat ?? env("LOG_FORMAT")))
         let metrics = Bootstrap.metrics()
         let logger = Logger(label: "pushfleet.dev")
         let (host, port) = try parseHostPort(listen ?? env("LISTEN") ?? "127.0.0.1:8080", option: "--listen")

@@ -172,7 +172,7 @@ struct NodeCommand: AsyncParsableCommand {
     var drainTimeout: Int?
 
     func run() async throws {
-        Bootstrap.logging(level: try common.level())
+        Bootstrap.logging(level: try common.level(), format: try common.format())
         let metrics = Bootstrap.metrics()
         let logger = Logger(label: "pushfleet.node")
         let configuration = try makeConfiguration()

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CHeapInfo
+import FleetCore
 import Foundation
 import Logging
 import Metrics
@@ -37,6 +38,9 @@ struct CommonOptions: ParsableArguments {
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env PUSHFLEET_LOG_LEVEL; default info).")
     var logLevel: String?
+
+    @Option(help: "Log lines as json (one object a line), logfmt (key=value) or text (env PUSHFLEET_LOG_FORMAT; default text).")
+    var logFormat: String?
 
     @Option(
         help:
@@ -77,6 +81,19 @@ struct CommonOptions: ParsableArguments {
         guard let level = Logger.Level(rawValue: text) else { throw ValidationError("unknown log level \(text)") }
         return level
     }
+
+    func format() throws -> LogFormat {
+        try parseLogFormat(logFormat ?? env("LOG_FORMAT"))
+    }
+}
+
+/// `--log-format`'s value (text when absent).
+func parseLogFormat(_ text: String?) throws -> LogFormat {
+    guard let text else { return .text }
+    guard let format = LogFormat(rawValue: text) else {
+        throw ValidationError("unknown log format \(text): json, logfmt or text")
+    }
+    return format
 }
 
 /// `PUSHFLEET_<name>` from the environment.
@@ -97,9 +114,14 @@ func parseHostPort(_ text: String, option: String) throws -> (String, Int) {
 enum Bootstrap {
     nonisolated(unsafe) private static var registry: PrometheusCollectorRegistry?
 
-    static func logging(level: Logger.Level) {
+    static func logging(level: Logger.Level, format: LogFormat = .text) {
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            guard format != .text else {
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            var handler = FleetLogHandler(label: label, format: format)
             handler.logLevel = level
             return handler
         }

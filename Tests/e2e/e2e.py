@@ -370,6 +370,96 @@ def test_safe_by_default_short_secrets_and_an_open_api_on_a_public_address_are_r
         fleet.kill("control-open", signal.SIGTERM)
 
 
+def test_json_and_logfmt_logs_parse_and_hold_no_secret(fleet):
+    """A control node logging JSON and a push node logging logfmt, both at trace level, through
+    credentials issued, good and bad connects, pushes delivered, and a Redis AUTH refused:
+    every line parses, carries its level and message, and no line holds the credential
+    secret, the API key, the Redis password or a terminal's password."""
+    from fleet import SECRET, free_port, wait_port
+    api_key = "log-test-api-key-0123456789abcdef"
+    redis_password = "hunter2-redis-password-in-url"
+    control_port, mqtt_port = free_port(), free_port()
+    redis = f"redis://127.0.0.1:{fleet.redis_port}"
+    fleet.start("control-log", [fleet.binary, "control", "--redis", redis, "--listen", f"127.0.0.1:{control_port}", "--api-key",
+                                api_key, "--consumer", "clog", "--log-format", "json", "--log-level", "trace"],
+                env={"PUSHFLEET_SECRET": SECRET})
+    fleet.start("node-log", [fleet.binary, "node", "--redis", redis, "--mqtt", f"127.0.0.1:{mqtt_port}", "--node-id", "nlog",
+                             "--secret", SECRET, "--log-level", "trace"], env={"PUSHFLEET_LOG_FORMAT": "logfmt"})
+    # A Redis URL with a password this Redis does not have: its AUTH is refused and logged.
+    fleet.start("node-auth", [fleet.binary, "node", "--redis", f"redis://:{redis_password}@127.0.0.1:{fleet.redis_port}",
+                              "--mqtt", f"127.0.0.1:{free_port()}", "--node-id", "nauth", "--secret", SECRET, "--log-format",
+                              "logfmt", "--log-level", "trace"])
+    passwords = []
+    try:
+        wait_port(control_port)
+        wait_port(mqtt_port)
+        for terminal in ["log-1", "log-2"]:
+            request = urllib.request.Request(f"http://127.0.0.1:{control_port}/v1/credentials",
+                                             data=json.dumps({"terminal": terminal}).encode(), method="POST",
+                                             headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                passwords.append(json.loads(response.read())["password"])
+        good = RawMQTT(mqtt_port)
+        assert good.connect("log-1", passwords[0]) == (0x20, b"\x00\x00")
+        bad = RawMQTT(mqtt_port)
+        assert bad.connect("log-2", passwords[0])[1][1] != 0  # another terminal's password
+        bad.close()
+        request = urllib.request.Request(f"http://127.0.0.1:{control_port}/v1/push", method="POST",
+                                         data=json.dumps({"to": ["log-1"], "payload": "logged?"}).encode(),
+                                         headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        first, body = good.read()
+        assert first >> 4 == 3 and body.endswith(b"logged?"), body
+        good.close()
+        time.sleep(1.5)
+    finally:
+        for name in ["control-log", "node-log", "node-auth"]:
+            fleet.kill(name, signal.SIGTERM)
+    secrets = [SECRET, api_key, redis_password, *passwords]
+    counts = {}
+    for name, parse in [("control-log", json.loads), ("node-log", parse_logfmt), ("node-auth", parse_logfmt)]:
+        with open(os.path.join(fleet.dir, name + ".log")) as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+        counts[name] = len(lines)
+        for line in lines:
+            for secret in secrets:
+                assert secret not in line, f"{name} logged a secret: {line}"
+            fields = parse(line)
+            assert fields.get("level") and "msg" in fields and fields.get("ts"), (name, line)
+    assert counts["control-log"] > 5 and counts["node-log"] > 5, counts
+    with open(os.path.join(fleet.dir, "node-auth.log")) as f:
+        assert "AUTH" in f.read(), "the refused AUTH was not logged"
+
+
+def parse_logfmt(line):
+    """The fields of a logfmt line (quoted values unescaped); fails on anything else."""
+    fields, index = {}, 0
+    while index < len(line):
+        equals = line.index("=", index)
+        key = line[index:equals]
+        assert key and " " not in key, line
+        index = equals + 1
+        if index < len(line) and line[index] == '"':
+            value, index = "", index + 1
+            while line[index] != '"':
+                if line[index] == "\\":
+                    index += 1
+                    value += {"n": "\n", '"': '"', "\\": "\\"}.get(line[index], line[index])
+                else:
+                    value += line[index]
+                index += 1
+            index += 1
+        else:
+            end = line.find(" ", index)
+            end = len(line) if end < 0 else end
+            value, index = line[index:end], end
+        fields[key] = value
+        assert index == len(line) or line[index] == " ", line
+        index += 1
+    return fields
+
+
 def test_zz_sigterm_drains_a_push_node(fleet):
     """Last: it stops node 2."""
     events = {"reason": None}

@@ -33,9 +33,12 @@ def free_port():
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
-                return port
             except OSError:
                 continue
+        # Kept from cluster_port() too: a port handed out may not be bound yet (a node's
+        # extra listener picked before its fleet's Redis Cluster).
+        _reserved.add(port)
+        return port
     raise RuntimeError("no free loopback port below 32000")
 
 
