@@ -32,7 +32,8 @@ public struct APIError: Error, HTTPResponseError, Sendable {
                 retryAfter: 1)
         case let error as RedisError where error.code == .server && error.isTransient:
             // A failover or a restart under way: the same request succeeds shortly.
-            return APIError(.serviceUnavailable, "unavailable", "storage is not writable right now, retry later (\(error.message))", retryAfter: 1)
+            return APIError(
+                .serviceUnavailable, "unavailable", "storage is not writable right now, retry later (\(error.message))", retryAfter: 1)
         case let error as RedisError where error.code == .server || error.code == .unexpectedReply:
             return APIError(.internalServerError, "internal", "storage error: \(error.message)")
         case let error as RedisError:

@@ -18,10 +18,11 @@ struct MessageStatusReader: Sendable {
     func status(of id: String) async throws -> [String: JSONValue] {
         typealias Field = MessageStatusField
         let bucket = keys.statusBucket(StatusBucket(messageID: id))
-        let head = try await redis.send(
-            RedisCommand(
-                "HMGET", bucket, Field.record(id), Field.error(id), Field.nodes(id), Field.storedForSessions(id), Field.reach(id))
-        ).throwingError().array?.map(\.string) ?? []
+        let head =
+            try await redis.send(
+                RedisCommand(
+                    "HMGET", bucket, Field.record(id), Field.error(id), Field.nodes(id), Field.storedForSessions(id), Field.reach(id))
+            ).throwingError().array?.map(\.string) ?? []
         guard head.count == 5, let record = head[0].flatMap(MessageStatusRecord.init(decoding:)) else {
             throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)")
         }

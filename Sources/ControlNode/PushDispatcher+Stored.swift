@@ -72,7 +72,8 @@ extension PushDispatcher {
         let record =
             retry
             ? nil
-            : MessageStatusRecord(kind: "unicast", qos: Int(command.qos), ttl: command.ttl, createdAt: now, expiresAt: expiresAt, targets: terminals)
+            : MessageStatusRecord(
+                kind: "unicast", qos: Int(command.qos), ttl: command.ttl, createdAt: now, expiresAt: expiresAt, targets: terminals)
         return StoredPushPlan(
             terminals: terminals, id: id, entries: entries, commands: commands, retry: retry, record: record,
             retryable: retryable || retry)
@@ -202,7 +203,6 @@ extension PushDispatcher {
         }
         if !dropped.isEmpty { _ = try await redis.pipeline(statusCommands(dropped)) }
     }
-
 
     /// The routes the pipeline's MGET read (empty when it had none).
     static func routes(_ pipeline: StoredPipeline, _ replies: [RedisReply]) -> [RedisReply] {

@@ -54,7 +54,8 @@ public struct CredentialAuthority: Sendable {
         }
     }
 
-    private func verify(terminal: UnsafeBufferPointer<UInt8>, password: UnsafeBufferPointer<UInt8>, now: Int64) -> Result<Verified, Failure> {
+    private func verify(terminal: UnsafeBufferPointer<UInt8>, password: UnsafeBufferPointer<UInt8>, now: Int64) -> Result<Verified, Failure>
+    {
         // v1.<issuedAt>.<expiresAt>.<signature>
         guard password.count > 3, password[0] == UInt8(ascii: "v"), password[1] == UInt8(ascii: "1"), password[2] == UInt8(ascii: ".")
         else { return .failure(.malformed) }
@@ -99,7 +100,6 @@ public struct CredentialAuthority: Sendable {
         position += 1
         return (value, digits)
     }
-
 
     private func signature(terminal: String, issuedAt: Int64, expiresAt: Int64) -> String {
         let mac = HMAC<SHA256>.authenticationCode(for: Array("v1|\(terminal)|\(issuedAt)|\(expiresAt)".utf8), using: key)

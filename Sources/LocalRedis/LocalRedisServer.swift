@@ -15,7 +15,8 @@ public final class LocalRedisServer: @unchecked Sendable {
     /// the defaults (a test's `--replicaof`, say).
     /// `sentinelConfiguration`: run as a Sentinel with this configuration text (written to
     /// `directory`/sentinel.conf, which Sentinel rewrites as it learns).
-    public init(port: Int, directory: String, appendOnly: Bool, arguments extra: [String] = [], sentinelConfiguration: String? = nil) throws {
+    public init(port: Int, directory: String, appendOnly: Bool, arguments extra: [String] = [], sentinelConfiguration: String? = nil) throws
+    {
         guard let executable = Self.which("redis-server") else {
             throw ChildProcessError(message: "redis-server is not on PATH: install it (apt-get install redis-server) or run scripts/dev")
         }

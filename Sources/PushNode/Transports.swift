@@ -116,7 +116,9 @@ extension ChannelPipeline.SynchronousOperations {
         let logger = node.logger
         try addHandler(
             ProxyProtocolHandler(peer: peer) { failure, address in
-                logger.info("connection without a valid PROXY header closed", metadata: ["error": "\(failure)", "from": "\(address.map { "\($0)" } ?? "?")"])
+                logger.info(
+                    "connection without a valid PROXY header closed",
+                    metadata: ["error": "\(failure)", "from": "\(address.map { "\($0)" } ?? "?")"])
             })
         return peer
     }

@@ -377,7 +377,9 @@ final class RedisClusterRouter: Sendable {
                 guard let slot = (try? command.slot()) ?? nil, let node = self.state.map.node(for: slot) else {
                     return self.eventLoop.makeSucceededFuture(reply)
                 }
-                return self.connection(to: node).pipelineFuture([command]).flatMap { self.follow(command, from: $0[0], attempt: attempt + 1) }
+                return self.connection(to: node).pipelineFuture([command]).flatMap {
+                    self.follow(command, from: $0[0], attempt: attempt + 1)
+                }
             }
         }
         guard let (ask, named) = Self.redirect(reply) else { return eventLoop.makeSucceededFuture(reply) }
@@ -436,7 +438,8 @@ final class RedisClusterRouter: Sendable {
             var commands: [RedisCommand] = []
             if let password = template.password { commands.append(RedisCommand("AUTH", [template.username, password].compactMap { $0 })) }
             commands.append(slots)
-            asked = RedisServerConnection.oneShot(host: node.host, port: node.port, commands: commands, configuration: template, eventLoop: eventLoop)
+            asked = RedisServerConnection.oneShot(
+                host: node.host, port: node.port, commands: commands, configuration: template, eventLoop: eventLoop)
         }
         return asked.flatMapThrowing { replies in
             let reply = replies[replies.count - 1]

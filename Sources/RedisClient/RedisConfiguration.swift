@@ -78,7 +78,9 @@ extension RedisConfiguration {
 
     /// Where the client connects, for logs and errors.
     public var target: String {
-        if let sentinel { return "sentinel master \(sentinel.masterName) (\(sentinel.addresses.map(\.description).joined(separator: ",")))" }
+        if let sentinel {
+            return "sentinel master \(sentinel.masterName) (\(sentinel.addresses.map(\.description).joined(separator: ",")))"
+        }
         return RedisAddress(host: host, port: port).description
     }
 
@@ -110,7 +112,9 @@ extension RedisConfiguration {
                     host = String(item[item.index(after: item.startIndex)..<close])
                     let rest = item[item.index(after: close)...]
                     if rest.hasPrefix(":") {
-                        guard let value = Int(rest.dropFirst()) else { throw RedisError(.invalidConfiguration, "bad sentinel port in \(item)") }
+                        guard let value = Int(rest.dropFirst()) else {
+                            throw RedisError(.invalidConfiguration, "bad sentinel port in \(item)")
+                        }
                         port = value
                     }
                 } else if let colon = item.lastIndex(of: ":") {
@@ -120,7 +124,9 @@ extension RedisConfiguration {
                     }
                     port = value
                 }
-                guard !host.isEmpty, (1...65535).contains(port) else { throw RedisError(.invalidConfiguration, "bad sentinel address \(item)") }
+                guard !host.isEmpty, (1...65535).contains(port) else {
+                    throw RedisError(.invalidConfiguration, "bad sentinel address \(item)")
+                }
                 addresses.append(Address(host: host, port: port))
             }
             guard !addresses.isEmpty else { throw RedisError(.invalidConfiguration, "no sentinel address in \(list)") }

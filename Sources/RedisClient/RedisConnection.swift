@@ -72,7 +72,8 @@ public final class RedisConnection: Sendable {
             for hook in stateHooks.withLockedValue({ $0 }) { hook(true) }
         case (.unknown, true):
             let router = RedisClusterRouter(
-                seeds: [RedisAddress(host: configuration.host, port: configuration.port)] + configuration.seeds, configuration: configuration,
+                seeds: [RedisAddress(host: configuration.host, port: configuration.port)] + configuration.seeds,
+                configuration: configuration,
                 eventLoop: eventLoop, logger: logger, scripts: scripts)
             let stateHooks = self.stateHooks
             router.onStateChange { connected in

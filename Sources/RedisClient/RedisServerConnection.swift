@@ -301,15 +301,18 @@ final class RedisServerConnection: Sendable {
 
     private func connect(host: String, port: Int) {
         let logger = self.logger
-        Self.bootstrap(configuration: configuration, eventLoop: eventLoop, onPush: onPush, onDroppedError: { message in logger.warning("redis command failed", metadata: ["error": "\(message)"]) })
-            .connect(host: host, port: port)
-            .hop(to: eventLoop)
-            .whenComplete { result in
-                switch result {
-                case .success(let channel): self.connected(channel)
-                case .failure(let error): self.connectFailed(error)
-                }
+        Self.bootstrap(
+            configuration: configuration, eventLoop: eventLoop, onPush: onPush,
+            onDroppedError: { message in logger.warning("redis command failed", metadata: ["error": "\(message)"]) }
+        )
+        .connect(host: host, port: port)
+        .hop(to: eventLoop)
+        .whenComplete { result in
+            switch result {
+            case .success(let channel): self.connected(channel)
+            case .failure(let error): self.connectFailed(error)
             }
+        }
     }
 
     private func connected(_ channel: any Channel) {

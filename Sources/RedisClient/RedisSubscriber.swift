@@ -285,7 +285,8 @@ public final class RedisSubscriber: Sendable {
             guard let cluster = self.cluster.value else { return [] }
             let wanted = self.channels.withLockedValue { $0 }
             let here = Channels(
-                plain: wanted.plain.filter { cluster.assigned[$0] == node }, sharded: wanted.sharded.filter { cluster.assigned[$0] == node })
+                plain: wanted.plain.filter { cluster.assigned[$0] == node }, sharded: wanted.sharded.filter { cluster.assigned[$0] == node }
+            )
             return Self.subscribeCommands(here)
         }
         let stateHooks = self.stateHooks

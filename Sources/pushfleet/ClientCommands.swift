@@ -13,24 +13,35 @@ struct APIOptions: ParsableArguments {
     @Option(help: "API key, sent as 'Authorization: Bearer KEY' (env PUSHFLEET_API_KEY).")
     var apiKey: String?
 
+    var base: String { api ?? env("API") ?? "http://127.0.0.1:8080" }
+
+    /// Sends a request to the API; the status (0: no answer) and body.
+    func call(_ method: String, _ path: String, body: [String: Any]? = nil) async throws -> (status: Int, data: Data) {
+        guard let url = URL(string: base + path) else { throw ValidationError("bad --api URL \(base)") }
+        var request = URLRequest(url: url)
+        request.httpMethod = method
+        request.timeoutInterval = 10
+        if let key = apiKey ?? env("API_KEY") { request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization") }
+        if let body {
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            request.httpBody = try JSONSerialization.data(withJSONObject: body)
+        }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
+    }
+
     /// POSTs `body` as JSON and returns the response body; fails with a one-line message on a
     /// non-2xx status or when the API cannot be reached.
     func post(_ path: String, _ body: [String: Any]) async throws -> Data {
-        let base = api ?? env("API") ?? "http://127.0.0.1:8080"
-        guard let url = URL(string: base + path) else { throw ValidationError("bad --api URL \(base)") }
-        var request = URLRequest(url: url)
-        request.httpMethod = "POST"
-        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        if let key = apiKey ?? env("API_KEY") { request.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization") }
-        request.httpBody = try JSONSerialization.data(withJSONObject: body)
+        let status: Int
         let data: Data
-        let response: URLResponse
         do {
-            (data, response) = try await URLSession.shared.data(for: request)
+            (status, data) = try await call("POST", path, body: body)
+        } catch let error as ValidationError {
+            throw error
         } catch {
             Self.fail("cannot reach the control API at \(base): \(error.localizedDescription)")
         }
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
         guard (200..<300).contains(status) else {
             // The API's errors are {"error":{"code","message"}}: say them plainly.
             let error = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["error"] as? [String: Any]
@@ -40,7 +51,7 @@ struct APIOptions: ParsableArguments {
         return data
     }
 
-    private static func fail(_ message: String) -> Never {
+    static func fail(_ message: String) -> Never {
         FileHandle.standardError.write(Data("pushfleet: \(message)\n".utf8))
         Foundation.exit(1)
     }

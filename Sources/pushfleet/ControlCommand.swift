@@ -86,7 +86,8 @@ struct ControlCommand: AsyncParsableCommand {
         let configuration = try makeConfiguration()
         let node = ControlNode(configuration: configuration, logger: logger, metrics: metrics)
         logger.info(
-            "control node starting", metadata: ["listen": "\(configuration.host):\(configuration.port)", "redis": "\(configuration.redis.target)"])
+            "control node starting",
+            metadata: ["listen": "\(configuration.host):\(configuration.port)", "redis": "\(configuration.redis.target)"])
         let group = ServiceGroup(services: [node], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
     }

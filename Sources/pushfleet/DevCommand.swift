@@ -32,7 +32,8 @@ struct DevCommand: AsyncParsableCommand {
 
     func run() async throws {
         Bootstrap.logging(
-            level: Logger.Level(rawValue: logLevel ?? env("LOG_LEVEL") ?? "info") ?? .info, format: try parseLogFormat(logFormat ?? env("LOG_FORMAT")))
+            level: Logger.Level(rawValue: logLevel ?? env("LOG_LEVEL") ?? "info") ?? .info,
+            format: try parseLogFormat(logFormat ?? env("LOG_FORMAT")))
         let metrics = Bootstrap.metrics()
         let logger = Logger(label: "pushfleet.dev")
         let (host, port) = try parseHostPort(listen ?? env("LISTEN") ?? "127.0.0.1:8080", option: "--listen")

@@ -15,7 +15,8 @@ struct PushFleetCommand: AsyncParsableCommand {
         discussion:
             "Every option can also be given in the environment as PUSHFLEET_<OPTION> (--redis -> PUSHFLEET_REDIS, --node-id -> PUSHFLEET_NODE_ID); a flag wins over the environment.",
         subcommands: [
-            DevCommand.self, ControlCommand.self, NodeCommand.self, PushClientCommand.self, CredentialCommand.self, BenchCommand.self,
+            DevCommand.self, ControlCommand.self, NodeCommand.self, PushClientCommand.self, CredentialCommand.self, StatusCommand.self,
+            BenchCommand.self,
         ]
     )
 }
@@ -51,7 +52,10 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "The master's name in Sentinel (env PUSHFLEET_SENTINEL_MASTER; default mymaster).")
     var sentinelMaster: String?
 
-    @Option(help: "Password of Sentinels that require one (requirepass in sentinel.conf); prefer the environment (env PUSHFLEET_SENTINEL_PASSWORD).")
+    @Option(
+        help:
+            "Password of Sentinels that require one (requirepass in sentinel.conf); prefer the environment (env PUSHFLEET_SENTINEL_PASSWORD)."
+    )
     var sentinelPassword: String?
 
     var redisURL: String { redis ?? env("REDIS") ?? "redis://127.0.0.1:6379" }

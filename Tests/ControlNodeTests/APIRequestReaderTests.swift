@@ -92,7 +92,10 @@ struct APIRequestReaderTests {
             func value(_ key: String) -> String {
                 if Int.random(in: 0..<8, using: &generator) == 0 { return "null" }
                 switch key {
-                case "to": return "[" + (0..<Int.random(in: 0...3, using: &generator)).map { _ in space() + string() + space() }.joined(separator: ",") + "]"
+                case "to":
+                    return "["
+                        + (0..<Int.random(in: 0...3, using: &generator)).map { _ in space() + string() + space() }.joined(separator: ",")
+                        + "]"
                 case "broadcast": return Bool.random(using: &generator) ? "true" : "false"
                 case "qos", "ttl": return ["0", "1", "2", "-1", "86400", "1.0", "1e2", "07", "-0"].randomElement(using: &generator)!
                 case "unknown": return ["{}", "[1,{\"a\":null}]", "-2.5e-3", "\"x\"", "true"].randomElement(using: &generator)!
@@ -106,7 +109,8 @@ struct APIRequestReaderTests {
             var bytes = Array(("{" + members.joined(separator: ",") + "}").utf8)
             if Int.random(in: 0..<4, using: &generator) == 0, !bytes.isEmpty {
                 let at = Int.random(in: 0..<bytes.count, using: &generator)
-                bytes[at] = [UInt8(ascii: ","), UInt8(ascii: "\""), UInt8(ascii: "}"), UInt8(ascii: "1"), 0xFF].randomElement(using: &generator)!
+                bytes[at] = [UInt8(ascii: ","), UInt8(ascii: "\""), UInt8(ascii: "}"), UInt8(ascii: "1"), 0xFF].randomElement(
+                    using: &generator)!
             }
             let body = ByteBuffer(bytes: bytes)
             if PushRequest.scanned(from: body) != nil { scannedCount += 1 }

@@ -61,7 +61,8 @@ struct CompactJSONTests {
         var generator = SeededGenerator(seed: 0x5EED_0003)
         for _ in 0..<200 {
             let entries = (0..<Int.random(in: 1...5, using: &generator)).map { _ in Self.randomMessage(using: &generator).encoded() }
-            var event = NodeEvent(kind: .wake, terminals: entries.map { _ in Self.awkward.randomElement(using: &generator)! }, entries: entries)
+            var event = NodeEvent(
+                kind: .wake, terminals: entries.map { _ in Self.awkward.randomElement(using: &generator)! }, entries: entries)
             event.entriesAreJSON = true
             let text = event.encoded()
             #expect(text.contains("\"rawEntries\":[" + entries.joined(separator: ",") + "]"))

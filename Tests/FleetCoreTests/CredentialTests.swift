@@ -41,14 +41,16 @@ struct CredentialTests {
             guard !parts[3].contains("+"), !parts[3].contains("/") else { return false }
             while standard.count % 4 != 0 { standard += "=" }
             guard let mac = Data(base64Encoded: standard) else { return false }
-            let code = HMAC<SHA256>.authenticationCode(for: Array("v1|\(terminal)|\(issued)|\(expires)".utf8), using: SymmetricKey(data: Array("s3cret".utf8)))
+            let code = HMAC<SHA256>.authenticationCode(
+                for: Array("v1|\(terminal)|\(issued)|\(expires)".utf8), using: SymmetricKey(data: Array("s3cret".utf8)))
             return Data(code) == mac && expires > now
         }
         var generator = SeededGenerator(seed: 0x5EED_0013)
         let alphabet = Array("v1.0123456789-_=+/aZ".utf8)
         for round in 0..<300 {
             let terminal = "t\(UInt32.random(in: 0...999_999, using: &generator))"
-            let issued = authority.issue(terminal: terminal, ttl: Int64.random(in: 1...1_000_000, using: &generator), nowMillis: 1_700_000_000_000)
+            let issued = authority.issue(
+                terminal: terminal, ttl: Int64.random(in: 1...1_000_000, using: &generator), nowMillis: 1_700_000_000_000)
             let verified = try? authority.verify(terminal: terminal, password: issued.password, now: 1_700_000_000).get()
             #expect(verified?.issuedAt == 1_700_000_000_000 && verified?.expiresAt == issued.expiresAt)
             // Every position changed, dropped, or doubled; bytes added at the end.

@@ -135,7 +135,9 @@ public final class RedisClusterServers: @unchecked Sendable {
         var servers: [RedisServer] = []
         for _ in 0..<masters {
             servers.append(
-                try RedisServer(arguments: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]))
+                try RedisServer(arguments: [
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                ]))
         }
         self.servers = servers
         let create = Process()

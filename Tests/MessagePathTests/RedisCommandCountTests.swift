@@ -72,7 +72,8 @@ struct RedisCommandCountTests {
             switch action {
             case .write(let packet): written.append(packet)
             case .admit: session.admitted()
-            case .register(let request): session.registered(await result { try await store.register(request, on: node.context.redis.eventLoop).get() })
+            case .register(let request):
+                session.registered(await result { try await store.register(request, on: node.context.redis.eventLoop).get() })
             case .claimHandle: session.handleClaimed(previousHere: false, missedWake: false)
             case .readStored(let read): session.storedRead(read, await result { try await store.read(read).get() })
             case .store(let writes): try await store.write(writes).get()

@@ -1,7 +1,7 @@
+import FleetTestSupport
 import Glibc
 import NIOCore
 import NIOEmbedded
-import FleetTestSupport
 import Testing
 
 @testable import PushNode
@@ -73,16 +73,23 @@ struct ProxyProtocolTests {
     }
 
     @Test func versionTwoAddressesLocalAndTLVs() throws {
-        let ipv4 = v2(family: 0x11, addresses: [203, 0, 113, 7, 10, 0, 0, 1, 0xD4, 0x31, 0x07, 0x5B], tlvs: [0x05, 0x00, 0x02, 0xAB, 0xCD])
+        let ipv4 = v2(
+            family: 0x11, addresses: [203, 0, 113, 7, 10, 0, 0, 1, 0xD4, 0x31, 0x07, 0x5B], tlvs: [0x05, 0x00, 0x02, 0xAB, 0xCD])
         let (header, rest) = try read(ipv4 + connect)
         #expect(header == .proxied(source: PeerAddress(ipv4: [203, 0, 113, 7], port: 54321)))
         #expect(rest == connect)
-        let ipv6 = v2(family: 0x21, addresses: [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1] + [UInt8](repeating: 0, count: 16) + [0xFF, 0xFF, 0x07, 0x5B])
+        let ipv6 = v2(
+            family: 0x21,
+            addresses: [0x20, 0x01, 0x0D, 0xB8] + [UInt8](repeating: 0, count: 11) + [1] + [UInt8](repeating: 0, count: 16) + [
+                0xFF, 0xFF, 0x07, 0x5B,
+            ])
         #expect(try read(ipv6).0.map { "\($0)" } == "proxied(source: Optional([2001:db8::1]:65535))")
         #expect(try read(v2(command: 0, family: 0x00, addresses: [])).0 == .local)
         #expect(try read(v2(family: 0x31, addresses: [UInt8](repeating: 0, count: 216))).0 == .proxied(source: nil))
         #expect(throws: ProxyHeader.Failure.self) { _ = try read(v2(family: 0x11, addresses: [1, 2, 3])) }
-        #expect(throws: ProxyHeader.Failure.self) { _ = try read(v2(command: 2, family: 0x11, addresses: [UInt8](repeating: 0, count: 12))) }
+        #expect(throws: ProxyHeader.Failure.self) {
+            _ = try read(v2(command: 2, family: 0x11, addresses: [UInt8](repeating: 0, count: 12)))
+        }
         var version1 = v2(family: 0x11, addresses: [UInt8](repeating: 0, count: 12))
         version1[12] = 0x11
         #expect(throws: ProxyHeader.Failure.self) { _ = try read(version1) }

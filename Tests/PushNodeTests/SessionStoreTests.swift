@@ -51,7 +51,8 @@ struct SessionStoreTests {
         let futures = try await loop.submit {
             (0..<count).map { index in
                 batcher.register(
-                    .init(terminal: "r\(index)", epoch: "e\(index)", connectedAt: 1, cleanStart: false, issuedAt: "", readCount: 10,
+                    .init(
+                        terminal: "r\(index)", epoch: "e\(index)", connectedAt: 1, cleanStart: false, issuedAt: "", readCount: 10,
                         persistent: true),
                     on: loop)
             }

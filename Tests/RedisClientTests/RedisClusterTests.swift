@@ -40,7 +40,9 @@ struct RedisClusterTests {
     /// it with an empty host, which is the host the reply came from.
     @Test func aSlotMapWithoutAHostIsTheHostAsked() throws {
         let reply = RedisReply.array([
-            .array([.integer(0), .integer(16_383), .array([.bulkString(.init(string: "")), .integer(7000), .bulkString(.init(string: "id"))])])
+            .array([
+                .integer(0), .integer(16_383), .array([.bulkString(.init(string: "")), .integer(7000), .bulkString(.init(string: "id"))]),
+            ])
         ])
         let map = try RedisClusterSlots.Map(clusterSlots: reply, askedHost: "10.0.0.5")
         #expect(map.nodes == [RedisAddress(host: "10.0.0.5", port: 7000)] && map.coversEverySlot)
@@ -50,7 +52,8 @@ struct RedisClusterTests {
     /// A client given one node of the cluster, as `--redis` is: it finds out it is a cluster.
     func client(_ cluster: RedisClusterServers) async throws -> RedisConnection {
         let redis = RedisConnection(
-            configuration: RedisConfiguration(host: "127.0.0.1", port: cluster.ports[1]), eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            configuration: RedisConfiguration(host: "127.0.0.1", port: cluster.ports[1]),
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
             logger: Logger(label: "test"))
         redis.start()
         for _ in 0..<200 where await !redis.isConnected || !redis.isCluster {
@@ -85,7 +88,10 @@ struct RedisClusterTests {
         #expect(try await redis.send("MGET", "{t:x}:a", "{t:x}:b").array?.map(\.string) == ["1", "2"])
         // MGET and DEL across slots are split per slot and their replies put together; other
         // commands across slots are refused without being sent.
-        #expect(try await redis.send("MGET", "key-1", "{t:x}:a", "key-2", "nothing").array?.map(\.string) == ["value of key-1", "1", "value of key-2", nil])
+        #expect(
+            try await redis.send("MGET", "key-1", "{t:x}:a", "key-2", "nothing").array?.map(\.string) == [
+                "value of key-1", "1", "value of key-2", nil,
+            ])
         #expect(try await redis.send("DEL", "key-1", "key-2", "nothing").int == 2)
         await #expect(throws: RedisError.self) { try await redis.send("MSET", "key-3", "c", "key-4", "d") }
         await redis.close()
@@ -139,7 +145,8 @@ extension RedisClusterTests {
         try await cluster.waitUntilReady()
         let redis = try await client(cluster)
         let subscriber = RedisSubscriber(
-            configuration: RedisConfiguration(host: "127.0.0.1", port: cluster.ports[1]), eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+            configuration: RedisConfiguration(host: "127.0.0.1", port: cluster.ports[1]),
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
             logger: Logger(label: "test"), commands: redis)
         let channel = "node-channel-7"
         subscriber.subscribe([channel], sharded: true)
@@ -153,12 +160,18 @@ extension RedisClusterTests {
             return nil
         }
         var subscribed: Set<RedisSubscriberEvent> = []
-        while subscribed.count < 2, let event = await next({ if case .subscribed = $0 { true } else { false } }) { subscribed.insert(event) }
+        while subscribed.count < 2, let event = await next({ if case .subscribed = $0 { true } else { false } }) {
+            subscribed.insert(event)
+        }
         #expect(subscribed == [.subscribed(channel), .subscribed("everyone")])
         #expect(try await redis.send("SPUBLISH", channel, "one").int == 1)
-        #expect(await next { if case .message = $0 { true } else { false } } == .message(.init(channel: channel, payload: .init(string: "one"))))
+        #expect(
+            await next { if case .message = $0 { true } else { false } } == .message(.init(channel: channel, payload: .init(string: "one")))
+        )
         #expect(try await redis.send("PUBLISH", "everyone", "all").int == 1)
-        #expect(await next { if case .message = $0 { true } else { false } } == .message(.init(channel: "everyone", payload: .init(string: "all"))))
+        #expect(
+            await next { if case .message = $0 { true } else { false } }
+                == .message(.init(channel: "everyone", payload: .init(string: "all"))))
 
         // The channel's slot moves to another master (it holds no keys: no MIGRATE needed).
         let slot = RedisClusterSlots.slot(of: channel)
@@ -176,7 +189,9 @@ extension RedisClusterTests {
         }
         #expect(await next { $0 == .subscribed(channel) } != nil)
         #expect(try await redis.send("SPUBLISH", channel, "two").int == 1)  // MOVED, followed
-        #expect(await next { if case .message = $0 { true } else { false } } == .message(.init(channel: channel, payload: .init(string: "two"))))
+        #expect(
+            await next { if case .message = $0 { true } else { false } } == .message(.init(channel: channel, payload: .init(string: "two")))
+        )
         #expect(await subscriber.isConnected)
         await to.connection.close()
         await subscriber.close()
@@ -192,7 +207,8 @@ extension RedisClusterTests {
         #expect(configuration.seeds == [RedisAddress(host: "127.0.0.1", port: cluster.ports[2])] && configuration.password == "pw")
         var open = configuration
         open.password = nil
-        let redis = RedisConnection(configuration: open, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        let redis = RedisConnection(
+            configuration: open, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
         redis.start()
         for _ in 0..<200 where await !redis.isConnected || !redis.isCluster {
             try await Task.sleep(for: .milliseconds(25))
@@ -212,7 +228,9 @@ extension RedisClusterTests {
         _ = try await redis.pipeline((0..<30).map { RedisCommand("SET", "w-\($0)", "x") })
         #expect(try await redis.send("WAIT", "0", "100").int == 0)
         let replies = try await redis.pipeline([RedisCommand("EVAL", "return 1", "2", "a", "b"), RedisCommand("GET", "w-1")])
-        #expect(replies[0].string?.hasPrefix("CROSSSLOT") == true || { if case .error(let m) = replies[0] { m.hasPrefix("CROSSSLOT") } else { false } }())
+        #expect(
+            replies[0].string?.hasPrefix("CROSSSLOT") == true
+                || { if case .error(let m) = replies[0] { m.hasPrefix("CROSSSLOT") } else { false } }())
         #expect(replies[1].string == "x")
         await redis.close()
     }
@@ -224,6 +242,7 @@ struct RedisServerConnection {
     init(port: Int) {
         var configuration = RedisConfiguration(host: "127.0.0.1", port: port)
         configuration.detectsCluster = false
-        connection = RedisConnection(configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
+        connection = RedisConnection(
+            configuration: configuration, eventLoop: MultiThreadedEventLoopGroup.singleton.next(), logger: Logger(label: "test"))
     }
 }

@@ -67,7 +67,8 @@ struct RedisConnectionTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<200 {
                 connection.fireAndForget([
-                    RedisCommand("INCR", "ignored"), RedisCommand("HGET", "ignored", "wrong-type"), RedisCommand("SADD", "set", String(index)),
+                    RedisCommand("INCR", "ignored"), RedisCommand("HGET", "ignored", "wrong-type"),
+                    RedisCommand("SADD", "set", String(index)),
                 ])
                 group.addTask {
                     let replies = try await connection.pipeline([

@@ -432,6 +432,35 @@ def test_json_and_logfmt_logs_parse_and_hold_no_secret(fleet):
         assert "AUTH" in f.read(), "the refused AUTH was not logged"
 
 
+def test_status_command_shows_the_fleet_on_one_screen(fleet):
+    """`pushfleet status --once` through the balancer: the push nodes and their connections as
+    /v1/nodes gives them, Redis ready, the pushes the answering control node accepted; and a
+    clear failure, exit code 1, when the API cannot be reached."""
+    from fleet import free_port
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("status-1", fleet.credential("status-1")) == (0x20, b"\x00\x00")
+    try:
+        assert fleet.api("POST", "/v1/push", {"to": ["status-1"], "payload": "seen"})[0] == 202
+        wait_for(lambda: any(n["connections"] >= 1 for n in fleet.api("GET", "/v1/nodes")[1]["nodes"]), what="the connection counted")
+        nodes = {n["id"]: n["connections"] for n in fleet.api("GET", "/v1/nodes")[1]["nodes"]}
+        out = subprocess.run([fleet.binary, "status", "--once", "--api", f"http://127.0.0.1:{fleet.lb_http}"], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0, out
+        screen = out.stdout
+        assert "Redis (through the control node): ok" in screen, screen
+        assert f"push nodes: {len(nodes)}   connections: {sum(nodes.values())}" in screen, (screen, nodes)
+        for node, connections in nodes.items():
+            row = next(line for line in screen.splitlines() if line.split()[:1] == [node])
+            assert row.split()[2] == str(connections), (row, connections)
+        unicast = next(line for line in screen.splitlines() if line.split()[:1] == ["unicast"])
+        assert int(unicast.split()[1]) >= 1, screen
+    finally:
+        client.close()
+    dead = subprocess.run([fleet.binary, "status", "--once", "--api", f"http://127.0.0.1:{free_port()}"], capture_output=True,
+                          text=True, timeout=30)
+    assert dead.returncode == 1 and "cannot reach the control API" in dead.stdout, dead
+
+
 def parse_logfmt(line):
     """The fields of a logfmt line (quoted values unescaped); fails on anything else."""
     fields, index = {}, 0
