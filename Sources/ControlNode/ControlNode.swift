@@ -3,6 +3,7 @@ import FleetHTTP
 import FleetRedis
 import Hummingbird
 import Logging
+import Metrics
 import NIOCore
 import NIOPosix
 import RedisClient
@@ -61,6 +62,9 @@ public struct ControlNode: Service {
     }
 
     public func run() async throws {
+        let redisConnected = Gauge(label: "pushfleet_redis_connected")
+        redisConnected.record(0)
+        redis.onStateChange { connected in redisConnected.record(connected ? 1 : 0) }
         redis.start()
         let (index, redis, keys, logger) = (self.index, self.redis, configuration.keys, self.logger)
         subscriber.subscribe([keys.indexChannel])

@@ -4,6 +4,7 @@ import FleetRedis
 import Hummingbird
 import Logging
 import MQTTCodec
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -89,7 +90,10 @@ public final class PushNode: Service, Sendable {
         let context = self.context
         // After Redis comes back: write the routes back if it lost them, and have every session
         // re-read its list, since wake events published while the subscriber was away are gone.
+        let redisConnected = Gauge(label: "pushfleet_redis_connected")
+        redisConnected.record(0)
         context.redis.onStateChange { connected in
+            redisConnected.record(connected ? 1 : 0)
             guard connected else { return }
             // This node's index set is exactly its sessions' filters (empty after a restart).
             context.redis.fireAndForget([
