@@ -144,10 +144,7 @@ def connect_with_delayed_will(port, name, payload, delay, expiry=120):
 def kept_flood_wills(fleet):
     """How many of the flood's 1,000 terminals have a will in Redis (one redis-cli, following
     a cluster's redirects: the keys are in 1,000 slots)."""
-    lines = "".join(f"EXISTS pushfleet:{{t:flood-{i}}}:will\n" for i in range(1000))
-    out = subprocess.run(["redis-cli", *(["-c"] if fleet.cluster else []), "-p", str(fleet.redis_port)], input=lines, text=True,
-                         capture_output=True, check=True).stdout
-    return sum(int(line.split()[-1]) for line in out.splitlines() if line.strip())
+    return sum(int(line) for line in fleet.redis_lines([["EXISTS", f"pushfleet:{{t:flood-{i}}}:will"] for i in range(1000)]) if line)
 
 
 def heap_in_use_mib(fleet, index):
