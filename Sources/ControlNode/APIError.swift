@@ -9,12 +9,15 @@ public struct APIError: Error, HTTPResponseError, Sendable {
     public var message: String
     /// Seconds for a `Retry-After` header (503 while Redis is unreachable).
     public var retryAfter: Int?
+    /// The methods for an `Allow` header (405).
+    public var allow: [String]?
 
-    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String, retryAfter: Int? = nil) {
+    public init(_ status: HTTPResponse.Status, _ code: String, _ message: String, retryAfter: Int? = nil, allow: [String]? = nil) {
         self.status = status
         self.code = code
         self.message = message
         self.retryAfter = retryAfter
+        self.allow = allow
     }
 
     static func badRequest(_ message: String) -> APIError { APIError(.badRequest, "invalid_request", message) }
@@ -56,6 +59,7 @@ public struct APIError: Error, HTTPResponseError, Sendable {
         let body = ["error": ["code": code, "message": message]]
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retryAfter { headers[.retryAfter] = String(retryAfter) }
+        if let allow { headers[.allow] = allow.joined(separator: ", ") }
         let data = try JSONEncoder().encode(body)
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
@@ -79,6 +83,10 @@ struct APIMiddleware<Context: RequestContext>: RouterMiddleware {
         }
         do {
             return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound && !APIRoutes.methods(of: request.uri.path).isEmpty {
+            // A path the API has, with a method it lacks.
+            let allowed = APIRoutes.methods(of: request.uri.path)
+            throw APIError(.methodNotAllowed, "method_not_allowed", "\(request.method) is not allowed here", allow: allowed)
         } catch {
             let apiError = APIError.from(error)
             if apiError.status.code >= 500 {

@@ -87,9 +87,6 @@ final class APIAccess: Sendable {
     private let keys: [APIKey]
     private let buckets: NIOLockedValueBox<[Int: Bucket]>
 
-    /// Paths that answer without a key.
-    static let open: Set<String> = ["healthz", "readyz", "metrics"]
-
     init(keys: [APIKey]) {
         self.keys = keys
         self.buckets = NIOLockedValueBox([:])
@@ -99,17 +96,7 @@ final class APIAccess: Sendable {
 
     /// The scope a request needs; nil for the open routes.
     static func scope(method: String, path: String) -> APIScope? {
-        let segments = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
-        if segments.count == 1, open.contains(segments[0]) { return nil }
-        // The route's name without its parameter: `DELETE v1/credentials/t1` -> `DELETE v1/credentials/*`.
-        var route = segments
-        if route.count == 3, route[0] == "v1", ["credentials", "messages", "terminals"].contains(route[1]) { route[2] = "*" }
-        switch "\(method) \(route.joined(separator: "/"))" {
-        case "POST v1/push", "POST v1/push/batch": return .push
-        case "POST v1/credentials", "DELETE v1/credentials/*": return .credentials
-        case "GET v1/messages/*", "GET v1/terminals/*", "GET v1/nodes": return .read
-        default: return .admin
-        }
+        APIRoutes.scope(method: method, path: path)
     }
 
     func decide(method: String, path: String, authorization: String?, now: NIODeadline = .now()) -> Decision {

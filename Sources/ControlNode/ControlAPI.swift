@@ -23,11 +23,11 @@ struct ControlAPI: Sendable {
     func addRoutes(to router: Router<BasicRequestContext>) {
         let v1 = router.group("v1")
         v1.post("credentials") { request, context in try await issueCredential(request, context) }
-        v1.delete("credentials/:terminal") { _, context in try await revokeCredential(context.parameters.require("terminal")) }
+        v1.delete("credentials/:terminal") { _, context in try await revokeCredential(parameter("terminal", of: context)) }
         v1.post("push") { request, context in try await push(request, context) }
         v1.post("push/batch") { request, context in try await pushBatch(request, context) }
-        v1.get("messages/:id") { _, context in try await messageStatus(context.parameters.require("id")) }
-        v1.get("terminals/:id") { _, context in try await terminalStatus(context.parameters.require("id")) }
+        v1.get("messages/:id") { _, context in try await messageStatus(parameter("id", of: context)) }
+        v1.get("terminals/:id") { _, context in try await terminalStatus(parameter("id", of: context)) }
         v1.get("nodes") { _, _ in try await nodes() }
     }
 
@@ -227,6 +227,13 @@ struct ControlAPI: Sendable {
     }
 
     // MARK: Helpers
+
+    /// A path parameter, percent-decoded (`encodeURIComponent("a:b")` is `a%3Ab`).
+    private func parameter(_ name: String, of context: BasicRequestContext) throws -> String {
+        let raw = try context.parameters.require(name)
+        guard let decoded = raw.removingPercentEncoding else { throw APIError.badRequest("\(name) is not valid percent-encoding") }
+        return decoded
+    }
 
     private func decode<T: Decodable>(_ type: T.Type, from request: Request, limit: Int) async throws -> T {
         let buffer: ByteBuffer

@@ -45,6 +45,7 @@ public struct ControlNode: Service {
         router.add(middleware: APIMiddleware(access: APIAccess(keys: configuration.allAPIKeys)))
         let redis = self.redis
         OperationalRoutes.add(to: router, ready: { await redis.isConnected }, metrics: metrics)
+        StaticDocuments.add(to: router)
         let api = ControlAPI(
             configuration: configuration,
             redis: redis,

@@ -42,6 +42,18 @@ import Testing
         #expect(access.decide(method: "GET", path: "/v1/terminals/t1", authorization: "Bearer k1") == .allow)
     }
 
+    @Test func aPathsMethodsAreKnownForA405AndOpenPathsStayOpenWhateverTheMethod() {
+        #expect(APIRoutes.methods(of: "/v1/push") == ["POST"])
+        #expect(APIRoutes.methods(of: "//v1/credentials/t%3A1") == ["DELETE"])
+        #expect(APIRoutes.methods(of: "/v1/credentials") == ["POST"])
+        #expect(APIRoutes.methods(of: "/v1/pushes").isEmpty)
+        #expect(APIRoutes.methods(of: "/v1/terminals/t1/x").isEmpty)
+        #expect(access.decide(method: "TRACE", path: "/healthz", authorization: nil) == .allow, "answered 405, without a key")
+        #expect(access.decide(method: "GET", path: "/openapi.json", authorization: nil) == .allow)
+        #expect(access.decide(method: "TRACE", path: "/v1/push", authorization: nil) == .unauthorized)
+        #expect(access.decide(method: "TRACE", path: "/v1/push", authorization: "Bearer pusher") == .forbidden(.admin))
+    }
+
     @Test func aKeysRateAllowsABurstOfOneSecondThenRefillsOverTime() {
         #expect(access.decide(method: "POST", path: "/v1/push", authorization: "Bearer slow", now: start) == .allow)
         #expect(access.decide(method: "POST", path: "/v1/push", authorization: "Bearer slow", now: start) == .allow)

@@ -337,6 +337,16 @@ def test_api_key_guards_every_path_however_it_is_spelled(fleet):
         assert call("POST", "/v1/credentials", key="k-e2e")[0] == 201
         assert call("DELETE", "//v1/credentials/keyed-1")[0] == 401
         assert call("GET", "/healthz")[0] == 200 and call("GET", "/metrics")[0] == 200
+        assert call("GET", "/openapi.json")[0] == 200
+        # A path the API has with a method it lacks: 405 naming the methods (after the key check).
+        assert call("PUT", "/v1/push")[0] == 401
+        allow = {}
+        status, answer = call("PUT", "/v1/push", key="k-e2e", headers_out=allow)
+        assert status == 405 and b"method_not_allowed" in answer and allow.get("Allow") == "POST", (status, answer, allow)
+        # Path parameters are percent-decoded, as encodeURIComponent writes them.
+        assert call("POST", "/v1/credentials", key="k-e2e", payload=json.dumps({"terminal": "keyed:1"}))[0] == 201
+        assert call("DELETE", "/v1/credentials/keyed%3A1", key="k-e2e")[0] == 204
+        assert call("DELETE", "/v1/credentials/keyed%2F1", key="k-e2e")[0] == 400
         # Scoped keys: 403 without the scope, 429 with Retry-After beyond the key's rate.
         push = json.dumps({"to": ["keyed-2"], "payload": "x"})
         assert call("POST", "//v1/push", key="pusher", payload=push)[0] == 202
