@@ -56,6 +56,7 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -112,7 +113,10 @@ let package = Package(
             ],
             // Compiled into the binary (no file to ship next to it): the API description and the
             // admin page, served as they are in the repository.
-            resources: [.embedInCode("Resources/openapi.json")],
+            resources: [
+                .embedInCode("Resources/openapi.json"), .embedInCode("Resources/ui/index.html"), .embedInCode("Resources/ui/ui.js"),
+                .embedInCode("Resources/ui/ui.css"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(

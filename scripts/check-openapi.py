@@ -4,8 +4,8 @@ openapi.json, served at /openapi.json): the served document is the repository's 
 valid OpenAPI 3.1 document, and schemathesis, run against a live control node (with API keys,
 on a fleet with a push node and Redis), finds no 5xx, no response that the description does not
 allow (status, content type, headers, body schema), no call that answers without its key and
-no invalid request accepted. Installs schemathesis and openapi-spec-validator from PyPI where
-missing. Bounded: --max-examples per operation and --max-time."""
+no invalid request accepted (schemathesis and openapi-spec-validator come from PyPI through
+scripts/deps test). Bounded: --max-examples per operation and --max-time."""
 import argparse
 import json
 import os
@@ -27,24 +27,12 @@ def fail(message):
     sys.exit(1)
 
 
-def pip_install(module, requirement):
-    try:
-        __import__(module)
-    except ImportError:
-        for extra in ([], ["--break-system-packages"]):
-            if subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extra, requirement]).returncode == 0:
-                return
-        fail(f"could not install {requirement}")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bin", required=True)
     parser.add_argument("--max-examples", type=int, default=40, help="examples per operation and phase")
     parser.add_argument("--max-time", type=int, default=240, help="seconds for the schemathesis run")
     args = parser.parse_args()
-    pip_install("openapi_spec_validator", "openapi-spec-validator>=0.7")
-    pip_install("schemathesis", "schemathesis>=4,<5")
     from openapi_spec_validator import validate
 
     with open(DOCUMENT) as f:

@@ -5,7 +5,7 @@ enum APIRoutes {
     /// A route's path with its parameter, if any, as `*`: `v1/credentials/t1` -> `v1/credentials/*`.
     static func pattern(of path: String) -> String {
         var segments = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
-        if segments.count == 3, segments[0] == "v1", ["credentials", "messages", "terminals"].contains(segments[1]) { segments[2] = "*" }
+        if segments.count >= 3, segments[0] == "v1", ["credentials", "messages", "terminals"].contains(segments[1]) { segments[2] = "*" }
         return segments.joined(separator: "/")
     }
 
@@ -15,13 +15,18 @@ enum APIRoutes {
         ("readyz", "GET", nil),
         ("metrics", "GET", nil),
         ("openapi.json", "GET", nil),
+        ("ui", "GET", nil),
+        ("ui/ui.js", "GET", nil),
+        ("ui/ui.css", "GET", nil),
         ("v1/push", "POST", .push),
         ("v1/push/batch", "POST", .push),
         ("v1/credentials", "POST", .credentials),
         ("v1/credentials/*", "DELETE", .credentials),
         ("v1/messages/*", "GET", .read),
         ("v1/terminals/*", "GET", .read),
+        ("v1/terminals/*/queue", "GET", .read),
         ("v1/nodes", "GET", .read),
+        ("v1/stats", "GET", .read),
     ]
 
     /// The methods a path has; empty for a path no route has.

@@ -28,7 +28,9 @@ struct ControlAPI: Sendable {
         v1.post("push/batch") { request, context in try await pushBatch(request, context) }
         v1.get("messages/:id") { _, context in try await messageStatus(parameter("id", of: context)) }
         v1.get("terminals/:id") { _, context in try await terminalStatus(parameter("id", of: context)) }
+        v1.get("terminals/:id/queue") { request, context in try await terminalQueue(parameter("id", of: context), request) }
         v1.get("nodes") { _, _ in try await nodes() }
+        v1.get("stats") { _, _ in try json(try await FleetStats(redis: redis, keys: keys).read(), status: .ok) }
     }
 
     // MARK: Credentials
@@ -198,6 +200,46 @@ struct ControlAPI: Sendable {
             "queued": .int(try replies[2].throwingError().int ?? 0),
         ]
         return try json(body, status: .ok)
+    }
+
+    struct QueueEntry: Encodable {
+        var id: String
+        var topic: String
+        var qos: Int
+        /// Payload bytes.
+        var size: Int
+        /// Unix milliseconds; 0: never.
+        var expiresAt: Int64
+    }
+
+    struct QueuePage: Encodable {
+        var terminal: String
+        /// Entries in the list now.
+        var total: Int
+        var offset: Int
+        var entries: [QueueEntry]
+    }
+
+    /// `GET /v1/terminals/{id}/queue?offset=0&limit=50`: what waits in a terminal's list, oldest
+    /// first, a page at a time (at most 500 entries).
+    func terminalQueue(_ terminal: String, _ request: Request) async throws -> Response {
+        guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
+        let query = request.uri.queryParameters
+        guard let offset = Int(query.get("offset") ?? "0"), offset >= 0, offset <= 1 << 30 else {
+            throw APIError.badRequest("offset must be a number of entries from 0")
+        }
+        guard let limit = Int(query.get("limit") ?? "50"), (1...500).contains(limit) else {
+            throw APIError.badRequest("limit must be between 1 and 500")
+        }
+        let replies = try await redis.pipeline([
+            RedisCommand("LLEN", keys.queue(terminal)),
+            RedisCommand("LRANGE", keys.queue(terminal), String(offset), String(offset + limit - 1)),
+        ])
+        let entries = (try replies[1].throwingError().array ?? []).compactMap(\.string).compactMap(StoredMessage.decode).map {
+            QueueEntry(id: $0.id, topic: $0.topic, qos: Int($0.qos), size: $0.payloadBytes.count, expiresAt: $0.expiresAt)
+        }
+        let page = QueuePage(terminal: terminal, total: Int(try replies[0].throwingError().int ?? 0), offset: offset, entries: entries)
+        return try json(page, status: .ok)
     }
 
     struct NodeInfo: Encodable {

@@ -97,6 +97,12 @@ public struct ControlNode: Service {
                         }
                     }
                 }
+                let (id, metrics, ledger) = (configuration.consumerName, dispatcher.metrics, dispatcher.ledger)
+                group.addTask {
+                    await cancelWhenGracefulShutdown {
+                        await FleetStats.heartbeat(id: id, metrics: metrics, ledger: ledger, redis: redis, keys: keys, logger: logger)
+                    }
+                }
                 if configuration.consumeCommandStream {
                     group.addTask { await cancelWhenGracefulShutdown { await consumer.run() } }
                 }

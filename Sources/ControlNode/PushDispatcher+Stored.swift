@@ -14,6 +14,8 @@ extension PushDispatcher {
     struct StoredPushPlan {
         var terminals: [String]
         var id: String
+        /// When its entries expire (unix milliseconds).
+        var expiresAt: Int64
         /// terminal -> its stored entry, for wake events (empty for a
         /// retry: its entries may be in the lists already, and the nodes then read the lists).
         var entries: [String: String]
@@ -75,7 +77,7 @@ extension PushDispatcher {
             : MessageStatusRecord(
                 kind: "unicast", qos: Int(command.qos), ttl: command.ttl, createdAt: now, expiresAt: expiresAt, targets: terminals)
         return StoredPushPlan(
-            terminals: terminals, id: id, entries: entries, commands: commands, retry: retry, record: record,
+            terminals: terminals, id: id, expiresAt: expiresAt, entries: entries, commands: commands, retry: retry, record: record,
             retryable: retryable || retry)
     }
 
@@ -163,6 +165,7 @@ extension PushDispatcher {
         var byNode: [String: [String]] = [:]
         let cap = Int64(configuration.offlineQueueCap)
         let now = FleetClock.nowMillis()
+        ledger.entered(expiresAt: plan.expiresAt, count: plan.terminals.count)
         for (offset, terminal) in plan.terminals.enumerated() {
             let node: String?
             if plan.retry {
@@ -170,6 +173,7 @@ extension PushDispatcher {
                 let reply = replies[replies.startIndex + offset].array ?? []
                 node = reply.first?.string
                 for dropped in reply.dropFirst().compactMap({ $0.string.flatMap(StoredMessage.decode) }) {
+                    ledger.left(expiresAt: dropped.expiresAt)
                     followUp.states.record(.dropped, of: dropped.id, terminal: terminal, at: now)
                 }
             } else {
@@ -198,6 +202,7 @@ extension PushDispatcher {
         for (index, terminal) in followUp.trims {
             for entry in replies[index].array ?? [] {
                 guard let message = entry.string.flatMap(StoredMessage.decode) else { continue }
+                ledger.left(expiresAt: message.expiresAt)
                 dropped.record(.dropped, of: message.id, terminal: terminal, at: now)
             }
         }

@@ -19,6 +19,8 @@ public struct PushDispatcher: Sendable {
     /// Gives the status buckets this node writes their expiry.
     let statusExpiry: StatusBucketExpiry
     let metrics = PushMetrics()
+    /// Entries this node put into lists and saw pushed out, for the fleet's `queued` figure.
+    let ledger = QueueLedger()
 
     var keys: FleetKeys { configuration.keys }
 
@@ -279,7 +281,9 @@ struct PushMetrics: Sendable {
     private let unicast = Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", Kind.unicast.rawValue)])
     private let topic = Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", Kind.topic.rawValue)])
     private let broadcast = Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", Kind.broadcast.rawValue)])
-    private let targets = Counter(label: "pushfleet_control_push_targets_total")
+    let targets = Tally(label: "pushfleet_control_push_targets_total")
+    /// Every kind's pushes, for this node's heartbeat (the fleet's figures).
+    let pushes = Tally()
 
     func accepted(_ kind: Kind, targets count: Int) {
         switch kind {
@@ -287,6 +291,7 @@ struct PushMetrics: Sendable {
         case .topic: topic.increment()
         case .broadcast: broadcast.increment()
         }
+        pushes.increment()
         targets.increment(by: count)
     }
 }

@@ -40,6 +40,14 @@ public struct FleetKeys: Sendable, Hashable {
     public func node(_ node: String) -> String { "\(prefix){n:\(node)}:node" }
     /// SET of node ids ever registered (entries whose ``node(_:)`` key expired are dead).
     public var nodes: String { "\(prefix)nodes" }
+    /// HASH describing a live control node (its totals since it started, for `GET /v1/stats`);
+    /// expires unless the node refreshes it.
+    public func control(_ id: String) -> String { "\(prefix){c:\(id)}:control" }
+    /// SET of control node ids seen (entries whose ``control(_:)`` key expired are gone).
+    public var controls: String { "\(prefix)controls" }
+    /// HASH: entries in terminals' lists by expiry bucket (``QueueLedger``), for the fleet's
+    /// `queued` figure.
+    public var queuedLedger: String { "\(prefix){stats}:queued" }
     /// Pub/sub channel of one push node.
     public func nodeChannel(_ node: String) -> String { "\(prefix)node:\(node):ch" }
     /// Pub/sub channel every push node subscribes to (broadcasts and topic pushes).

@@ -14,6 +14,7 @@ extension PushNodeContext {
         return router.route(message, storeForAbsent: message.qos > 0).map { outcome in
             if outcome.nodes > 0 { metrics.routed.increment() }
             metrics.storedForSessions.increment(by: outcome.stored)
+            metrics.ledger.entered(expiresAt: message.expiresAt, count: outcome.stored)
         }
     }
 

@@ -364,13 +364,20 @@ public final class PushNode: Service, Sendable {
                     "HSET", keys.node(configuration.nodeID),
                     "mqtt", "\(configuration.mqttHost):\(mqttPort ?? configuration.mqttPort)",
                     "startedAt", started,
-                    "connections", String(context.registry.count)
+                    "connections", String(context.registry.count),
+                    // Totals since start, for the fleet's figures (GET /v1/stats).
+                    "delivered", String(context.metrics.delivered.value),
+                    "acknowledged", String(context.metrics.acknowledged.value)
                 ),
                 RedisCommand("EXPIRE", keys.node(configuration.nodeID), String(ttl)),
                 RedisCommand("SADD", keys.nodes, configuration.nodeID),
             ]
+            let ledger = context.metrics.ledger.takeCommands(keys: keys)
             do {
-                let replies = try await context.redis.pipeline(commands + [RedisCommand("SMEMBERS", keys.nodes)])
+                let replies = try await context.redis.pipeline(commands + ledger.commands + [RedisCommand("SMEMBERS", keys.nodes)])
+                if replies.dropFirst(commands.count).prefix(ledger.commands.count).contains(where: \.isError) {
+                    context.metrics.ledger.restore(ledger.taken)
+                }
                 // A node that died keeps its index set: drop it, so publishes stop going its way.
                 let others = (replies.last?.array?.compactMap(\.string) ?? []).filter { $0 != configuration.nodeID }
                 if !others.isEmpty {
@@ -380,6 +387,7 @@ public final class PushNode: Service, Sendable {
                         })
                 }
             } catch {
+                context.metrics.ledger.restore(ledger.taken)
                 context.logger.debug("heartbeat failed", metadata: ["error": "\(error)"])
             }
             try? await Task.sleep(for: .seconds(interval))

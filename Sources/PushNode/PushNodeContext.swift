@@ -77,8 +77,8 @@ struct PushNodeMetrics: Sendable {
     let connectsAccepted = Counter(label: "pushfleet_node_connects_total", dimensions: [("result", "accepted")])
     let connectsRefused = Counter(label: "pushfleet_node_connects_total", dimensions: [("result", "refused")])
     let connectsThrottled = Counter(label: "pushfleet_node_connects_throttled_total")
-    let delivered = Counter(label: "pushfleet_node_messages_delivered_total")
-    let acknowledged = Counter(label: "pushfleet_node_messages_acknowledged_total")
+    let delivered = Tally(label: "pushfleet_node_messages_delivered_total")
+    let acknowledged = Tally(label: "pushfleet_node_messages_acknowledged_total")
     let expired = Counter(label: "pushfleet_node_messages_expired_total")
     let dropped = Counter(label: "pushfleet_node_messages_dropped_total")
     let protocolErrors = Counter(label: "pushfleet_node_protocol_errors_total")
@@ -94,4 +94,7 @@ struct PushNodeMetrics: Sendable {
     let willsKept = Counter(label: "pushfleet_node_wills_kept_total")
     /// Delayed wills published at once because the fleet held its bound of them.
     let willsUndelayed = Counter(label: "pushfleet_node_wills_undelayed_total")
+    /// Entries this node put into terminals' lists and took out, for the fleet's `queued`
+    /// figure (written with the heartbeat).
+    let ledger = QueueLedger()
 }

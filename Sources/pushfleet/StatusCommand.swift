@@ -3,10 +3,11 @@ import Foundation
 
 /// `pushfleet status`: the fleet on one screen, for an operator on a shell, refreshed in place.
 ///
-/// Everything comes from the control API: its readiness (Redis reachable), the live push nodes
-/// and their connections (`GET /v1/nodes`, read scope), and the control node's own counters
-/// (`/metrics`). Push rates are those of the control node that answered: behind a balancer with
-/// several control nodes each refresh may reach another, and the screen says which it read.
+/// Everything comes from the control API: its readiness (Redis reachable) and the fleet's
+/// figures (`GET /v1/stats`, read scope): the live push nodes with their connections and
+/// totals, what waits in the lists, and the live control nodes' totals. Rates are what each
+/// node counted between two refreshes (a node that restarted in between is left out of that
+/// rate), so they are the whole fleet's, whichever control node answers.
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
@@ -45,19 +46,29 @@ struct StatusCommand: AsyncParsableCommand {
 
 /// What one refresh read.
 struct StatusSnapshot {
+    /// One run of a node (`id` and `startedAt`) and its totals since it started.
+    struct Run: Hashable {
+        var id: String
+        var startedAt: Int64
+    }
+
     struct Node {
         var id: String
         var mqtt: String
-        var connections: Int
+        var connections: Int64
         var startedAt: Int64?
+        var delivered: Int64
+        var acknowledged: Int64
     }
 
     var at = Date()
     var ready = false
     var nodes: [Node] = []
-    /// The control node's counters: pushes accepted by kind, and their targets.
-    var pushes: [String: Double] = [:]
-    var targets: Double?
+    var queued: Int64 = 0
+    var controls = 0
+    /// Totals by node run: push nodes' `delivered` and `acknowledged`, control nodes'
+    /// `pushes` and `targets`.
+    var totals: [Run: [String: Int64]] = [:]
     /// Why the screen is incomplete (the API unreachable, a key without the read scope).
     var failure: String?
 
@@ -65,28 +76,29 @@ struct StatusSnapshot {
         var snapshot = StatusSnapshot()
         do {
             snapshot.ready = try await options.call("GET", "/readyz").status == 200
-            let (status, data) = try await options.call("GET", "/v1/nodes")
-            if status == 200, let object = try JSONSerialization.jsonObject(with: data) as? [String: Any],
-                let nodes = object["nodes"] as? [[String: Any]]
-            {
-                snapshot.nodes = nodes.map { node in
-                    Node(
-                        id: node["id"] as? String ?? "?", mqtt: node["mqtt"] as? String ?? "-",
-                        connections: node["connections"] as? Int ?? 0,
-                        startedAt: (node["startedAt"] as? NSNumber)?.int64Value)
-                }
-            } else {
-                snapshot.failure = "GET /v1/nodes answered \(status) (an API key with the read scope is needed: --api-key)"
+            let (status, data) = try await options.call("GET", "/v1/stats")
+            guard status == 200, let stats = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                snapshot.failure = "GET /v1/stats answered \(status) (an API key with the read scope is needed: --api-key)"
+                return snapshot
             }
-            let metrics = String(decoding: try await options.call("GET", "/metrics").data, as: UTF8.self)
-            for line in metrics.split(separator: "\n") where !line.hasPrefix("#") {
-                let parts = line.split(separator: " ")
-                guard parts.count >= 2, let value = Double(parts[1]) else { continue }
-                if parts[0].hasPrefix("pushfleet_control_pushes_total{"), let kind = parts[0].split(separator: "\"").dropFirst().first {
-                    snapshot.pushes[String(kind)] = value
-                } else if parts[0].hasPrefix("pushfleet_control_push_targets_total") {
-                    snapshot.targets = value
-                }
+            func number(_ object: [String: Any], _ name: String) -> Int64 { (object[name] as? NSNumber)?.int64Value ?? 0 }
+            snapshot.queued = number(stats, "queued")
+            for node in stats["nodes"] as? [[String: Any]] ?? [] {
+                let id = node["id"] as? String ?? "?"
+                let startedAt = (node["startedAt"] as? NSNumber)?.int64Value
+                snapshot.nodes.append(
+                    Node(
+                        id: id, mqtt: node["mqtt"] as? String ?? "-", connections: number(node, "connections"), startedAt: startedAt,
+                        delivered: number(node, "delivered"), acknowledged: number(node, "acknowledged")))
+                snapshot.totals[Run(id: "node " + id, startedAt: startedAt ?? 0)] = [
+                    "delivered": number(node, "delivered"), "acknowledged": number(node, "acknowledged"),
+                ]
+            }
+            let controls = stats["controls"] as? [[String: Any]] ?? []
+            snapshot.controls = controls.count
+            for control in controls {
+                let run = Run(id: "control " + (control["id"] as? String ?? "?"), startedAt: number(control, "startedAt"))
+                snapshot.totals[run] = ["pushes": number(control, "pushes"), "targets": number(control, "targets")]
             }
         } catch {
             snapshot.failure = "cannot reach the control API: \(error.localizedDescription)"
@@ -94,8 +106,24 @@ struct StatusSnapshot {
         return snapshot
     }
 
-    /// The screen: a header, the push nodes, the pushes this control node accepted and their
-    /// rate since `previous`.
+    /// The fleet's total of `field` (over the live nodes, since each started).
+    func total(_ field: String) -> Int64 {
+        totals.values.reduce(0) { $0 + ($1[field] ?? 0) }
+    }
+
+    /// What the nodes counted of `field` per second since `previous`, over the runs both saw.
+    func rate(_ field: String, since previous: StatusSnapshot?) -> String {
+        guard let previous else { return "" }
+        let seconds = at.timeIntervalSince(previous.at)
+        guard seconds > 0 else { return "" }
+        var counted: Int64 = 0
+        for (run, now) in totals {
+            if let value = now[field], let before = previous.totals[run]?[field] { counted += max(0, value - before) }
+        }
+        return String(format: "%.1f/s", Double(counted) / seconds)
+    }
+
+    /// The screen: a header, the push nodes, the fleet's totals and their rates since `previous`.
     func render(previous: StatusSnapshot?, api: String) -> String {
         var lines: [String] = []
         let time = ISO8601DateFormatter().string(from: at)
@@ -104,33 +132,27 @@ struct StatusSnapshot {
         if let failure { lines.append("! \(failure)") }
         let connections = nodes.reduce(0) { $0 + $1.connections }
         lines.append("")
-        lines.append("push nodes: \(nodes.count)   connections: \(connections)")
+        lines.append("push nodes: \(nodes.count)   connections: \(connections)   queued: \(queued)")
         if !nodes.isEmpty {
             let width = max(4, nodes.map(\.id.count).max() ?? 4)
             let mqttWidth = max(4, nodes.map(\.mqtt.count).max() ?? 4)
             lines.append(
-                "  " + "NODE".padding(width) + "  " + "MQTT".padding(mqttWidth) + "  " + "CONNECTIONS".padding(11, left: true) + "  UP")
+                "  " + "NODE".padding(width) + "  " + "MQTT".padding(mqttWidth) + "  " + "CONNECTIONS".padding(11, left: true)
+                    + "  " + "DELIVERED".padding(10, left: true) + "  " + "ACKED".padding(10, left: true) + "  UP")
             let now = Int64(at.timeIntervalSince1970 * 1000)
             for node in nodes.sorted(by: { $0.id < $1.id }) {
                 let up = node.startedAt.map { Self.duration(millis: now - $0) } ?? "-"
                 lines.append(
                     "  " + node.id.padding(width) + "  " + node.mqtt.padding(mqttWidth) + "  "
-                        + String(node.connections).padding(11, left: true)
-                        + "  " + up)
+                        + String(node.connections).padding(11, left: true) + "  " + String(node.delivered).padding(10, left: true)
+                        + "  " + String(node.acknowledged).padding(10, left: true) + "  " + up)
             }
         }
         lines.append("")
-        let seconds = previous.map { at.timeIntervalSince($0.at) } ?? 0
-        func rate(_ now: Double?, _ then: Double?) -> String {
-            guard let now, let then, seconds > 0, now >= then else { return "" }
-            return String(format: "  %.1f/s", (now - then) / seconds)
+        lines.append("fleet totals since the live nodes started (\(controls) control nodes), and rates:")
+        for (field, label) in [("pushes", "pushes in"), ("targets", "targets"), ("delivered", "delivered"), ("acknowledged", "acked")] {
+            lines.append("  " + label.padding(10) + String(total(field)).padding(12, left: true) + "  " + rate(field, since: previous))
         }
-        lines.append("pushes accepted by the control node that answered (since it started):")
-        for kind in ["unicast", "topic", "broadcast"] {
-            let count = pushes[kind] ?? 0
-            lines.append("  " + kind.padding(9) + String(Int(count)).padding(12, left: true) + rate(pushes[kind], previous?.pushes[kind]))
-        }
-        lines.append("  " + "targets".padding(9) + String(Int(targets ?? 0)).padding(12, left: true) + rate(targets, previous?.targets))
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -442,10 +442,46 @@ def test_json_and_logfmt_logs_parse_and_hold_no_secret(fleet):
         assert "AUTH" in f.read(), "the refused AUTH was not logged"
 
 
+def test_stats_count_what_waits_in_the_lists_one_past_the_cap_and_after_a_drain(fleet):
+    """GET /v1/stats `queued` (the nodes' ledgers, written with their heartbeats) follows the
+    lists: pushes stored, one list pushed one past its cap, a terminal draining its list."""
+    def queued():
+        return fleet.api("GET", "/v1/stats")[1]["queued"]
+
+    def settled():
+        first = queued()
+        time.sleep(3.5)  # a push node's heartbeat interval, plus a margin
+        return (first,) if queued() == first else None
+    base = wait_for(settled, timeout=30, what="a steady queued figure")[0]
+    batch = [{"to": ["stats-a", "stats-b"], "payload": f"m{i}", "qos": 1} for i in range(100)]
+    assert fleet.api("POST", "/v1/push/batch", {"messages": batch})[0] == 202
+    wait_for(lambda: queued() == base + 200, what=f"queued {base} + 200")
+    # One past the cap (1000 by default): the oldest is pushed out and counted out.
+    batch = [{"to": ["stats-c"], "payload": f"c{i}", "qos": 1} for i in range(1000)]
+    assert fleet.api("POST", "/v1/push/batch", {"messages": batch})[0] == 202
+    assert fleet.api("POST", "/v1/push", {"to": ["stats-c"], "payload": "one more", "qos": 1})[0] == 202
+    assert fleet.redis_cli("LLEN", "pushfleet:{t:stats-c}:queue") == "1000"
+    wait_for(lambda: queued() == base + 1200, what=f"queued {base} + 1200 (not 1201)")
+    stats = fleet.api("GET", "/v1/stats")[1]
+    assert stats["pushes"] >= 1101 and stats["targets"] >= 1201, stats
+    # stats-a connects and acknowledges its 100: the push node counts them out.
+    received = []
+    client = mqtt5_client(fleet, "stats-a", fleet.node_ports[1], on_message=lambda m: received.append(m.payload))
+    try:
+        wait_for(lambda: len(received) == 100, what="stats-a's 100 messages")
+        wait_for(lambda: fleet.redis_cli("LLEN", "pushfleet:{t:stats-a}:queue") == "0", what="stats-a's list empty")
+        wait_for(lambda: queued() == base + 1100, what=f"queued {base} + 1100 after the drain")
+        delivered = fleet.api("GET", "/v1/stats")[1]
+        assert delivered["delivered"] >= 100 and delivered["acknowledged"] >= 100, delivered
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def test_status_command_shows_the_fleet_on_one_screen(fleet):
     """`pushfleet status --once` through the balancer: the push nodes and their connections as
-    /v1/nodes gives them, Redis ready, the pushes the answering control node accepted; and a
-    clear failure, exit code 1, when the API cannot be reached."""
+    /v1/nodes gives them, Redis ready, the fleet's pushes as /v1/stats gives them; and a clear
+    failure, exit code 1, when the API cannot be reached."""
     from fleet import free_port
     client = RawMQTT(fleet.node_ports[0])
     assert client.connect("status-1", fleet.credential("status-1")) == (0x20, b"\x00\x00")
@@ -458,12 +494,17 @@ def test_status_command_shows_the_fleet_on_one_screen(fleet):
         assert out.returncode == 0, out
         screen = out.stdout
         assert "Redis (through the control node): ok" in screen, screen
-        assert f"push nodes: {len(nodes)}   connections: {sum(nodes.values())}" in screen, (screen, nodes)
+        stats = fleet.api("GET", "/v1/stats")[1]
+        assert f"push nodes: {len(nodes)}   connections: {sum(nodes.values())}   queued: {stats['queued']}" in screen, (screen, stats)
         for node, connections in nodes.items():
             row = next(line for line in screen.splitlines() if line.split()[:1] == [node])
             assert row.split()[2] == str(connections), (row, connections)
-        unicast = next(line for line in screen.splitlines() if line.split()[:1] == ["unicast"])
-        assert int(unicast.split()[1]) >= 1, screen
+        # Fleet-wide totals (every live control node's), whichever control node answered.
+        wait_for(lambda: fleet.api("GET", "/v1/stats")[1]["pushes"] >= 1, what="the push in the control nodes' totals")
+        out = subprocess.run([fleet.binary, "status", "--once", "--api", f"http://127.0.0.1:{fleet.lb_http}"], capture_output=True,
+                             text=True, timeout=30)
+        pushes = next(line for line in out.stdout.splitlines() if line.split()[:2] == ["pushes", "in"])
+        assert int(pushes.split()[2]) == fleet.api("GET", "/v1/stats")[1]["pushes"] >= 1, out.stdout
     finally:
         client.close()
     dead = subprocess.run([fleet.binary, "status", "--once", "--api", f"http://127.0.0.1:{free_port()}"], capture_output=True,

@@ -60,6 +60,7 @@ extension MQTTSession {
             if removing.contains(message.id) { continue }
             if message.isExpired(nowMillis: now) {
                 metrics.expired.increment()
+                metrics.ledger.left(expiresAt: message.expiresAt)
                 writes += [.removeEntry(entry), .forgetSent(messageID: message.id)]
                 if message.hasStatus { record(message.id, .expired) }
                 backlog.removed(message.id)
@@ -75,6 +76,7 @@ extension MQTTSession {
                 // under no local) is discarded; a push waits for the terminal to subscribe to
                 // push/<id> again.
                 if message.session == true {
+                    metrics.ledger.left(expiresAt: message.expiresAt)
                     writes.append(.removeEntry(entry))
                     backlog.removed(message.id)
                 } else {
@@ -93,12 +95,14 @@ extension MQTTSession {
                 let packetID = send(
                     message, delivery: delivery, dup: earlier != nil, entry: entry, tracked: message.hasStatus, packetID: earlier)
             else {
+                metrics.ledger.left(expiresAt: message.expiresAt)
                 writes.append(.removeEntry(entry))
                 if message.hasStatus { record(message.id, .dropped) }
                 backlog.removed(message.id)
                 continue
             }
             if delivery.qos == .atMostOnce {
+                metrics.ledger.left(expiresAt: message.expiresAt)
                 writes.append(.removeEntry(entry))
                 removed.append(message.id)
                 backlog.removed(message.id)
@@ -216,6 +220,7 @@ extension MQTTSession {
         metrics.acknowledged.increment()
         var writes: [SessionWrite] = []
         if let entry = done.entry {
+            metrics.ledger.left(expiresAt: done.expiresAt)
             writes += [.removeEntry(entry), .forgetSent(messageID: done.messageID)]
             backlog.removed(done.messageID)
         }
@@ -361,6 +366,7 @@ extension MQTTSession {
             message.expiresAt > 0
             ? max(1, message.expiresAt - clock.wallMillis) : Int64(configuration.maximumSessionExpiry) * 1000
         var writes: [SessionWrite] = [.keep(entry: entry, capacity: configuration.offlineQueueCap, lifetimeMillis: ttl)]
+        metrics.ledger.entered(expiresAt: message.expiresAt)
         if backlog.caughtUp, !backlog.isReading, writable, outbound.count < window,
             let packetID = send(message, delivery: delivery, dup: false, entry: entry, tracked: false, payload: payload)
         {
