@@ -1,5 +1,6 @@
 import FleetCore
 import Logging
+import Metrics
 import RedisClient
 
 /// The fleet's figures for `GET /v1/stats` (the admin page, `pushfleet status`): live push
@@ -92,11 +93,13 @@ struct FleetStats: Sendable {
 
     /// Refreshes this control node's liveness hash with its totals every `interval` seconds
     /// (it expires after three), until cancelled.
-    /// Its ledger's counts go with it.
+    /// Its ledger's counts go with it, and the fleet's `queued` figure comes back for the gauge
+    /// `pushfleet_queued_messages` (the same on every control node).
     static func heartbeat(
         id: String, metrics: PushMetrics, ledger: QueueLedger, redis: RedisConnection, keys: FleetKeys, logger: Logger, interval: Int = 2
     ) async {
         let started = String(FleetClock.nowMillis())
+        let queued = Gauge(label: "pushfleet_queued_messages")
         while !Task.isCancelled {
             let counts = ledger.takeCommands(keys: keys)
             do {
@@ -107,8 +110,12 @@ struct FleetStats: Sendable {
                             String(metrics.targets.value)),
                         RedisCommand("EXPIRE", keys.control(id), String(interval * 3)),
                         RedisCommand("SADD", keys.controls, id),
+                        RedisCommand("HGETALL", keys.queuedLedger),
                     ])
                 if replies.prefix(counts.commands.count).contains(where: \.isError) { ledger.restore(counts.taken) }
+                if let fields = replies.last?.pairs {
+                    queued.record(QueueLedger.queued(in: fields, nowMillis: FleetClock.nowMillis()).queued)
+                }
             } catch {
                 ledger.restore(counts.taken)
                 logger.debug("heartbeat failed", metadata: ["error": "\(error)"])

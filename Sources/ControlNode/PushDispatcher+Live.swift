@@ -90,6 +90,7 @@ extension PushDispatcher {
         }
         let outcome = try await router.route(message, storeForAbsent: command.ttl > 0 && command.qos > 0).get()
         ledger.entered(expiresAt: expiresAt, count: outcome.stored)
+        metrics.stored.increment(by: outcome.stored)
         var done = StatusWrites()
         done.set(MessageStatusField.complete(id), "1", of: id)
         done.set(MessageStatusField.nodes(id), String(outcome.nodes), of: id)

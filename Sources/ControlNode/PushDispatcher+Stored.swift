@@ -16,6 +16,7 @@ extension PushDispatcher {
         var id: String
         /// When its entries expire (unix milliseconds).
         var expiresAt: Int64
+        var qos: UInt8
         /// terminal -> its stored entry, for wake events (empty for a
         /// retry: its entries may be in the lists already, and the nodes then read the lists).
         var entries: [String: String]
@@ -77,7 +78,8 @@ extension PushDispatcher {
             : MessageStatusRecord(
                 kind: "unicast", qos: Int(command.qos), ttl: command.ttl, createdAt: now, expiresAt: expiresAt, targets: terminals)
         return StoredPushPlan(
-            terminals: terminals, id: id, expiresAt: expiresAt, entries: entries, commands: commands, retry: retry, record: record,
+            terminals: terminals, id: id, expiresAt: expiresAt, qos: command.qos, entries: entries, commands: commands, retry: retry,
+            record: record,
             retryable: retryable || retry)
     }
 
@@ -166,6 +168,7 @@ extension PushDispatcher {
         let cap = Int64(configuration.offlineQueueCap)
         let now = FleetClock.nowMillis()
         ledger.entered(expiresAt: plan.expiresAt, count: plan.terminals.count)
+        metrics.stored.increment(by: plan.terminals.count)
         for (offset, terminal) in plan.terminals.enumerated() {
             let node: String?
             if plan.retry {

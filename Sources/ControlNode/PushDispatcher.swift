@@ -97,7 +97,7 @@ public struct PushDispatcher: Sendable {
             kind = .broadcast
             receipt = try await publishLive(command, topic: "broadcast", id: id, kind: kind.rawValue)
         }
-        metrics.accepted(kind, targets: receipt.targets)
+        metrics.accepted(kind, qos: command.qos, targets: receipt.targets)
         return receipt
     }
 
@@ -193,7 +193,7 @@ public struct PushDispatcher: Sendable {
                     }
                     followUp(plan, replies: slice, routes: routes.dropFirst(pipeline.routeStarts[offset]), wakes: wakes, into: &followUps)
                     results[index] = .success(PushReceipt(id: plan.id, targets: plan.terminals.count))
-                    metrics.accepted(.unicast, targets: plan.terminals.count)
+                    metrics.accepted(.unicast, qos: plan.qos, targets: plan.terminals.count)
                 }
                 await takeBackComplete(failed)
                 let stored = plans.filter { if case .success? = results[$0.index] { true } else { false } }
@@ -278,19 +278,23 @@ struct PushMetrics: Sendable {
         case unicast, topic, broadcast
     }
 
-    private let unicast = Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", Kind.unicast.rawValue)])
-    private let topic = Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", Kind.topic.rawValue)])
-    private let broadcast = Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", Kind.broadcast.rawValue)])
+    /// By kind and QoS: `kinds[kind][qos]`.
+    private let kinds: [Kind: [Counter]] = Dictionary(
+        uniqueKeysWithValues: [Kind.unicast, .topic, .broadcast].map { kind in
+            (
+                kind,
+                (0...2).map { Counter(label: "pushfleet_control_pushes_total", dimensions: [("kind", kind.rawValue), ("qos", "\($0)")]) }
+            )
+        })
     let targets = Tally(label: "pushfleet_control_push_targets_total")
+    /// Entries put into terminals' lists (a unicast push's targets, a topic push's absent
+    /// persistent sessions).
+    let stored = Counter(label: "pushfleet_control_stored_total")
     /// Every kind's pushes, for this node's heartbeat (the fleet's figures).
     let pushes = Tally()
 
-    func accepted(_ kind: Kind, targets count: Int) {
-        switch kind {
-        case .unicast: unicast.increment()
-        case .topic: topic.increment()
-        case .broadcast: broadcast.increment()
-        }
+    func accepted(_ kind: Kind, qos: UInt8, targets count: Int) {
+        kinds[kind]?[Int(min(qos, 2))].increment()
         pushes.increment()
         targets.increment(by: count)
     }

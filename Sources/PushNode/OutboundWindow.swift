@@ -1,5 +1,6 @@
 import FleetCore
 import MQTTCodec
+import Metrics
 
 /// The node-to-terminal half of a session's MQTT flows: the packet ids of QoS 1/2 messages in
 /// flight and what each awaits (PUBACK; PUBREC then PUBCOMP), and the topic aliases the node
@@ -63,12 +64,14 @@ struct OutboundWindow {
         }
         inflight[id] = Inflight(messageID: message.id, expiresAt: message.expiresAt, entry: entry, tracked: tracked, qos: qos)
         messageIDs.insert(message.id)
+        Self.inflightMessages.increment()
         return id
     }
 
     /// A QoS 2 exchange a resumed session left at PUBREL: its packet id stays taken until
     /// PUBCOMP.
     mutating func resumeRelease(_ packetID: UInt16, placeholder: StoredMessage) {
+        if inflight[packetID] == nil { Self.inflightMessages.increment() }
         inflight[packetID] = Inflight(
             messageID: placeholder.id, expiresAt: placeholder.expiresAt, entry: nil, tracked: false, qos: .exactlyOnce, released: true)
     }
@@ -107,6 +110,18 @@ struct OutboundWindow {
     private mutating func finish(_ packetID: UInt16, _ done: Inflight) -> Inflight {
         inflight[packetID] = nil
         messageIDs.remove(done.messageID)
+        Self.inflightMessages.decrement()
         return done
     }
+
+    /// The connection closed: what was in flight is no longer (a persistent session's
+    /// messages wait in Redis for the next connection).
+    mutating func abandon() {
+        Self.inflightMessages.decrement(by: Double(inflight.count))
+        inflight = [:]
+        messageIDs = []
+    }
+
+    /// QoS 1 and 2 messages sent and not yet acknowledged, over every session of the node.
+    static let inflightMessages = Meter(label: "pushfleet_node_inflight_messages")
 }

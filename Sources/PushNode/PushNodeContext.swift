@@ -1,6 +1,7 @@
 import FleetCore
 import FleetRedis
 import Logging
+import MQTTCodec
 import Metrics
 import RedisClient
 
@@ -77,12 +78,13 @@ struct PushNodeMetrics: Sendable {
     let connectsAccepted = Counter(label: "pushfleet_node_connects_total", dimensions: [("result", "accepted")])
     let connectsRefused = Counter(label: "pushfleet_node_connects_total", dimensions: [("result", "refused")])
     let connectsThrottled = Counter(label: "pushfleet_node_connects_throttled_total")
-    let delivered = Tally(label: "pushfleet_node_messages_delivered_total")
+    let delivered = DeliveryCounters()
     let acknowledged = Tally(label: "pushfleet_node_messages_acknowledged_total")
     let expired = Counter(label: "pushfleet_node_messages_expired_total")
     let dropped = Counter(label: "pushfleet_node_messages_dropped_total")
     let protocolErrors = Counter(label: "pushfleet_node_protocol_errors_total")
-    let published = Counter(label: "pushfleet_node_terminal_publishes_total")
+    /// Messages terminals published, by QoS.
+    let published = (0...2).map { Counter(label: "pushfleet_node_terminal_publishes_total", dimensions: [("qos", "\($0)")]) }
     let publishesRefused = Counter(label: "pushfleet_node_terminal_publishes_refused_total")
     let routed = Counter(label: "pushfleet_node_publishes_routed_total")
     let storedForSessions = Counter(label: "pushfleet_node_messages_stored_for_sessions_total")
@@ -97,4 +99,26 @@ struct PushNodeMetrics: Sendable {
     /// Entries this node put into terminals' lists and took out, for the fleet's `queued`
     /// figure (written with the heartbeat).
     let ledger = QueueLedger()
+    /// QoS 1 and 2 messages in flight (counted by the sessions' windows; made here so it is
+    /// exported from the start).
+    let inflight = OutboundWindow.inflightMessages
+}
+
+/// Messages written to terminals, by QoS and path (`stored`: read from the terminal's list;
+/// `live`: online-only pushes, broadcasts, messages terminals published), and their total for
+/// the heartbeat.
+struct DeliveryCounters: Sendable {
+    /// `counters[qos * 2 + (stored ? 0 : 1)]`.
+    private let counters: [Counter] = (0...2).flatMap { qos in
+        ["stored", "live"].map { Counter(label: "pushfleet_node_messages_delivered_total", dimensions: [("qos", "\(qos)"), ("path", $0)]) }
+    }
+    private let total = Tally()
+
+    func increment(qos: MQTTQoS, stored: Bool) {
+        counters[Int(qos.rawValue) * 2 + (stored ? 0 : 1)].increment()
+        total.increment()
+    }
+
+    /// Messages written since the node started.
+    var value: Int64 { total.value }
 }

@@ -1,5 +1,22 @@
 import CHiredis
+import CoreMetrics
 import NIOCore
+
+/// What every Redis connection of the process adds to: how long a request (the commands of
+/// one write) waited for its replies, error replies and failed requests by kind, and the
+/// commands still waiting for replies. Made by ``register()``, after the metrics backend is
+/// set up, so that they are exported (at 0) before anything is counted.
+public enum RedisMetrics {
+    public static func register() {
+        _ = (requestDuration, errorReplies, timeouts, connectionErrors, pendingCommands)
+    }
+
+    static let requestDuration = Timer(label: "pushfleet_redis_request_duration_seconds")
+    static let errorReplies = Counter(label: "pushfleet_redis_errors_total", dimensions: [("kind", "reply")])
+    static let timeouts = Counter(label: "pushfleet_redis_errors_total", dimensions: [("kind", "timeout")])
+    static let connectionErrors = Counter(label: "pushfleet_redis_errors_total", dimensions: [("kind", "connection")])
+    static let pendingCommands = Meter(label: "pushfleet_redis_pending_commands")
+}
 
 /// A batch of commands written in one flush; its promise gets one reply per command, in order.
 struct RedisRequest {
@@ -24,6 +41,8 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         var promise: EventLoopPromise<[RedisReply]>?
         /// When the replies must have arrived.
         var deadline: NIODeadline
+        /// Its time goes into the request duration histogram (not for blocking reads).
+        var timed: Bool
     }
 
     private let reader: UnsafeMutablePointer<redisReader>
@@ -72,7 +91,10 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         // its place in the queue, even one whose replies nobody waits for.
         if onPush == nil && !request.commands.isEmpty {
             pending.append(
-                Pending(expected: request.commands.count, promise: request.promise, deadline: .now() + commandTimeout))
+                Pending(
+                    expected: request.commands.count, promise: request.promise, deadline: .now() + commandTimeout,
+                    timed: !request.commands.contains { $0.mayBlock }))
+            RedisMetrics.pendingCommands.increment(by: Double(request.commands.count))
             if timer == nil { armTimer(context: context) }
         } else {
             request.promise?.succeed([])
@@ -109,12 +131,13 @@ final class RedisChannelHandler: ChannelDuplexHandler {
             return
         }
         guard let first = pending.first else { return }
+        if case .error = reply { RedisMetrics.errorReplies.increment() }
         guard let promise = first.promise else {
             // Nobody waits: no array of replies is built, only errors are told.
             if case .error(let message) = reply { onDroppedError?(message) }
             dropping += 1
             if dropping == first.expected {
-                pending.removeFirst()
+                answered(pending.removeFirst())
                 dropping = 0
             }
             return
@@ -122,11 +145,20 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         if replies.isEmpty { replies.reserveCapacity(first.expected) }
         replies.append(reply)
         if replies.count == first.expected {
-            pending.removeFirst()
+            answered(pending.removeFirst())
             let done = replies
             replies = []
             promise.succeed(done)
         }
+    }
+
+    /// A request's replies are all in: how long they took (it was written `commandTimeout`
+    /// before its deadline).
+    private func answered(_ request: Pending) {
+        RedisMetrics.pendingCommands.decrement(by: Double(request.expected))
+        guard request.timed else { return }
+        let written = request.deadline - commandTimeout
+        RedisMetrics.requestDuration.recordNanoseconds((NIODeadline.now() - written).nanoseconds)
     }
 
     private func protocolFailure(context: ChannelHandlerContext) {
@@ -147,6 +179,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         guard let first = pending.first, let context else { return }
         guard first.deadline <= .now() else { return armTimer(context: context) }
         // Replies are matched by position, so after a lost reply the connection is unusable.
+        RedisMetrics.timeouts.increment()
         failAll(RedisError(.timeout, "no reply within \(commandTimeout.nanoseconds / 1_000_000) ms"))
         context.close(promise: nil)
     }
@@ -171,7 +204,9 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         timer = nil
         replies = []
         dropping = 0
+        if !pending.isEmpty, error.code != .timeout { RedisMetrics.connectionErrors.increment() }
         while let item = pending.popFirst() {
+            RedisMetrics.pendingCommands.decrement(by: Double(item.expected))
             item.promise?.fail(error)
         }
     }

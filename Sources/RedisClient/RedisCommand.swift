@@ -53,6 +53,17 @@ public struct RedisCommand: Sendable, Hashable {
     /// The command name, for logs.
     public var name: String { String(decoding: bytes[0..<(ends.first ?? 0)], as: UTF8.self) }
 
+    /// A command that may wait on the server for something to happen (a blocking stream or
+    /// list read): its time says nothing about Redis's latency. Read without making a String.
+    var mayBlock: Bool {
+        let name = argument(0)
+        guard name.count >= 5, let first = name.first, first | 0x20 == UInt8(ascii: "x") || first | 0x20 == UInt8(ascii: "b") else {
+            return false
+        }
+        let upper = String(decoding: name, as: UTF8.self).uppercased()
+        return ["XREAD", "XREADGROUP", "BLPOP", "BRPOP", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP"].contains(upper)
+    }
+
     /// The number of arguments, the command name included.
     var argumentCount: Int { ends.count }
 

@@ -4,6 +4,7 @@ import FleetCore
 import Foundation
 import Logging
 import Metrics
+import NIOPosix
 import Prometheus
 import RedisClient
 
@@ -134,10 +135,20 @@ enum Bootstrap {
     /// Installs the Prometheus metrics backend; returns a renderer of the text format.
     /// The Prometheus registry every metric goes to, and how `/metrics` renders it. Each
     /// rendering first reads the heap (glibc `mallinfo2`, 0 elsewhere): bytes in use by live objects and
-    /// bytes free but kept, which RSS alone cannot tell apart.
+    /// bytes free but kept, which RSS alone cannot tell apart. Durations (Redis requests,
+    /// event loop lag) go into histograms from 100 us to 10 s. The event loops' lag is watched
+    /// from here on.
     static func metrics() -> @Sendable () -> [UInt8] {
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2500), .milliseconds(5),
+            .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+            .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
+        ]
+        MetricsSystem.bootstrap(factory)
+        RedisMetrics.register()
+        EventLoopLag.watch(MultiThreadedEventLoopGroup.singleton)
         let inUse = Gauge(label: "pushfleet_heap_in_use_bytes")
         let free = Gauge(label: "pushfleet_heap_free_bytes")
         return {

@@ -478,6 +478,60 @@ def test_stats_count_what_waits_in_the_lists_one_past_the_cap_and_after_a_drain(
         client.loop_stop()
 
 
+def scrape(port):
+    """A /metrics page as {sample name with labels: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_inflight_deliveries_by_path_redis_errors_and_event_loop_lag(fleet):
+    """The operators' metrics move as the fleet works: QoS 1 messages held by a terminal that
+    does not acknowledge are in flight until it leaves, deliveries are counted by QoS and
+    path, pushes by kind and QoS, a Redis error reply is counted, and every node measures its
+    Redis requests and its event loops' lag."""
+    admin = fleet.admin_ports[0]
+    before = scrape(admin)
+    control_before = scrape(fleet.control_port)
+    client = RawMQTT(fleet.node_ports[0])
+    assert client.connect("metrics-1", fleet.credential("metrics-1")) == (0x20, b"\x00\x00")
+    try:
+        for index in range(3):
+            assert fleet.api("POST", "/v1/push", {"to": ["metrics-1"], "payload": f"held {index}", "qos": 1})[0] == 202
+        for _ in range(3):
+            first, body = client.read()
+            assert first >> 4 == 3 and parse_publish(first, body)["qos"] == 1  # PUBLISH, not acknowledged
+        wait_for(lambda: scrape(admin)["pushfleet_node_inflight_messages"] == before["pushfleet_node_inflight_messages"] + 3,
+                 what="3 messages in flight")
+    finally:
+        client.close()
+    wait_for(lambda: scrape(admin)["pushfleet_node_inflight_messages"] == before["pushfleet_node_inflight_messages"],
+             what="nothing in flight once the terminal left")
+    after = scrape(admin)
+    stored = 'pushfleet_node_messages_delivered_total{qos="1",path="stored"}'
+    assert after[stored] >= before[stored] + 3, (before[stored], after[stored])
+    wait_for(lambda: scrape(admin)["pushfleet_event_loop_lag_seconds_count"] > before["pushfleet_event_loop_lag_seconds_count"],
+             what="an event loop lag measured (every 500 ms)")
+    assert after["pushfleet_redis_request_duration_seconds_count"] > before["pushfleet_redis_request_duration_seconds_count"]
+    # A key of the wrong type: the push is refused (500), and the control node counts Redis's error reply.
+    fleet.redis_cli("SET", "pushfleet:{t:metrics-2}:queue", "not a list")
+    assert fleet.api("POST", "/v1/push", {"to": ["metrics-2"], "payload": "x", "qos": 1})[0] == 500
+    control = {}
+    for port in fleet.control_ports:
+        for name, value in scrape(port).items():
+            control[name] = control.get(name, 0) + value
+    reply_errors = 'pushfleet_redis_errors_total{kind="reply"}'
+    assert control[reply_errors] >= control_before.get(reply_errors, 0) + 1, control
+    pushes = 'pushfleet_control_pushes_total{kind="unicast",qos="1"}'
+    assert control[pushes] >= control_before[pushes] + 3
+    fleet.redis_cli("DEL", "pushfleet:{t:metrics-2}:queue")
+
+
 def test_status_command_shows_the_fleet_on_one_screen(fleet):
     """`pushfleet status --once` through the balancer: the push nodes and their connections as
     /v1/nodes gives them, Redis ready, the fleet's pushes as /v1/stats gives them; and a clear

@@ -157,7 +157,7 @@ extension MQTTSession {
             id = outbound.send(message, entry: entry, tracked: tracked, qos: delivery.qos, preferring: preferred)
             publish.packetIdentifier = id
         }
-        metrics.delivered.increment()
+        metrics.delivered.increment(qos: delivery.qos, stored: entry != nil)
         write(.publish(publish), flush: false)
         return id
     }

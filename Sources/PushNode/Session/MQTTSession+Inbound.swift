@@ -79,7 +79,7 @@ extension MQTTSession {
     }
 
     mutating func route(_ publish: MQTTPublishPacket, topic: String, packetID: UInt16?) {
-        metrics.published.increment()
+        metrics.published[Int(publish.qos.rawValue)].increment()
         let limits = configuration
         var refusal: (code: MQTTReasonCode, why: String)?
         if MQTTTopic.levelCount(topic) > limits.maximumTopicLevels {

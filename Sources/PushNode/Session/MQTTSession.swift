@@ -237,6 +237,7 @@ struct MQTTSession {
         }
         if case .connecting = phase { unregisterRoute() }
         phase = .closed
+        outbound.abandon()
         guard wasActive else { return }
         metrics.connections.decrement()
         leaveLocalIndex()
