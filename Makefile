@@ -1,4 +1,4 @@
-.PHONY: dev test build release bench capacity shards
+.PHONY: dev test build release bench capacity shards pictures
 
 dev:
 	scripts/dev
@@ -28,3 +28,10 @@ capacity: release
 shards: release
 	scripts/deps test
 	python3 scripts/shards.py --bin .build/release/pushfleet
+
+# README's pictures of the admin page and the dashboard, from a fleet under load with
+# Prometheus scraping it (about 5 minutes).
+pictures: release
+	scripts/deps test
+	python3 -m pip install -q matplotlib 2>/dev/null || python3 -m pip install -q --break-system-packages matplotlib
+	python3 scripts/dashboard-picture.py --bin .build/release/pushfleet
