@@ -31,7 +31,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bin", required=True)
     parser.add_argument("--max-examples", type=int, default=40, help="examples per operation and phase")
-    parser.add_argument("--max-time", type=int, default=240, help="seconds for the schemathesis run")
+    parser.add_argument("--max-time", type=int, default=150, help="seconds for the schemathesis run")
     args = parser.parse_args()
     from openapi_spec_validator import validate
 

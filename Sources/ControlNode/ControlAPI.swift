@@ -178,70 +178,6 @@ struct ControlAPI: Sendable {
         try json(try await MessageStatusReader(redis: redis, keys: keys).status(of: id), status: .ok)
     }
 
-    func terminalStatus(_ terminal: String) async throws -> Response {
-        guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
-        let replies = try await redis.pipeline([
-            RedisCommand("GET", keys.route(terminal)),
-            RedisCommand("HKEYS", keys.subscriptions(terminal)),
-            RedisCommand("LLEN", keys.queue(terminal)),
-        ])
-        let route = try replies[0].throwingError().string.flatMap(Route.init(decoding:))
-        var online = false
-        if let node = route?.node {
-            online = try await redis.send("EXISTS", keys.node(node)).int == 1
-        }
-        let subscriptions = (try replies[1].throwingError().array ?? []).compactMap(\.string).sorted()
-        let body: [String: JSONValue] = [
-            "terminal": .string(terminal),
-            "online": .bool(online),
-            "node": route.map { .string($0.node) } ?? .null,
-            "connectedAt": route.map { .int($0.connectedAt) } ?? .null,
-            "subscriptions": .array(subscriptions.map { .string($0) }),
-            "queued": .int(try replies[2].throwingError().int ?? 0),
-        ]
-        return try json(body, status: .ok)
-    }
-
-    struct QueueEntry: Encodable {
-        var id: String
-        var topic: String
-        var qos: Int
-        /// Payload bytes.
-        var size: Int
-        /// Unix milliseconds; 0: never.
-        var expiresAt: Int64
-    }
-
-    struct QueuePage: Encodable {
-        var terminal: String
-        /// Entries in the list now.
-        var total: Int
-        var offset: Int
-        var entries: [QueueEntry]
-    }
-
-    /// `GET /v1/terminals/{id}/queue?offset=0&limit=50`: what waits in a terminal's list, oldest
-    /// first, a page at a time (at most 500 entries).
-    func terminalQueue(_ terminal: String, _ request: Request) async throws -> Response {
-        guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
-        let query = request.uri.queryParameters
-        guard let offset = Int(query.get("offset") ?? "0"), offset >= 0, offset <= 1 << 30 else {
-            throw APIError.badRequest("offset must be a number of entries from 0")
-        }
-        guard let limit = Int(query.get("limit") ?? "50"), (1...500).contains(limit) else {
-            throw APIError.badRequest("limit must be between 1 and 500")
-        }
-        let replies = try await redis.pipeline([
-            RedisCommand("LLEN", keys.queue(terminal)),
-            RedisCommand("LRANGE", keys.queue(terminal), String(offset), String(offset + limit - 1)),
-        ])
-        let entries = (try replies[1].throwingError().array ?? []).compactMap(\.string).compactMap(StoredMessage.decode).map {
-            QueueEntry(id: $0.id, topic: $0.topic, qos: Int($0.qos), size: $0.payloadBytes.count, expiresAt: $0.expiresAt)
-        }
-        let page = QueuePage(terminal: terminal, total: Int(try replies[0].throwingError().int ?? 0), offset: offset, entries: entries)
-        return try json(page, status: .ok)
-    }
-
     struct NodeInfo: Encodable {
         var id: String
         var mqtt: String?
@@ -292,11 +228,11 @@ struct ControlAPI: Sendable {
         return pairs
     }
 
-    private func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) throws -> Response {
+    func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) throws -> Response {
         json(bytes: try FleetJSON.encoder.encode(value), status: status)
     }
 
-    private func json(bytes: some Sequence<UInt8>, status: HTTPResponse.Status) -> Response {
+    func json(bytes: some Sequence<UInt8>, status: HTTPResponse.Status) -> Response {
         Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }

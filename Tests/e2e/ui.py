@@ -4,13 +4,14 @@ node with an API key, a terminal connected over MQTT (paho). The page is given t
 test checks the figures it shows against the API (push nodes, terminals online, each node's
 row), looks up the terminal and what waits in an offline terminal's list, sends a test push
 from the form, sees the terminal receive it, reads its status on the page, and writes a
-screenshot (--screenshot, default under the fleet's directory). Needs Debian's chromium and
+screenshot (--screenshot, default pushfleet-admin-ui.png in the temporary directory). Needs Debian's chromium and
 chromium-driver, and selenium from PyPI."""
 import argparse
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -111,7 +112,7 @@ def test_admin_page_shows_the_fleet_and_sends_a_push(fleet):
         # The page's rates come from the nodes' totals: the push shows as a push in and a delivery out.
         wait_for(lambda: text("rate-in") not in ("…", "0.0") and text("rate-out") not in ("…", "0.0"), timeout=20,
                  what=f"rates on the page (in {text('rate-in')}, out {text('rate-out')})")
-        screenshot = ARGS.screenshot or os.path.join(fleet.dir, "admin-ui.png")
+        screenshot = ARGS.screenshot or os.path.join(tempfile.gettempdir(), "pushfleet-admin-ui.png")
         driver.save_screenshot(screenshot)
         assert os.path.getsize(screenshot) > 10_000
         print(f"ui: screenshot {screenshot}")
@@ -124,7 +125,7 @@ def main():
     global ARGS
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bin", required=True)
-    parser.add_argument("--screenshot", help="where to write the screenshot (default: the fleet's directory)")
+    parser.add_argument("--screenshot", help="where to write the screenshot (default: pushfleet-admin-ui.png in the temporary directory)")
     ARGS = parser.parse_args()
     for tool in ["chromium", "chromedriver"]:
         if not shutil.which(tool):
