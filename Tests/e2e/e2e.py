@@ -294,7 +294,7 @@ def test_health_readiness_and_metrics(fleet):
     with urllib.request.urlopen(f"http://127.0.0.1:{fleet.lb_http}/metrics", timeout=5) as response:
         text = response.read().decode()
         assert response.status == 200
-        assert 'pushfleet_control_pushes_total{kind="unicast"}' in text, text
+        assert 'pushfleet_control_pushes_total{kind="unicast",qos="1"}' in text, text
     for port in fleet.admin_ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
