@@ -18,6 +18,7 @@ struct PushRequest: Decodable, Equatable {
     var qos: Int?
     var ttl: Int?
     var idempotencyKey: String?
+    var collapseKey: String?
 
     /// The push it asks for, checked against the configuration (throws ``APIError``).
     func command(_ configuration: ControlNodeConfiguration) throws -> PushCommand {
@@ -29,7 +30,8 @@ struct PushRequest: Decodable, Equatable {
             payloadBase64: payloadBase64,
             qos: qos ?? 1,
             ttl: ttl ?? 86_400,
-            idempotencyKey: idempotencyKey
+            idempotencyKey: idempotencyKey,
+            collapseKey: collapseKey
         )
         try command.validate(configuration)
         return command
@@ -66,9 +68,9 @@ extension ScannableRequest {
 extension PushRequest: ScannableRequest {
     init?(scanning scanner: inout JSONScanner) {
         var request = PushRequest()
-        var seen: UInt8 = 0
+        var seen: UInt16 = 0
         let read = scanner.object { scanner, key in
-            let bit: UInt8
+            let bit: UInt16
             switch key {
             case "to": bit = 1 << 0
             case "topic": bit = 1 << 1
@@ -78,6 +80,7 @@ extension PushRequest: ScannableRequest {
             case "qos": bit = 1 << 5
             case "ttl": bit = 1 << 6
             case "idempotencyKey": bit = 1 << 7
+            case "collapseKey": bit = 1 << 8
             default: return scanner.skipValue()
             }
             guard seen & bit == 0 else { return false }
@@ -91,6 +94,7 @@ extension PushRequest: ScannableRequest {
             case "payloadBase64": request.payloadBase64 = scanner.string()
             case "qos": request.qos = scanner.plainInteger().flatMap { Int(exactly: $0) }
             case "ttl": request.ttl = scanner.plainInteger().flatMap { Int(exactly: $0) }
+            case "collapseKey": request.collapseKey = scanner.string()
             default: request.idempotencyKey = scanner.string()
             }
             return !scanner.failed

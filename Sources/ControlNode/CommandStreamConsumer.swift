@@ -249,7 +249,7 @@ struct CommandStreamConsumer: Sendable {
     }
 
     /// Builds a push from stream fields: `to` (comma separated), `topic` or `broadcast 1`;
-    /// `payload` or `payloadBase64`; optional `qos`, `ttl`.
+    /// `payload` or `payloadBase64`; optional `qos`, `ttl`, `collapse`.
     static func command(from fields: [String: String]) throws -> PushCommand {
         guard let qos = Int(fields["qos"] ?? "1") else { throw APIError.badRequest("qos must be 0, 1 or 2") }
         guard let ttl = Int(fields["ttl"] ?? "86400") else { throw APIError.badRequest("ttl must be a number of seconds") }
@@ -260,7 +260,8 @@ struct CommandStreamConsumer: Sendable {
             payload: fields["payload"],
             payloadBase64: fields["payloadbase64"],
             qos: qos,
-            ttl: ttl
+            ttl: ttl,
+            collapseKey: fields["collapse"]
         )
     }
 }

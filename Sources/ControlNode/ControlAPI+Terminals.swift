@@ -36,6 +36,7 @@ extension ControlAPI {
         var size: Int
         /// Unix milliseconds; 0: never.
         var expiresAt: Int64
+        var collapseKey: String?
     }
 
     struct QueuePage: Encodable {
@@ -62,7 +63,9 @@ extension ControlAPI {
             RedisCommand("LRANGE", keys.queue(terminal), String(offset), String(offset + limit - 1)),
         ])
         let entries = (try replies[1].throwingError().array ?? []).compactMap(\.string).compactMap(StoredMessage.decode).map {
-            QueueEntry(id: $0.id, topic: $0.topic, qos: Int($0.qos), size: $0.payloadBytes.count, expiresAt: $0.expiresAt)
+            QueueEntry(
+                id: $0.id, topic: $0.topic, qos: Int($0.qos), size: $0.payloadBytes.count, expiresAt: $0.expiresAt, collapseKey: $0.collapse
+            )
         }
         let page = QueuePage(terminal: terminal, total: Int(try replies[0].throwingError().int ?? 0), offset: offset, entries: entries)
         return try json(page, status: .ok)

@@ -20,13 +20,23 @@ public struct PushCommand: Sendable, Hashable {
     /// Seconds the message waits for offline terminals; 0 = online only.
     public var ttl: Int
     public var idempotencyKey: String?
+    /// A terminal's list holds at most one entry waiting per collapse key: a newer push with
+    /// the key replaces the waiting one (whose state becomes `replaced`). Unicast pushes only.
+    public var collapseKey: String?
 
-    public init(audience: Audience, payload: [UInt8], qos: UInt8 = 1, ttl: Int = 86_400, idempotencyKey: String? = nil) {
+    /// The longest collapse key, in bytes.
+    public static let maximumCollapseKeyLength = 128
+
+    public init(
+        audience: Audience, payload: [UInt8], qos: UInt8 = 1, ttl: Int = 86_400, idempotencyKey: String? = nil,
+        collapseKey: String? = nil
+    ) {
         self.audience = audience
         self.payload = payload
         self.qos = qos
         self.ttl = ttl
         self.idempotencyKey = idempotencyKey
+        self.collapseKey = collapseKey
     }
 
     /// Builds a push from the fields of an API body or a command stream entry: exactly one of
@@ -39,7 +49,8 @@ public struct PushCommand: Sendable, Hashable {
         payloadBase64: String?,
         qos: Int,
         ttl: Int,
-        idempotencyKey: String? = nil
+        idempotencyKey: String? = nil,
+        collapseKey: String? = nil
     ) throws {
         switch (to, topic, broadcast) {
         case (let to?, nil, false): audience = .terminals(to)
@@ -58,6 +69,7 @@ public struct PushCommand: Sendable, Hashable {
         self.qos = UInt8(qos)
         self.ttl = ttl
         self.idempotencyKey = idempotencyKey
+        self.collapseKey = collapseKey
     }
 
     /// Checks limits; throws ``APIError`` (400 or 413) describing the first problem.
@@ -79,6 +91,14 @@ public struct PushCommand: Sendable, Hashable {
             if let bad = ids.first(where: { !TerminalID.isValid($0) }) {
                 throw APIError.badRequest("invalid terminal id \(bad.debugDescription)")
             }
+            if let collapseKey {
+                guard (1...Self.maximumCollapseKeyLength).contains(collapseKey.utf8.count) else {
+                    throw APIError.badRequest("collapseKey must be 1 to \(Self.maximumCollapseKeyLength) bytes")
+                }
+                guard ttl > 0 else { throw APIError.badRequest("collapseKey needs a ttl above 0: online-only pushes are not stored") }
+            }
+        case .topic where collapseKey != nil, .broadcast where collapseKey != nil:
+            throw APIError.badRequest("collapseKey is for pushes to terminals (\"to\")")
         case .topic(let topic):
             guard MQTTTopic.isValidTopicName(topic), topic.utf8.count <= 1024, MQTTTopic.levelCount(topic) <= MQTTTopic.defaultMaximumLevels
             else {

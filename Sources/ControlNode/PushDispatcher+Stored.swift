@@ -25,6 +25,9 @@ extension PushDispatcher {
         var commands: [RedisCommand]
         /// A retry: one ``FleetScripts/store`` per target.
         var retry: Bool
+        /// A push with a collapse key: one ``FleetScripts/storeCollapsing`` per target (which
+        /// reads the route, as a retry's script does).
+        var collapsing: Bool
         /// The status record to create (nil for a retry: the earlier attempt created it).
         var record: MessageStatusRecord?
         /// The id can be attempted again (a command stream entry, a push with an idempotency
@@ -51,10 +54,20 @@ extension PushDispatcher {
         let ttlMillis = String(Int64(command.ttl) * 1000)
         var commands: [RedisCommand] = []
         commands.reserveCapacity(terminals.count * Self.plainStoreCommands)
+        let collapsing = command.collapseKey != nil
         for terminal in terminals {
-            let entry = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload)
-                .encoded()
+            var message = StoredMessage(id: id, qos: command.qos, expiresAt: expiresAt, topic: "push/\(terminal)", payload: command.payload)
+            message.collapse = command.collapseKey
+            let entry = message.encoded()
             let queue = keys.queue(terminal)
+            if let collapseKey = command.collapseKey {
+                // Nodes read the list at the wake (no entries with it): what it holds changed.
+                commands.append(
+                    FleetScripts.storeCollapsing.command(
+                        keys: [queue, keys.route(terminal), keys.collapse(terminal), keys.sent(terminal)],
+                        arguments: [entry, String(configuration.offlineQueueCap), ttlMillis, retry ? "1" : "0", collapseKey]))
+                continue
+            }
             if retry {
                 commands.append(
                     FleetScripts.store.command(
@@ -79,7 +92,7 @@ extension PushDispatcher {
                 kind: "unicast", qos: Int(command.qos), ttl: command.ttl, createdAt: now, expiresAt: expiresAt, targets: terminals)
         return StoredPushPlan(
             terminals: terminals, id: id, expiresAt: expiresAt, qos: command.qos, entries: entries, commands: commands, retry: retry,
-            record: record,
+            collapsing: collapsing, record: record,
             retryable: retryable || retry)
     }
 
@@ -122,7 +135,7 @@ extension PushDispatcher {
             starts.append(commands.count)
             commands += plan.commands
             routeStarts.append(routeKeys.count)
-            if !plan.retry { routeKeys += plan.terminals.map(keys.route) }
+            if !plan.retry && !plan.collapsing { routeKeys += plan.terminals.map(keys.route) }
         }
         var routes: Int?
         if !routeKeys.isEmpty {
@@ -171,11 +184,19 @@ extension PushDispatcher {
         metrics.stored.increment(by: plan.terminals.count)
         for (offset, terminal) in plan.terminals.enumerated() {
             let node: String?
-            if plan.retry {
-                // The route's node, then what the cap pushed out.
+            if plan.retry || plan.collapsing {
+                // The route's node, the entry replaced (collapsing), then what the cap pushed out.
                 let reply = replies[replies.startIndex + offset].array ?? []
                 node = reply.first?.string
-                for dropped in reply.dropFirst().compactMap({ $0.string.flatMap(StoredMessage.decode) }) {
+                var rest = reply.dropFirst()
+                if plan.collapsing {
+                    if let replaced = rest.first?.string.flatMap(StoredMessage.decode) {
+                        ledger.left(expiresAt: replaced.expiresAt)
+                        followUp.states.record(.replaced, of: replaced.id, terminal: terminal, at: now)
+                    }
+                    rest = rest.dropFirst()
+                }
+                for dropped in rest.compactMap({ $0.string.flatMap(StoredMessage.decode) }) {
                     ledger.left(expiresAt: dropped.expiresAt)
                     followUp.states.record(.dropped, of: dropped.id, terminal: terminal, at: now)
                 }

@@ -18,6 +18,9 @@ public struct FleetKeys: Sendable, Hashable {
     public func route(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:route" }
     /// LIST of stored messages (JSON ``StoredMessage``), oldest first.
     public func queue(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:queue" }
+    /// HASH collapse key -> the entry last stored with it in the terminal's list (see
+    /// ``FleetScripts/storeCollapsing``); expires with the list.
+    public func collapse(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:collapse" }
     /// HASH message id -> MQTT packet id of messages sent to the terminal and not yet
     /// acknowledged (redelivered with DUP, under the same packet id).
     public func sent(_ terminal: String) -> String { "\(prefix){t:\(terminal)}:sent" }

@@ -1,6 +1,7 @@
 /// The delivery state of one message for one terminal, as recorded in Redis.
 ///
-/// States only move forward: queued -> delivered -> acknowledged, or to expired or dropped.
+/// States only move forward: queued -> delivered -> acknowledged, or to expired, dropped or
+/// replaced.
 public enum MessageState: String, Codable, Sendable, CaseIterable {
     /// Stored in the terminal's list, not yet sent.
     case queued
@@ -12,6 +13,8 @@ public enum MessageState: String, Codable, Sendable, CaseIterable {
     case expired
     /// Not stored: the terminal was offline for an online-only push, or the list cap pushed it out.
     case dropped
+    /// Taken out of the terminal's list, unsent, by a newer push with the same collapse key.
+    case replaced
 }
 
 extension MessageState {
@@ -21,7 +24,7 @@ extension MessageState {
         switch self {
         case .queued: 1
         case .delivered: 2
-        case .acknowledged, .expired, .dropped: 3
+        case .acknowledged, .expired, .dropped, .replaced: 3
         }
     }
 }

@@ -88,7 +88,7 @@ public enum MessageStatusField {
 
     /// The states that have fields, most advanced last (between final ones: the order a tie
     /// goes in).
-    public static let recordedStates: [MessageState] = [.delivered, .acknowledged, .expired, .dropped]
+    public static let recordedStates: [MessageState] = [.delivered, .acknowledged, .expired, .dropped, .replaced]
 
     /// A terminal's state from the values of its ``recordedStates`` fields (nil where absent):
     /// the earliest final state, else `delivered`, else `queued`.
@@ -124,6 +124,7 @@ public enum MessageStatusField {
         case .acknowledged: "a"
         case .expired: "e"
         case .dropped: "x"
+        case .replaced: "p"
         }
     }
 }

@@ -15,6 +15,9 @@ public struct StoredMessage: Codable, Hashable, Sendable {
     public var topic: String
     /// The payload bytes, base64.
     public var payload: String
+    /// A push's collapse key: a terminal's list holds at most one entry waiting per key (a
+    /// newer push with the key replaces it).
+    public var collapse: String?
 
     // A message a terminal published (or its will) carries what MQTT forwards with it.
     /// The publishing terminal; nil for pushes from the control API (which get a `message-id`
@@ -65,6 +68,7 @@ public struct StoredMessage: Codable, Hashable, Sendable {
     func write(to writer: inout JSONWriter) {
         // Keys in sorted order, as `FleetJSON.encoder` writes them.
         writer.beginObject()
+        writer.field("collapse", collapse)
         writer.field("contentType", contentType)
         writer.field("correlation", correlation)
         writer.field("expiresAt", integer: expiresAt)
@@ -114,6 +118,7 @@ public struct StoredMessage: Codable, Hashable, Sendable {
             case "topic": topic = scanner.string()
             case "payload": payload = scanner.string()
             case "origin": message.origin = scanner.string()
+            case "collapse": message.collapse = scanner.string()
             case "retain": message.retain = scanner.bool()
             case Self.sessionField: message.session = scanner.bool()
             case "format": message.format = scanner.integer().flatMap { UInt8(exactly: $0) }

@@ -194,6 +194,43 @@ public enum FleetScripts {
         """
     )
 
+    /// Stores a push with a collapse key for one terminal: the entry last stored with the same
+    /// key is taken out of the list first, unless it is in flight (in the `sent` hash: sent
+    /// and not acknowledged) or already gone (delivered). Then as ``store``: append, cap,
+    /// expiry, and the route's node.
+    ///
+    /// KEYS: queue, route, collapse hash, sent hash. ARGV: entry, cap, ttl in milliseconds,
+    /// dedupe ("1": skip if the exact entry is in the list already, for a retried push),
+    /// collapse key.
+    /// Returns the node id ("" when not connected), the entry replaced ("" for none), then the
+    /// entries pushed out by the cap.
+    public static let storeCollapsing = RedisScript(
+        """
+        \(Route.luaReader)
+        local node = route(KEYS[2]) or ''
+        if ARGV[4] == '1' and redis.call('LPOS', KEYS[1], ARGV[1]) then return {node, ''} end
+        local replaced = ''
+        local old = redis.call('HGET', KEYS[3], ARGV[5])
+        if old and old ~= ARGV[1] then
+          local ok, decoded = pcall(cjson.decode, old)
+          local inflight = ok and type(decoded) == 'table' and type(decoded['id']) == 'string'
+            and redis.call('HEXISTS', KEYS[4], decoded['id']) == 1
+          if not inflight and redis.call('LREM', KEYS[1], 1, old) == 1 then replaced = old end
+        end
+        local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+        redis.call('HSET', KEYS[3], ARGV[5], ARGV[1])
+        local reply = {node, replaced}
+        local cap = tonumber(ARGV[2])
+        if n > cap then
+          for _, entry in ipairs(redis.call('LPOP', KEYS[1], n - cap)) do reply[#reply + 1] = entry end
+        end
+        local ttl = tonumber(ARGV[3])
+        if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+        if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) end
+        return reply
+        """
+    )
+
     /// Trims a terminal's list to the cap, oldest first (after plain RPUSHes made it longer).
     ///
     /// KEYS: queue. ARGV: cap. Returns the entries removed.
@@ -328,7 +365,7 @@ public enum FleetScripts {
 
     /// Every script, for SCRIPT LOAD on connect.
     public static let all = [
-        register, unregister, reassertRoute, enqueue, store, trim, indexUpdate, storedSubscriptions, storeForSubscriber,
+        register, unregister, reassertRoute, enqueue, store, storeCollapsing, trim, indexUpdate, storedSubscriptions, storeForSubscriber,
         sweepNode, retain, keepWill, scheduleWill, claimWills, settleWill, deleteIfEqual,
     ]
 }

@@ -53,7 +53,10 @@ struct PushDispatcherTests {
         #expect(stored.first?.topic == "push/a")
         #expect(stored.first?.payloadBytes == Array("hi".utf8))
         #expect(try await queue("b").count == 1)
-        #expect(try await status(receipt.id) == ["targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0])
+        #expect(
+            try await status(receipt.id) == [
+                "targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0,
+            ])
         await redis.close()
     }
 
@@ -108,7 +111,10 @@ struct PushDispatcherTests {
         #expect(try await queue("b").count == 3)
         let dropped = try await ids.asyncMap { try await status($0)["dropped"] ?? -1 }
         #expect(dropped.reduce(0, +) == 2)
-        #expect(try await status(ids[4]) == ["targets": 1, "queued": 1, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0])
+        #expect(
+            try await status(ids[4]) == [
+                "targets": 1, "queued": 1, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0,
+            ])
         await redis.close()
     }
 
@@ -153,7 +159,10 @@ struct PushDispatcherTests {
         _ = try await dispatcher.push(command, id: "1-0")
         #expect(try await queue("r1").map(\.id) == ["1-0"])
         #expect(try await queue("r2").map(\.id) == ["1-0"])
-        #expect(try await status("1-0") == ["targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0])
+        #expect(
+            try await status("1-0") == [
+                "targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0,
+            ])
         // An entry an unfinished attempt never stored is added by the next one.
         try await redis.send("DEL", keys.queue("r2"))
         try await uncomplete("1-0")

@@ -241,6 +241,46 @@ struct FleetScriptsTests {
         await redis.close()
     }
 
+    @Test func aCollapseKeyReplacesTheWaitingEntryButNotOneInFlightOrGone() async throws {
+        let terminal = "tc"
+        func entry(_ id: String, _ key: String) -> String {
+            var message = StoredMessage(id: id, qos: 1, expiresAt: 1, topic: "push/tc", payload: Array(id.utf8))
+            message.collapse = key
+            return message.encoded()
+        }
+        func store(_ id: String, _ key: String, cap: Int = 3, dedupe: Bool = false) async throws -> [String] {
+            let reply = try await redis.send(
+                FleetScripts.storeCollapsing.command(
+                    keys: [keys.queue(terminal), keys.route(terminal), keys.collapse(terminal), keys.sent(terminal)],
+                    arguments: [entry(id, key), String(cap), "60000", dedupe ? "1" : "0", key]))
+            return reply.array?.compactMap(\.string) ?? []
+        }
+        func list() async throws -> [String] {
+            (try await redis.send("LRANGE", keys.queue(terminal), "0", "-1").array ?? []).compactMap(\.string).compactMap {
+                StoredMessage.decode($0)?.id
+            }
+        }
+        #expect(try await store("m1", "a") == ["", ""])
+        #expect(try await store("m2", "b") == ["", ""])
+        // m1 waits: replaced, and the reply says which entry went.
+        #expect(try await store("m3", "a") == ["", entry("m1", "a")])
+        #expect(try await list() == ["m2", "m3"])
+        // m2 is in flight (sent, not acknowledged): it stays, and m4 goes behind it.
+        _ = try await redis.send("HSET", keys.sent(terminal), "m2", "7")
+        #expect(try await store("m4", "b") == ["", ""])
+        #expect(try await list() == ["m2", "m3", "m4"])
+        // m3 was delivered and removed: nothing to replace.
+        _ = try await redis.send("LREM", keys.queue(terminal), "1", entry("m3", "a"))
+        #expect(try await store("m5", "a") == ["", ""])
+        // A retry of m5 is not stored twice; one past the cap pushes the oldest out.
+        #expect(try await store("m5", "a", dedupe: true) == ["", ""])
+        #expect(try await store("m6", "c") == ["", "", entry("m2", "b")])
+        #expect(try await list() == ["m4", "m5", "m6"])
+        let ttl = try await redis.send("PTTL", keys.collapse(terminal)).int ?? 0
+        #expect(ttl > 50_000 && ttl <= 60_000, "the collapse hash lives as long as the list")
+        await redis.close()
+    }
+
     @Test func statesNeverMoveBackAndTheCountsFollowFromThem() async throws {
         typealias Field = MessageStatusField
         let id = FleetClock.newMessageID()
@@ -262,7 +302,7 @@ struct FleetScriptsTests {
         }
         #expect(states == [.acknowledged, .delivered, .expired, .queued, .dropped])
         #expect(
-            Field.counts(ofTargets: states) == ["queued": 1, "delivered": 2, "acknowledged": 1, "expired": 1, "dropped": 1])
+            Field.counts(ofTargets: states) == ["queued": 1, "delivered": 2, "acknowledged": 1, "expired": 1, "dropped": 1, "replaced": 0])
         await redis.close()
     }
 

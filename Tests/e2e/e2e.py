@@ -86,6 +86,40 @@ def test_offline_terminal_gets_every_message_in_order_on_the_other_node(fleet):
         wait_for(lambda: fleet.api("GET", f"/v1/messages/{message_id}")[1]["acknowledged"] == 1, what="acknowledged")
 
 
+def test_collapse_keys_leave_an_offline_terminal_the_latest_of_each(fleet):
+    """A terminal offline during 100 pushes over 3 collapse keys (60 through /v1/push, 30 in
+    a batch, 10 through the command stream) receives exactly 3 messages, the latest of each,
+    in the order they were pushed; every earlier one is `replaced`."""
+    password = fleet.credential("tv-c")
+    ids = []
+    for index in range(60):
+        status, body = fleet.api("POST", "/v1/push", {"to": ["tv-c"], "payload": f"score {index}", "collapseKey": f"k{index % 3}",
+                                                      "ttl": 600})
+        assert status == 202, body
+        ids.append(body["id"])
+    batch = [{"to": ["tv-c"], "payload": f"score {index}", "collapseKey": f"k{index % 3}", "ttl": 600} for index in range(60, 90)]
+    status, body = fleet.api("POST", "/v1/push/batch", {"messages": batch})
+    assert status == 202 and all("id" in result for result in body["results"]), body
+    ids += [result["id"] for result in body["results"]]
+    for index in range(90, 100):
+        ids.append(fleet.redis_cli("XADD", "pushfleet:push", "*", "to", "tv-c", "payload", f"score {index}", "collapse", f"k{index % 3}"))
+    wait_for(lambda: fleet.api("GET", f"/v1/messages/{ids[-1]}")[0] == 200, what="the last stream entry handled")
+    assert fleet.api("GET", "/v1/terminals/tv-c")[1]["queued"] == 3
+    # Topic and broadcast pushes cannot collapse; a key needs a ttl.
+    assert fleet.api("POST", "/v1/push", {"topic": "news/x", "payload": "x", "collapseKey": "k"})[0] == 400
+    assert fleet.api("POST", "/v1/push", {"to": ["tv-c"], "payload": "x", "collapseKey": "k", "ttl": 0})[0] == 400
+    assert fleet.api("POST", "/v1/push", {"to": ["tv-c"], "payload": "x", "collapseKey": "k" * 129})[0] == 400
+    sub = mosquitto_sub(fleet.node_ports[1], "tv-c", password, 3)
+    out, _ = sub.communicate(timeout=25)
+    assert out.splitlines() == ["score 97", "score 98", "score 99"], out
+    wait_for(lambda: fleet.api("GET", "/v1/terminals/tv-c")[1]["queued"] == 0, what="tv-c's list empty: nothing more waited")
+    for index in (0, 59, 60, 89, 90, 96):
+        status = fleet.api("GET", f"/v1/messages/{ids[index]}")[1]
+        assert status["replaced"] == 1 and status["terminals"] == {"tv-c": "replaced"}, (index, status)
+    for index in (97, 98, 99):
+        wait_for(lambda: fleet.api("GET", f"/v1/messages/{ids[index]}")[1]["acknowledged"] == 1, what=f"push {index} acknowledged")
+
+
 def test_wrong_password_is_not_authorized(fleet):
     out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.lb_mqtt), "-i", "phone-2", "-u", "phone-2",
                           "-P", "v1.1.2.bad", "-t", "push/phone-2", "-W", "5"], capture_output=True, text=True)

@@ -142,6 +142,7 @@ async function loadQueue(terminal, offset) {
     cell(row, entry.topic);
     cell(row, entry.qos);
     cell(row, entry.size);
+    cell(row, entry.collapseKey || "");
     cell(row, entry.expiresAt ? formatTime(entry.expiresAt) : "never");
   }
   queueOffset = offset + page.entries.length;
@@ -176,7 +177,7 @@ async function lookUpMessage(event) {
     const status = await api("GET", `/v1/messages/${encodeURIComponent(id)}`);
     const fields = $("message-fields");
     fields.replaceChildren();
-    for (const name of ["id", "kind", "qos", "ttl", "createdAt", "targets", "queued", "delivered", "acknowledged", "expired", "dropped", "nodes", "storedForSessions", "error"]) {
+    for (const name of ["id", "kind", "qos", "ttl", "createdAt", "targets", "queued", "delivered", "acknowledged", "expired", "dropped", "replaced", "nodes", "storedForSessions", "error"]) {
       if (!(name in status)) continue;
       const term = document.createElement("dt");
       term.textContent = name;
