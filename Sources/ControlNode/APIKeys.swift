@@ -3,11 +3,12 @@ import NIOCore
 
 /// What an API key may do.
 public enum APIScope: String, Sendable, CaseIterable {
-    /// `POST /v1/push`, `POST /v1/push/batch`.
+    /// `POST /v1/push`, `POST /v1/push/batch`, `DELETE /v1/messages/{id}`.
     case push
     /// `POST /v1/credentials`, `DELETE /v1/credentials/{terminal}`.
     case credentials
-    /// `GET /v1/messages/{id}`, `GET /v1/terminals/{id}`, `GET /v1/nodes`.
+    /// `GET /v1/messages/{id}`, `GET /v1/terminals/{id}` (and its queue), `GET /v1/nodes`,
+    /// `GET /v1/stats`.
     case read
     /// Everything, including calls no other scope names.
     case admin

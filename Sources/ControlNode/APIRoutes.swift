@@ -23,6 +23,7 @@ enum APIRoutes {
         ("v1/credentials", "POST", .credentials),
         ("v1/credentials/*", "DELETE", .credentials),
         ("v1/messages/*", "GET", .read),
+        ("v1/messages/*", "DELETE", .push),
         ("v1/terminals/*", "GET", .read),
         ("v1/terminals/*/queue", "GET", .read),
         ("v1/nodes", "GET", .read),

@@ -27,6 +27,9 @@ struct ControlAPI: Sendable {
         v1.post("push") { request, context in try await push(request, context) }
         v1.post("push/batch") { request, context in try await pushBatch(request, context) }
         v1.get("messages/:id") { _, context in try await messageStatus(parameter("id", of: context)) }
+        v1.delete("messages/:id") { _, context in
+            try json(try await MessageCancellation(dispatcher: dispatcher).cancel(parameter("id", of: context)), status: .ok)
+        }
         v1.get("terminals/:id") { _, context in try await terminalStatus(parameter("id", of: context)) }
         v1.get("terminals/:id/queue") { request, context in try await terminalQueue(parameter("id", of: context), request) }
         v1.get("nodes") { _, _ in try await nodes() }

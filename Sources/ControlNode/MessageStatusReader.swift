@@ -21,9 +21,10 @@ struct MessageStatusReader: Sendable {
         let head =
             try await redis.send(
                 RedisCommand(
-                    "HMGET", bucket, Field.record(id), Field.error(id), Field.nodes(id), Field.storedForSessions(id), Field.reach(id))
+                    "HMGET", bucket, Field.record(id), Field.error(id), Field.nodes(id), Field.storedForSessions(id), Field.reach(id),
+                    Field.cancelled(id))
             ).throwingError().array?.map(\.string) ?? []
-        guard head.count == 5, let record = head[0].flatMap(MessageStatusRecord.init(decoding:)) else {
+        guard head.count == 6, let record = head[0].flatMap(MessageStatusRecord.init(decoding:)) else {
             throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)")
         }
         func number(_ value: String??) -> Int64 { (value ?? nil).flatMap { Int64($0) } ?? 0 }
@@ -55,6 +56,7 @@ struct MessageStatusReader: Sendable {
         let listed = states.keys.sorted().prefix(1000)
         body["terminals"] = .object(Dictionary(uniqueKeysWithValues: listed.map { ($0, JSONValue.string(states[$0]!.rawValue)) }))
         if let error = head[1] { body["error"] = .string(error) }
+        if let cancelled = head[5].flatMap({ Int64($0) }) { body["cancelledAt"] = .int(cancelled) }
         return body
     }
 

@@ -15,6 +15,8 @@ public enum MessageState: String, Codable, Sendable, CaseIterable {
     case dropped
     /// Taken out of the terminal's list, unsent, by a newer push with the same collapse key.
     case replaced
+    /// Taken out of the terminal's list, unsent, when the push was cancelled.
+    case withdrawn
 }
 
 extension MessageState {
@@ -24,7 +26,7 @@ extension MessageState {
         switch self {
         case .queued: 1
         case .delivered: 2
-        case .acknowledged, .expired, .dropped, .replaced: 3
+        case .acknowledged, .expired, .dropped, .replaced, .withdrawn: 3
         }
     }
 }

@@ -79,6 +79,8 @@ public enum MessageStatusField {
     public static func storedForSessions(_ id: String) -> String { id + "|s" }
     /// Terminals a broadcast was written to (added up by the nodes).
     public static func reach(_ id: String) -> String { id + "|r" }
+    /// When the push was cancelled (unix ms): `DELETE /v1/messages/{id}`.
+    public static func cancelled(_ id: String) -> String { id + "|cancelled" }
 
     /// The field recording that `terminal`'s copy of message `id` reached `state` (its
     /// value: when, in unix milliseconds). `queued` has none: a target without states waits.
@@ -88,7 +90,7 @@ public enum MessageStatusField {
 
     /// The states that have fields, most advanced last (between final ones: the order a tie
     /// goes in).
-    public static let recordedStates: [MessageState] = [.delivered, .acknowledged, .expired, .dropped, .replaced]
+    public static let recordedStates: [MessageState] = [.delivered, .acknowledged, .expired, .dropped, .replaced, .withdrawn]
 
     /// A terminal's state from the values of its ``recordedStates`` fields (nil where absent):
     /// the earliest final state, else `delivered`, else `queued`.
@@ -125,6 +127,7 @@ public enum MessageStatusField {
         case .expired: "e"
         case .dropped: "x"
         case .replaced: "p"
+        case .withdrawn: "w"
         }
     }
 }

@@ -231,6 +231,26 @@ public enum FleetScripts {
         """
     )
 
+    /// Takes a message's entry out of a terminal's list (a cancelled push), found by its id,
+    /// unless it is in flight (in the `sent` hash: sent and not acknowledged).
+    ///
+    /// KEYS: queue, sent hash. ARGV: message id.
+    /// Returns the entry withdrawn, "" when none waits (delivered, expired, dropped), or 0 when
+    /// it is in flight.
+    public static let withdraw = RedisScript(
+        """
+        if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+        local needle = '"id":"' .. ARGV[1] .. '"'
+        for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+          if string.find(entry, needle, 1, true) then
+            redis.call('LREM', KEYS[1], 1, entry)
+            return entry
+          end
+        end
+        return ''
+        """
+    )
+
     /// Trims a terminal's list to the cap, oldest first (after plain RPUSHes made it longer).
     ///
     /// KEYS: queue. ARGV: cap. Returns the entries removed.
@@ -365,7 +385,8 @@ public enum FleetScripts {
 
     /// Every script, for SCRIPT LOAD on connect.
     public static let all = [
-        register, unregister, reassertRoute, enqueue, store, storeCollapsing, trim, indexUpdate, storedSubscriptions, storeForSubscriber,
+        register, unregister, reassertRoute, enqueue, store, storeCollapsing, withdraw, trim, indexUpdate, storedSubscriptions,
+        storeForSubscriber,
         sweepNode, retain, keepWill, scheduleWill, claimWills, settleWill, deleteIfEqual,
     ]
 }

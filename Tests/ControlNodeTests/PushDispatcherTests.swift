@@ -55,7 +55,7 @@ struct PushDispatcherTests {
         #expect(try await queue("b").count == 1)
         #expect(
             try await status(receipt.id) == [
-                "targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0,
+                "targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0, "withdrawn": 0,
             ])
         await redis.close()
     }
@@ -113,7 +113,7 @@ struct PushDispatcherTests {
         #expect(dropped.reduce(0, +) == 2)
         #expect(
             try await status(ids[4]) == [
-                "targets": 1, "queued": 1, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0,
+                "targets": 1, "queued": 1, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0, "withdrawn": 0,
             ])
         await redis.close()
     }
@@ -161,7 +161,7 @@ struct PushDispatcherTests {
         #expect(try await queue("r2").map(\.id) == ["1-0"])
         #expect(
             try await status("1-0") == [
-                "targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0,
+                "targets": 2, "queued": 2, "delivered": 0, "acknowledged": 0, "expired": 0, "dropped": 0, "replaced": 0, "withdrawn": 0,
             ])
         // An entry an unfinished attempt never stored is added by the next one.
         try await redis.send("DEL", keys.queue("r2"))

@@ -281,6 +281,22 @@ struct FleetScriptsTests {
         await redis.close()
     }
 
+    @Test func aWithdrawnEntryIsFoundByItsIdUnlessInFlight() async throws {
+        let queue = keys.queue("tw")
+        func entry(_ id: String) -> String { StoredMessage(id: id, qos: 1, expiresAt: 1, topic: "push/tw", payload: [1]).encoded() }
+        for id in ["a-1", "a-10", "a-2"] { _ = try await redis.send("RPUSH", queue, entry(id)) }
+        func withdraw(_ id: String) async throws -> RedisReply {
+            try await redis.send(FleetScripts.withdraw.command(keys: [queue, keys.sent("tw")], arguments: [id]))
+        }
+        // "a-1" is not "a-10": the whole id is matched.
+        #expect(try await withdraw("a-1").string == entry("a-1"))
+        #expect(try await withdraw("a-1").string == "", "gone")
+        _ = try await redis.send("HSET", keys.sent("tw"), "a-2", "3")
+        #expect(try await withdraw("a-2") == .integer(0), "in flight: left")
+        #expect(try await redis.send("LRANGE", queue, "0", "-1").array?.compactMap(\.string) == [entry("a-10"), entry("a-2")])
+        await redis.close()
+    }
+
     @Test func statesNeverMoveBackAndTheCountsFollowFromThem() async throws {
         typealias Field = MessageStatusField
         let id = FleetClock.newMessageID()
@@ -302,7 +318,9 @@ struct FleetScriptsTests {
         }
         #expect(states == [.acknowledged, .delivered, .expired, .queued, .dropped])
         #expect(
-            Field.counts(ofTargets: states) == ["queued": 1, "delivered": 2, "acknowledged": 1, "expired": 1, "dropped": 1, "replaced": 0])
+            Field.counts(ofTargets: states) == [
+                "queued": 1, "delivered": 2, "acknowledged": 1, "expired": 1, "dropped": 1, "replaced": 0, "withdrawn": 0,
+            ])
         await redis.close()
     }
 

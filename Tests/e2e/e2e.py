@@ -120,6 +120,56 @@ def test_collapse_keys_leave_an_offline_terminal_the_latest_of_each(fleet):
         wait_for(lambda: fleet.api("GET", f"/v1/messages/{ids[index]}")[1]["acknowledged"] == 1, what=f"push {index} acknowledged")
 
 
+def test_a_cancelled_push_reaches_nobody_who_was_offline(fleet):
+    """DELETE /v1/messages/{id}: the copies waiting for offline terminals are withdrawn (they
+    never arrive), one acknowledged is gone, one sent and not acknowledged is left in flight;
+    the status says so. A push to 1,001 terminals (one past the cancellation's pipeline of
+    1,000) is withdrawn everywhere. Topic pushes cannot be; unknown ids are 404."""
+    received = []
+    online = mqtt5_client(fleet, "cx-on", fleet.node_ports[0], on_message=lambda m: received.append(m.payload))
+    holder = RawMQTT(fleet.node_ports[1])
+    assert holder.connect("cx-hold", fleet.credential("cx-hold")) == (0x20, b"\x00\x00")
+    try:
+        wait_for(lambda: route_node(fleet, "cx-on") == "n1", what="cx-on online")
+        targets = ["cx-on", "cx-hold", "cx-off-1", "cx-off-2", "cx-off-3"]
+        status, receipt = fleet.api("POST", "/v1/push", {"to": targets, "payload": "withdraw me", "qos": 1, "ttl": 600})
+        assert status == 202, receipt
+        message_id = receipt["id"]
+        wait_for(lambda: received == [b"withdraw me"], what="cx-on's copy")
+        first, body = holder.read()
+        assert first >> 4 == 3 and parse_publish(first, body)["payload"] == b"withdraw me"  # held: no PUBACK
+        wait_for(lambda: fleet.redis_cli("HEXISTS", "pushfleet:{t:cx-hold}:sent", message_id) == "1", what="cx-hold's copy recorded in flight")
+        wait_for(lambda: fleet.api("GET", f"/v1/messages/{message_id}")[1]["acknowledged"] == 1, what="cx-on's acknowledgement")
+        status, outcome = fleet.api("DELETE", f"/v1/messages/{message_id}")
+        assert status == 200 and outcome == {"id": message_id, "targets": 5, "withdrawn": 3, "inFlight": 1, "gone": 1}, outcome
+        body = fleet.api("GET", f"/v1/messages/{message_id}")[1]
+        assert body["withdrawn"] == 3 and body["cancelledAt"] > 0, body
+        assert {t: body["terminals"][t] for t in ["cx-off-1", "cx-off-2", "cx-off-3"]} == {f"cx-off-{i}": "withdrawn" for i in (1, 2, 3)}
+        late = []
+        away = mqtt5_client(fleet, "cx-off-1", fleet.node_ports[1], on_message=lambda m: late.append(m.payload))
+        try:
+            wait_for(lambda: route_node(fleet, "cx-off-1") == "n2", what="cx-off-1 online")
+            time.sleep(1.5)
+            assert late == [], late
+            assert fleet.api("GET", "/v1/terminals/cx-off-1")[1]["queued"] == 0
+        finally:
+            away.disconnect()
+            away.loop_stop()
+    finally:
+        holder.close()
+        online.disconnect()
+        online.loop_stop()
+    many = [f"cx-many-{i}" for i in range(1001)]
+    status, receipt = fleet.api("POST", "/v1/push", {"to": many, "payload": "x", "ttl": 600})
+    assert status == 202, receipt
+    status, outcome = fleet.api("DELETE", f"/v1/messages/{receipt['id']}")
+    assert status == 200 and outcome["withdrawn"] == 1001 and outcome["gone"] == 0, outcome
+    assert fleet.redis_cli("EXISTS", "pushfleet:{t:cx-many-1000}:queue") == "0"
+    status, receipt = fleet.api("POST", "/v1/push", {"topic": "news/cx", "payload": "x"})
+    assert fleet.api("DELETE", f"/v1/messages/{receipt['id']}")[0] == 409
+    assert fleet.api("DELETE", "/v1/messages/1-0-unknown")[0] == 404
+
+
 def test_wrong_password_is_not_authorized(fleet):
     out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.lb_mqtt), "-i", "phone-2", "-u", "phone-2",
                           "-P", "v1.1.2.bad", "-t", "push/phone-2", "-W", "5"], capture_output=True, text=True)

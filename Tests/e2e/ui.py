@@ -2,9 +2,9 @@
 """The admin page (/ui) in headless Chromium against a running fleet: two push nodes, a control
 node with an API key, a terminal connected over MQTT (paho). The page is given the key; the
 test checks the figures it shows against the API (push nodes, terminals online, each node's
-row), looks up the terminal and what waits in an offline terminal's list, sends a test push
-from the form, sees the terminal receive it, reads its status on the page, and writes a
-screenshot (--screenshot, default pushfleet-admin-ui.png in the temporary directory). Needs Debian's chromium and
+row), looks up the terminal and what waits in an offline terminal's list, cancels a push from
+the page, sends a test push from the form, sees the terminal receive it, reads its status on
+the page, and writes a screenshot (--screenshot, default pushfleet-admin-ui.png in the temporary directory). Needs Debian's chromium and
 chromium-driver, and selenium from PyPI."""
 import argparse
 import json
@@ -92,6 +92,19 @@ def test_admin_page_shows_the_fleet_and_sends_a_push(fleet):
         queue = call(port, "GET", "/v1/terminals/ui-away/queue")
         shown = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in driver.find_elements(By.CSS_SELECTOR, "#queue-table tbody tr")]
         assert [row[0] for row in shown] == [entry["id"] for entry in queue["entries"]] and len(shown) == 3, (shown, queue)
+
+        # A push waiting for ui-away, cancelled from the page: withdrawn.
+        status, extra = fleet.api("POST", "/v1/push", {"to": ["ui-away"], "payload": "cancel me", "qos": 1})
+        assert status == 202
+        driver.find_element(By.ID, "message-id").send_keys(extra["id"])
+        driver.find_element(By.CSS_SELECTOR, "#message-form button").click()
+        wait_for(lambda: driver.find_element(By.ID, "message-cancel").is_displayed(), what="the cancel button")
+        driver.find_element(By.ID, "message-cancel").click()
+        wait_for(lambda: driver.find_elements(By.ID, "status-withdrawn") and text("status-withdrawn") == "1",
+                 what="the push withdrawn on the page")
+        assert text("message-cancelled").startswith("Cancelled: 1 withdrawn"), text("message-cancelled")
+        assert call(port, "GET", "/v1/terminals/ui-away")["queued"] == 3
+        driver.find_element(By.ID, "message-id").clear()
 
         # A test push from the form reaches the terminal; its status on the page.
         driver.find_element(By.ID, "push-target").send_keys("ui-t1")

@@ -177,13 +177,13 @@ async function lookUpMessage(event) {
     const status = await api("GET", `/v1/messages/${encodeURIComponent(id)}`);
     const fields = $("message-fields");
     fields.replaceChildren();
-    for (const name of ["id", "kind", "qos", "ttl", "createdAt", "targets", "queued", "delivered", "acknowledged", "expired", "dropped", "replaced", "nodes", "storedForSessions", "error"]) {
+    for (const name of ["id", "kind", "qos", "ttl", "createdAt", "targets", "queued", "delivered", "acknowledged", "expired", "dropped", "replaced", "withdrawn", "cancelledAt", "nodes", "storedForSessions", "error"]) {
       if (!(name in status)) continue;
       const term = document.createElement("dt");
       term.textContent = name;
       const value = document.createElement("dd");
       value.id = "status-" + name;
-      value.textContent = name === "createdAt" ? formatTime(status[name]) : status[name];
+      value.textContent = name === "createdAt" || name === "cancelledAt" ? formatTime(status[name]) : status[name];
       fields.append(term, value);
     }
     const body = $("message-terminals").tBodies[0];
@@ -193,8 +193,20 @@ async function lookUpMessage(event) {
       cell(row, terminal);
       cell(row, state);
     }
+    $("message-cancel").hidden = status.kind !== "unicast" || "cancelledAt" in status || status.queued === 0;
     $("message-result").hidden = false;
     showError(null);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function cancelMessage() {
+  const id = $("message-id").value.trim();
+  try {
+    const outcome = await api("DELETE", `/v1/messages/${encodeURIComponent(id)}`);
+    $("message-cancelled").textContent = `Cancelled: ${outcome.withdrawn} withdrawn, ${outcome.inFlight} in flight, ${outcome.gone} gone before.`;
+    await lookUpMessage();
   } catch (error) {
     showError(error);
   }
@@ -252,6 +264,7 @@ $("forget-key").addEventListener("click", forgetKey);
 $("terminal-form").addEventListener("submit", lookUpTerminal);
 $("queue-more").addEventListener("click", () => loadQueue($("terminal-id").value.trim(), queueOffset).catch(showError));
 $("message-form").addEventListener("submit", lookUpMessage);
+$("message-cancel").addEventListener("click", cancelMessage);
 $("push-form").addEventListener("submit", sendPush);
 if (sessionStorage.getItem(KEY)) $("api-key").placeholder = "key set for this tab";
 poll();

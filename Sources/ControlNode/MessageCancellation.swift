@@ -1,0 +1,62 @@
+import FleetCore
+import FleetRedis
+import RedisClient
+
+/// `DELETE /v1/messages/{id}`: a unicast push's copies still waiting in their terminals' lists
+/// are taken out (``FleetScripts/withdraw``) and become `withdrawn`; copies in flight (sent, not
+/// acknowledged) and those already gone (delivered, expired, dropped, replaced) are counted.
+/// A copy a push node has just read from the list to send may still reach its terminal; a
+/// terminal that is offline gets nothing.
+struct MessageCancellation: Sendable {
+    let dispatcher: PushDispatcher
+
+    var redis: RedisConnection { dispatcher.redis }
+    var keys: FleetKeys { dispatcher.keys }
+
+    struct Outcome: Encodable {
+        var id: String
+        var targets: Int
+        /// Copies taken out of lists.
+        var withdrawn: Int
+        /// Copies sent and not yet acknowledged: left to their terminals.
+        var inFlight: Int
+        /// Copies no longer waiting (delivered, expired, dropped or replaced before).
+        var gone: Int
+    }
+
+    /// Targets per pipeline.
+    static let chunk = 1000
+
+    func cancel(_ id: String) async throws -> Outcome {
+        let bucket = keys.statusBucket(StatusBucket(messageID: id))
+        guard let text = try await redis.send("HGET", bucket, MessageStatusField.record(id)).throwingError().string,
+            let record = MessageStatusRecord(decoding: text)
+        else {
+            throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)")
+        }
+        guard record.kind == "unicast" else {
+            throw APIError(.conflict, "conflict", "a \(record.kind) push goes out at once: there is nothing stored to withdraw")
+        }
+        var outcome = Outcome(id: id, targets: record.targets.count, withdrawn: 0, inFlight: 0, gone: 0)
+        var states = StatusWrites()
+        let now = FleetClock.nowMillis()
+        states.set(MessageStatusField.cancelled(id), String(now), of: id)
+        for start in stride(from: 0, to: record.targets.count, by: Self.chunk) {
+            let terminals = record.targets[start..<min(start + Self.chunk, record.targets.count)]
+            let replies = try await redis.pipeline(
+                terminals.map { FleetScripts.withdraw.command(keys: [keys.queue($0), keys.sent($0)], arguments: [id]) })
+            for (terminal, reply) in zip(terminals, replies) {
+                switch try reply.throwingError() {
+                case .integer: outcome.inFlight += 1
+                case .bulkString where reply.string?.isEmpty == false:
+                    outcome.withdrawn += 1
+                    states.record(.withdrawn, of: id, terminal: terminal, at: now)
+                default: outcome.gone += 1
+                }
+            }
+        }
+        dispatcher.ledger.entered(expiresAt: record.expiresAt, count: -outcome.withdrawn)
+        _ = try await redis.pipeline(dispatcher.statusCommands(states))
+        return outcome
+    }
+}
