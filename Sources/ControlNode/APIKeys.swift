@@ -3,7 +3,7 @@ import NIOCore
 
 /// What an API key may do.
 public enum APIScope: String, Sendable, CaseIterable {
-    /// `POST /v1/push`, `POST /v1/push/batch`, `DELETE /v1/messages/{id}`.
+    /// `POST /v1/push`, `POST /v1/push/batch`, `DELETE /v1/messages/{id}`, `DELETE` of a queue entry.
     case push
     /// `POST /v1/credentials`, `DELETE /v1/credentials/{terminal}`.
     case credentials

@@ -6,6 +6,7 @@ enum APIRoutes {
     static func pattern(of path: String) -> String {
         var segments = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         if segments.count >= 3, segments[0] == "v1", ["credentials", "messages", "terminals"].contains(segments[1]) { segments[2] = "*" }
+        if segments.count == 5, segments[1] == "terminals", segments[3] == "queue" { segments[4] = "*" }
         return segments.joined(separator: "/")
     }
 
@@ -26,6 +27,7 @@ enum APIRoutes {
         ("v1/messages/*", "DELETE", .push),
         ("v1/terminals/*", "GET", .read),
         ("v1/terminals/*/queue", "GET", .read),
+        ("v1/terminals/*/queue/*", "DELETE", .push),
         ("v1/nodes", "GET", .read),
         ("v1/stats", "GET", .read),
     ]

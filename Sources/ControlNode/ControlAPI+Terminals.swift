@@ -1,8 +1,9 @@
 import FleetCore
+import FleetRedis
 import Hummingbird
 import RedisClient
 
-/// `GET /v1/terminals/{id}` and `GET /v1/terminals/{id}/queue`.
+/// `GET /v1/terminals/{id}`, `GET /v1/terminals/{id}/queue` and `DELETE` of one entry.
 extension ControlAPI {
     func terminalStatus(_ terminal: String) async throws -> Response {
         guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
@@ -69,5 +70,27 @@ extension ControlAPI {
         }
         let page = QueuePage(terminal: terminal, total: Int(try replies[0].throwingError().int ?? 0), offset: offset, entries: entries)
         return try json(page, status: .ok)
+    }
+
+    /// `DELETE /v1/terminals/{id}/queue/{message}`: takes one message out of one terminal's list
+    /// (its state there becomes `withdrawn`). 404 when it does not wait there, 409 when it is in
+    /// flight (sent, not yet acknowledged).
+    func withdrawEntry(_ message: String, terminal: String) async throws -> Response {
+        guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
+        guard !message.isEmpty, message.utf8.count <= 128, !message.contains("\"") else { throw APIError.badRequest("invalid message id") }
+        let reply = try await redis.send(
+            FleetScripts.withdraw.command(keys: [keys.queue(terminal), keys.sent(terminal)], arguments: [message])
+        ).throwingError()
+        guard case .bulkString = reply, let entry = reply.string.flatMap(StoredMessage.decode) else {
+            if case .integer = reply { throw APIError(.conflict, "conflict", "message \(message) is in flight to \(terminal)") }
+            throw APIError.notFound("message \(message.debugDescription) does not wait in \(terminal)'s list")
+        }
+        dispatcher.ledger.left(expiresAt: entry.expiresAt)
+        if entry.hasStatus {
+            var states = StatusWrites()
+            states.record(.withdrawn, of: entry.id, terminal: terminal, at: FleetClock.nowMillis())
+            _ = try await redis.pipeline(dispatcher.statusCommands(states))
+        }
+        return Response(status: .noContent)
     }
 }

@@ -32,6 +32,9 @@ struct ControlAPI: Sendable {
         }
         v1.get("terminals/:id") { _, context in try await terminalStatus(parameter("id", of: context)) }
         v1.get("terminals/:id/queue") { request, context in try await terminalQueue(parameter("id", of: context), request) }
+        v1.delete("terminals/:id/queue/:message") { _, context in
+            try await withdrawEntry(parameter("message", of: context), terminal: parameter("id", of: context))
+        }
         v1.get("nodes") { _, _ in try await nodes() }
         v1.get("stats") { _, _ in try json(try await FleetStats(redis: redis, keys: keys).read(), status: .ok) }
     }

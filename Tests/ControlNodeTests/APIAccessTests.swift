@@ -36,6 +36,8 @@ import Testing
         #expect(APIAccess.scope(method: "DELETE", path: "/v1/messages/m1") == .push, "cancelling is pushing's")
         #expect(APIAccess.scope(method: "GET", path: "/v1/terminals/t1/queue") == .read)
         #expect(APIAccess.scope(method: "GET", path: "/v1/stats") == .read)
+        #expect(APIAccess.scope(method: "DELETE", path: "/v1/terminals/t1/queue/m1") == .push)
+        #expect(APIAccess.scope(method: "GET", path: "/v1/terminals/t1/queue/m1") == .admin, "no such route")
         #expect(APIAccess.scope(method: "POST", path: "/v1/shed") == .admin, "calls no scope names need admin")
         #expect(access.decide(method: "POST", path: "/v1/push", authorization: "Bearer pusher") == .allow)
         #expect(access.decide(method: "POST", path: "/v1/credentials", authorization: "Bearer pusher") == .forbidden(.credentials))

@@ -170,6 +170,28 @@ def test_a_cancelled_push_reaches_nobody_who_was_offline(fleet):
     assert fleet.api("DELETE", "/v1/messages/1-0-unknown")[0] == 404
 
 
+def test_queue_inspection_pages_and_one_entry_withdrawn(fleet):
+    """GET /v1/terminals/{id}/queue pages through what waits (limit 1-500); DELETE of one
+    entry takes it out (withdrawn in its status), a second DELETE is 404."""
+    ids = []
+    for index in range(3):
+        status, body = fleet.api("POST", "/v1/push", {"to": ["qx-away"], "payload": f"q{index}", "collapseKey": f"k{index}", "ttl": 600})
+        assert status == 202, body
+        ids.append(body["id"])
+    first = fleet.api("GET", "/v1/terminals/qx-away/queue?limit=2")[1]
+    assert first["total"] == 3 and [e["id"] for e in first["entries"]] == ids[:2], first
+    assert first["entries"][0]["collapseKey"] == "k0" and first["entries"][0]["size"] == 2 and first["entries"][0]["qos"] == 1
+    second = fleet.api("GET", "/v1/terminals/qx-away/queue?offset=2&limit=2")[1]
+    assert [e["id"] for e in second["entries"]] == ids[2:], second
+    assert fleet.api("GET", "/v1/terminals/qx-away/queue?limit=500")[0] == 200
+    assert fleet.api("GET", "/v1/terminals/qx-away/queue?limit=501")[0] == 400
+    assert fleet.api("GET", "/v1/terminals/qx-away/queue?offset=-1")[0] == 400
+    assert fleet.api("DELETE", f"/v1/terminals/qx-away/queue/{ids[1]}")[0] == 204
+    assert [e["id"] for e in fleet.api("GET", "/v1/terminals/qx-away/queue")[1]["entries"]] == [ids[0], ids[2]]
+    assert fleet.api("GET", f"/v1/messages/{ids[1]}")[1]["terminals"] == {"qx-away": "withdrawn"}
+    assert fleet.api("DELETE", f"/v1/terminals/qx-away/queue/{ids[1]}")[0] == 404
+
+
 def test_wrong_password_is_not_authorized(fleet):
     out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.lb_mqtt), "-i", "phone-2", "-u", "phone-2",
                           "-P", "v1.1.2.bad", "-t", "push/phone-2", "-W", "5"], capture_output=True, text=True)

@@ -144,6 +144,18 @@ async function loadQueue(terminal, offset) {
     cell(row, entry.size);
     cell(row, entry.collapseKey || "");
     cell(row, entry.expiresAt ? formatTime(entry.expiresAt) : "never");
+    const withdraw = document.createElement("button");
+    withdraw.type = "button";
+    withdraw.textContent = "Withdraw";
+    withdraw.addEventListener("click", async () => {
+      try {
+        await api("DELETE", `/v1/terminals/${encodeURIComponent(terminal)}/queue/${encodeURIComponent(entry.id)}`);
+        row.remove();
+      } catch (error) {
+        showError(error);
+      }
+    });
+    row.insertCell().append(withdraw);
   }
   queueOffset = offset + page.entries.length;
   $("queue-more").hidden = queueOffset >= page.total;
