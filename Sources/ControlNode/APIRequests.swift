@@ -19,10 +19,13 @@ struct PushRequest: Decodable, Equatable {
     var ttl: Int?
     var idempotencyKey: String?
     var collapseKey: String?
+    /// Unix seconds to push at, or seconds from now: kept until then.
+    var sendAt: Int64?
+    var delay: Int?
 
     /// The push it asks for, checked against the configuration (throws ``APIError``).
     func command(_ configuration: ControlNodeConfiguration) throws -> PushCommand {
-        let command = try PushCommand(
+        var command = try PushCommand(
             to: to,
             topic: topic,
             broadcast: broadcast ?? false,
@@ -33,8 +36,34 @@ struct PushRequest: Decodable, Equatable {
             idempotencyKey: idempotencyKey,
             collapseKey: collapseKey
         )
+        command.sendAt = try scheduledTime(configuration)
         try command.validate(configuration)
         return command
+    }
+}
+
+extension PushRequest {
+    /// When a push with `sendAt` or `delay` is due (unix ms), within the horizon; nil for now
+    /// (no time given, or one already past).
+    func scheduledTime(_ configuration: ControlNodeConfiguration) throws -> Int64? {
+        let now = FleetClock.nowMillis()
+        let due: Int64
+        switch (sendAt, delay) {
+        case (nil, nil): return nil
+        case (let sendAt?, nil):
+            guard sendAt >= 0, sendAt < Int64(Int32.max) * 100 else { throw APIError.badRequest("sendAt must be unix seconds") }
+            due = sendAt * 1000
+        case (nil, let delay?):
+            guard delay >= 0, delay <= configuration.maximumScheduleAhead else {
+                throw APIError.badRequest("delay must be between 0 and \(configuration.maximumScheduleAhead) seconds")
+            }
+            due = now + Int64(delay) * 1000
+        default: throw APIError.badRequest("give sendAt or delay, not both")
+        }
+        guard due <= now + Int64(configuration.maximumScheduleAhead) * 1000 else {
+            throw APIError.badRequest("a push may be scheduled at most \(configuration.maximumScheduleAhead) seconds ahead")
+        }
+        return due > now ? due : nil
     }
 }
 
@@ -81,6 +110,8 @@ extension PushRequest: ScannableRequest {
             case "ttl": bit = 1 << 6
             case "idempotencyKey": bit = 1 << 7
             case "collapseKey": bit = 1 << 8
+            case "sendAt": bit = 1 << 9
+            case "delay": bit = 1 << 10
             default: return scanner.skipValue()
             }
             guard seen & bit == 0 else { return false }
@@ -95,6 +126,8 @@ extension PushRequest: ScannableRequest {
             case "qos": request.qos = scanner.plainInteger().flatMap { Int(exactly: $0) }
             case "ttl": request.ttl = scanner.plainInteger().flatMap { Int(exactly: $0) }
             case "collapseKey": request.collapseKey = scanner.string()
+            case "sendAt": request.sendAt = scanner.plainInteger()
+            case "delay": request.delay = scanner.plainInteger().flatMap { Int(exactly: $0) }
             default: request.idempotencyKey = scanner.string()
             }
             return !scanner.failed

@@ -98,6 +98,10 @@ struct ControlAPI: Sendable {
         let body = try await decode(PushRequest.self, from: request, limit: configuration.maximumPayloadSize * 2 + 64 * 1024)
         let command = try command(from: body)
         try [command].checkRequestBudget(configuration)
+        if command.sendAt != nil {
+            return try json(
+                try await ScheduledPushes(dispatcher: dispatcher, logger: dispatcher.logger).schedule(command), status: .accepted)
+        }
         let receipt = try await dispatcher.push(command)
         return try json(receipt, status: .accepted)
     }
@@ -152,13 +156,25 @@ struct ControlAPI: Sendable {
         var results = [BatchResult](repeating: BatchResult(), count: commands.count)
         let wakes = WakeBatch()
         var valid: [(index: Int, command: PushCommand)] = []
+        var scheduled: [(index: Int, command: PushCommand)] = []
         for (index, command) in commands.enumerated() {
             switch command {
             case .failure(let error): results[index].error = .init(code: error.code, message: error.message)
+            case .success(let command) where command.sendAt != nil: scheduled.append((index, command))
             case .success(let command): valid.append((index, command))
             }
         }
-        try valid.map(\.command).checkRequestBudget(configuration)
+        try (valid + scheduled).map(\.command).checkRequestBudget(configuration)
+        let scheduler = ScheduledPushes(dispatcher: dispatcher, logger: dispatcher.logger)
+        for (index, command) in scheduled {
+            do {
+                let receipt = try await scheduler.schedule(command)
+                results[index] = BatchResult(id: receipt.id, targets: receipt.targets)
+            } catch {
+                let apiError = APIError.from(error)
+                results[index] = BatchResult(error: .init(code: apiError.code, message: apiError.message))
+            }
+        }
         let outcomes = await dispatcher.pushMany(valid.map(\.command), wakes: wakes)
         for ((index, _), outcome) in zip(valid, outcomes) {
             switch outcome {

@@ -103,6 +103,8 @@ public struct ControlNode: Service {
                         await FleetStats.heartbeat(id: id, metrics: metrics, ledger: ledger, redis: redis, keys: keys, logger: logger)
                     }
                 }
+                let scheduler = ScheduledPushes(dispatcher: dispatcher, logger: logger)
+                group.addTask { await cancelWhenGracefulShutdown { await scheduler.run() } }
                 if configuration.consumeCommandStream {
                     group.addTask { await cancelWhenGracefulShutdown { await consumer.run() } }
                 }

@@ -37,6 +37,10 @@ public struct ControlNodeConfiguration: Sendable {
     public var maximumStoredLifetime = 7 * 24 * 3600
     /// Longest ttl accepted for a message, in seconds.
     public var maximumTTL = 30 * 86_400
+    /// How far ahead a push may be scheduled, in seconds.
+    public var maximumScheduleAhead = 30 * 86_400
+    /// Most scheduled pushes waiting in the fleet.
+    public var maximumScheduled = 100_000
     /// Seconds message status records are kept.
     public var statusRetention = 7 * 86_400
     /// Default and maximum credential lifetimes, in seconds.

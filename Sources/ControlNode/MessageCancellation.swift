@@ -29,9 +29,20 @@ struct MessageCancellation: Sendable {
 
     func cancel(_ id: String) async throws -> Outcome {
         let bucket = keys.statusBucket(StatusBucket(messageID: id))
-        guard let text = try await redis.send("HGET", bucket, MessageStatusField.record(id)).throwingError().string,
-            let record = MessageStatusRecord(decoding: text)
-        else {
+        let head = try await redis.send("HMGET", bucket, MessageStatusField.record(id), MessageStatusField.scheduled(id)).throwingError()
+        let fields = head.array?.map(\.string) ?? []
+        let scheduled = fields.count == 2 ? fields[1].flatMap(ScheduledPushes.Record.init(decoding:)) : nil
+        if let scheduled, try await ScheduledPushes(dispatcher: dispatcher, logger: dispatcher.logger).unschedule(id) {
+            // Not due yet: nothing went out, all of it is withdrawn.
+            var status = StatusWrites()
+            status.set(MessageStatusField.cancelled(id), String(FleetClock.nowMillis()), of: id)
+            _ = try await redis.pipeline(dispatcher.statusCommands(status))
+            return Outcome(id: id, targets: scheduled.targets, withdrawn: scheduled.targets, inFlight: 0, gone: 0)
+        }
+        guard let text = fields.first ?? nil, let record = MessageStatusRecord(decoding: text) else {
+            if scheduled != nil {
+                throw APIError(.conflict, "conflict", "the scheduled push is going out right now: cancel again in a moment to withdraw it")
+            }
             throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)")
         }
         guard record.kind == "unicast" else {

@@ -22,10 +22,13 @@ struct MessageStatusReader: Sendable {
             try await redis.send(
                 RedisCommand(
                     "HMGET", bucket, Field.record(id), Field.error(id), Field.nodes(id), Field.storedForSessions(id), Field.reach(id),
-                    Field.cancelled(id))
+                    Field.cancelled(id), Field.scheduled(id))
             ).throwingError().array?.map(\.string) ?? []
-        guard head.count == 6, let record = head[0].flatMap(MessageStatusRecord.init(decoding:)) else {
-            throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)")
+        guard head.count == 7 else { throw RedisError(.unexpectedReply, "unexpected status reply") }
+        let scheduled = head[6].flatMap(ScheduledPushes.Record.init(decoding:))
+        guard let record = head[0].flatMap(MessageStatusRecord.init(decoding:)) else {
+            guard let scheduled else { throw APIError.notFound("no message \(id.debugDescription) (unknown or past its retention)") }
+            return Self.waiting(id, scheduled, cancelledAt: head[5].flatMap { Int64($0) })
         }
         func number(_ value: String??) -> Int64 { (value ?? nil).flatMap { Int64($0) } ?? 0 }
         var counts = Dictionary(uniqueKeysWithValues: MessageState.allCases.map { ($0.rawValue, Int64(0)) })
@@ -57,6 +60,20 @@ struct MessageStatusReader: Sendable {
         body["terminals"] = .object(Dictionary(uniqueKeysWithValues: listed.map { ($0, JSONValue.string(states[$0]!.rawValue)) }))
         if let error = head[1] { body["error"] = .string(error) }
         if let cancelled = head[5].flatMap({ Int64($0) }) { body["cancelledAt"] = .int(cancelled) }
+        if let scheduled { body["scheduledAt"] = .int(scheduled.due) }
+        return body
+    }
+
+    /// The status of a scheduled push that has not gone out: `scheduled` true (false once
+    /// cancelled), its counts all 0 (but `targets`).
+    static func waiting(_ id: String, _ scheduled: ScheduledPushes.Record, cancelledAt: Int64?) -> [String: JSONValue] {
+        var body: [String: JSONValue] = [
+            "id": .string(id), "kind": .string(scheduled.kind), "qos": .int(Int64(scheduled.qos)), "ttl": .int(Int64(scheduled.ttl)),
+            "createdAt": .int(scheduled.createdAt), "scheduledAt": .int(scheduled.due), "scheduled": .bool(cancelledAt == nil),
+            "targets": .int(Int64(scheduled.targets)), "terminals": .object([:]),
+        ]
+        for state in MessageState.allCases { body[state.rawValue] = .int(0) }
+        if let cancelledAt { body["cancelledAt"] = .int(cancelledAt) }
         return body
     }
 

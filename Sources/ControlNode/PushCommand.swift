@@ -23,6 +23,8 @@ public struct PushCommand: Sendable, Hashable {
     /// A terminal's list holds at most one entry waiting per collapse key: a newer push with
     /// the key replaces the waiting one (whose state becomes `replaced`). Unicast pushes only.
     public var collapseKey: String?
+    /// When to push (unix ms); nil: now. Kept in Redis until then (``ScheduledPushes``).
+    public var sendAt: Int64?
 
     /// The longest collapse key, in bytes.
     public static let maximumCollapseKeyLength = 128

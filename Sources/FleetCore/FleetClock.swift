@@ -14,8 +14,14 @@ public enum FleetClock {
     /// the process, and across processes as long as two random starts are not within a few
     /// billion of each other, without a `getrandom` call per id.
     public static func newMessageID() -> String {
+        newMessageID(atMillis: nowMillis())
+    }
+
+    /// A new message id whose time part is `millis` (a scheduled push's: its status bucket is
+    /// the second it is due, so its status is kept as long after it went out as any push's).
+    public static func newMessageID(atMillis millis: Int64) -> String {
         let first = idCounter.add(1, ordering: .relaxed).newValue - 1
-        return messageID(ms: String(UInt64(nowMillis()), radix: 16), number: first, shard: nextShard())
+        return messageID(ms: String(UInt64(max(0, millis)), radix: 16), number: first, shard: nextShard())
     }
 
     /// `count` new message ids that share a status shard, so a batch writes its statuses into

@@ -51,6 +51,11 @@ public struct FleetKeys: Sendable, Hashable {
     /// HASH: entries in terminals' lists by expiry bucket (``QueueLedger``), for the fleet's
     /// `queued` figure.
     public var queuedLedger: String { "\(prefix){stats}:queued" }
+    /// ZSET scheduled push id -> when it is due (unix ms); a control node that takes one moves
+    /// it a lease ahead until it is pushed (``ScheduledPushes``).
+    public var scheduledDue: String { "\(prefix){sched}:due" }
+    /// HASH scheduled push id -> the push (JSON), until it is pushed or cancelled.
+    public var scheduledPushes: String { "\(prefix){sched}:pushes" }
     /// Pub/sub channel of one push node.
     public func nodeChannel(_ node: String) -> String { "\(prefix)node:\(node):ch" }
     /// Pub/sub channel every push node subscribes to (broadcasts and topic pushes).

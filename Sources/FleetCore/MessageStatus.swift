@@ -79,6 +79,8 @@ public enum MessageStatusField {
     public static func storedForSessions(_ id: String) -> String { id + "|s" }
     /// Terminals a broadcast was written to (added up by the nodes).
     public static func reach(_ id: String) -> String { id + "|r" }
+    /// A scheduled push before it goes out: `dueMillis|kind|qos|ttl|createdAt|targets`.
+    public static func scheduled(_ id: String) -> String { id + "|sched" }
     /// When the push was cancelled (unix ms): `DELETE /v1/messages/{id}`.
     public static func cancelled(_ id: String) -> String { id + "|cancelled" }
 

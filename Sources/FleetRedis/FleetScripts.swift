@@ -251,6 +251,44 @@ public enum FleetScripts {
         """
     )
 
+    /// Keeps a scheduled push until it is due, within the bound of scheduled pushes.
+    ///
+    /// KEYS: due zset, pushes hash. ARGV: id, due (ms), the push (JSON), most scheduled.
+    /// Returns 1, or 0 when the bound is reached.
+    public static let schedule = RedisScript(
+        """
+        if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+        redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+        redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+        return 1
+        """
+    )
+
+    /// Takes scheduled pushes that are due (and those a control node took and did not finish
+    /// within its lease): each is moved a lease ahead, so no other control node takes it
+    /// meanwhile, and returned with its push.
+    ///
+    /// KEYS: due zset, pushes hash. ARGV: now (ms), lease (ms), most to take.
+    /// Returns id, push, id, push, ... (a push cancelled meanwhile is dropped).
+    public static let claimScheduled = RedisScript(
+        """
+        local now = tonumber(ARGV[1])
+        local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+        local reply = {}
+        for _, id in ipairs(ids) do
+          local push = redis.call('HGET', KEYS[2], id)
+          if push then
+            redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+            reply[#reply + 1] = id
+            reply[#reply + 1] = push
+          else
+            redis.call('ZREM', KEYS[1], id)
+          end
+        end
+        return reply
+        """
+    )
+
     /// Trims a terminal's list to the cap, oldest first (after plain RPUSHes made it longer).
     ///
     /// KEYS: queue. ARGV: cap. Returns the entries removed.
@@ -385,7 +423,8 @@ public enum FleetScripts {
 
     /// Every script, for SCRIPT LOAD on connect.
     public static let all = [
-        register, unregister, reassertRoute, enqueue, store, storeCollapsing, withdraw, trim, indexUpdate, storedSubscriptions,
+        register, unregister, reassertRoute, enqueue, store, storeCollapsing, withdraw, schedule, claimScheduled, trim, indexUpdate,
+        storedSubscriptions,
         storeForSubscriber,
         sweepNode, retain, keepWill, scheduleWill, claimWills, settleWill, deleteIfEqual,
     ]

@@ -79,6 +79,12 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "Seconds an HTTP connection may stay idle or take to send a request head (env PUSHFLEET_HTTP_IDLE_TIMEOUT; default 30).")
     var httpIdleTimeout: Int?
 
+    @Option(help: "Seconds ahead a push may be scheduled (sendAt, delay) (env PUSHFLEET_MAX_SCHEDULE_AHEAD; default 2592000).")
+    var maxScheduleAhead: Int?
+
+    @Option(help: "Most scheduled pushes waiting in the fleet; beyond it 503 (env PUSHFLEET_MAX_SCHEDULED; default 100000).")
+    var maxScheduled: Int?
+
     func run() async throws {
         Bootstrap.logging(level: try common.level(), format: try common.format())
         let metrics = Bootstrap.metrics()
@@ -137,6 +143,10 @@ struct ControlCommand: AsyncParsableCommand {
             ?? configuration.maximumRequestTargets
         configuration.maximumRequestBytes =
             try positive(maxRequestBytes, env: "MAX_REQUEST_BYTES", option: "--max-request-bytes") ?? configuration.maximumRequestBytes
+        configuration.maximumScheduleAhead =
+            try positive(maxScheduleAhead, env: "MAX_SCHEDULE_AHEAD", option: "--max-schedule-ahead") ?? configuration.maximumScheduleAhead
+        configuration.maximumScheduled =
+            try positive(maxScheduled, env: "MAX_SCHEDULED", option: "--max-scheduled") ?? configuration.maximumScheduled
         return configuration
     }
 }

@@ -297,6 +297,31 @@ struct FleetScriptsTests {
         await redis.close()
     }
 
+    @Test func scheduledPushesAreBoundedAndTakenOnceDueForALease() async throws {
+        let scriptKeys = [keys.scheduledDue, keys.scheduledPushes]
+        func schedule(_ id: String, due: Int) async throws -> Int64? {
+            try await redis.send(FleetScripts.schedule.command(keys: scriptKeys, arguments: [id, String(due), "{\"p\":\"\(id)\"}", "2"]))
+                .int
+        }
+        func claim(now: Int) async throws -> [String] {
+            try await redis.send(FleetScripts.claimScheduled.command(keys: scriptKeys, arguments: [String(now), "1000", "10"])).array?
+                .compactMap(\.string) ?? []
+        }
+        #expect(try await schedule("s1", due: 100) == 1)
+        #expect(try await schedule("s2", due: 200) == 1)
+        #expect(try await schedule("s3", due: 50) == 0, "one past the bound of 2")
+        #expect(try await claim(now: 99) == [])
+        #expect(try await claim(now: 150) == ["s1", "{\"p\":\"s1\"}"])
+        #expect(try await claim(now: 160) == [], "taken: a lease ahead")
+        // A push cancelled (its body gone) is dropped from the due set when it comes up.
+        _ = try await redis.send("HDEL", keys.scheduledPushes, "s2")
+        #expect(try await claim(now: 300) == [])
+        #expect(try await redis.send("ZSCORE", keys.scheduledDue, "s2").isNull)
+        // The lease ran out (its control node died): due again.
+        #expect(try await claim(now: 1_200) == ["s1", "{\"p\":\"s1\"}"])
+        await redis.close()
+    }
+
     @Test func statesNeverMoveBackAndTheCountsFollowFromThem() async throws {
         typealias Field = MessageStatusField
         let id = FleetClock.newMessageID()

@@ -192,6 +192,62 @@ def test_queue_inspection_pages_and_one_entry_withdrawn(fleet):
     assert fleet.api("DELETE", f"/v1/terminals/qx-away/queue/{ids[1]}")[0] == 404
 
 
+def test_a_scheduled_push_survives_the_death_of_the_control_node_that_accepted_it(fleet):
+    """A push with `delay` is `scheduled` until due, then pushed by whichever control node is
+    alive: the one that accepted it is SIGKILLed at once, and both the terminal online and
+    the one offline until after it was due get it. A cancelled scheduled push goes to nobody.
+    Bad times are refused."""
+    from fleet import SECRET, free_port, wait_port
+    port = free_port()
+    fleet.start("control-sched", [fleet.binary, "control", "--redis", f"redis://127.0.0.1:{fleet.redis_port}", "--listen",
+                                  f"127.0.0.1:{port}", "--consumer", "csched"], env={"PUSHFLEET_SECRET": SECRET})
+    wait_port(port)
+    received = []
+    client = mqtt5_client(fleet, "sched-on", fleet.node_ports[0], on_message=lambda m: received.append(m.payload))
+    try:
+        wait_for(lambda: route_node(fleet, "sched-on") == "n1", what="sched-on online")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/push", method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"to": ["sched-on", "sched-off"], "payload": "later", "delay": 3}).encode())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+            receipt = json.loads(response.read())
+        fleet.kill("control-sched")
+        fleet.procs.pop("control-sched")  # dead on purpose: later tests check the fleet's processes are alive
+        accepted = time.time()
+        status = fleet.api("GET", f"/v1/messages/{receipt['id']}")[1]
+        assert status["scheduled"] is True and status["targets"] == 2 and status["queued"] == 0, status
+        assert abs(status["scheduledAt"] - receipt["scheduledAt"]) == 0 and receipt["targets"] == 2, (status, receipt)
+        wait_for(lambda: received == [b"later"], timeout=15, what="the scheduled push, from the surviving control node")
+        assert time.time() - accepted >= 2.5, "not before it was due"
+        wait_for(lambda: fleet.api("GET", f"/v1/messages/{receipt['id']}")[1]["acknowledged"] == 1, what="acknowledged")
+        assert "scheduled" not in fleet.api("GET", f"/v1/messages/{receipt['id']}")[1]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    # sched-off connects after it was due: it waited in its list.
+    late = mosquitto_sub(fleet.node_ports[1], "sched-off", fleet.credential("sched-off"), 1)
+    out, _ = late.communicate(timeout=25)
+    assert out.splitlines() == ["later"], out
+    # Cancelled before it is due: withdrawn everywhere, nothing stored, its status says so.
+    status, receipt = fleet.api("POST", "/v1/push", {"to": ["sched-x1", "sched-x2"], "payload": "never", "delay": 60})
+    assert status == 202, receipt
+    status, outcome = fleet.api("DELETE", f"/v1/messages/{receipt['id']}")
+    assert status == 200 and outcome["withdrawn"] == 2 and outcome["gone"] == 0, outcome
+    status = fleet.api("GET", f"/v1/messages/{receipt['id']}")[1]
+    assert status["scheduled"] is False and status["cancelledAt"] > 0, status
+    assert fleet.redis_cli("ZSCORE", "pushfleet:{sched}:due", receipt["id"]) == ""
+    # In the past: pushed now. Past the horizon, or both times: refused.
+    status, body = fleet.api("POST", "/v1/push", {"to": ["sched-now"], "payload": "now", "sendAt": int(time.time()) - 10})
+    assert status == 202 and "scheduledAt" not in body, body
+    assert fleet.api("POST", "/v1/push", {"to": ["sched-now"], "payload": "x", "delay": 30 * 86400 + 1})[0] == 400
+    assert fleet.api("POST", "/v1/push", {"to": ["sched-now"], "payload": "x", "delay": 5, "sendAt": int(time.time()) + 5})[0] == 400
+    # The batch endpoint schedules too.
+    status, body = fleet.api("POST", "/v1/push/batch", {"messages": [{"to": ["sched-b"], "payload": "b", "delay": 1},
+                                                                     {"to": ["sched-b"], "payload": "c"}]})
+    assert status == 202 and all("id" in r for r in body["results"]), body
+    wait_for(lambda: fleet.api("GET", "/v1/terminals/sched-b")[1]["queued"] == 2, what="the batch's scheduled push stored when due")
+
+
 def test_wrong_password_is_not_authorized(fleet):
     out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.lb_mqtt), "-i", "phone-2", "-u", "phone-2",
                           "-P", "v1.1.2.bad", "-t", "push/phone-2", "-W", "5"], capture_output=True, text=True)
