@@ -37,6 +37,9 @@ public struct ControlNodeConfiguration: Sendable {
     public var maximumStoredLifetime = 7 * 24 * 3600
     /// Longest ttl accepted for a message, in seconds.
     public var maximumTTL = 30 * 86_400
+    /// Every delivery state change is appended to ``FleetKeys/statusEvents``, kept to about
+    /// this many entries; 0: off.
+    public var statusEvents = 0
     /// How far ahead a push may be scheduled, in seconds.
     public var maximumScheduleAhead = 30 * 86_400
     /// Most scheduled pushes waiting in the fleet.

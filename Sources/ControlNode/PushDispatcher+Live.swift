@@ -64,7 +64,8 @@ extension PushDispatcher {
         for terminal in offline { states.record(.dropped, of: id, terminal: terminal, at: now) }
         states.set(MessageStatusField.complete(id), "1", of: id)
         // Nothing is stored: if the nodes cannot be told, the push fails.
-        let results = try await redis.pipeline(followUp + states.commands(keys: keys))
+        let results = try await redis.pipeline(
+            followUp + states.commands(keys: keys) + states.eventCommands(keys: keys, length: configuration.statusEvents))
         if let failure = results.first(where: \.isError) {
             logger.warning("push follow-up failed", metadata: ["message": "\(id)", "error": "\(failure)"])
         }
@@ -73,7 +74,10 @@ extension PushDispatcher {
         for (index, held) in liveEvents where results[index].int == 0 {
             for terminal in held { unheard.record(.dropped, of: id, terminal: terminal, at: now) }
         }
-        if !unheard.isEmpty { _ = try await redis.pipeline(unheard.commands(keys: keys)) }
+        if !unheard.isEmpty {
+            _ = try await redis.pipeline(
+                unheard.commands(keys: keys) + unheard.eventCommands(keys: keys, length: configuration.statusEvents))
+        }
         return PushReceipt(id: id, targets: terminals.count)
     }
 

@@ -115,6 +115,7 @@ public struct PushDispatcher: Sendable {
     /// set it lately.
     func statusCommands(_ writes: StatusWrites) -> [RedisCommand] {
         writes.commands(keys: keys) + statusExpiry.commands(for: writes.fields.keys, keys: keys)
+            + writes.eventCommands(keys: keys, length: configuration.statusEvents)
     }
 
     private func pushToTerminals(

@@ -121,6 +121,14 @@ public enum MessageStatusField {
         return counts
     }
 
+    /// The message, state and terminal of a ``state(_:of:terminal:)`` field; nil for the
+    /// message's other fields.
+    public static func parseState(_ field: String) -> (message: Substring, state: MessageState, terminal: Substring)? {
+        let parts = field.split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, let state = recordedStates.first(where: { letter($0) == parts[1] }) else { return nil }
+        return (parts[0], state, parts[2])
+    }
+
     private static func letter(_ state: MessageState) -> String {
         switch state {
         case .queued: "q"

@@ -28,6 +28,27 @@ public struct StatusWrites: Sendable {
     public func commands(keys: FleetKeys) -> [RedisCommand] {
         fields.map { bucket, fields in RedisCommand("HSET", [keys.statusBucket(bucket)] + fields) }
     }
+
+    /// One XADD to the status event stream per state recorded (``record(_:of:terminal:at:)``),
+    /// the stream kept to about `length` entries; none when `length` is 0. In order of the
+    /// time each state was reached.
+    public func eventCommands(keys: FleetKeys, length: Int) -> [RedisCommand] {
+        guard length > 0 else { return [] }
+        var events: [(at: String, message: Substring, state: MessageState, terminal: Substring)] = []
+        for fields in fields.values {
+            for index in stride(from: 0, to: fields.count - 1, by: 2) {
+                guard let (message, state, terminal) = MessageStatusField.parseState(fields[index]) else { continue }
+                events.append((fields[index + 1], message, state, terminal))
+            }
+        }
+        events.sort { (Int64($0.at) ?? 0) < (Int64($1.at) ?? 0) }
+        return events.map {
+            RedisCommand(
+                "XADD", keys.statusEvents, "MAXLEN", "~", String(length), "*", "message", String($0.message), "terminal",
+                String($0.terminal),
+                "state", $0.state.rawValue, "at", $0.at)
+        }
+    }
 }
 
 /// Gives status buckets their expiry once per bucket and process every ``repeatAfter``

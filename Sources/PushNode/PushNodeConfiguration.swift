@@ -27,6 +27,9 @@ public struct PushNodeConfiguration: Sendable {
     public var allowAnonymous: Bool = false
     /// Key prefix of every Redis key.
     public var keys = FleetKeys()
+    /// Every delivery state change is appended to ``FleetKeys/statusEvents``, kept to about
+    /// this many entries; 0: off.
+    public var statusEvents = 0
     /// Largest MQTT packet accepted from a terminal, in bytes.
     public var maximumPacketSize: Int = 256 * 1024
     /// Unacknowledged QoS 1 messages per connection; stored messages beyond it wait in Redis.

@@ -50,7 +50,7 @@ final class PushNodeContext: Sendable {
         self.local = local
         self.acl = acl
         self.router = router
-        self.status = StatusRecorder(redis: redis, keys: configuration.keys, logger: logger)
+        self.status = StatusRecorder(redis: redis, keys: configuration.keys, events: configuration.statusEvents, logger: logger)
         self.sent = SentRecorder(redis: redis, keys: configuration.keys, interval: configuration.sentRecordInterval)
         self.registrations = RegistrationBatcher(redis: redis, keys: configuration.keys, nodeID: configuration.nodeID)
         self.connectionSlots = ConnectionSlots(limit: configuration.maximumConnections)

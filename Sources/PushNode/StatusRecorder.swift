@@ -67,14 +67,17 @@ final class StatusRecorder: Sendable {
     /// are dropped.
     private let limit: Int
     private let logger: Logger
+    /// The status event stream's length (`--status-events`); 0: no events.
+    private let events: Int
 
     init(
-        redis: RedisConnection, keys: FleetKeys, logger: Logger, interval: TimeAmount = .milliseconds(20), deliveredHold: Int = 5,
-        limit: Int = 200_000
+        redis: RedisConnection, keys: FleetKeys, events: Int = 0, logger: Logger, interval: TimeAmount = .milliseconds(20),
+        deliveredHold: Int = 5, limit: Int = 200_000
     ) {
         self.deliveredHold = max(1, deliveredHold)
         self.redis = redis
         self.keys = keys
+        self.events = events
         self.logger = logger
         self.interval = interval
         self.limit = limit
@@ -259,7 +262,9 @@ final class StatusRecorder: Sendable {
         for (target, recorded) in states {
             writes.record(recorded.state, of: target.id, terminal: target.terminal, at: recorded.at)
         }
-        var commands = writes.commands(keys: keys) + expiry.commands(for: writes.fields.keys, keys: keys)
+        var commands =
+            writes.commands(keys: keys) + expiry.commands(for: writes.fields.keys, keys: keys)
+            + writes.eventCommands(keys: keys, length: events)
         for (id, count) in reach {
             // The status was created before the broadcast went out; a lost count only
             // understates the reach.

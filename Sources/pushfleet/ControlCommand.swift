@@ -123,6 +123,7 @@ struct ControlCommand: AsyncParsableCommand {
         )
         configuration.apiKeys = keys
         configuration.keys = FleetKeys(prefix: common.prefix)
+        configuration.statusEvents = try common.statusEventsLength()
         if let endpoints = endpoints ?? env("ENDPOINTS") {
             configuration.advertisedEndpoints = endpoints.split(separator: ",").map(String.init)
         }

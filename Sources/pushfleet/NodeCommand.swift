@@ -198,6 +198,7 @@ struct NodeCommand: AsyncParsableCommand {
             secret: try common.requiredSecret()
         )
         configuration.keys = FleetKeys(prefix: common.prefix)
+        configuration.statusEvents = try common.statusEventsLength()
         for (transport, flag, name) in [(MQTTListener.Transport.webSocket, ws, "WS"), (.tls, tls, "TLS"), (.secureWebSocket, wss, "WSS")] {
             guard let address = flag ?? env(name) else { continue }
             let (listenHost, listenPort) = try parseHostPort(address, option: "--\(name.lowercased())")

@@ -46,6 +46,12 @@ struct CommonOptions: ParsableArguments {
 
     @Option(
         help:
+            "Append every delivery state change (delivered, acknowledged, expired, dropped, replaced, withdrawn) to the stream <prefix>events, kept to about this many entries; give every node the same (env PUSHFLEET_STATUS_EVENTS; default 0: off)."
+    )
+    var statusEvents: Int?
+
+    @Option(
+        help:
             "Find the Redis master through Sentinel, HOST:PORT[,HOST:PORT...], and follow its failovers; --redis then gives only the password and database (env PUSHFLEET_SENTINEL; default off)."
     )
     var sentinel: String?
@@ -72,6 +78,13 @@ struct CommonOptions: ParsableArguments {
         return configuration
     }
     var prefix: String { keyPrefix ?? env("KEY_PREFIX") ?? "pushfleet:" }
+
+    /// The status event stream's length, 0 for none.
+    func statusEventsLength() throws -> Int {
+        guard let value = statusEvents ?? env("STATUS_EVENTS").flatMap({ Int($0) }) else { return 0 }
+        guard value >= 0 else { throw ValidationError("--status-events must be 0 (off) or more") }
+        return value
+    }
 
     func requiredSecret() throws -> String {
         guard let secret = secret ?? env("SECRET"), !secret.isEmpty else {

@@ -398,6 +398,28 @@ struct FleetScriptsTests {
         await redis.close()
     }
 
+    @Test func statusEventsAreOnePerStateRecordedInTimeOrderAndOnlyWhenOn() {
+        var writes = StatusWrites()
+        writes.record(.acknowledged, of: "m-1", terminal: "t|odd", at: 20)
+        writes.record(.replaced, of: "m-2", terminal: "t2", at: 10)
+        writes.set(MessageStatusField.complete("m-1"), "1", of: "m-1")
+        writes.set(MessageStatusField.cancelled("m-2"), "5", of: "m-2")
+        #expect(writes.eventCommands(keys: keys, length: 0).isEmpty)
+        let events = writes.eventCommands(keys: keys, length: 500).map { $0.arguments.map { String(decoding: $0, as: UTF8.self) } }
+        #expect(
+            events == [
+                [
+                    "XADD", "pushfleet:events", "MAXLEN", "~", "500", "*", "message", "m-2", "terminal", "t2", "state", "replaced", "at",
+                    "10",
+                ],
+                [
+                    "XADD", "pushfleet:events", "MAXLEN", "~", "500", "*", "message", "m-1", "terminal", "t|odd", "state", "acknowledged",
+                    "at", "20",
+                ],
+            ])
+        #expect(MessageStatusField.parseState(MessageStatusField.reach("m-1")) == nil)
+    }
+
     @Test func routesRoundTrip() {
         let route = Route(node: "n-1.a:b@c", epoch: "mjz0c1x2abcd", connectedAt: 1_764_470_000_123)
         #expect(Route(decoding: route.encoded) == route)

@@ -248,6 +248,49 @@ def test_a_scheduled_push_survives_the_death_of_the_control_node_that_accepted_i
     wait_for(lambda: fleet.api("GET", "/v1/terminals/sched-b")[1]["queued"] == 2, what="the batch's scheduled push stored when due")
 
 
+def test_status_events_match_the_message_status(fleet):
+    """With --status-events on every node, each state a target reaches is appended to the
+    stream pushfleet:events: acknowledged (an online terminal), dropped (online-only to an
+    absent one), replaced (a collapse key), withdrawn (a cancel). The last event of each copy is
+    its state in GET /v1/messages/{id}. Runs on its own fleet (its nodes have the option)."""
+    received = []
+    client = mqtt5_client(fleet, "ev-on", fleet.node_ports[0], on_message=lambda m: received.append(m.payload))
+    try:
+        wait_for(lambda: route_node(fleet, "ev-on") == "n1", what="ev-on online")
+        ids = []
+        for body in [{"to": ["ev-on", "ev-off"], "payload": "both", "ttl": 600},
+                     {"to": ["ev-off"], "payload": "online only", "ttl": 0},
+                     {"to": ["ev-off"], "payload": "old score", "collapseKey": "score", "ttl": 600},
+                     {"to": ["ev-off"], "payload": "new score", "collapseKey": "score", "ttl": 600},
+                     {"to": ["ev-off"], "payload": "cancel me", "ttl": 600}]:
+            status, receipt = fleet.api("POST", "/v1/push", body)
+            assert status == 202, receipt
+            ids.append(receipt["id"])
+        assert fleet.api("DELETE", f"/v1/messages/{ids[4]}")[0] == 200
+        wait_for(lambda: b"both" in received, what="ev-on's message")
+        wait_for(lambda: fleet.api("GET", f"/v1/messages/{ids[0]}")[1]["acknowledged"] == 1, what="acknowledged")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    def last_events():
+        # redis-cli (not on a terminal) prints each entry as its id, then its 4 field, value
+        # pairs, one a line: 9 lines an entry.
+        lines = fleet.redis_cli("XRANGE", "pushfleet:events", "-", "+").splitlines()
+        states = {}
+        for index in range(0, len(lines) - 8, 9):
+            entry = dict(zip(lines[index + 1:index + 9:2], lines[index + 2:index + 9:2]))
+            states[(entry["message"], entry["terminal"])] = entry["state"]
+        return states
+    expected = {}
+    for message_id in ids:
+        for terminal, state in fleet.api("GET", f"/v1/messages/{message_id}")[1]["terminals"].items():
+            if state != "queued":
+                expected[(message_id, terminal)] = state
+    assert set(expected.values()) == {"acknowledged", "dropped", "replaced", "withdrawn"}, expected
+    wait_for(lambda: last_events() == expected, what=f"events matching the statuses {expected}")
+
+
 def test_wrong_password_is_not_authorized(fleet):
     out = subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(fleet.lb_mqtt), "-i", "phone-2", "-u", "phone-2",
                           "-P", "v1.1.2.bad", "-t", "push/phone-2", "-W", "5"], capture_output=True, text=True)
@@ -782,8 +825,11 @@ def main():
     for tool in ["redis-server", "redis-cli", "haproxy", "mosquitto_sub", "curl"]:
         if not shutil.which(tool):
             sys.exit(f"e2e: {tool} is not installed")
-    tests = [(name, fn, "main") for name, fn in globals().items() if name.startswith("test_") and args.k in name]
-    run_suite("e2e", tests, {"main": lambda: Fleet(args.bin)})
+    tests = [(name, fn, "events" if "status_events" in name else "main") for name, fn in globals().items()
+             if name.startswith("test_") and args.k in name]
+    events = ["--status-events", "10000"]
+    run_suite("e2e", tests, {"main": lambda: Fleet(args.bin),
+                             "events": lambda: Fleet(args.bin, control_args=events, node_args=events)})
 
 
 if __name__ == "__main__":
