@@ -38,6 +38,9 @@ extension ControlAPI {
         /// Unix milliseconds; 0: never.
         var expiresAt: Int64
         var collapseKey: String?
+        /// Seconds since the push went out (read from its id, to the second); nil when the id
+        /// does not say.
+        var age: Int64?
     }
 
     struct QueuePage: Encodable {
@@ -63,10 +66,13 @@ extension ControlAPI {
             RedisCommand("LLEN", keys.queue(terminal)),
             RedisCommand("LRANGE", keys.queue(terminal), String(offset), String(offset + limit - 1)),
         ])
+        let now = FleetClock.nowSeconds()
         let entries = (try replies[1].throwingError().array ?? []).compactMap(\.string).compactMap(StoredMessage.decode).map {
-            QueueEntry(
-                id: $0.id, topic: $0.topic, qos: Int($0.qos), size: $0.payloadBytes.count, expiresAt: $0.expiresAt, collapseKey: $0.collapse
-            )
+            let second = StatusBucket(messageID: $0.id).second
+            return QueueEntry(
+                id: $0.id, topic: $0.topic, qos: Int($0.qos), size: $0.payloadBytes.count, expiresAt: $0.expiresAt,
+                collapseKey: $0.collapse,
+                age: second > 0 ? max(0, now - second) : nil)
         }
         let page = QueuePage(terminal: terminal, total: Int(try replies[0].throwingError().int ?? 0), offset: offset, entries: entries)
         return try json(page, status: .ok)

@@ -181,6 +181,7 @@ def test_queue_inspection_pages_and_one_entry_withdrawn(fleet):
     first = fleet.api("GET", "/v1/terminals/qx-away/queue?limit=2")[1]
     assert first["total"] == 3 and [e["id"] for e in first["entries"]] == ids[:2], first
     assert first["entries"][0]["collapseKey"] == "k0" and first["entries"][0]["size"] == 2 and first["entries"][0]["qos"] == 1
+    assert 0 <= first["entries"][0]["age"] <= 5, first
     second = fleet.api("GET", "/v1/terminals/qx-away/queue?offset=2&limit=2")[1]
     assert [e["id"] for e in second["entries"]] == ids[2:], second
     assert fleet.api("GET", "/v1/terminals/qx-away/queue?limit=500")[0] == 200

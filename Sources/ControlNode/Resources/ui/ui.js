@@ -143,6 +143,7 @@ async function loadQueue(terminal, offset) {
     cell(row, entry.qos);
     cell(row, entry.size);
     cell(row, entry.collapseKey || "");
+    cell(row, entry.age === undefined ? "–" : formatUptime(Date.now() - entry.age * 1000));
     cell(row, entry.expiresAt ? formatTime(entry.expiresAt) : "never");
     const withdraw = document.createElement("button");
     withdraw.type = "button";
