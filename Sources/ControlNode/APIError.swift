@@ -83,9 +83,10 @@ struct APIMiddleware<Context: RequestContext>: RouterMiddleware {
         }
         do {
             return try await next(request, context)
-        } catch let error as HTTPError where error.status == .notFound && !APIRoutes.methods(of: request.uri.path).isEmpty {
-            // A path the API has, with a method it lacks.
+        } catch let error as HTTPError where error.status == .notFound {
+            // A path the API has, with a method it lacks: 405; otherwise a path it does not have.
             let allowed = APIRoutes.methods(of: request.uri.path)
+            guard !allowed.isEmpty else { throw APIError.from(error) }
             throw APIError(.methodNotAllowed, "method_not_allowed", "\(request.method) is not allowed here", allow: allowed)
         } catch {
             let apiError = APIError.from(error)

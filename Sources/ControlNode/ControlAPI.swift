@@ -207,19 +207,11 @@ struct ControlAPI: Sendable {
         var startedAt: Int64?
     }
 
+    /// The live push nodes, as `GET /v1/nodes` lists them.
     func liveNodes() async throws -> [NodeInfo] {
-        let ids = (try await redis.send("SMEMBERS", keys.nodes).array ?? []).compactMap(\.string).sorted()
-        let replies = try await redis.pipeline(ids.map { RedisCommand("HGETALL", keys.node($0)) })
-        var nodes: [NodeInfo] = []
-        for (id, reply) in zip(ids, replies) {
-            let fields = try hash(reply.throwingError())
-            guard !fields.isEmpty else { continue }
-            nodes.append(
-                NodeInfo(
-                    id: id, mqtt: fields["mqtt"], connections: Int(fields["connections"] ?? "0") ?? 0,
-                    startedAt: fields["startedAt"].flatMap { Int64($0) }))
+        try await FleetStats(redis: redis, keys: keys).pushNodes().map {
+            NodeInfo(id: $0.id, mqtt: $0.mqtt, connections: Int($0.connections), startedAt: $0.startedAt)
         }
-        return nodes
     }
 
     func nodes() async throws -> Response {
@@ -243,11 +235,6 @@ struct ControlAPI: Sendable {
             throw APIError(.contentTooLarge, "payload_too_large", "request body too large")
         }
         return try APIRequestBody.decode(T.self, from: buffer)
-    }
-
-    private func hash(_ reply: RedisReply) throws -> [String: String] {
-        guard let pairs = reply.pairs else { throw RedisError(.unexpectedReply, "expected an array, got \(reply)") }
-        return pairs
     }
 
     func json<T: Encodable>(_ value: T, status: HTTPResponse.Status) throws -> Response {

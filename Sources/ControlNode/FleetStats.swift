@@ -12,6 +12,7 @@ struct FleetStats: Sendable {
     let redis: RedisConnection
     let keys: FleetKeys
 
+    /// A live push node, from its liveness hash (``FleetKeys/node(_:)``).
     struct Node: Encodable {
         var id: String
         var mqtt: String?
@@ -19,13 +20,32 @@ struct FleetStats: Sendable {
         var startedAt: Int64?
         var delivered: Int64
         var acknowledged: Int64
+
+        init(id: String, fields: [String: String]) {
+            self.id = id
+            mqtt = fields["mqtt"]
+            connections = Self.number(fields["connections"])
+            startedAt = fields["startedAt"].flatMap { Int64($0) }
+            delivered = Self.number(fields["delivered"])
+            acknowledged = Self.number(fields["acknowledged"])
+        }
+
+        static func number(_ value: String?) -> Int64 { value.flatMap { Int64($0) } ?? 0 }
     }
 
+    /// A live control node, from its liveness hash (``FleetKeys/control(_:)``).
     struct Control: Encodable {
         var id: String
         var startedAt: Int64?
         var pushes: Int64
         var targets: Int64
+
+        init(id: String, fields: [String: String]) {
+            self.id = id
+            startedAt = fields["startedAt"].flatMap { Int64($0) }
+            pushes = Node.number(fields["pushes"])
+            targets = Node.number(fields["targets"])
+        }
     }
 
     struct Body: Encodable {
@@ -43,6 +63,22 @@ struct FleetStats: Sendable {
         var controls: [Control]
     }
 
+    /// The live push nodes: those in the node set whose liveness hash has not expired.
+    func pushNodes() async throws -> [Node] {
+        let ids = (try await redis.send("SMEMBERS", keys.nodes).throwingError().array ?? []).compactMap(\.string).sorted()
+        let replies = try await redis.pipeline(ids.map { RedisCommand("HGETALL", keys.node($0)) })
+        return try zip(ids, replies).compactMap { id, reply in
+            guard let fields = try Self.hash(reply) else { return nil }
+            return Node(id: id, fields: fields)
+        }
+    }
+
+    /// A liveness hash's fields; nil when it expired (or was never written).
+    private static func hash(_ reply: RedisReply) throws -> [String: String]? {
+        guard let fields = try reply.throwingError().pairs else { throw RedisError(.unexpectedReply, "expected an array, got \(reply)") }
+        return fields.isEmpty ? nil : fields
+    }
+
     func read() async throws -> Body {
         let members = try await redis.pipeline([
             RedisCommand("SMEMBERS", keys.nodes), RedisCommand("SMEMBERS", keys.controls), RedisCommand("HGETALL", keys.queuedLedger),
@@ -58,22 +94,13 @@ struct FleetStats: Sendable {
         var controls: [Control] = []
         var gone: [String] = []
         for (index, reply) in replies.enumerated() {
-            guard let fields = try reply.throwingError().pairs, !fields.isEmpty else {
-                if index >= nodeIDs.count { gone.append(controlIDs[index - nodeIDs.count]) }
-                continue
-            }
-            func number(_ name: String) -> Int64 { fields[name].flatMap { Int64($0) } ?? 0 }
+            let fields = try Self.hash(reply)
             if index < nodeIDs.count {
-                nodes.append(
-                    Node(
-                        id: nodeIDs[index], mqtt: fields["mqtt"], connections: number("connections"),
-                        startedAt: fields["startedAt"].flatMap { Int64($0) }, delivered: number("delivered"),
-                        acknowledged: number("acknowledged")))
+                if let fields { nodes.append(Node(id: nodeIDs[index], fields: fields)) }
+            } else if let fields {
+                controls.append(Control(id: controlIDs[index - nodeIDs.count], fields: fields))
             } else {
-                controls.append(
-                    Control(
-                        id: controlIDs[index - nodeIDs.count], startedAt: fields["startedAt"].flatMap { Int64($0) },
-                        pushes: number("pushes"), targets: number("targets")))
+                gone.append(controlIDs[index - nodeIDs.count])
             }
         }
         // Control nodes whose liveness key expired leave the set (push nodes' are swept by the nodes).
