@@ -3,7 +3,8 @@
 and alert rules are well formed (every rule has a name, an expression, a severity and a
 summary; promtool checks them too where it is installed), the Grafana dashboard is JSON whose
 every panel has a query, and every pushfleet_* metric the rules and the dashboard name is one a
-running fleet (a control node and two push nodes, on Redis) exports on /metrics."""
+running fleet (a control node with a status webhook and two push nodes, on Redis) exports on
+/metrics."""
 import argparse
 import json
 import os
@@ -74,7 +75,11 @@ def main():
     for expr in queries + [rule["expr"] for rule in rules]:
         referenced |= set(re.findall(r"\bpushfleet_[a-z_]+", expr))
 
-    fleet = Fleet(args.bin, controls=1, nodes=2)
+    # The control node with a webhook (to a port nobody listens on: it keeps retrying), so that
+    # it exports the webhook's metrics too.
+    from fleet import free_port
+    fleet = Fleet(args.bin, controls=1, nodes=2,
+                  control_args=["--status-events", "1000", "--status-webhook", f"http://127.0.0.1:{free_port()}/events"])
     try:
         fleet.start_all()
         available = exported(f"http://127.0.0.1:{fleet.control_port}/metrics")

@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import FleetCore
 import FleetHTTP
 import FleetRedis
@@ -14,6 +15,9 @@ public struct ControlNode: Service {
     public let configuration: ControlNodeConfiguration
     private let redis: RedisConnection
     private let streamRedis: RedisConnection
+    /// The status webhook's own connection (its XREADGROUP BLOCK holds it), when configured.
+    private let webhookRedis: RedisConnection?
+    private let group: any EventLoopGroup
     private let dispatcher: PushDispatcher
     /// The fleet index, for topic pushes, kept current from the index channel.
     private let index = SubscriptionIndex()
@@ -35,6 +39,11 @@ public struct ControlNode: Service {
         streamConfiguration.commandTimeout = .seconds(10)
         self.streamRedis = RedisConnection(
             configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
+        self.webhookRedis =
+            configuration.statusWebhook == nil
+            ? nil
+            : RedisConnection(configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: [])
+        self.group = group
         self.dispatcher = PushDispatcher(configuration: configuration, redis: redis, logger: logger, index: index)
         self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger, commands: redis)
     }
@@ -108,6 +117,19 @@ public struct ControlNode: Service {
                 if configuration.consumeCommandStream {
                     group.addTask { await cancelWhenGracefulShutdown { await consumer.run() } }
                 }
+                if let webhook = configuration.statusWebhook, let webhookRedis {
+                    let poster = StatusWebhook(webhook: webhook, configuration: configuration, redis: webhookRedis, logger: logger)
+                    let eventLoopGroup = self.group
+                    group.addTask {
+                        let client = HTTPClient(
+                            eventLoopGroup: eventLoopGroup,
+                            configuration: .init(
+                                redirectConfiguration: .disallow,
+                                timeout: .init(connect: .seconds(Int64(webhook.timeout)), read: .seconds(Int64(webhook.timeout)))))
+                        await cancelWhenGracefulShutdown { await poster.run(httpClient: client) }
+                        try? await client.shutdown()
+                    }
+                }
                 try await app.run()
                 group.cancelAll()
             }
@@ -121,6 +143,7 @@ public struct ControlNode: Service {
     private func closeRedis() async {
         await subscriber.close()
         await streamRedis.close()
+        await webhookRedis?.close()
         await redis.close()
     }
 }

@@ -40,6 +40,8 @@ public struct ControlNodeConfiguration: Sendable {
     /// Every delivery state change is appended to ``FleetKeys/statusEvents``, kept to about
     /// this many entries; 0: off.
     public var statusEvents = 0
+    /// Posts ``FleetKeys/statusEvents`` to a URL (needs `statusEvents` on every node).
+    public var statusWebhook: StatusWebhookConfiguration?
     /// How far ahead a push may be scheduled, in seconds.
     public var maximumScheduleAhead = 30 * 86_400
     /// Most scheduled pushes waiting in the fleet.

@@ -98,4 +98,6 @@ public struct FleetKeys: Sendable, Hashable {
     public var commandStream: String { "\(prefix)push" }
     /// Consumer group of the control nodes on ``commandStream``.
     public var commandGroup: String { "control" }
+    /// Consumer group of the control nodes posting ``statusEvents`` to the status webhook.
+    public var webhookGroup: String { "webhook" }
 }

@@ -85,6 +85,31 @@ struct ControlCommand: AsyncParsableCommand {
     @Option(help: "Most scheduled pushes waiting in the fleet; beyond it 503 (env PUSHFLEET_MAX_SCHEDULED; default 100000).")
     var maxScheduled: Int?
 
+    @Option(
+        help:
+            "POST every status event (--status-events, on every node) to this http:// or https:// URL, in JSON batches, retried with backoff; any control node with it posts (env PUSHFLEET_STATUS_WEBHOOK; default none)."
+    )
+    var statusWebhook: String?
+
+    @Option(
+        help:
+            "Signs each webhook request: PushFleet-Signature is v1= and the hex HMAC-SHA256 of '<PushFleet-Timestamp>.<body>' with this key; prefer the environment (env PUSHFLEET_STATUS_WEBHOOK_SECRET; default unsigned)."
+    )
+    var statusWebhookSecret: String?
+
+    @Option(help: "Most events in one webhook request (env PUSHFLEET_STATUS_WEBHOOK_BATCH; default 200, at most 10000).")
+    var statusWebhookBatch: Int?
+
+    @Option(
+        help: "Seconds one webhook request may take, under --claim-idle (env PUSHFLEET_STATUS_WEBHOOK_TIMEOUT; default 10).")
+    var statusWebhookTimeout: Int?
+
+    @Option(
+        help:
+            "Seconds an event is tried for before it is dropped (counted and logged) while the webhook refuses or is down (env PUSHFLEET_STATUS_WEBHOOK_MAX_AGE; default 3600)."
+    )
+    var statusWebhookMaxAge: Int?
+
     func run() async throws {
         Bootstrap.logging(level: try common.level(), format: try common.format())
         let metrics = Bootstrap.metrics()
@@ -148,7 +173,29 @@ struct ControlCommand: AsyncParsableCommand {
             try positive(maxScheduleAhead, env: "MAX_SCHEDULE_AHEAD", option: "--max-schedule-ahead") ?? configuration.maximumScheduleAhead
         configuration.maximumScheduled =
             try positive(maxScheduled, env: "MAX_SCHEDULED", option: "--max-scheduled") ?? configuration.maximumScheduled
+        configuration.statusWebhook = try makeWebhook(configuration: configuration)
         return configuration
+    }
+
+    /// The status webhook's settings, or nil when none is configured.
+    func makeWebhook(configuration: ControlNodeConfiguration) throws -> StatusWebhookConfiguration? {
+        guard let url = statusWebhook ?? env("STATUS_WEBHOOK") else { return nil }
+        if let problem = StatusWebhookConfiguration.problem(with: url) { throw ValidationError("--status-webhook \(url): \(problem)") }
+        guard configuration.statusEvents > 0 else {
+            throw ValidationError("--status-webhook posts the status event stream: give --status-events (to every node) too")
+        }
+        var webhook = StatusWebhookConfiguration(url: url, secret: statusWebhookSecret ?? env("STATUS_WEBHOOK_SECRET"))
+        webhook.batchSize =
+            try positive(statusWebhookBatch, env: "STATUS_WEBHOOK_BATCH", option: "--status-webhook-batch") ?? webhook.batchSize
+        guard webhook.batchSize <= 10_000 else { throw ValidationError("--status-webhook-batch must be at most 10000") }
+        webhook.timeout =
+            try positive(statusWebhookTimeout, env: "STATUS_WEBHOOK_TIMEOUT", option: "--status-webhook-timeout") ?? webhook.timeout
+        guard webhook.timeout < configuration.claimIdle else {
+            throw ValidationError("--status-webhook-timeout must be under --claim-idle (\(configuration.claimIdle) s)")
+        }
+        webhook.maximumAge =
+            try positive(statusWebhookMaxAge, env: "STATUS_WEBHOOK_MAX_AGE", option: "--status-webhook-max-age") ?? webhook.maximumAge
+        return webhook
     }
 }
 

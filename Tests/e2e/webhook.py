@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""The status webhook end to end: real control and push nodes with --status-events and
+--status-webhook, posting to a receiver in this process that checks every request's
+signature, and can refuse (503) or stop answering on demand.
+
+Usage: python3 Tests/e2e/webhook.py --bin .build/debug/pushfleet
+"""
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fleet import Fleet, free_port, mqtt5_client, run_suite, wait_for
+
+WEBHOOK_SECRET = "webhook-secret-for-tests"
+
+
+class Receiver:
+    """An HTTP server taking webhook posts on 127.0.0.1. `hang` requests are answered
+    nothing for 3 s, then `refuse` requests are answered 503 with Retry-After 1, before it
+    takes any; every request's signature is checked (a bad
+    one is recorded in `bad`, answered 401)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.events = []  # every event posted, repeats included, in arrival order
+        self.bodies = []
+        self.requests = 0
+        self.refused = 0
+        self.refuse = 0
+        self.refuse_all = False
+        self.hang = 0
+        self.hung = 0
+        self.bad = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    hang, receiver.hang = receiver.hang > 0, max(0, receiver.hang - 1)
+                    receiver.hung += hang
+                if hang:
+                    # Longer than the control nodes' --status-webhook-timeout 2, then nothing.
+                    time.sleep(3)
+                    self.close_connection = True
+                    return
+                timestamp = self.headers.get("PushFleet-Timestamp", "")
+                expected = "v1=" + hmac.new(WEBHOOK_SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+                with receiver.lock:
+                    receiver.requests += 1
+                    if not hmac.compare_digest(expected, self.headers.get("PushFleet-Signature", "")) or \
+                            abs(time.time() - int(timestamp or 0)) > 60 or self.headers.get("Content-Type") != "application/json":
+                        receiver.bad.append(dict(self.headers))
+                        status = 401
+                    elif receiver.refuse_all or receiver.refuse > 0:
+                        receiver.refuse = max(0, receiver.refuse - 1)
+                        receiver.refused += 1
+                        status = 503
+                    else:
+                        receiver.bodies.append(body)
+                        receiver.events += json.loads(body)["events"]
+                        status = 204
+                self.send_response(status)
+                if status == 503:
+                    self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/hooks/pushfleet"
+
+    def posted(self):
+        with self.lock:
+            return list(self.events)
+
+
+class WebhookFleet(Fleet):
+    """A fleet whose control nodes post status events to their own Receiver."""
+
+    def __init__(self, binary, controls, extra):
+        self.receiver = Receiver()
+        events = ["--status-events", "100000"]
+        super().__init__(binary, controls=controls, node_args=events,
+                         control_args=[*events, "--status-webhook", self.receiver.url, "--claim-idle", "3",
+                                       "--status-webhook-timeout", "2", *extra])
+
+    def start(self, name, args, env=None):
+        # The control nodes take the webhook secret from the environment, as an operator would give it.
+        if name.startswith("control"):
+            env = dict(env or {}, PUSHFLEET_STATUS_WEBHOOK_SECRET=WEBHOOK_SECRET)
+        super().start(name, args, env)
+
+    def stream_events(self):
+        """Every event in the stream: {id: (message, terminal, state)}."""
+        lines = self.redis_cli("XRANGE", "pushfleet:events", "-", "+").splitlines()
+        events = {}
+        for index in range(0, len(lines) - 8, 9):
+            entry = dict(zip(lines[index + 1:index + 9:2], lines[index + 2:index + 9:2]))
+            events[lines[index]] = (entry["message"], entry["terminal"], entry["state"])
+        return events
+
+    def metric(self, name, port=None):
+        """The sum of a metric's samples whose name and labels start with `name`, on one
+        control node."""
+        port = port or self.control_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name))
+
+
+def push(fleet, body):
+    status, receipt = fleet.api("POST", "/v1/push", body)
+    assert status == 202, receipt
+    return receipt["id"]
+
+
+# ---------------------------------------------------------------- scenarios
+
+def test_webhook_posts_events_that_match_the_message_status(fleet):
+    """Every event in the stream is posted, signed, to the receiver; the last one posted for
+    each copy is its state in GET /v1/messages/{id}: acknowledged, dropped, replaced,
+    withdrawn; and 300 pushes' events (more than a batch of 200) all arrive."""
+    received = []
+    client = mqtt5_client(fleet, "wh-on", fleet.node_ports[0], on_message=lambda m: received.append(m.payload))
+    try:
+        wait_for(lambda: fleet.redis_cli("GET", "pushfleet:{t:wh-on}:route").startswith("n1"), what="wh-on online")
+        ids = [push(fleet, {"to": ["wh-on", "wh-off"], "payload": "both", "ttl": 600}),
+               push(fleet, {"to": ["wh-off"], "payload": "online only", "ttl": 0}),
+               push(fleet, {"to": ["wh-off"], "payload": "old", "collapseKey": "score", "ttl": 600}),
+               push(fleet, {"to": ["wh-off"], "payload": "new", "collapseKey": "score", "ttl": 600}),
+               push(fleet, {"to": ["wh-off"], "payload": "cancel me", "ttl": 600})]
+        assert fleet.api("DELETE", f"/v1/messages/{ids[4]}")[0] == 200
+        status, body = fleet.api("POST", "/v1/push/batch",
+                                 {"messages": [{"to": ["wh-on"], "payload": f"b{i}", "ttl": 600} for i in range(300)]})
+        assert status == 202, body
+        ids += [result["id"] for result in body["results"]]
+        wait_for(lambda: len(received) == 301, timeout=30, what="wh-on's 301 messages")
+        wait_for(lambda: fleet.api("GET", f"/v1/messages/{ids[-1]}")[1]["acknowledged"] == 1, what="the last acknowledged")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    expected = {}
+    for message_id in ids:
+        for terminal, state in fleet.api("GET", f"/v1/messages/{message_id}")[1]["terminals"].items():
+            if state != "queued":
+                expected[(message_id, terminal)] = state
+    assert set(expected.values()) == {"acknowledged", "dropped", "replaced", "withdrawn"}, expected
+
+    def last_posted():
+        last = {}
+        for event in sorted(fleet.receiver.posted(), key=lambda e: (e["at"], e["id"])):
+            last[(event["message"], event["terminal"])] = event["state"]
+        return {key: state for key, state in last.items() if key[0] in ids}
+    wait_for(lambda: last_posted() == expected, timeout=20, what="posted events matching the statuses")
+    # Everything posted is in the stream as it was recorded, and everything in the stream was posted.
+    stream = fleet.stream_events()
+    posted = {event["id"]: (event["message"], event["terminal"], event["state"]) for event in fleet.receiver.posted()}
+    assert posted == stream, (len(posted), len(stream))
+    assert not fleet.receiver.bad, fleet.receiver.bad
+    # Each body is what the OpenAPI description's statusEvents webhook says.
+    import jsonschema
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "Sources", "ControlNode", "Resources", "openapi.json")) as f:
+        description = json.load(f)
+    schema = {"$ref": "#/components/schemas/StatusEventBatch", "components": description["components"]}
+    for body in fleet.receiver.bodies:
+        jsonschema.validate(json.loads(body), schema)
+    assert sum(fleet.metric('pushfleet_webhook_events_total{result="posted"}', port) for port in fleet.control_ports) >= len(stream)
+    # 300 acknowledged pushes: 600 events, in several requests.
+    assert fleet.receiver.requests >= 3, fleet.receiver.requests
+
+
+def test_webhook_retries_a_receiver_that_refuses_or_hangs(fleet):
+    """The receiver does not answer its next request within the timeout, then answers 503
+    (Retry-After 1) to the next 3: the event is posted again until taken, once."""
+    fleet.receiver.hang = 1
+    fleet.receiver.refuse = 3
+    refused_before = fleet.metric('pushfleet_webhook_requests_total{result="refused"}') + \
+        (fleet.metric('pushfleet_webhook_requests_total{result="refused"}', fleet.control_ports[1]) if len(fleet.control_ports) > 1 else 0)
+    message = push(fleet, {"to": ["wh-retry"], "payload": "x", "ttl": 0})
+    wait_for(lambda: any(e["message"] == message for e in fleet.receiver.posted()), timeout=20, what="the dropped event posted")
+    assert fleet.receiver.refused >= 3 and fleet.receiver.refuse == 0 and fleet.receiver.hung == 1
+    refused = sum(fleet.metric('pushfleet_webhook_requests_total{result="refused"}', port) for port in fleet.control_ports)
+    assert refused - refused_before >= 3, (refused, refused_before)
+    assert sum(fleet.metric('pushfleet_webhook_requests_total{result="failed"}', port) for port in fleet.control_ports) >= 1
+    assert [e["state"] for e in fleet.receiver.posted() if e["message"] == message] == ["dropped"]
+
+
+def test_webhook_events_of_a_control_node_killed_while_posting_are_posted_by_another(fleet):
+    """The receiver refuses everything; pushes make events; a control node holding a batch
+    it could not post is SIGKILLed (each control node holds the batch it read, retrying it,
+    and reads no more meanwhile). Once the receiver takes posts again, the other control
+    node claims the dead one's events (after --claim-idle 3) and posts them: every event in
+    the stream reaches the receiver."""
+    fleet.receiver.refuse_all = True
+    ids = [push(fleet, {"to": [f"wh-k{i}"], "payload": "x", "ttl": 0}) for i in range(20)]
+
+    def holders():
+        # XPENDING summary: count, smallest, greatest, then each consumer and its count.
+        lines = fleet.redis_cli("XPENDING", "pushfleet:events", "webhook").splitlines()
+        return {lines[i]: int(lines[i + 1]) for i in range(3, len(lines) - 1, 2)}
+    wait_for(lambda: holders() and fleet.receiver.refused >= 1, timeout=20,
+             what="events read and refused")
+    victim = sorted(holders())[0]
+    fleet.kill("control" + victim[1:])
+    fleet.receiver.refuse_all = False
+    wait_for(lambda: set(ids) <= {e["message"] for e in fleet.receiver.posted()}, timeout=30,
+             what=f"the events {victim} held posted by the other control node")
+    wait_for(lambda: fleet.redis_cli("XPENDING", "pushfleet:events", "webhook").splitlines()[0] == "0", what="nothing pending")
+    stream = fleet.stream_events()
+    assert {e["id"] for e in fleet.receiver.posted()} == set(stream)
+    fleet.restart("control" + victim[1:])
+
+
+def test_webhook_drops_events_past_their_maximum_age(fleet):
+    """With --status-webhook-max-age 4, events the receiver refuses for longer are dropped
+    (counted), and the events after them are posted once it takes posts again."""
+    fleet.receiver.refuse_all = True
+    old = push(fleet, {"to": ["wh-old"], "payload": "x", "ttl": 0})
+    wait_for(lambda: fleet.metric('pushfleet_webhook_events_total{result="dropped"}') >= 1, timeout=20, what="the old event dropped")
+    fleet.receiver.refuse_all = False
+    new = push(fleet, {"to": ["wh-new"], "payload": "x", "ttl": 0})
+    wait_for(lambda: any(e["message"] == new for e in fleet.receiver.posted()), timeout=20, what="the new event posted")
+    assert not any(e["message"] == old for e in fleet.receiver.posted())
+    assert fleet.redis_cli("XPENDING", "pushfleet:events", "webhook").splitlines()[0] == "0"
+
+
+def test_webhook_settings_are_checked_at_start(fleet):
+    """A control node refuses to start with a webhook it could not run as asked: no status
+    events, a URL that is not http(s), a batch one past 10000, a timeout not under
+    --claim-idle."""
+    from fleet import SECRET
+    redis = f"redis://127.0.0.1:{fleet.redis_port}"
+
+    def start(*args):
+        out = subprocess.run([fleet.binary, "control", "--redis", redis, "--secret", SECRET, "--listen", f"127.0.0.1:{free_port()}",
+                              "--status-webhook", *args], capture_output=True, text=True, timeout=20)
+        assert out.returncode != 0, out
+        return out.stderr
+    assert "--status-events" in start(fleet.receiver.url)
+    assert "http:// or https://" in start("ftp://127.0.0.1/x", "--status-events", "10")
+    assert "--status-webhook-batch" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "10001")
+    # 10000 is taken: the next check is the one that fails.
+    assert "--claim-idle" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "10000",
+                                   "--status-webhook-timeout", "30")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("-k", default="")
+    args = parser.parse_args()
+    tests = [(name, fn, "short" if "maximum_age" in name else "main") for name, fn in globals().items()
+             if name.startswith("test_") and args.k in name]
+    run_suite("webhook", tests, {"main": lambda: WebhookFleet(args.bin, 2, []),
+                                 "short": lambda: WebhookFleet(args.bin, 1, ["--status-webhook-max-age", "4"])})
+
+
+if __name__ == "__main__":
+    main()
