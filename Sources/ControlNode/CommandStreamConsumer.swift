@@ -29,6 +29,7 @@ struct CommandStreamConsumer: Sendable {
         var readPending = true
         var lastClaim = ContinuousClock.now
         var lastTrim = ContinuousClock.now
+        var lastCleanup = ContinuousClock.now - StatusWebhook.cleanupInterval
         while !Task.isCancelled {
             do {
                 if readPending {
@@ -40,6 +41,11 @@ struct CommandStreamConsumer: Sendable {
                 if ContinuousClock.now - lastClaim > claimIdle / 2 {
                     lastClaim = .now
                     try await claimAbandoned()
+                    if ContinuousClock.now - lastCleanup > StatusWebhook.cleanupInterval {
+                        lastCleanup = .now
+                        try await FleetScripts.removeIdleConsumers(
+                            redis: redis, stream: keys.commandStream, group: keys.commandGroup, keeping: configuration.consumerName)
+                    }
                 }
                 if ContinuousClock.now - lastTrim > trimInterval {
                     lastTrim = .now

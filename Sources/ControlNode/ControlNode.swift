@@ -42,7 +42,7 @@ public struct ControlNode: Service {
         self.webhookRedis =
             configuration.statusWebhook == nil
             ? nil
-            : RedisConnection(configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: [])
+            : RedisConnection(configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
         self.group = group
         self.dispatcher = PushDispatcher(configuration: configuration, redis: redis, logger: logger, index: index)
         self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger, commands: redis)

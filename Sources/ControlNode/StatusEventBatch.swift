@@ -2,26 +2,21 @@ import Crypto
 import FleetCore
 import RedisClient
 
-/// One entry of the status event stream (``FleetKeys/statusEvents``), as the webhook posts it.
-struct StatusEvent: Equatable, Sendable {
-    /// The stream entry id: unique, and the same however often the event is posted, so a
-    /// receiver drops repeats by it.
-    var id: String
-    var message: String
-    var terminal: String
-    var state: String
-    /// Unix milliseconds the state was reached.
-    var at: Int64
-}
-
 /// Status events read from the stream in one go, and the request body that posts them.
 ///
 /// Body: `{"events":[{"at":...,"id":"...","message":"...","state":"...","terminal":"..."},...]}`,
-/// in stream order. Signed with HMAC-SHA256 over `<timestamp>.<body>` when the webhook has a
+/// in stream order. An event's `id` is its entry's id and its place in the entry
+/// (`<ms>-<seq>-<index>`): unique, and the same however often it is posted, so a receiver
+/// drops repeats by it. Signed with HMAC-SHA256 over `<timestamp>.<body>` when the webhook has a
 /// secret (``signature(secret:timestamp:body:)``).
 struct StatusEventBatch: Sendable {
+    struct Posted: Equatable, Sendable {
+        var id: String
+        var event: StatusEvent
+    }
+
     /// The events to post, in stream order.
-    private(set) var events: [StatusEvent] = []
+    private(set) var events: [Posted] = []
     /// Every entry id read, with or without an event: all of them are acknowledged once the
     /// events are posted (or dropped). An entry trimmed from the stream while pending, or one
     /// that is not an event, has nothing to post.
@@ -33,15 +28,13 @@ struct StatusEventBatch: Sendable {
         for entry in entries {
             guard let parts = entry.array, parts.count == 2, let id = parts[0].string else { continue }
             ids.append(id)
-            guard let fields = parts[1].pairs, let message = fields["message"], let terminal = fields["terminal"],
-                let state = fields["state"], let at = fields["at"].flatMap({ Int64($0) })
-            else { continue }
-            events.append(StatusEvent(id: id, message: message, terminal: terminal, state: state, at: at))
+            guard let text = parts[1].pairs?[StatusEvent.entryField], let decoded = StatusEvent.decode(text) else { continue }
+            for (index, event) in decoded.enumerated() { events.append(Posted(id: "\(id)-\(index)", event: event)) }
         }
         entryIDs = ids
     }
 
-    /// Unix milliseconds the entry `id` (`<ms>-<seq>`) was added.
+    /// Unix milliseconds the entry `id` (`<ms>-<seq>`, or an event's `<ms>-<seq>-<index>`) was added.
     static func addedAt(_ id: String) -> Int64? {
         id.split(separator: "-").first.flatMap { Int64($0) }
     }
@@ -61,15 +54,7 @@ struct StatusEventBatch: Sendable {
         json.beginObject()
         json.key("events")
         json.beginArray()
-        for event in events {
-            json.beginObject()
-            json.field("at", integer: event.at)
-            json.field("id", event.id)
-            json.field("message", event.message)
-            json.field("state", event.state)
-            json.field("terminal", event.terminal)
-            json.endObject()
-        }
+        for posted in events { posted.event.write(to: &json, id: posted.id) }
         json.endArray()
         json.endObject()
         return json.bytes

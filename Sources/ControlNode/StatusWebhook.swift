@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import FleetCore
+import FleetRedis
 import Foundation
 import Logging
 import Metrics
@@ -13,8 +14,9 @@ public struct StatusWebhookConfiguration: Sendable {
     public var url: String
     /// Signs each request (`PushFleet-Signature`); none: unsigned.
     public var secret: String?
-    /// Most events in one request.
-    public var batchSize = 200
+    /// Most stream entries posted in one request: each holds the events of one status write,
+    /// at most ``StatusEvent/maximumPerEntry``.
+    public var batchSize = 20
     /// Seconds one request may take, connecting included; must be under the control node's
     /// `claimIdle` (or another control node takes the events over while it runs).
     public var timeout = 10
@@ -61,6 +63,8 @@ struct StatusWebhook: Sendable {
 
     var keys: FleetKeys { configuration.keys }
     var claimIdle: Duration { .seconds(configuration.claimIdle) }
+    /// How often consumers of control nodes long gone are removed from the group.
+    static let cleanupInterval = Duration.seconds(600)
 
     struct Metrics: Sendable {
         let posted = Counter(label: "pushfleet_webhook_events_total", dimensions: [("result", "posted")])
@@ -76,6 +80,7 @@ struct StatusWebhook: Sendable {
         redis.start()
         var readOwnPending = true
         var lastClaim = ContinuousClock.now
+        var lastCleanup = ContinuousClock.now - Self.cleanupInterval
         while !Task.isCancelled {
             do {
                 var entries: [RedisReply]
@@ -87,6 +92,11 @@ struct StatusWebhook: Sendable {
                 } else if ContinuousClock.now - lastClaim > claimIdle / 2 {
                     lastClaim = .now
                     entries = try await claimAbandoned()
+                    if ContinuousClock.now - lastCleanup > Self.cleanupInterval {
+                        lastCleanup = .now
+                        try await FleetScripts.removeIdleConsumers(
+                            redis: redis, stream: keys.statusEvents, group: keys.webhookGroup, keeping: configuration.consumerName)
+                    }
                 } else {
                     entries = try await read(from: ">", block: true)
                 }

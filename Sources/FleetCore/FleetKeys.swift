@@ -56,8 +56,8 @@ public struct FleetKeys: Sendable, Hashable {
     public var scheduledDue: String { "\(prefix){sched}:due" }
     /// HASH scheduled push id -> the push (JSON), until it is pushed or cancelled.
     public var scheduledPushes: String { "\(prefix){sched}:pushes" }
-    /// STREAM of delivery state changes (`message`, `terminal`, `state`, `at`) when nodes run
-    /// with `--status-events`, capped.
+    /// STREAM of delivery state changes when nodes run with `--status-events`: an entry per
+    /// status write, its events in the field `events` (``StatusEvent``); capped.
     public var statusEvents: String { "\(prefix)events" }
     /// Pub/sub channel of one push node.
     public func nodeChannel(_ node: String) -> String { "\(prefix)node:\(node):ch" }

@@ -426,6 +426,6 @@ public enum FleetScripts {
         register, unregister, reassertRoute, enqueue, store, storeCollapsing, withdraw, schedule, claimScheduled, trim, indexUpdate,
         storedSubscriptions,
         storeForSubscriber,
-        sweepNode, retain, keepWill, scheduleWill, claimWills, settleWill, deleteIfEqual,
+        sweepNode, retain, keepWill, scheduleWill, claimWills, settleWill, deleteIfEqual, removeIdleConsumers,
     ]
 }

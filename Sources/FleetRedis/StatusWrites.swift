@@ -29,24 +29,31 @@ public struct StatusWrites: Sendable {
         fields.map { bucket, fields in RedisCommand("HSET", [keys.statusBucket(bucket)] + fields) }
     }
 
-    /// One XADD to the status event stream per state recorded (``record(_:of:terminal:at:)``),
-    /// the stream kept to about `length` entries; none when `length` is 0. In order of the
-    /// time each state was reached.
-    public func eventCommands(keys: FleetKeys, length: Int) -> [RedisCommand] {
-        guard length > 0 else { return [] }
-        var events: [(at: String, message: Substring, state: MessageState, terminal: Substring)] = []
+    /// The states recorded (``record(_:of:terminal:at:)``) as status events, in the order they
+    /// were reached.
+    public var events: [StatusEvent] {
+        var events: [StatusEvent] = []
         for fields in fields.values {
             for index in stride(from: 0, to: fields.count - 1, by: 2) {
                 guard let (message, state, terminal) = MessageStatusField.parseState(fields[index]) else { continue }
-                events.append((fields[index + 1], message, state, terminal))
+                events.append(
+                    StatusEvent(message: String(message), terminal: String(terminal), state: state, at: Int64(fields[index + 1]) ?? 0))
             }
         }
-        events.sort { (Int64($0.at) ?? 0) < (Int64($1.at) ?? 0) }
-        return events.map {
-            RedisCommand(
-                "XADD", keys.statusEvents, "MAXLEN", "~", String(length), "*", "message", String($0.message), "terminal",
-                String($0.terminal),
-                "state", $0.state.rawValue, "at", $0.at)
+        events.sort { $0.at < $1.at }
+        return events
+    }
+
+    /// The XADDs that append the states recorded to the status event stream, kept to about
+    /// `length` entries: one entry for the whole write, or one per
+    /// ``StatusEvent/maximumPerEntry`` events; none when `length` is 0.
+    public func eventCommands(keys: FleetKeys, length: Int) -> [RedisCommand] {
+        guard length > 0 else { return [] }
+        let events = self.events
+        return stride(from: 0, to: events.count, by: StatusEvent.maximumPerEntry).map { start in
+            let chunk = events[start..<min(start + StatusEvent.maximumPerEntry, events.count)]
+            return RedisCommand(
+                "XADD", keys.statusEvents, "MAXLEN", "~", String(length), "*", StatusEvent.entryField, StatusEvent.encode(chunk))
         }
     }
 }

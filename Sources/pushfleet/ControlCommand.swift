@@ -97,7 +97,10 @@ struct ControlCommand: AsyncParsableCommand {
     )
     var statusWebhookSecret: String?
 
-    @Option(help: "Most events in one webhook request (env PUSHFLEET_STATUS_WEBHOOK_BATCH; default 200, at most 10000).")
+    @Option(
+        help:
+            "Stream entries posted in one webhook request, each the events of one status write, at most 100 (env PUSHFLEET_STATUS_WEBHOOK_BATCH; default 20, at most 100)."
+    )
     var statusWebhookBatch: Int?
 
     @Option(
@@ -187,7 +190,7 @@ struct ControlCommand: AsyncParsableCommand {
         var webhook = StatusWebhookConfiguration(url: url, secret: statusWebhookSecret ?? env("STATUS_WEBHOOK_SECRET"))
         webhook.batchSize =
             try positive(statusWebhookBatch, env: "STATUS_WEBHOOK_BATCH", option: "--status-webhook-batch") ?? webhook.batchSize
-        guard webhook.batchSize <= 10_000 else { throw ValidationError("--status-webhook-batch must be at most 10000") }
+        guard webhook.batchSize <= 100 else { throw ValidationError("--status-webhook-batch must be at most 100") }
         webhook.timeout =
             try positive(statusWebhookTimeout, env: "STATUS_WEBHOOK_TIMEOUT", option: "--status-webhook-timeout") ?? webhook.timeout
         guard webhook.timeout < configuration.claimIdle else {

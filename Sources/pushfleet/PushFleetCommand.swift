@@ -46,7 +46,7 @@ struct CommonOptions: ParsableArguments {
 
     @Option(
         help:
-            "Append every delivery state change (delivered, acknowledged, expired, dropped, replaced, withdrawn) to the stream <prefix>events, kept to about this many entries; give every node the same (env PUSHFLEET_STATUS_EVENTS; default 0: off)."
+            "Append every delivery state change (delivered, acknowledged, expired, dropped, replaced, withdrawn) to the stream <prefix>events, an entry per status write holding its events (up to 100), kept to about this many entries; give every node the same (env PUSHFLEET_STATUS_EVENTS; default 0: off)."
     )
     var statusEvents: Int?
 

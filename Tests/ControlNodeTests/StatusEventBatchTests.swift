@@ -1,3 +1,4 @@
+import FleetCore
 import Foundation
 import NIOCore
 import RedisClient
@@ -12,45 +13,50 @@ import Testing
         .array([bulk(id), fields.map { .array($0.map(bulk)) } ?? .null])
     }
 
+    static func events(_ events: [StatusEvent]) -> [String] { ["events", StatusEvent.encode(events)] }
+
     @Test func eventsAreReadInStreamOrderAndEntriesWithoutOneAreStillAcknowledged() {
+        let first = StatusEvent(message: "m1", terminal: "tv-\"1\"", state: .delivered, at: 999)
+        let second = StatusEvent(message: "m2", terminal: "t", state: .acknowledged, at: 1001)
+        let third = StatusEvent(message: "m3", terminal: "t", state: .expired, at: 1001)
         let batch = StatusEventBatch(entries: [
-            Self.entry("1000-0", ["message", "m1", "terminal", "tv-\"1\"", "state", "delivered", "at", "999"]),
+            Self.entry("1000-0", Self.events([first])),
             // Trimmed from the stream while pending.
             Self.entry("1000-1", nil),
-            // Not an event (a field missing, or a time that is not a number).
-            Self.entry("1001-0", ["message", "m2", "terminal", "t", "state", "acknowledged"]),
-            Self.entry("1001-1", ["message", "m2", "terminal", "t", "state", "acknowledged", "at", "soon"]),
-            Self.entry("1002-0", ["at", "1001", "state", "acknowledged", "terminal", "t", "message", "m2"]),
+            // Not an entry of events.
+            Self.entry("1001-0", ["message", "m2", "terminal", "t", "state", "acknowledged", "at", "1"]),
+            Self.entry("1001-1", ["events", "[{\"at\":1}]"]),
+            Self.entry("1002-0", Self.events([second, third])),
         ])
         #expect(batch.entryIDs == ["1000-0", "1000-1", "1001-0", "1001-1", "1002-0"])
         #expect(
             batch.events == [
-                StatusEvent(id: "1000-0", message: "m1", terminal: "tv-\"1\"", state: "delivered", at: 999),
-                StatusEvent(id: "1002-0", message: "m2", terminal: "t", state: "acknowledged", at: 1001),
+                .init(id: "1000-0-0", event: first), .init(id: "1002-0-0", event: second), .init(id: "1002-0-1", event: third),
             ])
     }
 
     @Test func theBodyIsJSONWithEveryEventEscaped() throws {
         let batch = StatusEventBatch(entries: [
-            Self.entry("5-0", ["message", "m1", "terminal", "tv-\"1\"\\", "state", "dropped", "at", "4"])
+            Self.entry("5-0", Self.events([StatusEvent(message: "m1", terminal: "tv-\"1\"\\", state: .dropped, at: 4)]))
         ])
         #expect(
             String(decoding: batch.body, as: UTF8.self)
-                == #"{"events":[{"at":4,"id":"5-0","message":"m1","state":"dropped","terminal":"tv-\"1\"\\"}]}"#)
+                == #"{"events":[{"at":4,"id":"5-0-0","message":"m1","state":"dropped","terminal":"tv-\"1\"\\"}]}"#)
         let parsed = try JSONSerialization.jsonObject(with: Data(batch.body)) as? [String: [[String: Any]]]
         #expect(parsed?["events"]?.first?["terminal"] as? String == "tv-\"1\"\\")
         #expect(String(decoding: StatusEventBatch(entries: []).body, as: UTF8.self) == #"{"events":[]}"#)
     }
 
     @Test func eventsPastTheirAgeAreDroppedByWhenTheStreamGotThem() {
-        var batch = StatusEventBatch(
-            entries: (0..<5).map { Self.entry("\(1000 + $0)-0", ["message", "m", "terminal", "t", "state", "expired", "at", "0"]) })
+        let event = StatusEvent(message: "m", terminal: "t", state: .expired, at: 0)
+        var batch = StatusEventBatch(entries: (0..<5).map { Self.entry("\(1000 + $0)-0", Self.events([event, event])) })
+        #expect(batch.events.count == 10)
         #expect(batch.oldestAddedAt == 1000)
-        #expect(batch.dropEvents(addedBefore: 1003) == 3)
-        #expect(batch.events.map(\.id) == ["1003-0", "1004-0"])
+        #expect(batch.dropEvents(addedBefore: 1003) == 6)
+        #expect(batch.events.map(\.id) == ["1003-0-0", "1003-0-1", "1004-0-0", "1004-0-1"])
         #expect(batch.oldestAddedAt == 1003)
         #expect(batch.dropEvents(addedBefore: 1003) == 0)
-        #expect(batch.dropEvents(addedBefore: 2000) == 2)
+        #expect(batch.dropEvents(addedBefore: 2000) == 4)
         #expect(batch.oldestAddedAt == nil)
         // Every entry read is still acknowledged.
         #expect(batch.entryIDs.count == 5)

@@ -398,26 +398,72 @@ struct FleetScriptsTests {
         await redis.close()
     }
 
-    @Test func statusEventsAreOnePerStateRecordedInTimeOrderAndOnlyWhenOn() {
+    @Test func idleConsumersAreRemovedOnlyWhenTheyHoldNothing() async throws {
+        let stream = "pushfleet:push"
+        try await redis.send("XGROUP", "CREATE", stream, "control", "0", "MKSTREAM")
+        try await redis.send("XADD", stream, "*", "to", "t", "payload", "x")
+        // "holder" reads the entry and keeps it pending; "empty" and "me" hold nothing.
+        try await redis.send("XREADGROUP", "GROUP", "control", "holder", "COUNT", "1", "STREAMS", stream, ">")
+        for consumer in ["empty", "me"] { try await redis.send("XGROUP", "CREATECONSUMER", stream, "control", consumer) }
+        try await Task.sleep(for: .milliseconds(20))
+        // Not idle long enough: none.
+        #expect(try await FleetScripts.removeIdleConsumers(redis: redis, stream: stream, group: "control", keeping: "me").isEmpty)
+        #expect(
+            try await FleetScripts.removeIdleConsumers(redis: redis, stream: stream, group: "control", keeping: "me", idleMillis: 5) == [
+                "empty"
+            ])
+        let left = try await redis.send("XINFO", "CONSUMERS", stream, "control").array?.compactMap { $0.pairs?["name"] }
+        #expect(Set(left ?? []) == ["holder", "me"])
+        // The entry "holder" read is still pending, to be claimed.
+        #expect(try await redis.send("XPENDING", stream, "control").array?.first?.int == 1)
+    }
+
+    @Test func statusEventsAreOneEntryPerWriteInTimeOrderAndOnlyWhenOn() {
         var writes = StatusWrites()
-        writes.record(.acknowledged, of: "m-1", terminal: "t|odd", at: 20)
+        writes.record(.acknowledged, of: "m-1", terminal: "t|\"odd\"", at: 20)
         writes.record(.replaced, of: "m-2", terminal: "t2", at: 10)
         writes.set(MessageStatusField.complete("m-1"), "1", of: "m-1")
         writes.set(MessageStatusField.cancelled("m-2"), "5", of: "m-2")
         #expect(writes.eventCommands(keys: keys, length: 0).isEmpty)
-        let events = writes.eventCommands(keys: keys, length: 500).map { $0.arguments.map { String(decoding: $0, as: UTF8.self) } }
+        let commands = writes.eventCommands(keys: keys, length: 500).map { $0.arguments.map { String(decoding: $0, as: UTF8.self) } }
         #expect(
-            events == [
+            commands == [
                 [
-                    "XADD", "pushfleet:events", "MAXLEN", "~", "500", "*", "message", "m-2", "terminal", "t2", "state", "replaced", "at",
-                    "10",
-                ],
-                [
-                    "XADD", "pushfleet:events", "MAXLEN", "~", "500", "*", "message", "m-1", "terminal", "t|odd", "state", "acknowledged",
-                    "at", "20",
-                ],
+                    "XADD", "pushfleet:events", "MAXLEN", "~", "500", "*", "events",
+                    #"[{"at":10,"message":"m-2","state":"replaced","terminal":"t2"},{"at":20,"message":"m-1","state":"acknowledged","terminal":"t|\"odd\""}]"#,
+                ]
+            ])
+        #expect(
+            StatusEvent.decode(commands[0][7]) == [
+                StatusEvent(message: "m-2", terminal: "t2", state: .replaced, at: 10),
+                StatusEvent(message: "m-1", terminal: "t|\"odd\"", state: .acknowledged, at: 20),
             ])
         #expect(MessageStatusField.parseState(MessageStatusField.reach("m-1")) == nil)
+    }
+
+    @Test func aWriteOfMoreEventsThanAnEntryHoldsAddsSeveralEntriesInOrder() {
+        for count in [StatusEvent.maximumPerEntry, StatusEvent.maximumPerEntry + 1, 3 * StatusEvent.maximumPerEntry + 7] {
+            var writes = StatusWrites()
+            for index in 0..<count { writes.record(.acknowledged, of: "m-\(index)", terminal: "t", at: Int64(1000 + index)) }
+            let entries = writes.eventCommands(keys: keys, length: 10).map { String(decoding: $0.arguments[7], as: UTF8.self) }
+            #expect(entries.count == (count + StatusEvent.maximumPerEntry - 1) / StatusEvent.maximumPerEntry)
+            let events = entries.flatMap { StatusEvent.decode($0) ?? [] }
+            #expect(events.map(\.at) == (0..<count).map { Int64(1000 + $0) })
+            #expect(entries.allSatisfy { (StatusEvent.decode($0)?.count ?? 0) <= StatusEvent.maximumPerEntry })
+        }
+    }
+
+    @Test func statusEventEntriesThatAreNotEventArraysAreNotRead() {
+        for text in [
+            "", "[", "{}", "[{}]", #"[{"at":1,"message":"m","state":"later","terminal":"t"}]"#,
+            #"[{"at":"1","message":"m","state":"dropped","terminal":"t"}]"#, #"[] x"#,
+        ] {
+            #expect(StatusEvent.decode(text) == nil, "\(text)")
+        }
+        #expect(StatusEvent.decode("[]") == [])
+        #expect(
+            StatusEvent.decode(#" [ {"terminal":"t","extra":{"a":[1]},"state":"dropped","message":"m","at":7} ] "#)
+                == [StatusEvent(message: "m", terminal: "t", state: .dropped, at: 7)])
     }
 
     @Test func routesRoundTrip() {

@@ -251,7 +251,8 @@ def test_a_scheduled_push_survives_the_death_of_the_control_node_that_accepted_i
 
 def test_status_events_match_the_message_status(fleet):
     """With --status-events on every node, each state a target reaches is appended to the
-    stream pushfleet:events: acknowledged (an online terminal), dropped (online-only to an
+    stream pushfleet:events (an entry per status write, its events in a JSON array):
+    acknowledged (an online terminal), dropped (online-only to an
     absent one), replaced (a collapse key), withdrawn (a cancel). The last event of each copy is
     its state in GET /v1/messages/{id}. Runs on its own fleet (its nodes have the option)."""
     received = []
@@ -275,13 +276,14 @@ def test_status_events_match_the_message_status(fleet):
         client.loop_stop()
 
     def last_events():
-        # redis-cli (not on a terminal) prints each entry as its id, then its 4 field, value
-        # pairs, one a line: 9 lines an entry.
+        # redis-cli (not on a terminal) prints each entry as its id, then its one field
+        # (`events`) and value (a JSON array of events), one a line: 3 lines an entry.
         lines = fleet.redis_cli("XRANGE", "pushfleet:events", "-", "+").splitlines()
         states = {}
-        for index in range(0, len(lines) - 8, 9):
-            entry = dict(zip(lines[index + 1:index + 9:2], lines[index + 2:index + 9:2]))
-            states[(entry["message"], entry["terminal"])] = entry["state"]
+        for index in range(0, len(lines) - 2, 3):
+            assert lines[index + 1] == "events", lines[index:index + 3]
+            for event in json.loads(lines[index + 2]):
+                states[(event["message"], event["terminal"])] = event["state"]
         return states
     expected = {}
     for message_id in ids:

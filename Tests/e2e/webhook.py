@@ -97,7 +97,7 @@ class WebhookFleet(Fleet):
         events = ["--status-events", "100000"]
         super().__init__(binary, controls=controls, node_args=events,
                          control_args=[*events, "--status-webhook", self.receiver.url, "--claim-idle", "3",
-                                       "--status-webhook-timeout", "2", *extra])
+                                       "--status-webhook-timeout", "2", "--status-webhook-batch", "2", *extra])
 
     def start(self, name, args, env=None):
         # The control nodes take the webhook secret from the environment, as an operator would give it.
@@ -106,12 +106,14 @@ class WebhookFleet(Fleet):
         super().start(name, args, env)
 
     def stream_events(self):
-        """Every event in the stream: {id: (message, terminal, state)}."""
+        """Every event in the stream: {id: (message, terminal, state)}, an event's id being its
+        entry's and its place in the entry, as the webhook gives it."""
         lines = self.redis_cli("XRANGE", "pushfleet:events", "-", "+").splitlines()
         events = {}
-        for index in range(0, len(lines) - 8, 9):
-            entry = dict(zip(lines[index + 1:index + 9:2], lines[index + 2:index + 9:2]))
-            events[lines[index]] = (entry["message"], entry["terminal"], entry["state"])
+        for index in range(0, len(lines) - 2, 3):
+            assert lines[index + 1] == "events", lines[index:index + 3]
+            for place, event in enumerate(json.loads(lines[index + 2])):
+                events[f"{lines[index]}-{place}"] = (event["message"], event["terminal"], event["state"])
         return events
 
     def metric(self, name, port=None):
@@ -134,7 +136,7 @@ def push(fleet, body):
 def test_webhook_posts_events_that_match_the_message_status(fleet):
     """Every event in the stream is posted, signed, to the receiver; the last one posted for
     each copy is its state in GET /v1/messages/{id}: acknowledged, dropped, replaced,
-    withdrawn; and 300 pushes' events (more than a batch of 200) all arrive."""
+    withdrawn; and 300 pushes' events (more than a request holds) all arrive."""
     received = []
     client = mqtt5_client(fleet, "wh-on", fleet.node_ports[0], on_message=lambda m: received.append(m.payload))
     try:
@@ -180,8 +182,10 @@ def test_webhook_posts_events_that_match_the_message_status(fleet):
     for body in fleet.receiver.bodies:
         jsonschema.validate(json.loads(body), schema)
     assert sum(fleet.metric('pushfleet_webhook_events_total{result="posted"}', port) for port in fleet.control_ports) >= len(stream)
-    # 300 acknowledged pushes: 600 events, in several requests.
+    # 300 acknowledged pushes, in several requests of at most 2 entries (--status-webhook-batch
+    # 2) of at most 100 events each.
     assert fleet.receiver.requests >= 3, fleet.receiver.requests
+    assert max(len(json.loads(body)["events"]) for body in fleet.receiver.bodies) <= 200
 
 
 def test_webhook_retries_a_receiver_that_refuses_or_hangs(fleet):
@@ -241,7 +245,7 @@ def test_webhook_drops_events_past_their_maximum_age(fleet):
 
 def test_webhook_settings_are_checked_at_start(fleet):
     """A control node refuses to start with a webhook it could not run as asked: no status
-    events, a URL that is not http(s), a batch one past 10000, a timeout not under
+    events, a URL that is not http(s), a batch one past 100 entries, a timeout not under
     --claim-idle."""
     from fleet import SECRET
     redis = f"redis://127.0.0.1:{fleet.redis_port}"
@@ -253,9 +257,9 @@ def test_webhook_settings_are_checked_at_start(fleet):
         return out.stderr
     assert "--status-events" in start(fleet.receiver.url)
     assert "http:// or https://" in start("ftp://127.0.0.1/x", "--status-events", "10")
-    assert "--status-webhook-batch" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "10001")
-    # 10000 is taken: the next check is the one that fails.
-    assert "--claim-idle" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "10000",
+    assert "--status-webhook-batch" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "101")
+    # 100 is taken: the next check is the one that fails.
+    assert "--claim-idle" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "100",
                                    "--status-webhook-timeout", "30")
 
 
