@@ -243,6 +243,34 @@ def test_webhook_drops_events_past_their_maximum_age(fleet):
     assert fleet.redis_cli("XPENDING", "pushfleet:events", "webhook").splitlines()[0] == "0"
 
 
+def test_webhook_goes_on_after_redis_restarts(fleet):
+    """Redis is killed (SIGKILL) while the receiver refuses, so that a control node holds a
+    batch when it goes, and started again from its append-only file: events recorded before
+    and after the restart are all posted (some twice at most: the acknowledgements of the last
+    second before the kill may not be on disk). One Redis: the cluster's faults are the fault
+    suite's."""
+    if fleet.cluster:
+        print("  (skipped on a cluster)")
+        return
+    import signal
+    fleet.receiver.refuse_all = True
+    before = push(fleet, {"to": ["wh-r1"], "payload": "x", "ttl": 0})
+    wait_for(lambda: fleet.receiver.refused >= 1, timeout=20, what="a batch held")
+    time.sleep(1.2)  # the event's entry on disk (appendfsync everysec)
+    fleet.kill("redis", signal.SIGKILL)
+    fleet.start_redis()
+    fleet.receiver.refuse_all = False
+
+    def pushed():
+        status, receipt = fleet.api("POST", "/v1/push", {"to": ["wh-r2"], "payload": "x", "ttl": 0})
+        return receipt["id"] if status == 202 else None
+    after = wait_for(pushed, timeout=20, what="a push accepted after the restart")
+    wait_for(lambda: {before, after} <= {e["message"] for e in fleet.receiver.posted()}, timeout=30,
+             what="the events from before and after the restart posted")
+    wait_for(lambda: fleet.redis_cli("XPENDING", "pushfleet:events", "webhook").splitlines()[0] == "0", what="nothing pending")
+    assert all(fleet.alive().values()), fleet.alive()
+
+
 def test_webhook_settings_are_checked_at_start(fleet):
     """A control node refuses to start with a webhook it could not run as asked: no status
     events, a URL that is not http(s), a batch one past 100 entries, a timeout not under
