@@ -46,7 +46,17 @@ extension PushRequest {
     /// When a push with `sendAt` or `delay` is due (unix ms), within the horizon; nil for now
     /// (no time given, or one already past).
     func scheduledTime(_ configuration: ControlNodeConfiguration) throws -> Int64? {
-        let now = FleetClock.nowMillis()
+        try PushCommand.dueTime(sendAt: sendAt, delay: delay, horizon: configuration.maximumScheduleAhead)
+    }
+}
+
+extension PushCommand {
+    /// When a push given `sendAt` (unix seconds) or `delay` (seconds) is due, in unix ms, at
+    /// most `horizon` seconds ahead; nil for now (no time given, or one already past). Throws
+    /// 400 for both, or a time out of bounds (`why` says where the horizon comes from).
+    static func dueTime(sendAt: Int64?, delay: Int?, horizon: Int, why: String = "", now: Int64 = FleetClock.nowMillis()) throws
+        -> Int64?
+    {
         let due: Int64
         switch (sendAt, delay) {
         case (nil, nil): return nil
@@ -54,14 +64,12 @@ extension PushRequest {
             guard sendAt >= 0, sendAt < Int64(Int32.max) * 100 else { throw APIError.badRequest("sendAt must be unix seconds") }
             due = sendAt * 1000
         case (nil, let delay?):
-            guard delay >= 0, delay <= configuration.maximumScheduleAhead else {
-                throw APIError.badRequest("delay must be between 0 and \(configuration.maximumScheduleAhead) seconds")
-            }
+            guard delay >= 0, delay <= horizon else { throw APIError.badRequest("delay must be between 0 and \(horizon) seconds\(why)") }
             due = now + Int64(delay) * 1000
         default: throw APIError.badRequest("give sendAt or delay, not both")
         }
-        guard due <= now + Int64(configuration.maximumScheduleAhead) * 1000 else {
-            throw APIError.badRequest("a push may be scheduled at most \(configuration.maximumScheduleAhead) seconds ahead")
+        guard due <= now + Int64(horizon) * 1000 else {
+            throw APIError.badRequest("a push may be scheduled at most \(horizon) seconds ahead\(why)")
         }
         return due > now ? due : nil
     }

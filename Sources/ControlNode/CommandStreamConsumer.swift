@@ -149,7 +149,7 @@ struct CommandStreamConsumer: Sendable {
             var batch: [(id: String, command: PushCommand)] = []
             var rest: [Entry] = []
             for entry in parsed {
-                if case .success(let command) = entry.command, case .terminals = command.audience, command.ttl > 0 {
+                if case .success(let command) = entry.command, case .terminals = command.audience, command.ttl > 0, command.sendAt == nil {
                     batch.append((entry.id, command))
                 } else {
                     rest.append(entry)
@@ -229,7 +229,8 @@ struct CommandStreamConsumer: Sendable {
             self.id = id
             self.fields = fields
             command = Result {
-                let command = try CommandStreamConsumer.command(from: fields)
+                var command = try CommandStreamConsumer.command(from: fields)
+                command.sendAt = try CommandStreamConsumer.dueTime(from: fields, configuration: configuration)
                 try command.validate(configuration)
                 return command
             }
@@ -242,8 +243,14 @@ struct CommandStreamConsumer: Sendable {
     private func handle(_ entry: Entry, fresh: Bool, wakes: WakeBatch) async throws {
         let id = entry.id
         do {
+            let command = try entry.command.get()
+            if command.sendAt != nil {
+                // Kept until due under the entry id (again, if read again: the same push).
+                _ = try await ScheduledPushes(dispatcher: dispatcher, logger: logger).schedule(command, id: id)
+                return
+            }
             // A push already completed under this id (handled before, not acknowledged) returns at once.
-            _ = try await dispatcher.push(entry.command.get(), id: id, fresh: fresh, wakes: wakes)
+            _ = try await dispatcher.push(command, id: id, fresh: fresh, wakes: wakes)
         } catch let error as APIError {
             logger.info("invalid command stream entry", metadata: ["entry": "\(id)", "error": "\(error.message)"])
             var status = StatusWrites()
@@ -254,8 +261,29 @@ struct CommandStreamConsumer: Sendable {
         }
     }
 
+    /// When an entry with `sendat` (unix seconds) or `delay` (seconds) is due (unix ms); nil
+    /// for now. An entry's push is scheduled under the entry id, whose status bucket is the
+    /// second it was added: it may be scheduled at most the status retention ahead (and the
+    /// schedule horizon), so that its status is still there when it goes out (the bucket's
+    /// expiry then moves to a retention after that, ``StatusBucket/expiresAt(retention:nowSeconds:)``).
+    static func dueTime(from fields: [String: String], configuration: ControlNodeConfiguration) throws -> Int64? {
+        let sendAt = try fields["sendat"].map { text in
+            guard let value = Int64(text) else { throw APIError.badRequest("sendAt must be unix seconds") }
+            return value
+        }
+        let delay = try fields["delay"].map { text in
+            guard let value = Int(text) else { throw APIError.badRequest("delay must be a number of seconds") }
+            return value
+        }
+        let retentionBound = configuration.statusRetention < configuration.maximumScheduleAhead
+        return try PushCommand.dueTime(
+            sendAt: sendAt, delay: delay, horizon: min(configuration.maximumScheduleAhead, configuration.statusRetention),
+            why: retentionBound ? " (--status-retention: a command stream entry's status is kept from when it was added)" : "")
+    }
+
     /// Builds a push from stream fields: `to` (comma separated), `topic` or `broadcast 1`;
-    /// `payload` or `payloadBase64`; optional `qos`, `ttl`, `collapse`.
+    /// `payload` or `payloadBase64`; optional `qos`, `ttl`, `collapse` (and `sendat` or
+    /// `delay`, read by ``dueTime(from:configuration:)``).
     static func command(from fields: [String: String]) throws -> PushCommand {
         guard let qos = Int(fields["qos"] ?? "1") else { throw APIError.badRequest("qos must be 0, 1 or 2") }
         guard let ttl = Int(fields["ttl"] ?? "86400") else { throw APIError.badRequest("ttl must be a number of seconds") }

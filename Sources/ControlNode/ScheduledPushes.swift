@@ -85,11 +85,11 @@ struct ScheduledPushes: Sendable {
         var scheduledAt: Int64
     }
 
-    /// Keeps `command` (its `sendAt` set) until it is due. Its id carries the due time, so its
-    /// status bucket is the second it goes out in.
-    func schedule(_ command: PushCommand) async throws -> Receipt {
+    /// Keeps `command` (its `sendAt` set) until it is due, under `id`, or else a new id that
+    /// carries the due time, so that its status bucket is the second it goes out in.
+    func schedule(_ command: PushCommand, id: String? = nil) async throws -> Receipt {
         guard let due = command.sendAt else { preconditionFailure("a scheduled push has a time") }
-        let id = FleetClock.newMessageID(atMillis: due)
+        let id = id ?? FleetClock.newMessageID(atMillis: due)
         let kind: String
         var targets = 0
         switch command.audience {

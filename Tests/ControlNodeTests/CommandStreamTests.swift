@@ -175,6 +175,31 @@ struct CommandStreamTests {
         #expect(throws: APIError.self) { try CommandStreamConsumer.command(from: ["to": "a", "payload": "x", "qos": "7"]) }
         server.stop()
     }
+
+    @Test func sendAtAndDelayAreWithinTheStatusRetentionAndTheHorizon() throws {
+        var configuration = ControlNodeConfiguration(
+            redis: server.configuration, host: "127.0.0.1", port: 0, secret: "s", consumerName: "c")
+        configuration.statusRetention = 3_600
+        configuration.maximumScheduleAhead = 7_200
+        let now = FleetClock.nowMillis()
+        let due = try #require(try CommandStreamConsumer.dueTime(from: ["delay": "60"], configuration: configuration))
+        #expect((now + 59_000...now + 62_000).contains(due))
+        let at = FleetClock.nowSeconds() + 600
+        #expect(try CommandStreamConsumer.dueTime(from: ["sendat": String(at)], configuration: configuration) == at * 1000)
+        // The status retention bounds it (3600), not only the horizon (7200); one past is refused.
+        #expect(try CommandStreamConsumer.dueTime(from: ["delay": "3600"], configuration: configuration) != nil)
+        #expect(throws: APIError.self) { try CommandStreamConsumer.dueTime(from: ["delay": "3601"], configuration: configuration) }
+        #expect(throws: APIError.self) {
+            try CommandStreamConsumer.dueTime(from: ["sendat": String(FleetClock.nowSeconds() + 3_700)], configuration: configuration)
+        }
+        // Past: now. Neither: now. Both, or not numbers: refused.
+        #expect(try CommandStreamConsumer.dueTime(from: ["sendat": "1"], configuration: configuration) == nil)
+        #expect(try CommandStreamConsumer.dueTime(from: [:], configuration: configuration) == nil)
+        for fields in [["delay": "5", "sendat": String(at)], ["delay": "soon"], ["sendat": "tomorrow"], ["delay": "-1"]] {
+            #expect(throws: APIError.self, "\(fields)") { try CommandStreamConsumer.dueTime(from: fields, configuration: configuration) }
+        }
+        server.stop()
+    }
 }
 
 extension Range where Bound == Int {

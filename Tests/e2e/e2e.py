@@ -249,6 +249,42 @@ def test_a_scheduled_push_survives_the_death_of_the_control_node_that_accepted_i
     wait_for(lambda: fleet.api("GET", "/v1/terminals/sched-b")[1]["queued"] == 2, what="the batch's scheduled push stored when due")
 
 
+def test_a_command_stream_entry_with_delay_is_scheduled_under_its_entry_id(fleet):
+    """`XADD pushfleet:push * to ... delay N` (or `sendat`): the push waits, `scheduled` under
+    the entry id, and goes out when due, to an online terminal and, through its list, to one
+    that connects later; an entry cancelled before it is due reaches nobody; one scheduled past
+    the status retention (7 days by default) is refused with an error status."""
+    received = []
+    client = mqtt5_client(fleet, "ssched-on", fleet.node_ports[0], on_message=lambda m: received.append(m.payload))
+    try:
+        wait_for(lambda: route_node(fleet, "ssched-on") == "n1", what="ssched-on online")
+        entry = fleet.redis_cli("XADD", "pushfleet:push", "*", "to", "ssched-on,ssched-off", "payload", "from the stream", "delay", "2")
+        added = time.time()
+        cancelled = fleet.redis_cli("XADD", "pushfleet:push", "*", "to", "ssched-off", "payload", "never",
+                                    "sendat", str(int(time.time()) + 60))
+        status = wait_for(lambda: (lambda s: s[1] if s[0] == 200 else None)(fleet.api("GET", f"/v1/messages/{entry}")),
+                          what="the entry's status")
+        assert status["scheduled"] is True and status["targets"] == 2 and status["queued"] == 0, status
+        wait_for(lambda: fleet.api("GET", f"/v1/messages/{cancelled}")[0] == 200, what="the second entry's status")
+        status, outcome = fleet.api("DELETE", f"/v1/messages/{cancelled}")
+        assert status == 200 and outcome["withdrawn"] == 1, outcome
+        wait_for(lambda: received == [b"from the stream"], timeout=15, what="the scheduled entry")
+        assert time.time() - added >= 1.5, "not before it was due"
+        wait_for(lambda: fleet.api("GET", f"/v1/messages/{entry}")[1]["acknowledged"] == 1, what="acknowledged")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    late = mosquitto_sub(fleet.node_ports[1], "ssched-off", fleet.credential("ssched-off"), 1)
+    out, _ = late.communicate(timeout=25)
+    assert out.splitlines() == ["from the stream"], out
+    assert fleet.api("GET", "/v1/terminals/ssched-off")[1]["queued"] == 0
+    # One day past the status retention (604800 s): refused, its status says why.
+    far = fleet.redis_cli("XADD", "pushfleet:push", "*", "to", "ssched-far", "payload", "x", "delay", str(8 * 86400))
+    status = wait_for(lambda: (lambda s: s[1] if s[0] == 200 else None)(fleet.api("GET", f"/v1/messages/{far}")), what="far's status")
+    assert "604800 seconds (--status-retention" in status.get("error", ""), status
+    assert fleet.redis_cli("ZSCORE", "pushfleet:{sched}:due", far) == ""
+
+
 def test_status_events_match_the_message_status(fleet):
     """With --status-events on every node, each state a target reaches is appended to the
     stream pushfleet:events (an entry per status write, its events in a JSON array):
