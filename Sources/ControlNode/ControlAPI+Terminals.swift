@@ -84,11 +84,10 @@ extension ControlAPI {
     func withdrawEntry(_ message: String, terminal: String) async throws -> Response {
         guard TerminalID.isValid(terminal) else { throw APIError.badRequest("invalid terminal id") }
         guard !message.isEmpty, message.utf8.count <= 128, !message.contains("\"") else { throw APIError.badRequest("invalid message id") }
-        let reply = try await redis.send(
-            FleetScripts.withdraw.command(keys: [keys.queue(terminal), keys.sent(terminal)], arguments: [message])
-        ).throwingError()
-        guard case .bulkString = reply, let entry = reply.string.flatMap(StoredMessage.decode) else {
-            if case .integer = reply { throw APIError(.conflict, "conflict", "message \(message) is in flight to \(terminal)") }
+        let withdrawal = try Withdrawal(
+            try await redis.send(FleetScripts.withdraw.command(keys: [keys.queue(terminal), keys.sent(terminal)], arguments: [message])))
+        guard case .withdrawn(let text) = withdrawal, let entry = StoredMessage.decode(text) else {
+            if case .inFlight = withdrawal { throw APIError(.conflict, "conflict", "message \(message) is in flight to \(terminal)") }
             throw APIError.notFound("message \(message.debugDescription) does not wait in \(terminal)'s list")
         }
         dispatcher.ledger.left(expiresAt: entry.expiresAt)

@@ -57,17 +57,36 @@ struct MessageCancellation: Sendable {
             let replies = try await redis.pipeline(
                 terminals.map { FleetScripts.withdraw.command(keys: [keys.queue($0), keys.sent($0)], arguments: [id]) })
             for (terminal, reply) in zip(terminals, replies) {
-                switch try reply.throwingError() {
-                case .integer: outcome.inFlight += 1
-                case .bulkString where reply.string?.isEmpty == false:
+                switch try Withdrawal(reply) {
+                case .inFlight: outcome.inFlight += 1
+                case .withdrawn:
                     outcome.withdrawn += 1
                     states.record(.withdrawn, of: id, terminal: terminal, at: now)
-                default: outcome.gone += 1
+                case .gone: outcome.gone += 1
                 }
             }
         }
         dispatcher.ledger.entered(expiresAt: record.expiresAt, count: -outcome.withdrawn)
         _ = try await redis.pipeline(dispatcher.statusCommands(states))
         return outcome
+    }
+}
+
+/// What ``FleetScripts/withdraw`` did with one terminal's copy of a message.
+enum Withdrawal {
+    /// Taken out of the list: the entry as it was stored.
+    case withdrawn(entry: String)
+    /// Sent and not yet acknowledged: left to the terminal.
+    case inFlight
+    /// Not waiting in the list (never stored there, or no longer).
+    case gone
+
+    /// From the script's reply: the entry, an integer for in flight, nil or empty for gone.
+    init(_ reply: RedisReply) throws {
+        switch try reply.throwingError() {
+        case .integer: self = .inFlight
+        case .bulkString where reply.string?.isEmpty == false: self = .withdrawn(entry: reply.string ?? "")
+        default: self = .gone
+        }
     }
 }
