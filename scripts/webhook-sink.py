@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """A status webhook receiver for measurements: answers every POST 204 and counts requests and
-events; on SIGTERM or SIGINT prints `requests N events M` and exits.
+events, and how long after its state each event arrived; on SIGTERM or SIGINT prints
+`requests N events M delay p50 X ms p99 Y ms max Z ms` and exits.
 
 Usage: python3 scripts/webhook-sink.py PORT   (then --status-webhook http://127.0.0.1:PORT/)
 """
 import json
 import signal
+import statistics
+import time
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 counts = {"requests": 0, "events": 0}
+delays = []  # milliseconds from an event's state to its arrival
 lock = threading.Lock()
 
 
@@ -22,10 +26,12 @@ class Sink(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        events = len(json.loads(body)["events"])
+        events = json.loads(body)["events"]
+        now = time.time() * 1000
         with lock:
             counts["requests"] += 1
-            counts["events"] += events
+            counts["events"] += len(events)
+            delays.extend(now - event["at"] for event in events)
         self.send_response(204)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -35,7 +41,9 @@ def main():
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink)
 
     def stop(*_):
-        print(f"requests {counts['requests']} events {counts['events']}", flush=True)
+        ordered = sorted(delays) or [0]
+        print(f"requests {counts['requests']} events {counts['events']} delay p50 {statistics.median(ordered):.0f} ms "
+              f"p99 {ordered[int(len(ordered) * 0.99)]:.0f} ms max {ordered[-1]:.0f} ms", flush=True)
         sys.exit(0)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
