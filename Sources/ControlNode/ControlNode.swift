@@ -15,8 +15,9 @@ public struct ControlNode: Service {
     public let configuration: ControlNodeConfiguration
     private let redis: RedisConnection
     private let streamRedis: RedisConnection
-    /// The status webhook's own connection (its XREADGROUP BLOCK holds it), when configured.
-    private let webhookRedis: RedisConnection?
+    /// The status webhook posters' own connections (each one's XREADGROUP BLOCK holds it),
+    /// when configured.
+    private let webhookRedis: [RedisConnection]
     private let group: any EventLoopGroup
     private let dispatcher: PushDispatcher
     /// The fleet index, for topic pushes, kept current from the index channel.
@@ -39,10 +40,9 @@ public struct ControlNode: Service {
         streamConfiguration.commandTimeout = .seconds(10)
         self.streamRedis = RedisConnection(
             configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
-        self.webhookRedis =
-            configuration.statusWebhook == nil
-            ? nil
-            : RedisConnection(configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
+        self.webhookRedis = (0..<(configuration.statusWebhook?.concurrency ?? 0)).map { _ in
+            RedisConnection(configuration: streamConfiguration, eventLoop: group.next(), logger: logger, scripts: FleetScripts.all)
+        }
         self.group = group
         self.dispatcher = PushDispatcher(configuration: configuration, redis: redis, logger: logger, index: index)
         self.subscriber = RedisSubscriber(configuration: configuration.redis, eventLoop: group.next(), logger: logger, commands: redis)
@@ -117,16 +117,23 @@ public struct ControlNode: Service {
                 if configuration.consumeCommandStream {
                     group.addTask { await cancelWhenGracefulShutdown { await consumer.run() } }
                 }
-                if let webhook = configuration.statusWebhook, let webhookRedis {
-                    let poster = StatusWebhook(webhook: webhook, configuration: configuration, redis: webhookRedis, logger: logger)
+                if let webhook = configuration.statusWebhook {
+                    let posters = webhookRedis.enumerated().map { index, connection in
+                        StatusWebhook(webhook: webhook, configuration: configuration, index: index, redis: connection, logger: logger)
+                    }
                     let eventLoopGroup = self.group
                     group.addTask {
-                        let client = HTTPClient(
-                            eventLoopGroup: eventLoopGroup,
-                            configuration: .init(
-                                redirectConfiguration: .disallow,
-                                timeout: .init(connect: .seconds(Int64(webhook.timeout)), read: .seconds(Int64(webhook.timeout)))))
-                        await cancelWhenGracefulShutdown { await poster.run(httpClient: client) }
+                        var http = HTTPClient.Configuration(
+                            redirectConfiguration: .disallow,
+                            timeout: .init(connect: .seconds(Int64(webhook.timeout)), read: .seconds(Int64(webhook.timeout))))
+                        // A connection per poster, so that none waits for another's.
+                        http.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = max(8, webhook.concurrency)
+                        let client = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: http)
+                        await withDiscardingTaskGroup { posting in
+                            for poster in posters {
+                                posting.addTask { await cancelWhenGracefulShutdown { await poster.run(httpClient: client) } }
+                            }
+                        }
                         try? await client.shutdown()
                     }
                 }
@@ -143,7 +150,7 @@ public struct ControlNode: Service {
     private func closeRedis() async {
         await subscriber.close()
         await streamRedis.close()
-        await webhookRedis?.close()
+        for connection in webhookRedis { await connection.close() }
         await redis.close()
     }
 }

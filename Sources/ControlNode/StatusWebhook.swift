@@ -25,6 +25,11 @@ public struct StatusWebhookConfiguration: Sendable {
     public var maximumAge = 3_600
     /// Longest wait between two tries of a batch, in seconds.
     public var maximumBackoff = 30
+    /// Requests one control node has in flight at once, each by a consumer of its own
+    /// (`<consumer>-webhook-<n>`): a receiver far away answers a request in tens of
+    /// milliseconds, and one request at a time would cap a control node at
+    /// `batchSize` entries per round trip.
+    public var concurrency = 4
 
     public init(url: String, secret: String? = nil) {
         self.url = url
@@ -46,8 +51,9 @@ public struct StatusWebhookConfiguration: Sendable {
 }
 
 /// Posts the status event stream to the webhook, in batches, through the consumer group
-/// ``FleetKeys/webhookGroup``: each event goes to the webhook through one control node (every
-/// control node with the option is a consumer), and is acknowledged (XACK) once the receiver
+/// ``FleetKeys/webhookGroup``: each event goes to the webhook through one poster (every
+/// control node with the option runs ``StatusWebhookConfiguration/concurrency`` of them, each
+/// a consumer with a connection of its own), and is acknowledged (XACK) once the receiver
 /// answered 2xx. A batch the receiver refuses or does not answer is tried again, the wait
 /// doubling from 1 s up to `maximumBackoff` (or the receiver's `Retry-After`), until it is
 /// taken or its events pass `maximumAge`. Events left pending by a control node that died are
@@ -56,13 +62,21 @@ public struct StatusWebhookConfiguration: Sendable {
 struct StatusWebhook: Sendable {
     let webhook: StatusWebhookConfiguration
     let configuration: ControlNodeConfiguration
+    /// This poster's name in the group (one of the control node's ``StatusWebhookConfiguration/concurrency``).
+    let consumer: String
     /// A dedicated connection: XREADGROUP BLOCK holds it.
     let redis: RedisConnection
     let logger: Logger
-    let metrics = Metrics()
+    let metrics: Metrics
 
     var keys: FleetKeys { configuration.keys }
     var claimIdle: Duration { .seconds(configuration.claimIdle) }
+
+    /// The consumer name of a control node's poster `index`.
+    static func consumer(_ index: Int, of configuration: ControlNodeConfiguration) -> String {
+        "\(configuration.consumerName)-webhook-\(index)"
+    }
+
     /// How often consumers of control nodes long gone are removed from the group.
     static let cleanupInterval = Duration.seconds(600)
 
@@ -72,8 +86,21 @@ struct StatusWebhook: Sendable {
         let accepted = Counter(label: "pushfleet_webhook_requests_total", dimensions: [("result", "accepted")])
         let refused = Counter(label: "pushfleet_webhook_requests_total", dimensions: [("result", "refused")])
         let failed = Counter(label: "pushfleet_webhook_requests_total", dimensions: [("result", "failed")])
-        /// Seconds since the oldest event not yet posted was recorded (0: none waits).
-        let delay = Gauge(label: "pushfleet_webhook_delay_seconds")
+        /// Seconds since the oldest event not yet posted was recorded (0: none waits), per poster.
+        let delay: Gauge
+
+        init(poster: Int) {
+            delay = Gauge(label: "pushfleet_webhook_delay_seconds", dimensions: [("poster", String(poster))])
+        }
+    }
+
+    init(webhook: StatusWebhookConfiguration, configuration: ControlNodeConfiguration, index: Int, redis: RedisConnection, logger: Logger) {
+        self.webhook = webhook
+        self.configuration = configuration
+        self.consumer = Self.consumer(index, of: configuration)
+        self.redis = redis
+        self.logger = logger
+        self.metrics = Metrics(poster: index)
     }
 
     func run(httpClient: HTTPClient) async {
@@ -95,7 +122,7 @@ struct StatusWebhook: Sendable {
                     if ContinuousClock.now - lastCleanup > Self.cleanupInterval {
                         lastCleanup = .now
                         try await FleetScripts.removeIdleConsumers(
-                            redis: redis, stream: keys.statusEvents, group: keys.webhookGroup, keeping: configuration.consumerName)
+                            redis: redis, stream: keys.statusEvents, group: keys.webhookGroup, keeping: consumer)
                     }
                 } else {
                     entries = try await read(from: ">", block: true)
@@ -130,7 +157,7 @@ struct StatusWebhook: Sendable {
         let reply = try await redis.send(
             RedisCommand(
                 "XREADGROUP",
-                ["GROUP", keys.webhookGroup, configuration.consumerName, "COUNT", String(webhook.batchSize)]
+                ["GROUP", keys.webhookGroup, consumer, "COUNT", String(webhook.batchSize)]
                     + (block ? ["BLOCK", "1000"] : []) + ["STREAMS", keys.statusEvents, id]
             )
         )
@@ -143,7 +170,7 @@ struct StatusWebhook: Sendable {
     private func claimAbandoned() async throws -> [RedisReply] {
         let reply = try await redis.send(
             RedisCommand(
-                "XAUTOCLAIM", keys.statusEvents, keys.webhookGroup, configuration.consumerName,
+                "XAUTOCLAIM", keys.statusEvents, keys.webhookGroup, consumer,
                 String(configuration.claimIdle * 1000), "0-0", "COUNT", String(webhook.batchSize)
             )
         )
@@ -197,7 +224,7 @@ struct StatusWebhook: Sendable {
                 lastRefresh = .now
                 _ = try? await redis.send(
                     RedisCommand(
-                        "XCLAIM", [keys.statusEvents, keys.webhookGroup, configuration.consumerName, "0"] + batch.entryIDs + ["JUSTID"]))
+                        "XCLAIM", [keys.statusEvents, keys.webhookGroup, consumer, "0"] + batch.entryIDs + ["JUSTID"]))
             }
         }
         return false

@@ -113,6 +113,12 @@ struct ControlCommand: AsyncParsableCommand {
     )
     var statusWebhookMaxAge: Int?
 
+    @Option(
+        help:
+            "Webhook requests one control node has in flight at once, each posting entries of its own (env PUSHFLEET_STATUS_WEBHOOK_CONCURRENCY; default 4, at most 64)."
+    )
+    var statusWebhookConcurrency: Int?
+
     func run() async throws {
         Bootstrap.logging(level: try common.level(), format: try common.format())
         let metrics = Bootstrap.metrics()
@@ -196,6 +202,10 @@ struct ControlCommand: AsyncParsableCommand {
         guard webhook.timeout < configuration.claimIdle else {
             throw ValidationError("--status-webhook-timeout must be under --claim-idle (\(configuration.claimIdle) s)")
         }
+        webhook.concurrency =
+            try positive(statusWebhookConcurrency, env: "STATUS_WEBHOOK_CONCURRENCY", option: "--status-webhook-concurrency")
+            ?? webhook.concurrency
+        guard webhook.concurrency <= 64 else { throw ValidationError("--status-webhook-concurrency must be at most 64") }
         webhook.maximumAge =
             try positive(statusWebhookMaxAge, env: "STATUS_WEBHOOK_MAX_AGE", option: "--status-webhook-max-age") ?? webhook.maximumAge
         return webhook

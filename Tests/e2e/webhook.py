@@ -38,6 +38,9 @@ class Receiver:
         self.refuse_all = False
         self.hang = 0
         self.hung = 0
+        self.slow = 0.0  # seconds each taken request waits before its answer
+        self.in_flight = 0
+        self.most_in_flight = 0
         self.bad = []
         receiver = self
 
@@ -71,6 +74,13 @@ class Receiver:
                         receiver.bodies.append(body)
                         receiver.events += json.loads(body)["events"]
                         status = 204
+                    receiver.in_flight += 1
+                    receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
+                    slow = receiver.slow
+                if slow:
+                    time.sleep(slow)
+                with receiver.lock:
+                    receiver.in_flight -= 1
                 self.send_response(status)
                 if status == 503:
                     self.send_header("Retry-After", "1")
@@ -212,6 +222,21 @@ def test_webhook_retries_a_receiver_that_refuses_or_hangs(fleet):
     assert [e["state"] for e in fleet.receiver.posted() if e["message"] == message] == ["dropped"]
 
 
+def test_webhook_posts_several_requests_at_once_to_a_slow_receiver(fleet):
+    """A receiver taking 0.3 s per request: each control node's 4 posters
+    (--status-webhook-concurrency, default 4) have requests in flight together, and every
+    event arrives."""
+    fleet.receiver.slow = 0.3
+    fleet.receiver.most_in_flight = 0
+    try:
+        # 40 pushes, each its own status write: 40 entries, 2 a request.
+        ids = [push(fleet, {"to": [f"wh-s{i}"], "payload": "x", "ttl": 0}) for i in range(40)]
+        wait_for(lambda: set(ids) <= {e["message"] for e in fleet.receiver.posted()}, timeout=30, what="the 40 pushes' events")
+    finally:
+        fleet.receiver.slow = 0.0
+    assert fleet.receiver.most_in_flight >= 3, fleet.receiver.most_in_flight
+
+
 def test_webhook_events_of_a_control_node_killed_while_posting_are_posted_by_another(fleet):
     """The receiver refuses everything; pushes make events; a control node holding a batch
     it could not post is SIGKILLed (each control node holds the batch it read, retrying it,
@@ -227,7 +252,8 @@ def test_webhook_events_of_a_control_node_killed_while_posting_are_posted_by_ano
         return {lines[i]: int(lines[i + 1]) for i in range(3, len(lines) - 1, 2)}
     wait_for(lambda: holders() and fleet.receiver.refused >= 1, timeout=20,
              what="events read and refused")
-    victim = sorted(holders())[0]
+    # Posters are named <consumer>-webhook-<n>; the fleet's consumers are c1, c2.
+    victim = sorted(holders())[0].split("-")[0]
     fleet.kill("control" + victim[1:])
     fleet.receiver.refuse_all = False
     wait_for(lambda: set(ids) <= {e["message"] for e in fleet.receiver.posted()}, timeout=30,
@@ -281,7 +307,7 @@ def test_webhook_goes_on_after_redis_restarts(fleet):
 
 def test_webhook_settings_are_checked_at_start(fleet):
     """A control node refuses to start with a webhook it could not run as asked: no status
-    events, a URL that is not http(s), a batch one past 100 entries, a timeout not under
+    events, a URL that is not http(s), a batch one past 100 entries, 65 posters, a timeout not under
     --claim-idle."""
     from fleet import SECRET
     redis = f"redis://127.0.0.1:{fleet.redis_port}"
@@ -294,9 +320,10 @@ def test_webhook_settings_are_checked_at_start(fleet):
     assert "--status-events" in start(fleet.receiver.url)
     assert "http:// or https://" in start("ftp://127.0.0.1/x", "--status-events", "10")
     assert "--status-webhook-batch" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "101")
-    # 100 is taken: the next check is the one that fails.
+    assert "--status-webhook-concurrency" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-concurrency", "65")
+    # 100 entries and 64 posters are taken: the next check is the one that fails.
     assert "--claim-idle" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "100",
-                                   "--status-webhook-timeout", "30")
+                                   "--status-webhook-concurrency", "64", "--status-webhook-timeout", "30")
 
 
 def main():
