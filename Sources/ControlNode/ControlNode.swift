@@ -123,12 +123,7 @@ public struct ControlNode: Service {
                     }
                     let eventLoopGroup = self.group
                     group.addTask {
-                        var http = HTTPClient.Configuration(
-                            redirectConfiguration: .disallow,
-                            timeout: .init(connect: .seconds(Int64(webhook.timeout)), read: .seconds(Int64(webhook.timeout))))
-                        // A connection per poster, so that none waits for another's.
-                        http.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = max(8, webhook.concurrency)
-                        let client = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: http)
+                        let client = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: webhook.httpClientConfiguration())
                         await withDiscardingTaskGroup { posting in
                             for poster in posters {
                                 posting.addTask { await cancelWhenGracefulShutdown { await poster.run(httpClient: client) } }

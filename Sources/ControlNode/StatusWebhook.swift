@@ -6,6 +6,7 @@ import Logging
 import Metrics
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import RedisClient
 
 /// Where status events are posted, and the bounds on trying (`--status-webhook`).
@@ -14,6 +15,9 @@ public struct StatusWebhookConfiguration: Sendable {
     public var url: String
     /// Signs each request (`PushFleet-Signature`); none: unsigned.
     public var secret: String?
+    /// A PEM file of CA certificates trusted for an `https://` URL besides the system's (a
+    /// receiver with a certificate of a private CA).
+    public var caFile: String?
     /// Most stream entries posted in one request: each holds the events of one status write,
     /// at most ``StatusEvent/maximumPerEntry``.
     public var batchSize = 20
@@ -34,6 +38,18 @@ public struct StatusWebhookConfiguration: Sendable {
     public init(url: String, secret: String? = nil) {
         self.url = url
         self.secret = secret
+    }
+
+    /// The HTTP client's settings: redirects off, `timeout` to connect and to read, a
+    /// connection per poster, and `caFile` trusted.
+    func httpClientConfiguration() -> HTTPClient.Configuration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let caFile { tls.additionalTrustRoots = [.file(caFile)] }
+        var http = HTTPClient.Configuration(
+            tlsConfiguration: tls, redirectConfiguration: .disallow,
+            timeout: .init(connect: .seconds(Int64(timeout)), read: .seconds(Int64(timeout))))
+        http.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = max(8, concurrency)
+        return http
     }
 
     /// The wait after try `attempt` (from 0) failed: 1 s, 2 s, 4 s, ... up to `maximumBackoff`.

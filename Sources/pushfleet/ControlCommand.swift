@@ -4,6 +4,7 @@ import FleetCore
 import Foundation
 import Logging
 import MQTTCodec
+import NIOSSL
 import PushNode
 import RedisClient
 import ServiceLifecycle
@@ -96,6 +97,12 @@ struct ControlCommand: AsyncParsableCommand {
             "Signs each webhook request: PushFleet-Signature is v1= and the hex HMAC-SHA256 of '<PushFleet-Timestamp>.<body>' with this key; prefer the environment (env PUSHFLEET_STATUS_WEBHOOK_SECRET; default unsigned)."
     )
     var statusWebhookSecret: String?
+
+    @Option(
+        help:
+            "PEM file of CA certificates to trust, besides the system's, for an https:// --status-webhook (env PUSHFLEET_STATUS_WEBHOOK_CA; default the system's only)."
+    )
+    var statusWebhookCa: String?
 
     @Option(
         help:
@@ -194,6 +201,12 @@ struct ControlCommand: AsyncParsableCommand {
             throw ValidationError("--status-webhook posts the status event stream: give --status-events (to every node) too")
         }
         var webhook = StatusWebhookConfiguration(url: url, secret: statusWebhookSecret ?? env("STATUS_WEBHOOK_SECRET"))
+        if let path = statusWebhookCa ?? env("STATUS_WEBHOOK_CA") {
+            guard (try? NIOSSLCertificate.fromPEMFile(path))?.isEmpty == false else {
+                throw ValidationError("--status-webhook-ca \(path): no PEM certificate could be read from it")
+            }
+            webhook.caFile = path
+        }
         webhook.batchSize =
             try positive(statusWebhookBatch, env: "STATUS_WEBHOOK_BATCH", option: "--status-webhook-batch") ?? webhook.batchSize
         guard webhook.batchSize <= 100 else { throw ValidationError("--status-webhook-batch must be at most 100") }

@@ -27,8 +27,10 @@ class Receiver:
     takes any; every request's signature is checked (a bad
     one is recorded in `bad`, answered 401)."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
+        """`tls`: (certificate, key) PEM files: the receiver takes HTTPS."""
         self.port = free_port()
+        self.tls = tls
         self.lock = threading.Lock()
         self.events = []  # every event posted, repeats included, in arrival order
         self.bodies = []
@@ -88,11 +90,16 @@ class Receiver:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if tls:
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.port}/hooks/pushfleet"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hooks/pushfleet"
 
     def posted(self):
         with self.lock:
@@ -102,8 +109,16 @@ class Receiver:
 class WebhookFleet(Fleet):
     """A fleet whose control nodes post status events to their own Receiver."""
 
-    def __init__(self, binary, controls, extra):
-        self.receiver = Receiver()
+    def __init__(self, binary, controls, extra, tls=False):
+        """`tls`: the receiver takes HTTPS with a certificate of a CA of its own, which the
+        control nodes are given (--status-webhook-ca)."""
+        self.ca = None
+        if tls:
+            import tempfile
+            from fleet import make_certificates
+            self.ca, certificate, key = make_certificates(tempfile.mkdtemp(prefix="pushfleet-webhook-tls-"))
+            extra = [*extra, "--status-webhook-ca", self.ca]
+        self.receiver = Receiver((certificate, key) if tls else None)
         events = ["--status-events", "100000"]
         super().__init__(binary, controls=controls, node_args=events,
                          control_args=[*events, "--status-webhook", self.receiver.url, "--claim-idle", "3",
@@ -305,9 +320,37 @@ def test_webhook_goes_on_after_redis_restarts(fleet):
     assert all(fleet.alive().values()), fleet.alive()
 
 
+def test_webhook_posts_over_https_trusting_the_ca_it_is_given(fleet):
+    """An https:// receiver whose certificate a private CA signed: the control nodes, given the
+    CA (--status-webhook-ca), post to it; a control node without it refuses the certificate
+    (its requests fail, counted, and nothing reaches the receiver from it)."""
+    message = push(fleet, {"to": ["wh-tls"], "payload": "x", "ttl": 0})
+    wait_for(lambda: any(e["message"] == message for e in fleet.receiver.posted()), timeout=20, what="the event over https")
+    from fleet import SECRET
+    port = free_port()
+    fleet.start("control-noca", [fleet.binary, "control", "--redis", f"redis://127.0.0.1:{fleet.redis_port}", "--listen",
+                                 f"127.0.0.1:{port}", "--secret", SECRET, "--consumer", "cnoca", "--key-prefix", "noca:",
+                                 "--status-events", "100", "--status-webhook", fleet.receiver.url])
+    from fleet import wait_port
+    wait_port(port)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/push", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"to": ["wh-noca"], "payload": "x", "ttl": 0}).encode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        unverified = json.loads(response.read())["id"]
+    wait_for(lambda: fleet.metric('pushfleet_webhook_requests_total{result="failed"}', port) >= 1, timeout=20,
+             what="the control node without the CA failing its requests")
+    assert not any(e["message"] == unverified for e in fleet.receiver.posted())
+    with open(os.path.join(fleet.dir, "control-noca.log")) as f:
+        log = f.read()
+    assert "status webhook unreachable" in log and "CERTIFICATE_VERIFY_FAILED" in log, log[-2000:]
+    fleet.kill("control-noca")
+    fleet.procs.pop("control-noca")
+
+
 def test_webhook_settings_are_checked_at_start(fleet):
     """A control node refuses to start with a webhook it could not run as asked: no status
-    events, a URL that is not http(s), a batch one past 100 entries, 65 posters, a timeout not under
+    events, a URL that is not http(s), a CA file without a certificate, a batch one past 100
+    entries, 65 posters, a timeout not under
     --claim-idle."""
     from fleet import SECRET
     redis = f"redis://127.0.0.1:{fleet.redis_port}"
@@ -320,6 +363,7 @@ def test_webhook_settings_are_checked_at_start(fleet):
     assert "--status-events" in start(fleet.receiver.url)
     assert "http:// or https://" in start("ftp://127.0.0.1/x", "--status-events", "10")
     assert "--status-webhook-batch" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "101")
+    assert "--status-webhook-ca" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-ca", "/nonexistent.pem")
     assert "--status-webhook-concurrency" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-concurrency", "65")
     # 100 entries and 64 posters are taken: the next check is the one that fails.
     assert "--claim-idle" in start(fleet.receiver.url, "--status-events", "10", "--status-webhook-batch", "100",
@@ -331,10 +375,12 @@ def main():
     parser.add_argument("--bin", required=True)
     parser.add_argument("-k", default="")
     args = parser.parse_args()
-    tests = [(name, fn, "short" if "maximum_age" in name else "main") for name, fn in globals().items()
-             if name.startswith("test_") and args.k in name]
+    def fleet_of(name):
+        return "short" if "maximum_age" in name else "tls" if "https" in name else "main"
+    tests = [(name, fn, fleet_of(name)) for name, fn in globals().items() if name.startswith("test_") and args.k in name]
     run_suite("webhook", tests, {"main": lambda: WebhookFleet(args.bin, 2, []),
-                                 "short": lambda: WebhookFleet(args.bin, 1, ["--status-webhook-max-age", "4"])})
+                                 "short": lambda: WebhookFleet(args.bin, 1, ["--status-webhook-max-age", "4"]),
+                                 "tls": lambda: WebhookFleet(args.bin, 1, [], tls=True)})
 
 
 if __name__ == "__main__":
