@@ -277,7 +277,7 @@ def test_a_command_stream_entry_with_delay_is_scheduled_under_its_entry_id(fleet
     late = mosquitto_sub(fleet.node_ports[1], "ssched-off", fleet.credential("ssched-off"), 1)
     out, _ = late.communicate(timeout=25)
     assert out.splitlines() == ["from the stream"], out
-    assert fleet.api("GET", "/v1/terminals/ssched-off")[1]["queued"] == 0
+    wait_for(lambda: fleet.api("GET", "/v1/terminals/ssched-off")[1]["queued"] == 0, what="ssched-off's list drained after its PUBACK")
     # One day past the status retention (604800 s): refused, its status says why.
     far = fleet.redis_cli("XADD", "pushfleet:push", "*", "to", "ssched-far", "payload", "x", "delay", str(8 * 86400))
     status = wait_for(lambda: (lambda s: s[1] if s[0] == 200 else None)(fleet.api("GET", f"/v1/messages/{far}")), what="far's status")
