@@ -29,7 +29,7 @@ struct CommandStreamConsumer: Sendable {
         var readPending = true
         var lastClaim = ContinuousClock.now
         var lastTrim = ContinuousClock.now
-        var lastCleanup = ContinuousClock.now - StatusWebhook.cleanupInterval
+        var lastCleanup = ContinuousClock.now - FleetScripts.idleConsumerCheckInterval
         while !Task.isCancelled {
             do {
                 if readPending {
@@ -41,7 +41,7 @@ struct CommandStreamConsumer: Sendable {
                 if ContinuousClock.now - lastClaim > claimIdle / 2 {
                     lastClaim = .now
                     try await claimAbandoned()
-                    if ContinuousClock.now - lastCleanup > StatusWebhook.cleanupInterval {
+                    if ContinuousClock.now - lastCleanup > FleetScripts.idleConsumerCheckInterval {
                         lastCleanup = .now
                         try await FleetScripts.removeIdleConsumers(
                             redis: redis, stream: keys.commandStream, group: keys.commandGroup, keeping: configuration.consumerName)

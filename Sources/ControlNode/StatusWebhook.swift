@@ -93,9 +93,6 @@ struct StatusWebhook: Sendable {
         "\(configuration.consumerName)-webhook-\(index)"
     }
 
-    /// How often consumers of control nodes long gone are removed from the group.
-    static let cleanupInterval = Duration.seconds(600)
-
     struct Metrics: Sendable {
         let posted = Counter(label: "pushfleet_webhook_events_total", dimensions: [("result", "posted")])
         let dropped = Counter(label: "pushfleet_webhook_events_total", dimensions: [("result", "dropped")])
@@ -123,7 +120,7 @@ struct StatusWebhook: Sendable {
         redis.start()
         var readOwnPending = true
         var lastClaim = ContinuousClock.now
-        var lastCleanup = ContinuousClock.now - Self.cleanupInterval
+        var lastCleanup = ContinuousClock.now - FleetScripts.idleConsumerCheckInterval
         while !Task.isCancelled {
             do {
                 var entries: [RedisReply]
@@ -135,7 +132,7 @@ struct StatusWebhook: Sendable {
                 } else if ContinuousClock.now - lastClaim > claimIdle / 2 {
                     lastClaim = .now
                     entries = try await claimAbandoned()
-                    if ContinuousClock.now - lastCleanup > Self.cleanupInterval {
+                    if ContinuousClock.now - lastCleanup > FleetScripts.idleConsumerCheckInterval {
                         lastCleanup = .now
                         try await FleetScripts.removeIdleConsumers(
                             redis: redis, stream: keys.statusEvents, group: keys.webhookGroup, keeping: consumer)

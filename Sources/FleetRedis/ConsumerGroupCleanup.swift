@@ -10,6 +10,8 @@ extension FleetScripts {
     /// How long a consumer must have been idle to be removed: far longer than any live
     /// consumer (they read every second or so) goes without reading.
     public static let idleConsumerMillis: Int64 = 3_600_000
+    /// How often a consumer of a group looks for idle consumers to remove.
+    public static let idleConsumerCheckInterval = Duration.seconds(600)
 
     /// KEYS: stream. ARGV: group, the consumer to keep (the caller), idle milliseconds.
     /// Returns the names removed.
