@@ -262,6 +262,10 @@ def sentinel_failover(args):
     return run_with_load(args, "sentinel", fault, control_args=["--durability", "replica"], sentinel=True)
 
 
+def redis_cli(port, *args):
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True).stdout
+
+
 def cluster_ok(fleet, ports):
     """Every server in `ports` says the cluster is ok."""
     for port in ports:
@@ -279,16 +283,24 @@ def cluster_master_kill(args):
     def fault(fleet):
         victim = fleet.cluster_masters()[0]
         name = fleet.cluster_server_name(fleet.cluster_ports.index(victim))
+        # Its replica, by the victim's node id in CLUSTER NODES (`<id> <addr> <flags> <master id> ...`).
+        nodes = [line.split() for line in redis_cli(victim, "CLUSTER", "NODES").splitlines()]
+        victim_id = next(fields[0] for fields in nodes if "myself" in fields[2])
+        replica = next(int(fields[1].split(":")[1].split("@")[0]) for fields in nodes if fields[3] == victim_id)
         fleet.kill(name, signal.SIGKILL)
         others = [p for p in fleet.cluster_ports if p != victim]
-        wait_for(lambda: len(fleet.cluster_masters()) == 3 and victim not in fleet.cluster_masters() and cluster_ok(fleet, others),
-                 timeout=30, what="a replica promoted")
+        # Promoted by the cluster (its replica says it is a master now), and every other server
+        # agrees: only then is the victim started again, as a replica of its successor. (The
+        # slot map alone once looked right before any failover, and the victim came back as the
+        # master it had been.)
+        wait_for(lambda: "role:master" in redis_cli(replica, "INFO", "replication") and victim not in fleet.cluster_masters()
+                 and cluster_ok(fleet, others), timeout=30, what="the victim's replica promoted")
         # Back as a replica of its successor (its nodes.conf says so); until it is in sync,
         # that shard has no replica, and the API answers 503 (the load retries).
         fleet.restart(name)
         wait_for(lambda: "master_link_status:up" in subprocess.run(["redis-cli", "-p", str(victim), "INFO", "replication"],
                                                                    capture_output=True, text=True).stdout,
-                 timeout=30, what="the killed master back as a replica")
+                 timeout=60, what="the killed master back as a replica")
     return run_with_load(args, "cmk", fault, control_args=["--durability", "replica"], cluster=True)
 
 
