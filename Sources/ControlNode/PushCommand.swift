@@ -105,7 +105,7 @@ public struct PushCommand: Sendable, Hashable {
             guard MQTTTopic.isValidTopicName(topic), topic.utf8.count <= 1024, MQTTTopic.levelCount(topic) <= MQTTTopic.defaultMaximumLevels
             else {
                 throw APIError.badRequest(
-                    "topic must be a non-empty topic name without wildcards, of at most 1024 bytes and \(MQTTTopic.defaultMaximumLevels) levels"
+                    "topic must be a non-empty topic name without wildcards or null characters, of at most 1024 bytes and \(MQTTTopic.defaultMaximumLevels) levels"
                 )
             }
         case .broadcast:

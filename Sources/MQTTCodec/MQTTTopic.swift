@@ -18,13 +18,14 @@ public enum MQTTTopic {
 
     /// Whether `topic` can be published to: non-empty, without wildcards.
     public static func isValidTopicName(_ topic: String) -> Bool {
-        !topic.isEmpty && !hasWildcard(topic)
+        // No null character either [MQTT-4.7.3-2] (a name from the API, not only a packet's).
+        !topic.isEmpty && !hasWildcard(topic) && !topic.utf8.contains(0)
     }
 
     /// Whether `filter` is a valid topic filter: non-empty, `#` only as the whole last level,
     /// `+` only as a whole level.
     public static func isValidFilter(_ filter: String) -> Bool {
-        guard !filter.isEmpty else { return false }
+        guard !filter.isEmpty, !filter.utf8.contains(0) else { return false }
         let levels = filter.split(separator: "/", omittingEmptySubsequences: false)
         for (index, level) in levels.enumerated() {
             if level.contains("#") && (level != "#" || index != levels.count - 1) { return false }

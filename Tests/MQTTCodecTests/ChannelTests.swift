@@ -105,6 +105,8 @@ struct ChannelTests {
         #expect(!MQTTTopic.isValidFilter("a/#/c"))
         #expect(!MQTTTopic.isValidFilter("a+"))
         #expect(!MQTTTopic.isValidFilter(""))
+        // No null character in a name or a filter [MQTT-4.7.3-2].
+        #expect(!MQTTTopic.isValidFilter("a/\u{0}b") && !MQTTTopic.isValidTopicName("news/\u{0}") && MQTTTopic.isValidTopicName("news/x"))
         #expect(MQTTTopic.matches(filter: "a/+/c", topic: "a/b/c"))
         #expect(MQTTTopic.matches(filter: "a/#", topic: "a"))
         #expect(MQTTTopic.matches(filter: "a/#", topic: "a/b/c"))
