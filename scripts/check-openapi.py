@@ -62,8 +62,11 @@ def main():
         fleet.credential("t-openapi")
         status, receipt = fleet.api("POST", "/v1/push", {"to": ["t-openapi"], "payload": "hello"})
         assert status == 202, (status, receipt)
+        # One worker: with two threads, CPython 3.11's ast.parse (which hypothesis calls to
+        # describe its strategies) once failed inside the tool with "AST constructor recursion
+        # depth mismatch", a crash of the tool, not a finding about the API.
         command = [sys.executable, "-m", "schemathesis.cli", "run", f"{base}/openapi.json", "--checks", CHECKS, "--header", "Authorization: Bearer k-admin",
-                   "--max-examples", str(args.max_examples), "--max-time", str(args.max_time), "--workers", "2",
+                   "--max-examples", str(args.max_examples), "--max-time", str(args.max_time), "--workers", "1",
                    "--phases", "examples,coverage,fuzzing", "--seed", "1", "--suppress-health-check", "all"]
         print("openapi:", " ".join(command), flush=True)
         result = subprocess.run(command, timeout=args.max_time + 300)
